@@ -1,0 +1,267 @@
+//! Grouped aggregation over a changelog.
+//!
+//! State: group key (encoded) -> row count and one [`Accumulator`] per call.
+//! Changes are applied as they arrive; output is held back until the
+//! barrier. At the first touch of a group in an epoch its previous output
+//! row is remembered, and at the barrier every touched group emits
+//! `delete old` + `insert new` (nothing when unchanged, only the delete
+//! when the group emptied). A global aggregate (no GROUP BY) always has
+//! exactly one row, as SQL requires, starting with `count = 0` on empty input.
+
+mod accumulator;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+
+pub use accumulator::{Accumulator, CallShape, ValueKind};
+
+use crate::codec::RowCodec;
+use crate::error::{ExecutorError, Result};
+use crate::eval::Evaluator;
+use crate::message::{Barrier, Op, StreamChunk};
+use crate::operator::Operator;
+
+/// One aggregate call, ready to run.
+#[derive(Debug)]
+pub struct AggregateSpec {
+    /// Argument expression.
+    pub arg: Arc<dyn PhysicalExpr>,
+    /// `FILTER (WHERE ...)`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// How values accumulate.
+    pub value_kind: ValueKind,
+    /// Type the argument is cast to before accumulating.
+    pub value_type: DataType,
+    /// Output shape.
+    pub shape: CallShape,
+}
+
+#[derive(Debug)]
+struct Group {
+    rows: i64,
+    accumulators: Vec<Accumulator>,
+}
+
+/// The hash aggregate operator.
+#[derive(Debug)]
+pub struct HashAggregate {
+    // Fixed at plan time.
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    group_codec: RowCodec,
+    calls: Vec<AggregateSpec>,
+    value_codecs: Vec<Option<RowCodec>>,
+    schema: SchemaRef,
+    evaluator: Evaluator,
+    // State.
+    groups: HashMap<Box<[u8]>, Group>,
+    /// Groups touched this epoch -> their output row before the epoch.
+    touched: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>>,
+}
+
+impl HashAggregate {
+    /// An aggregate grouping by `group_exprs` (of `group_types`) producing `schema`.
+    pub fn new(
+        group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        group_types: Vec<DataType>,
+        calls: Vec<AggregateSpec>,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+    ) -> Result<Self> {
+        let value_codecs = calls
+            .iter()
+            .map(|c| match c.value_kind {
+                ValueKind::Multiset => RowCodec::new(vec![c.value_type.clone()]).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let global = group_exprs.is_empty();
+        let mut this = Self {
+            group_exprs,
+            group_codec: RowCodec::new(group_types)?,
+            calls,
+            value_codecs,
+            schema,
+            evaluator,
+            groups: HashMap::new(),
+            touched: HashMap::new(),
+        };
+        if global {
+            // The one row of a global aggregate exists before any input.
+            let key: Box<[u8]> = Box::new([]);
+            let group = this.new_group();
+            this.groups.insert(key.clone(), group);
+            this.touched.insert(key, None);
+        }
+        Ok(this)
+    }
+
+    fn is_global(&self) -> bool {
+        self.group_exprs.is_empty()
+    }
+
+    fn new_group(&self) -> Group {
+        Group {
+            rows: 0,
+            accumulators: self
+                .calls
+                .iter()
+                .map(|c| Accumulator::new(&c.value_kind))
+                .collect(),
+        }
+    }
+
+    fn output_row(&self, group: &Group) -> Result<Vec<ScalarValue>> {
+        group
+            .accumulators
+            .iter()
+            .zip(&self.calls)
+            .zip(&self.value_codecs)
+            .map(|((acc, call), codec)| acc.value(&call.shape, codec.as_ref()))
+            .collect()
+    }
+
+    fn group_keys(&self, batch: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+        if self.is_global() {
+            let key = self.groups.keys().next().cloned().unwrap_or_default();
+            return Ok(vec![key; batch.num_rows()]);
+        }
+        let columns = self.evaluator.eval_all(&self.group_exprs, batch)?;
+        let columns = columns
+            .iter()
+            .zip(self.group_codec.types())
+            .map(|(c, t)| {
+                if c.data_type() == t {
+                    Ok(c.clone())
+                } else {
+                    cast(c, t)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.group_codec.encode(&columns)?;
+        Ok(rows.iter().map(|r| r.as_ref().into()).collect())
+    }
+
+    fn build_output(&self, rows: Vec<(Op, &[u8], Vec<ScalarValue>)>) -> Result<StreamChunk> {
+        let ops: Vec<Op> = rows.iter().map(|(op, _, _)| *op).collect();
+        let mut columns: Vec<ArrayRef> = if self.is_global() {
+            vec![]
+        } else {
+            self.group_codec.decode(rows.iter().map(|(_, k, _)| *k))?
+        };
+        let n_groups = columns.len();
+        for (c, field) in self.schema.fields().iter().enumerate().skip(n_groups) {
+            let data_type = field.data_type();
+            let values = rows
+                .iter()
+                .map(|(_, _, v)| match &v[c - n_groups] {
+                    v if v.is_null() => ScalarValue::try_from(data_type),
+                    v => v.cast_to(data_type),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            columns.push(ScalarValue::iter_to_array(values)?);
+        }
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok(StreamChunk {
+            batch,
+            ops: ops.into(),
+        })
+    }
+}
+
+impl Operator for HashAggregate {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let batch = &chunk.batch;
+        let keys = self.group_keys(batch)?;
+        let mut values = Vec::with_capacity(self.calls.len());
+        for (call, codec) in self.calls.iter().zip(&self.value_codecs) {
+            let array = self.evaluator.eval(&call.arg, batch)?;
+            let array = if array.data_type() == &call.value_type {
+                array
+            } else {
+                cast(&array, &call.value_type)?
+            };
+            let mask: Option<BooleanArray> = match &call.filter {
+                Some(f) => Some(self.evaluator.eval_predicate(f, batch)?),
+                None => None,
+            };
+            let encoded = match codec {
+                Some(codec) => Some(codec.encode(std::slice::from_ref(&array))?),
+                None => None,
+            };
+            values.push((array, mask, encoded));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let sign = chunk.ops[i].sign();
+            if !self.touched.contains_key(key) {
+                let before = match self.groups.get(key) {
+                    Some(g) if g.rows > 0 || self.is_global() => Some(self.output_row(g)?),
+                    _ => None,
+                };
+                self.touched.insert(key.clone(), before);
+            }
+            if !self.groups.contains_key(key) {
+                let group = self.new_group();
+                self.groups.insert(key.clone(), group);
+            }
+            let group = self
+                .groups
+                .get_mut(key)
+                .ok_or_else(|| ExecutorError::Internal("group vanished".into()))?;
+            group.rows += sign;
+            for (acc, (array, mask, encoded)) in group.accumulators.iter_mut().zip(&values) {
+                if mask.as_ref().is_some_and(|m| !m.is_valid(i) || !m.value(i)) {
+                    continue;
+                }
+                acc.update(sign, array, i, encoded.as_ref().map(|r| r.row(i).data()));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let mut rows = Vec::new();
+        let mut emptied = Vec::new();
+        for (key, before) in &touched {
+            let after = match self.groups.get(key) {
+                Some(g) if g.rows > 0 || self.is_global() => Some(self.output_row(g)?),
+                _ => {
+                    emptied.push(key);
+                    None
+                }
+            };
+            if before == &after {
+                continue;
+            }
+            if let Some(before) = before {
+                rows.push((Op::Delete, key.as_ref(), before.clone()));
+            }
+            if let Some(after) = after {
+                rows.push((Op::Insert, key.as_ref(), after));
+            }
+        }
+        if !rows.is_empty() {
+            out.push(self.build_output(rows)?);
+        }
+        for key in emptied {
+            self.groups.remove(key);
+        }
+        Ok(())
+    }
+}

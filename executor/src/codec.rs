@@ -1,0 +1,69 @@
+//! Rows as bytes: Arrow's row format, used for state keys and stored rows.
+//!
+//! The row format is order-preserving (byte order = value order, NULLs
+//! first), so a `BTreeMap` keyed by encoded values is sorted by value, and
+//! equal values have equal bytes.
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, RowParser, Rows, SortField};
+
+use crate::error::Result;
+
+/// Encodes and decodes rows of fixed column types.
+#[derive(Debug)]
+pub struct RowCodec {
+    converter: RowConverter,
+    parser: RowParser,
+    types: Vec<DataType>,
+}
+
+impl RowCodec {
+    /// A codec for columns of `types`.
+    pub fn new(types: Vec<DataType>) -> Result<Self> {
+        let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
+        let parser = converter.parser();
+        Ok(Self {
+            converter,
+            parser,
+            types,
+        })
+    }
+
+    /// A codec for every column of `schema`.
+    pub fn for_schema(schema: &SchemaRef) -> Result<Self> {
+        Self::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
+        )
+    }
+
+    /// Column types.
+    pub fn types(&self) -> &[DataType] {
+        &self.types
+    }
+
+    /// Encodes `columns` (all of one length) row by row.
+    pub fn encode(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.converter.convert_columns(columns)?)
+    }
+
+    /// Decodes encoded rows back into columns.
+    pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let rows = rows.into_iter().map(|r| self.parser.parse(r));
+        Ok(self.converter.convert_rows(rows)?)
+    }
+
+    /// The bytes of a row whose every column is NULL.
+    pub fn null_row(&self) -> Result<Box<[u8]>> {
+        let nulls: Vec<ArrayRef> = self
+            .types
+            .iter()
+            .map(|t| datafusion::arrow::array::new_null_array(t, 1))
+            .collect();
+        Ok(self.encode(&nulls)?.row(0).as_ref().into())
+    }
+}

@@ -1,0 +1,153 @@
+//! Where a fragment's output goes: to every target, or hash-partitioned.
+//!
+//! Hash partitioning sends every row to the target chosen by the hash of its
+//! key, so all rows of one key (one group, one join key) meet in the same
+//! downstream partition. Barriers go to every target.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::common::hash_utils::create_hashes;
+use datafusion::physical_expr::PhysicalExpr;
+use tokio::sync::mpsc::Sender;
+
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Message, Op, StreamChunk};
+
+/// Channel capacity of every edge: the depth of backpressure.
+pub const CHANNEL_CAPACITY: usize = 16;
+
+/// Senders that can be added and removed while the pipeline runs (the
+/// subscribers of a table or view), each tagged with the relation that owns it.
+#[derive(Debug, Default)]
+pub struct Subscribers {
+    senders: Mutex<Vec<(u32, Sender<Message>)>>,
+}
+
+impl Subscribers {
+    /// Adds a subscriber owned by relation `owner`.
+    pub fn add(&self, owner: u32, tx: Sender<Message>) {
+        self.lock().push((owner, tx));
+    }
+
+    /// Removes every subscriber owned by `owner`; its pipeline then drains and ends.
+    pub fn remove_owner(&self, owner: u32) {
+        self.lock().retain(|(o, _)| *o != owner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Sender<Message>)>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `msg` to every subscriber; ones whose pipeline ended are dropped.
+    pub async fn send(&self, msg: Message) {
+        let targets: Vec<_> = self.lock().iter().map(|(_, tx)| tx.clone()).collect();
+        let mut gone = false;
+        for tx in &targets {
+            gone |= tx.send(msg.clone()).await.is_err();
+        }
+        if gone {
+            self.lock().retain(|(_, tx)| !tx.is_closed());
+        }
+    }
+}
+
+/// How rows are spread over targets.
+#[derive(Debug, Clone)]
+pub enum Dispatch {
+    /// Every target gets every row.
+    Broadcast,
+    /// Row goes to target `hash(keys) % n`.
+    Hash(Vec<Arc<dyn PhysicalExpr>>),
+}
+
+/// The output of a fragment.
+#[derive(Debug)]
+pub enum Output {
+    /// Fixed downstream edges.
+    Channels {
+        /// Spreading rule.
+        dispatch: Dispatch,
+        /// Downstream senders.
+        targets: Vec<Sender<Message>>,
+        /// Evaluates hash keys.
+        evaluator: Evaluator,
+    },
+    /// The subscribers of a table or view.
+    Subscribers(Arc<Subscribers>),
+}
+
+/// Fixed seed: every exchange of every pipeline partitions alike.
+const HASH_SEED: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0xedd1);
+
+impl Output {
+    /// Sends `msg` on. Returns `false` when no downstream is left.
+    pub async fn send(&mut self, msg: Message) -> Result<bool> {
+        match self {
+            Output::Subscribers(subs) => {
+                subs.send(msg).await;
+                Ok(true)
+            }
+            Output::Channels {
+                dispatch,
+                targets,
+                evaluator,
+            } => {
+                let chunk = match (msg, &*dispatch) {
+                    (Message::Chunk(c), Dispatch::Hash(keys)) if targets.len() > 1 => c,
+                    (msg, _) => {
+                        let mut alive = false;
+                        for tx in targets.iter() {
+                            alive |= tx.send(msg.clone()).await.is_ok();
+                        }
+                        return Ok(alive);
+                    }
+                };
+                let Dispatch::Hash(keys) = dispatch else {
+                    unreachable!("matched above")
+                };
+                let parts = partition(&chunk, keys, targets.len(), evaluator)?;
+                let mut alive = false;
+                for (tx, part) in targets.iter().zip(parts) {
+                    if let Some(part) = part {
+                        alive |= tx.send(Message::Chunk(part)).await.is_ok();
+                    } else {
+                        alive |= !tx.is_closed();
+                    }
+                }
+                Ok(alive)
+            }
+        }
+    }
+}
+
+fn partition(
+    chunk: &StreamChunk,
+    keys: &[Arc<dyn PhysicalExpr>],
+    n: usize,
+    evaluator: &Evaluator,
+) -> Result<Vec<Option<StreamChunk>>> {
+    let columns = evaluator.eval_all(keys, &chunk.batch)?;
+    let mut hashes = vec![0u64; chunk.len()];
+    create_hashes(&columns, &HASH_SEED, &mut hashes)?;
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, h) in hashes.iter().enumerate() {
+        indices[(*h % n as u64) as usize].push(i as u32);
+    }
+    indices
+        .into_iter()
+        .map(|idx| {
+            if idx.is_empty() {
+                return Ok(None);
+            }
+            let ops: Vec<Op> = idx.iter().map(|&i| chunk.ops[i as usize]).collect();
+            let batch: RecordBatch = take_record_batch(&chunk.batch, &UInt32Array::from(idx))?;
+            Ok(Some(StreamChunk {
+                batch,
+                ops: ops.into(),
+            }))
+        })
+        .collect()
+}

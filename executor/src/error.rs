@@ -1,0 +1,23 @@
+//! Executor errors.
+
+use datafusion::error::DataFusionError;
+
+/// Errors of the streaming runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// Arrow / DataFusion failed on something other than a row's value.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// Arrow failed.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// The plan asks for something the runtime cannot maintain.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A broken invariant: this is a bug in Eddy.
+    #[error("internal error (this is a bug in Eddy): {0}")]
+    Internal(String),
+}
+
+/// Result alias for the executor crate.
+pub type Result<T, E = ExecutorError> = std::result::Result<T, E>;

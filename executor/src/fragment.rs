@@ -1,0 +1,104 @@
+//! A fragment: one task running a chain of operators between its inputs
+//! and its output.
+//!
+//! ```text
+//!  inputs (aligned) -> op[0] -> op[1] -> ... -> Output (broadcast | hash | subscribers)
+//! ```
+//!
+//! Barriers run through the chain in order (each operator may flush held-back
+//! rows into the next) and are then forwarded. If an operator fails, the
+//! fragment reports the failure for its relation and from then on forwards
+//! barriers only, so every other pipeline keeps committing epochs.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::coordinator::Coordinator;
+use crate::dispatch::Output;
+use crate::error::Result;
+use crate::input::AlignedInput;
+use crate::message::{Barrier, Message, StreamChunk};
+use crate::operator::Operator;
+
+/// One running unit of a pipeline.
+#[derive(Debug)]
+pub struct Fragment {
+    /// Relation whose pipeline this is (for failure reports).
+    pub relation: u32,
+    /// Inputs, barrier-aligned.
+    pub input: AlignedInput,
+    /// Logical input port of each input channel.
+    pub ports: Vec<usize>,
+    /// Operator chain.
+    pub ops: Vec<Box<dyn Operator>>,
+    /// Where results go.
+    pub output: Output,
+    /// Receives failure reports.
+    pub coordinator: Arc<Coordinator>,
+}
+
+fn push(
+    ops: &mut [Box<dyn Operator>],
+    port: usize,
+    chunk: StreamChunk,
+    out: &mut Vec<StreamChunk>,
+) -> Result<()> {
+    match ops.split_first_mut() {
+        None => out.push(chunk),
+        Some((first, rest)) => {
+            let mut produced = Vec::new();
+            first.process(port, chunk, &mut produced)?;
+            for c in produced {
+                push(rest, 0, c, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn barrier(ops: &mut [Box<dyn Operator>], b: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+    if let Some((first, rest)) = ops.split_first_mut() {
+        let mut produced = Vec::new();
+        first.on_barrier(b, &mut produced)?;
+        for c in produced {
+            push(rest, 0, c, out)?;
+        }
+        barrier(rest, b, out)?;
+    }
+    Ok(())
+}
+
+impl Fragment {
+    /// Runs until every input is closed or no downstream is left.
+    pub async fn run(mut self) {
+        let mut failed = false;
+        while let Some((index, msg)) = self.input.next().await {
+            let mut out = Vec::new();
+            let step = match &msg {
+                Message::Chunk(c) if !failed => {
+                    push(&mut self.ops, self.ports[index], c.clone(), &mut out)
+                }
+                Message::Chunk(_) => Ok(()),
+                Message::Barrier(b) if !failed => barrier(&mut self.ops, *b, &mut out),
+                Message::Barrier(_) => Ok(()),
+            };
+            if let Err(e) = step {
+                warn!(relation = self.relation, error = %e, "pipeline failed");
+                self.coordinator.fail(self.relation, e.to_string());
+                failed = true;
+                out.clear();
+            }
+            for chunk in out.into_iter().filter(|c| !c.is_empty()) {
+                if !matches!(self.output.send(Message::Chunk(chunk)).await, Ok(true)) {
+                    return;
+                }
+            }
+            if let Message::Barrier(b) = msg
+                && !matches!(self.output.send(Message::Barrier(b)).await, Ok(true))
+            {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Symmetric hash join over two changelogs.
+//!
+//! Each side keeps its rows by join key: key -> row -> (copies, degree),
+//! where *degree* is how many rows of the other side the row currently
+//! matches (equal key and residual filter true). A change on one side probes
+//! the other side's rows of the same key, emits joined rows with the
+//! change's op, and updates degrees. Degrees are what make outer, semi and
+//! anti joins exact under deletes:
+//!
+//! ```text
+//! left outer:  degree 0 -> 1   retract (l, NULL), emit (l, r)
+//!              degree 1 -> 0   retract (l, r),    emit (l, NULL)
+//! semi:        emit l while degree > 0;  anti: emit l while degree == 0
+//! ```
+//!
+//! Rows with a NULL key never match (unless the join says NULLs are equal),
+//! so they are never stored; they only ever produce their padded row.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+
+use eddy_planner::JoinKind;
+
+use crate::codec::RowCodec;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Op, StreamChunk};
+use crate::operator::Operator;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    copies: i64,
+    degree: i64,
+}
+
+type SideState = HashMap<Box<[u8]>, HashMap<Box<[u8]>, Entry>>;
+
+/// Fixed description of one join input.
+#[derive(Debug)]
+pub struct JoinSide {
+    /// Key expressions over this side's rows.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// This side's row codec.
+    pub codec: RowCodec,
+}
+
+/// The symmetric hash join operator.
+#[derive(Debug)]
+pub struct HashJoin {
+    // Fixed at plan time.
+    kind: JoinKind,
+    nulls_equal: bool,
+    sides: [JoinSide; 2],
+    key_types: Vec<DataType>,
+    key_codec: RowCodec,
+    null_rows: [Box<[u8]>; 2],
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Schema of `left ++ right` (what the residual filter sees).
+    joined_schema: SchemaRef,
+    schema: SchemaRef,
+    evaluator: Evaluator,
+    // State.
+    state: [SideState; 2],
+}
+
+/// One output row: left and right encoded rows (None = this side absent).
+type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
+
+impl HashJoin {
+    /// A join of `kind`. `key_types` are the (common) key types.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: JoinKind,
+        nulls_equal: bool,
+        sides: [JoinSide; 2],
+        key_types: Vec<DataType>,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        joined_schema: SchemaRef,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+    ) -> Result<Self> {
+        let null_rows = [sides[0].codec.null_row()?, sides[1].codec.null_row()?];
+        Ok(Self {
+            kind,
+            nulls_equal,
+            key_codec: RowCodec::new(key_types.clone())?,
+            key_types,
+            sides,
+            null_rows,
+            filter,
+            joined_schema,
+            schema,
+            evaluator,
+            state: [HashMap::new(), HashMap::new()],
+        })
+    }
+
+    fn pads(&self, side: usize) -> bool {
+        if side == 0 {
+            self.kind.pads_left()
+        } else {
+            self.kind.pads_right()
+        }
+    }
+
+    /// For semi/anti joins: the side whose rows are output.
+    fn filtered_side(&self) -> Option<(usize, bool)> {
+        match self.kind {
+            JoinKind::LeftSemi => Some((0, true)),
+            JoinKind::LeftAnti => Some((0, false)),
+            JoinKind::RightSemi => Some((1, true)),
+            JoinKind::RightAnti => Some((1, false)),
+            _ => None,
+        }
+    }
+
+    /// Encoded keys of `batch` on `side`; None where a key is NULL and NULLs don't match.
+    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<Vec<Option<Box<[u8]>>>> {
+        let columns = self.evaluator.eval_all(&self.sides[side].keys, batch)?;
+        let columns: Vec<ArrayRef> = columns
+            .iter()
+            .zip(&self.key_types)
+            .map(|(c, t)| {
+                if c.data_type() == t {
+                    Ok(c.clone())
+                } else {
+                    cast(c, t)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let rows = self.key_codec.encode(&columns)?;
+        Ok((0..batch.num_rows())
+            .map(|i| {
+                let has_null = columns.iter().any(|c| c.is_null(i));
+                (self.nulls_equal || !has_null).then(|| rows.row(i).as_ref().into())
+            })
+            .collect())
+    }
+
+    /// Decodes output rows into a batch of the output schema.
+    fn build(&self, rows: &[OutRow<'_>]) -> Result<StreamChunk> {
+        let ops: Vec<Op> = rows.iter().map(|r| r.0).collect();
+        let mut columns = Vec::new();
+        let (with_left, with_right) = match self.filtered_side() {
+            Some((0, _)) => (true, false),
+            Some(_) => (false, true),
+            None => (true, true),
+        };
+        if with_left {
+            columns.extend(
+                self.sides[0]
+                    .codec
+                    .decode(rows.iter().map(|r| r.1.unwrap_or(&self.null_rows[0])))?,
+            );
+        }
+        if with_right {
+            columns.extend(
+                self.sides[1]
+                    .codec
+                    .decode(rows.iter().map(|r| r.2.unwrap_or(&self.null_rows[1])))?,
+            );
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok(StreamChunk {
+            batch,
+            ops: ops.into(),
+        })
+    }
+
+    /// Which candidate pairs pass the residual filter.
+    fn filter_pairs(&self, side: usize, mine: &[&[u8]], theirs: &[&[u8]]) -> Result<Vec<bool>> {
+        let Some(filter) = &self.filter else {
+            return Ok(vec![true; mine.len()]);
+        };
+        if mine.is_empty() {
+            return Ok(vec![]);
+        }
+        let (left, right) = if side == 0 {
+            (mine, theirs)
+        } else {
+            (theirs, mine)
+        };
+        let mut columns = self.sides[0].codec.decode(left.iter().copied())?;
+        columns.extend(self.sides[1].codec.decode(right.iter().copied())?);
+        let batch = RecordBatch::try_new(self.joined_schema.clone(), columns)?;
+        let mask = self.evaluator.eval_predicate(filter, &batch)?;
+        Ok((0..mask.len())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect())
+    }
+}
+
+impl Operator for HashJoin {
+    fn process(
+        &mut self,
+        side: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let other = 1 - side;
+        let keys = self.keys(side, &chunk.batch)?;
+        let encoded = self.sides[side].codec.encode(chunk.batch.columns())?;
+
+        // Candidate pairs, probed against the other side before this chunk
+        // (rows of one chunk are all on one side, so they never meet each other).
+        let mut pair_row = Vec::new();
+        let mut mine: Vec<&[u8]> = Vec::new();
+        let mut theirs: Vec<Box<[u8]>> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(bucket) = key.as_ref().and_then(|k| self.state[other].get(k)) else {
+                continue;
+            };
+            for row in bucket.keys() {
+                pair_row.push(i);
+                mine.push(encoded.row(i).data());
+                theirs.push(row.clone());
+            }
+        }
+        let theirs_refs: Vec<&[u8]> = theirs.iter().map(|r| r.as_ref()).collect();
+        let passes = self.filter_pairs(side, &mine, &theirs_refs)?;
+
+        let filtered = self.filtered_side();
+        let mut output: Vec<OutRow<'_>> = Vec::new();
+        let mut pair = 0;
+        // Output rows borrow encoded rows; the other side's rows are owned by `theirs`.
+        for (i, key) in keys.iter().enumerate() {
+            let op = chunk.ops[i];
+            let sign = op.sign();
+            let my_row = encoded.row(i).data();
+            let mut matched = 0i64;
+            while pair < pair_row.len() && pair_row[pair] == i {
+                if passes[pair] {
+                    let their_row = theirs_refs[pair];
+                    let entry = key
+                        .as_ref()
+                        .and_then(|k| self.state[other].get_mut(k))
+                        .and_then(|b| b.get_mut(their_row))
+                        .copied()
+                        .unwrap_or_default();
+                    matched += entry.copies;
+                    let (l, r) = if side == 0 {
+                        (my_row, their_row)
+                    } else {
+                        (their_row, my_row)
+                    };
+                    match filtered {
+                        None => {
+                            for _ in 0..entry.copies {
+                                output.push((op, Some(l), Some(r)));
+                            }
+                        }
+                        Some((s, semi)) if s == other => {
+                            let was = entry.degree > 0;
+                            let now = entry.degree + sign > 0;
+                            if was != now {
+                                let emit_op = if now == semi { Op::Insert } else { Op::Delete };
+                                for _ in 0..entry.copies {
+                                    let row = if s == 0 {
+                                        (emit_op, Some(their_row), None)
+                                    } else {
+                                        (emit_op, None, Some(their_row))
+                                    };
+                                    output.push(row);
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                    if filtered.is_none() && self.pads(other) {
+                        let was = entry.degree > 0;
+                        let now = entry.degree + sign > 0;
+                        if was != now {
+                            let emit_op = if now { Op::Delete } else { Op::Insert };
+                            for _ in 0..entry.copies {
+                                let row = if other == 0 {
+                                    (emit_op, Some(their_row), None)
+                                } else {
+                                    (emit_op, None, Some(their_row))
+                                };
+                                output.push(row);
+                            }
+                        }
+                    }
+                    if let Some(e) = key
+                        .as_ref()
+                        .and_then(|k| self.state[other].get_mut(k))
+                        .and_then(|b| b.get_mut(their_row))
+                    {
+                        e.degree += sign;
+                    }
+                }
+                pair += 1;
+            }
+            // This row's own output.
+            match filtered {
+                Some((s, semi)) if s == side => {
+                    if (matched > 0) == semi {
+                        output.push(if side == 0 {
+                            (op, Some(my_row), None)
+                        } else {
+                            (op, None, Some(my_row))
+                        });
+                    }
+                }
+                None if matched == 0 && self.pads(side) => {
+                    output.push(if side == 0 {
+                        (op, Some(my_row), None)
+                    } else {
+                        (op, None, Some(my_row))
+                    });
+                }
+                _ => {}
+            }
+            // Store or retract the row itself.
+            if let Some(key) = key {
+                let bucket = self.state[side].entry(key.clone()).or_default();
+                let entry = bucket.entry(my_row.into()).or_default();
+                entry.copies += sign;
+                entry.degree = matched;
+                if entry.copies == 0 {
+                    bucket.remove(my_row);
+                    if bucket.is_empty() {
+                        self.state[side].remove(key);
+                    }
+                }
+            }
+        }
+        if !output.is_empty() {
+            out.push(self.build(&output)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! Eddy's streaming runtime: incremental operators over Arrow batches.
+//!
+//! A pipeline is a graph of [`fragment::Fragment`] tasks connected by bounded
+//! channels (backpressure) carrying [`Message`]s: changelog chunks and epoch
+//! barriers. Tables publish their DML as chunks; each table and view ends in
+//! a materialize operator that hands its epoch's net change to the
+//! [`Coordinator`], which commits all relations of an epoch at once.
+//!
+//! See `docs/architecture.md` for the whole picture.
+
+pub mod aggregate;
+mod build;
+mod codec;
+mod coordinator;
+mod dispatch;
+mod error;
+mod eval;
+mod fragment;
+mod input;
+mod join;
+mod materialize;
+mod message;
+mod operator;
+mod runtime;
+
+pub use build::batch_schema;
+pub use codec::RowCodec;
+pub use coordinator::Coordinator;
+pub use error::{ExecutorError, Result};
+pub use eval::ErrorStats;
+pub use message::{Barrier, Message, Op, StreamChunk};
+pub use runtime::{Runtime, WriteGuard};

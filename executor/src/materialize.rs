@@ -1,0 +1,81 @@
+//! The last operator of every table and view pipeline.
+//!
+//! It consolidates the epoch's changes into a [`Delta`] (encoded row ->
+//! net multiplicity change) and hands it to the [`Coordinator`] at the
+//! barrier. Chunks pass through unchanged (conformed to the relation's
+//! schema) so views defined on this relation receive them.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+
+use crate::codec::RowCodec;
+use crate::coordinator::{Coordinator, Delta};
+use crate::error::Result;
+use crate::message::{Barrier, StreamChunk};
+use crate::operator::Operator;
+
+/// Applies a changelog to a relation's committed rows, epoch by epoch.
+#[derive(Debug)]
+pub struct Materialize {
+    relation: u32,
+    schema: SchemaRef,
+    codec: RowCodec,
+    coordinator: Arc<Coordinator>,
+    delta: Delta,
+}
+
+impl Materialize {
+    /// Materializes relation `relation` with rows of `schema`.
+    pub fn new(relation: u32, schema: SchemaRef, coordinator: Arc<Coordinator>) -> Result<Self> {
+        let codec = RowCodec::for_schema(&schema)?;
+        Ok(Self {
+            relation,
+            schema,
+            codec,
+            coordinator,
+            delta: Delta::new(),
+        })
+    }
+}
+
+impl Operator for Materialize {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let batch = RecordBatch::try_new(self.schema.clone(), chunk.batch.columns().to_vec())?;
+        let rows = self.codec.encode(batch.columns())?;
+        for (row, op) in rows.iter().zip(chunk.ops.iter()) {
+            let bytes = row.data();
+            match self.delta.get_mut(bytes) {
+                Some(n) => {
+                    *n += op.sign();
+                    if *n == 0 {
+                        self.delta.remove(bytes);
+                    }
+                }
+                None => {
+                    self.delta.insert(bytes.into(), op.sign());
+                }
+            }
+        }
+        out.push(StreamChunk {
+            batch,
+            ops: chunk.ops,
+        });
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier, _out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.coordinator.ack(
+            self.relation,
+            barrier.epoch,
+            std::mem::take(&mut self.delta),
+        );
+        Ok(())
+    }
+}

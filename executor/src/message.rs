@@ -1,0 +1,75 @@
+//! What flows on the edges of a pipeline.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+
+/// Whether a row is added to or retracted from a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// The row is added.
+    Insert,
+    /// One identical copy of the row is retracted.
+    Delete,
+}
+
+impl Op {
+    /// +1 for inserts, -1 for deletes: the row's change in multiplicity.
+    pub fn sign(self) -> i64 {
+        match self {
+            Op::Insert => 1,
+            Op::Delete => -1,
+        }
+    }
+}
+
+/// A batch of changes: row `i` of `batch` is inserted or deleted per `ops[i]`.
+///
+/// An update is a delete of the old row followed by an insert of the new one.
+#[derive(Debug, Clone)]
+pub struct StreamChunk {
+    /// The rows.
+    pub batch: RecordBatch,
+    /// One op per row.
+    pub ops: Arc<[Op]>,
+}
+
+impl StreamChunk {
+    /// A chunk that inserts every row of `batch`.
+    pub fn inserts(batch: RecordBatch) -> Self {
+        let ops = vec![Op::Insert; batch.num_rows()].into();
+        Self { batch, ops }
+    }
+
+    /// A chunk that deletes every row of `batch`.
+    pub fn deletes(batch: RecordBatch) -> Self {
+        let ops = vec![Op::Delete; batch.num_rows()].into();
+        Self { batch, ops }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the chunk holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Marks the end of epoch `epoch` on every edge it crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    /// The epoch that ends here. Epochs only increase along an edge.
+    pub epoch: u64,
+}
+
+/// One message on a pipeline edge.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// Changes.
+    Chunk(StreamChunk),
+    /// End of an epoch.
+    Barrier(Barrier),
+}

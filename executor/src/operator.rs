@@ -1,0 +1,123 @@
+//! The operator trait, and the stateless operators.
+//!
+//! An operator turns input chunks into output chunks. Stateful operators may
+//! hold changes back and emit them when the epoch ends
+//! ([`Operator::on_barrier`]), so a view sees one consolidated change per
+//! key per epoch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Barrier, Op, StreamChunk};
+
+/// An incremental operator. `port` says which logical input a chunk came
+/// from (0 for single-input operators; 0 = left, 1 = right for joins).
+pub trait Operator: Send + std::fmt::Debug {
+    /// Processes one chunk, appending output to `out`.
+    fn process(
+        &mut self,
+        port: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()>;
+
+    /// Called when every input has delivered `barrier`; may emit held-back changes.
+    fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Vec<StreamChunk>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Computes one expression per output column.
+#[derive(Debug)]
+pub struct Project {
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    schema: SchemaRef,
+    evaluator: Evaluator,
+}
+
+impl Project {
+    /// A projection producing `schema` from `exprs`.
+    pub fn new(exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef, evaluator: Evaluator) -> Self {
+        Self {
+            exprs,
+            schema,
+            evaluator,
+        }
+    }
+}
+
+impl Operator for Project {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let columns = self.evaluator.eval_all(&self.exprs, &chunk.batch)?;
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(chunk.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        out.push(StreamChunk {
+            batch,
+            ops: chunk.ops,
+        });
+        Ok(())
+    }
+}
+
+/// Keeps the rows where a predicate is true.
+#[derive(Debug)]
+pub struct Filter {
+    predicate: Arc<dyn PhysicalExpr>,
+    evaluator: Evaluator,
+}
+
+impl Filter {
+    /// A filter on `predicate`.
+    pub fn new(predicate: Arc<dyn PhysicalExpr>, evaluator: Evaluator) -> Self {
+        Self {
+            predicate,
+            evaluator,
+        }
+    }
+}
+
+impl Operator for Filter {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let mask = self
+            .evaluator
+            .eval_predicate(&self.predicate, &chunk.batch)?;
+        // NULL counts as false, as in WHERE.
+        let mask = datafusion::arrow::compute::prep_null_mask_filter(&mask);
+        if mask.true_count() == 0 {
+            return Ok(());
+        }
+        if mask.true_count() == chunk.len() {
+            out.push(chunk);
+            return Ok(());
+        }
+        let batch = filter_record_batch(&chunk.batch, &mask)?;
+        let ops: Vec<Op> = chunk
+            .ops
+            .iter()
+            .zip(mask.iter())
+            .filter_map(|(op, keep)| (keep == Some(true)).then_some(*op))
+            .collect();
+        out.push(StreamChunk {
+            batch,
+            ops: ops.into(),
+        });
+        Ok(())
+    }
+}

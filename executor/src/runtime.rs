@@ -1,0 +1,244 @@
+//! The streaming runtime as the server sees it.
+//!
+//! Concurrency contract:
+//! - Every write into a table's changelog ([`Runtime::publish`]) and every
+//!   barrier injection happens under the write lock, so an epoch holds a
+//!   prefix of all DML, in statement order.
+//! - Creating or dropping a pipeline happens *quiesced*: under the write
+//!   lock, after a flush. Then nothing is in flight, every relation's
+//!   committed rows are its latest rows, and a new pipeline can start from
+//!   them (backfill) and subscribe to what comes next with no gap and no
+//!   duplicate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use tokio::sync::{MutexGuard, mpsc};
+
+use eddy_planner::StreamNode;
+
+use crate::build::{PipelineBuilder, SourceHandle};
+use crate::coordinator::Coordinator;
+use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
+use crate::error::{ExecutorError, Result};
+use crate::eval::{ErrorLog, ErrorStats, Evaluator};
+use crate::fragment::Fragment;
+use crate::input::{AlignedInput, InputChannel};
+use crate::materialize::Materialize;
+use crate::message::{Barrier, Message, StreamChunk};
+
+/// Proof that the caller holds the write lock.
+pub type WriteGuard<'a> = MutexGuard<'a, ()>;
+
+/// Owns every running pipeline.
+#[derive(Debug)]
+pub struct Runtime {
+    coordinator: Arc<Coordinator>,
+    errors: Arc<ErrorLog>,
+    /// Changelog subscribers of each table and view.
+    subscribers: Mutex<HashMap<u32, Arc<Subscribers>>>,
+    /// Tables: the relations barriers are injected into.
+    sources: Mutex<HashSet<u32>>,
+    /// Pipelines with constant inputs only need barriers.
+    ticks: Arc<Subscribers>,
+    write_lock: tokio::sync::Mutex<()>,
+    parallelism: usize,
+}
+
+impl Runtime {
+    /// A runtime running keyed operators as `parallelism` partitions.
+    pub fn new(parallelism: usize) -> Arc<Self> {
+        Arc::new(Self {
+            coordinator: Arc::new(Coordinator::default()),
+            errors: Arc::new(ErrorLog::default()),
+            subscribers: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashSet::new()),
+            ticks: Arc::new(Subscribers::default()),
+            write_lock: tokio::sync::Mutex::new(()),
+            parallelism: parallelism.max(1),
+        })
+    }
+
+    /// The coordinator (committed reads, epochs).
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Expression errors per relation.
+    pub fn errors(&self) -> Vec<(u32, ErrorStats)> {
+        self.errors.snapshot()
+    }
+
+    /// Takes the write lock.
+    pub async fn write_lock(&self) -> WriteGuard<'_> {
+        self.write_lock.lock().await
+    }
+
+    fn subscribers_of(&self, id: u32) -> Option<Arc<Subscribers>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn spawn(fragments: Vec<Fragment>) {
+        for f in fragments {
+            tokio::spawn(f.run());
+        }
+    }
+
+    /// Starts table `id` holding `rows` (its stored rows, on start).
+    pub fn create_table(
+        &self,
+        _guard: &WriteGuard<'_>,
+        id: u32,
+        schema: SchemaRef,
+        rows: Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.coordinator.add_relation(id, schema.clone())?;
+        let subscribers = Arc::new(Subscribers::default());
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        subscribers.add(id, tx);
+        let prefix = rows
+            .into_iter()
+            .map(|b| Message::Chunk(StreamChunk::inserts(b)))
+            .collect();
+        let fragment = Fragment {
+            relation: id,
+            input: AlignedInput::new(vec![InputChannel::with_prefix(prefix, rx)]),
+            ports: vec![0],
+            ops: vec![Box::new(Materialize::new(
+                id,
+                schema,
+                self.coordinator.clone(),
+            )?)],
+            output: Output::Subscribers(Arc::new(Subscribers::default())),
+            coordinator: self.coordinator.clone(),
+        };
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, subscribers);
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Self::spawn(vec![fragment]);
+        Ok(())
+    }
+
+    /// Sends table `id`'s changes to everything that reads it.
+    pub async fn publish(&self, _guard: &WriteGuard<'_>, id: u32, chunk: StreamChunk) {
+        if let Some(subs) = self.subscribers_of(id) {
+            subs.send(Message::Chunk(chunk)).await;
+        }
+    }
+
+    /// Ends the current epoch: a barrier into every source. Returns the epoch.
+    pub async fn inject_barrier(&self, _guard: &WriteGuard<'_>) -> u64 {
+        let epoch = self.coordinator.begin_epoch();
+        let barrier = Message::Barrier(Barrier { epoch });
+        // Table changelogs are the sources; views forward barriers themselves.
+        let tables: Vec<Arc<Subscribers>> = {
+            let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ids: Vec<_> = subs.keys().copied().collect();
+            ids.sort();
+            ids.into_iter()
+                .filter(|id| self.is_source(*id))
+                .filter_map(|id| subs.get(&id).cloned())
+                .collect()
+        };
+        for subs in tables {
+            subs.send(barrier.clone()).await;
+        }
+        self.ticks.send(barrier).await;
+        epoch
+    }
+
+    fn is_source(&self, id: u32) -> bool {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// Waits until every change made before this call is committed.
+    pub async fn flush(&self) {
+        let epoch = {
+            let guard = self.write_lock().await;
+            self.inject_barrier(&guard).await
+        };
+        self.coordinator.wait_committed(epoch).await;
+    }
+
+    /// Flushes while holding the write lock: afterwards nothing is in flight.
+    pub async fn quiesce(&self, guard: &WriteGuard<'_>) {
+        let epoch = self.inject_barrier(guard).await;
+        self.coordinator.wait_committed(epoch).await;
+    }
+
+    /// Starts view `id` maintaining `plan`. Must be called quiesced.
+    pub fn create_view(
+        &self,
+        _guard: &WriteGuard<'_>,
+        id: u32,
+        plan: &StreamNode,
+        resolve: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<()> {
+        let resolve_source = |name: &str| -> Result<SourceHandle> {
+            let id = resolve(name).ok_or_else(|| {
+                ExecutorError::Unsupported(format!("{name} cannot be read by a materialized view"))
+            })?;
+            let subscribers = self.subscribers_of(id).ok_or_else(|| {
+                ExecutorError::Internal(format!("relation {name} has no changelog"))
+            })?;
+            Ok(SourceHandle { id, subscribers })
+        };
+        let mut builder = PipelineBuilder {
+            relation: id,
+            parallelism: self.parallelism,
+            coordinator: self.coordinator.clone(),
+            evaluator: Evaluator::new(id, self.errors.clone()),
+            ticks: self.ticks.clone(),
+            resolve: &resolve_source,
+            fragments: Vec::new(),
+            subscriptions: Vec::new(),
+        };
+        let output = Arc::new(Subscribers::default());
+        builder.build_root(plan, output.clone())?;
+        let schema = crate::build::batch_schema(plan.schema());
+        self.coordinator.add_relation(id, schema)?;
+        for (subs, tx) in builder.subscriptions {
+            subs.add(id, tx);
+        }
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, output);
+        Self::spawn(builder.fragments);
+        Ok(())
+    }
+
+    /// Stops relation `id` (table or view) and forgets its rows. Must be
+    /// called quiesced, after every view reading it was dropped.
+    pub fn drop_relation(&self, _guard: &WriteGuard<'_>, id: u32) {
+        let removed = {
+            let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            for s in subs.values() {
+                s.remove_owner(id);
+            }
+            subs.remove(&id)
+        };
+        drop(removed);
+        self.ticks.remove_owner(id);
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.coordinator.remove_relation(id);
+        self.errors.forget(id);
+    }
+}

@@ -1,0 +1,16 @@
+//! SQL text to Eddy statements, and DataFusion logical plans to stream plans.
+//!
+//! Name resolution, type coercion and scalar functions are DataFusion's: a
+//! materialized view's query is planned and optimized by DataFusion, then
+//! [`lower`] turns the optimized `LogicalPlan` into a [`StreamNode`] tree of
+//! incremental operators. Anything the stream runtime cannot maintain
+//! incrementally is rejected here with [`PlanError::Unsupported`], before any
+//! state exists.
+
+mod error;
+mod parse;
+mod stream_plan;
+
+pub use error::{PlanError, Result};
+pub use parse::{EddyStatement, parse_sql};
+pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};

@@ -1,0 +1,490 @@
+//! The stream plan: what an incremental pipeline computes.
+//!
+//! A [`StreamNode`] tree mirrors the DataFusion `LogicalPlan` it was lowered
+//! from, keeping only what the runtime needs: expressions stay DataFusion
+//! `Expr`s (the executor turns them into `PhysicalExpr`s evaluated over
+//! whole batches), and every node keeps its output schema.
+//!
+//! Every stream is a changelog of inserts and deletes with bag semantics: a
+//! delete retracts one copy of an identical row. Stateful operators key their
+//! state by value, so no node needs a declared stream key.
+
+use std::fmt;
+
+use datafusion::common::{DFSchemaRef, JoinType, NullEquality};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, SortExpr};
+
+use crate::error::{PlanError, Result};
+
+/// Aggregate functions the runtime maintains under inserts and deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    /// `count(x)` (and `count(*)`, which DataFusion plans as `count(1)`).
+    Count,
+    /// `sum(x)`.
+    Sum,
+    /// `avg(x)`.
+    Avg,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `bool_and(x)`.
+    BoolAnd,
+    /// `bool_or(x)`.
+    BoolOr,
+    /// `string_agg(x, delimiter)`; values are concatenated in ascending
+    /// (or, with `ORDER BY x DESC`, descending) order of `x`.
+    StringAgg,
+}
+
+/// One aggregate call of an [`StreamNode::Aggregate`].
+#[derive(Debug, Clone)]
+pub struct AggregateCall {
+    /// Which function.
+    pub kind: AggregateKind,
+    /// The aggregated expression.
+    pub arg: Expr,
+    /// `DISTINCT`: each value counts once.
+    pub distinct: bool,
+    /// `FILTER (WHERE ...)`.
+    pub filter: Option<Expr>,
+    /// `string_agg`'s delimiter (a constant).
+    pub delimiter: Option<Expr>,
+    /// `string_agg ... ORDER BY x DESC`.
+    pub descending: bool,
+}
+
+/// Join kinds the runtime maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Inner join.
+    Inner,
+    /// Left outer join.
+    Left,
+    /// Right outer join.
+    Right,
+    /// Full outer join.
+    Full,
+    /// Left rows with at least one match (`IN` / `EXISTS`).
+    LeftSemi,
+    /// Left rows without a match (`NOT EXISTS`).
+    LeftAnti,
+    /// Right rows with at least one match.
+    RightSemi,
+    /// Right rows without a match.
+    RightAnti,
+}
+
+impl JoinKind {
+    /// Whether unmatched left rows appear in the output, padded with NULLs.
+    pub fn pads_left(self) -> bool {
+        matches!(self, Self::Left | Self::Full)
+    }
+    /// Whether unmatched right rows appear in the output, padded with NULLs.
+    pub fn pads_right(self) -> bool {
+        matches!(self, Self::Right | Self::Full)
+    }
+}
+
+/// A node of the stream plan.
+#[derive(Debug, Clone)]
+pub enum StreamNode {
+    /// The changelog of a table or materialized view.
+    Source {
+        /// Relation name.
+        relation: String,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
+    /// Constant rows, emitted once.
+    Values {
+        /// Rows of constant expressions.
+        rows: Vec<Vec<Expr>>,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
+    /// Computes `exprs` for every row.
+    Project {
+        /// Input.
+        input: Box<StreamNode>,
+        /// One expression per output column.
+        exprs: Vec<Expr>,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
+    /// Keeps rows where `predicate` is true.
+    Filter {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Predicate.
+        predicate: Expr,
+    },
+    /// Grouped (or global, when `group` is empty) aggregation.
+    Aggregate {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Group-by expressions.
+        group: Vec<Expr>,
+        /// Aggregate calls.
+        calls: Vec<AggregateCall>,
+        /// Output schema: group columns, then one column per call.
+        schema: DFSchemaRef,
+    },
+    /// Equi-join (possibly with no keys: a cross join) with a residual filter.
+    Join {
+        /// Left input.
+        left: Box<StreamNode>,
+        /// Right input.
+        right: Box<StreamNode>,
+        /// Key pairs, left expression then right expression.
+        on: Vec<(Expr, Expr)>,
+        /// Residual condition over the joined row.
+        filter: Option<Expr>,
+        /// Join kind.
+        kind: JoinKind,
+        /// Whether NULL keys match each other (`IS NOT DISTINCT FROM`).
+        nulls_equal: bool,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
+    /// `UNION ALL`.
+    Union {
+        /// Inputs, all of the output schema's types.
+        inputs: Vec<StreamNode>,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
+}
+
+impl StreamNode {
+    /// Output schema of this node.
+    pub fn schema(&self) -> &DFSchemaRef {
+        match self {
+            Self::Source { schema, .. }
+            | Self::Values { schema, .. }
+            | Self::Project { schema, .. }
+            | Self::Aggregate { schema, .. }
+            | Self::Join { schema, .. }
+            | Self::Union { schema, .. } => schema,
+            Self::Filter { input, .. } => input.schema(),
+        }
+    }
+
+    /// Names of the relations this plan reads.
+    pub fn sources(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.visit_sources(&mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn visit_sources(&self, out: &mut Vec<String>) {
+        match self {
+            Self::Source { relation, .. } => out.push(relation.clone()),
+            Self::Values { .. } => {}
+            Self::Project { input, .. }
+            | Self::Filter { input, .. }
+            | Self::Aggregate { input, .. } => input.visit_sources(out),
+            Self::Join { left, right, .. } => {
+                left.visit_sources(out);
+                right.visit_sources(out);
+            }
+            Self::Union { inputs, .. } => inputs.iter().for_each(|i| i.visit_sources(out)),
+        }
+    }
+
+    fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        let list = |es: &[Expr]| {
+            es.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Self::Source { relation, .. } => writeln!(f, "{pad}StreamScan: {relation}"),
+            Self::Values { rows, .. } => writeln!(f, "{pad}StreamValues: {} rows", rows.len()),
+            Self::Project { input, exprs, .. } => {
+                writeln!(f, "{pad}StreamProject: {}", list(exprs))?;
+                input.fmt_indent(f, depth + 1)
+            }
+            Self::Filter { input, predicate } => {
+                writeln!(f, "{pad}StreamFilter: {predicate}")?;
+                input.fmt_indent(f, depth + 1)
+            }
+            Self::Aggregate {
+                input,
+                group,
+                calls,
+                ..
+            } => {
+                let calls = calls
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{:?}({}{})",
+                            c.kind,
+                            if c.distinct { "DISTINCT " } else { "" },
+                            c.arg
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                writeln!(
+                    f,
+                    "{pad}StreamHashAggregate: group=[{}], aggs=[{calls}]",
+                    list(group)
+                )?;
+                input.fmt_indent(f, depth + 1)
+            }
+            Self::Join {
+                left,
+                right,
+                on,
+                filter,
+                kind,
+                ..
+            } => {
+                let on = on
+                    .iter()
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                write!(f, "{pad}StreamHashJoin: {kind:?}, on=[{on}]")?;
+                if let Some(filter) = filter {
+                    write!(f, ", filter={filter}")?;
+                }
+                writeln!(f)?;
+                left.fmt_indent(f, depth + 1)?;
+                right.fmt_indent(f, depth + 1)
+            }
+            Self::Union { inputs, .. } => {
+                writeln!(f, "{pad}StreamUnionAll")?;
+                inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
+            }
+        }
+    }
+}
+
+impl fmt::Display for StreamNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_indent(f, 0)
+    }
+}
+
+fn unsupported<T>(what: impl Into<String>) -> Result<T> {
+    Err(PlanError::Unsupported(what.into()))
+}
+
+/// Lowers an optimized DataFusion plan into a stream plan.
+pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
+    Ok(match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.fetch.is_some() || !scan.filters.is_empty() {
+                return unsupported(
+                    "a table scan with pushed-down limit or filters in a materialized view",
+                );
+            }
+            let relation = scan.table_name.table().to_string();
+            let full = StreamNode::Source {
+                relation,
+                schema: std::sync::Arc::new(
+                    datafusion::common::DFSchema::try_from_qualified_schema(
+                        scan.table_name.clone(),
+                        &scan.source.schema(),
+                    )?,
+                ),
+            };
+            match &scan.projection {
+                None => full,
+                Some(indices) => {
+                    let full_schema = full.schema().clone();
+                    let exprs = indices
+                        .iter()
+                        .map(|&i| {
+                            let (q, f) = full_schema.qualified_field(i);
+                            Expr::Column(datafusion::common::Column::from((q, f)))
+                        })
+                        .collect();
+                    StreamNode::Project {
+                        input: Box::new(full),
+                        exprs,
+                        schema: scan.projected_schema.clone(),
+                    }
+                }
+            }
+        }
+        LogicalPlan::Projection(p) => StreamNode::Project {
+            input: Box::new(lower(&p.input)?),
+            exprs: p.expr.clone(),
+            schema: p.schema.clone(),
+        },
+        LogicalPlan::Filter(f) => StreamNode::Filter {
+            input: Box::new(lower(&f.input)?),
+            predicate: f.predicate.clone(),
+        },
+        LogicalPlan::SubqueryAlias(a) => {
+            // Same columns, new qualifier: a projection keeps the schema honest.
+            let input = lower(&a.input)?;
+            let exprs = input
+                .schema()
+                .iter()
+                .map(|(q, f)| Expr::Column(datafusion::common::Column::from((q, f))))
+                .collect();
+            StreamNode::Project {
+                input: Box::new(input),
+                exprs,
+                schema: a.schema.clone(),
+            }
+        }
+        LogicalPlan::Sort(s) => {
+            if s.fetch.is_some() {
+                return unsupported("ORDER BY ... LIMIT (top-N) in a materialized view");
+            }
+            // A materialized view is a set; ORDER BY belongs to the query that reads it.
+            lower(&s.input)?
+        }
+        LogicalPlan::Limit(_) => return unsupported("LIMIT / OFFSET in a materialized view"),
+        LogicalPlan::Aggregate(a) => {
+            if a.group_expr
+                .iter()
+                .any(|e| matches!(e, Expr::GroupingSet(_)))
+            {
+                return unsupported("GROUPING SETS / ROLLUP / CUBE in a materialized view");
+            }
+            let calls = a
+                .aggr_expr
+                .iter()
+                .map(aggregate_call)
+                .collect::<Result<_>>()?;
+            StreamNode::Aggregate {
+                input: Box::new(lower(&a.input)?),
+                group: a.group_expr.clone(),
+                calls,
+                schema: a.schema.clone(),
+            }
+        }
+        LogicalPlan::Distinct(Distinct::All(input)) => {
+            let group = input
+                .schema()
+                .iter()
+                .map(|(q, f)| Expr::Column(datafusion::common::Column::from((q, f))))
+                .collect();
+            StreamNode::Aggregate {
+                input: Box::new(lower(input)?),
+                group,
+                calls: vec![],
+                schema: input.schema().clone(),
+            }
+        }
+        LogicalPlan::Join(j) => {
+            if j.null_aware {
+                return unsupported(
+                    "NOT IN with a subquery in a materialized view (use NOT EXISTS)",
+                );
+            }
+            let kind = match j.join_type {
+                JoinType::Inner => JoinKind::Inner,
+                JoinType::Left => JoinKind::Left,
+                JoinType::Right => JoinKind::Right,
+                JoinType::Full => JoinKind::Full,
+                JoinType::LeftSemi => JoinKind::LeftSemi,
+                JoinType::LeftAnti => JoinKind::LeftAnti,
+                JoinType::RightSemi => JoinKind::RightSemi,
+                JoinType::RightAnti => JoinKind::RightAnti,
+                other => return unsupported(format!("{other} join in a materialized view")),
+            };
+            StreamNode::Join {
+                left: Box::new(lower(&j.left)?),
+                right: Box::new(lower(&j.right)?),
+                on: j.on.clone(),
+                filter: j.filter.clone(),
+                kind,
+                nulls_equal: j.null_equality == NullEquality::NullEqualsNull,
+                schema: j.schema.clone(),
+            }
+        }
+        LogicalPlan::Union(u) => StreamNode::Union {
+            inputs: u.inputs.iter().map(|i| lower(i)).collect::<Result<_>>()?,
+            schema: u.schema.clone(),
+        },
+        LogicalPlan::Values(v) => StreamNode::Values {
+            rows: v.values.clone(),
+            schema: v.schema.clone(),
+        },
+        LogicalPlan::EmptyRelation(e) => StreamNode::Values {
+            rows: if e.produce_one_row {
+                vec![vec![]]
+            } else {
+                vec![]
+            },
+            schema: e.schema.clone(),
+        },
+        other => {
+            let name = other.display().to_string();
+            let name = name
+                .split(':')
+                .next()
+                .unwrap_or("this construct")
+                .to_string();
+            return unsupported(format!("{name} in a materialized view"));
+        }
+    })
+}
+
+fn aggregate_call(expr: &Expr) -> Result<AggregateCall> {
+    let expr = match expr {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
+        return unsupported(format!("aggregate expression {expr}"));
+    };
+    let kind = match func.name() {
+        "count" => AggregateKind::Count,
+        "sum" => AggregateKind::Sum,
+        "avg" | "mean" => AggregateKind::Avg,
+        "min" => AggregateKind::Min,
+        "max" => AggregateKind::Max,
+        "bool_and" => AggregateKind::BoolAnd,
+        "bool_or" => AggregateKind::BoolOr,
+        "string_agg" => AggregateKind::StringAgg,
+        other => return unsupported(format!("aggregate function {other} in a materialized view")),
+    };
+    let (arg, delimiter) = match (kind, params.args.as_slice()) {
+        (AggregateKind::StringAgg, [arg, delim]) => (arg.clone(), Some(delim.clone())),
+        (AggregateKind::Count, []) => (datafusion::prelude::lit(1i64), None),
+        (_, [arg]) => (arg.clone(), None),
+        _ => {
+            return unsupported(format!(
+                "{} with {} arguments",
+                func.name(),
+                params.args.len()
+            ));
+        }
+    };
+    let descending = match params.order_by.as_slice() {
+        [] => false,
+        [SortExpr { expr, asc, .. }] if kind == AggregateKind::StringAgg && *expr == arg => !asc,
+        _ => {
+            return unsupported(format!(
+                "ORDER BY inside {} (only string_agg(x, d ORDER BY x) is maintained)",
+                func.name()
+            ));
+        }
+    };
+    if params.null_treatment.is_some() {
+        return unsupported("IGNORE / RESPECT NULLS in a materialized view");
+    }
+    Ok(AggregateCall {
+        kind,
+        arg,
+        distinct: params.distinct,
+        filter: params.filter.as_deref().cloned(),
+        delimiter,
+        descending,
+    })
+}

@@ -1,0 +1,347 @@
+//! INSERT, UPDATE and DELETE.
+//!
+//! Under the write lock: compute the statement's old and new rows, check
+//! constraints, write them to storage in one synced batch, then publish the
+//! change (deletes of old rows, inserts of new ones) to the table's
+//! changelog. UPDATE and DELETE find their rows in the table's latest stored
+//! rows (`__eddy_dml.<table>`), whose hidden column is each row's storage key.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::logical_expr::{DmlStatement, WriteOp};
+use datafusion::sql::sqlparser::ast::{
+    Delete, FromTable, Ident, ObjectName, ObjectNamePart, Statement, TableAlias, TableFactor,
+    TableWithJoins,
+};
+
+use eddy_executor::{Op, StreamChunk};
+use eddy_storage::{RelationKind, RowWrite};
+
+use super::{DML_SCHEMA, Engine, IMPLICIT_FLUSH, Outcome, Settings};
+use crate::catalog::RelationInfo;
+use crate::error::{EddyError, Result};
+use crate::providers::ROW_KEY;
+
+fn retarget_factor(table: &mut TableWithJoins) -> Result<()> {
+    let TableFactor::Table { name, alias, .. } = &mut table.relation else {
+        return Err(EddyError::Unsupported(
+            "UPDATE / DELETE of something other than a table".into(),
+        ));
+    };
+    let Some(last) = name.0.last().cloned() else {
+        return Err(EddyError::Syntax("missing table name".into()));
+    };
+    if alias.is_none() {
+        let ident = last
+            .as_ident()
+            .cloned()
+            .unwrap_or_else(|| Ident::new(last.to_string()));
+        *alias = Some(TableAlias {
+            name: ident,
+            columns: vec![],
+            explicit: true,
+            at: None,
+        });
+    }
+    *name = ObjectName(vec![
+        ObjectNamePart::Identifier(Ident::new(DML_SCHEMA)),
+        last,
+    ]);
+    Ok(())
+}
+
+/// Points an UPDATE / DELETE at the table's latest rows (`__eddy_dml.t AS t`).
+pub(super) fn retarget(mut stmt: Statement) -> Result<Statement> {
+    match &mut stmt {
+        Statement::Update(update) => {
+            if update.from.is_some() || update.returning.is_some() {
+                return Err(EddyError::Unsupported("UPDATE ... FROM / RETURNING".into()));
+            }
+            retarget_factor(&mut update.table)?;
+        }
+        Statement::Delete(Delete {
+            from,
+            using,
+            returning,
+            ..
+        }) => {
+            if using.is_some() || returning.is_some() {
+                return Err(EddyError::Unsupported(
+                    "DELETE ... USING / RETURNING".into(),
+                ));
+            }
+            let tables = match from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let [table] = tables.as_mut_slice() else {
+                return Err(EddyError::Unsupported("DELETE from several tables".into()));
+            };
+            retarget_factor(table)?;
+        }
+        _ => {}
+    }
+    Ok(stmt)
+}
+
+impl Engine {
+    pub(super) async fn execute_dml(
+        &self,
+        dml: DmlStatement,
+        settings: &Settings,
+    ) -> Result<Outcome> {
+        let name = dml.table_name.table().to_string();
+        let info = self.catalog.require(&name)?;
+        if info.kind != RelationKind::Table {
+            return Err(EddyError::WrongObjectType {
+                name,
+                expected: "table",
+            });
+        }
+        let (tag, rows) = {
+            let guard = self.runtime.write_lock().await;
+            // Reads of other relations (INSERT ... SELECT, subqueries) must see
+            // every earlier statement: settle the pipelines first.
+            if !Self::scanned_relations(&dml.input)?.is_empty() {
+                self.runtime.quiesce(&guard).await;
+            }
+            let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
+            let (tag, change, writes) = match dml.op {
+                WriteOp::Insert(_) => {
+                    let new = self.conform(&info, &batches, info.schema.fields().len())?;
+                    let (change, writes) = self.prepare_insert(&info, new)?;
+                    ("INSERT 0", change, writes)
+                }
+                WriteOp::Update => {
+                    let (change, writes) = self.prepare_update(&info, &batches)?;
+                    ("UPDATE", change, writes)
+                }
+                WriteOp::Delete => {
+                    let (change, writes) = self.prepare_delete(&info, &batches)?;
+                    ("DELETE", change, writes)
+                }
+                other => return Err(EddyError::Unsupported(format!("{other}"))),
+            };
+            let count = match &change {
+                Some(c) if tag == "UPDATE" => c.len() / 2,
+                Some(c) => c.len(),
+                None => 0,
+            };
+            if let Some(change) = change {
+                self.store.write_rows(info.id, &writes)?;
+                self.runtime.publish(&guard, info.id, change).await;
+            }
+            (tag, count)
+        };
+        if settings
+            .get(IMPLICIT_FLUSH)
+            .is_some_and(|v| matches!(v.as_str(), "true" | "on" | "1"))
+        {
+            self.runtime.flush().await;
+        }
+        Ok(Outcome::Command {
+            tag: tag.to_string(),
+            rows: Some(rows),
+        })
+    }
+
+    /// The first `width` columns of `batches` as one batch of the table's schema.
+    fn conform(
+        &self,
+        info: &RelationInfo,
+        batches: &[RecordBatch],
+        width: usize,
+    ) -> Result<RecordBatch> {
+        let columns = |b: &RecordBatch| -> Vec<ArrayRef> { b.columns()[..width].to_vec() };
+        let parts = batches
+            .iter()
+            .map(|b| {
+                RecordBatch::try_new(info.schema.clone(), columns(b))
+                    .map_err(|e| self.not_null_error(info, b, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(concat_batches(&info.schema, &parts)?)
+    }
+
+    fn not_null_error(
+        &self,
+        info: &RelationInfo,
+        batch: &RecordBatch,
+        e: datafusion::arrow::error::ArrowError,
+    ) -> EddyError {
+        for (i, field) in info.schema.fields().iter().enumerate() {
+            if !field.is_nullable() && batch.column(i).null_count() > 0 {
+                return EddyError::NotNullViolation {
+                    table: info.name.clone(),
+                    column: field.name().clone(),
+                };
+            }
+        }
+        e.into()
+    }
+
+    fn key_text(info: &RelationInfo, batch: &RecordBatch, row: usize) -> String {
+        let Some(rows) = &info.rows else {
+            return String::new();
+        };
+        let cols: Vec<String> = rows
+            .primary_key
+            .iter()
+            .map(|&i| info.schema.field(i).name().clone())
+            .collect();
+        let vals: Vec<String> = rows
+            .primary_key
+            .iter()
+            .map(|&i| {
+                datafusion::arrow::util::display::array_value_to_string(batch.column(i), row)
+                    .unwrap_or_default()
+            })
+            .collect();
+        format!("({})=({})", cols.join(", "), vals.join(", "))
+    }
+
+    fn prepare_insert(
+        &self,
+        info: &RelationInfo,
+        new: RecordBatch,
+    ) -> Result<(Option<StreamChunk>, Vec<RowWrite>)> {
+        if new.num_rows() == 0 {
+            return Ok((None, vec![]));
+        }
+        let rows = info
+            .rows
+            .as_ref()
+            .ok_or_else(|| EddyError::WrongObjectType {
+                name: info.name.clone(),
+                expected: "table",
+            })?;
+        let keys = rows.new_keys(&new)?;
+        if !rows.primary_key.is_empty() {
+            let mut seen = HashSet::new();
+            let existing = self.store.get_rows(info.id, &keys)?;
+            for (i, (key, old)) in keys.iter().zip(&existing).enumerate() {
+                if old.is_some() || !seen.insert(key) {
+                    return Err(EddyError::UniqueViolation {
+                        table: info.name.clone(),
+                        key: Self::key_text(info, &new, i),
+                    });
+                }
+            }
+        }
+        let values = rows.encode(&new)?;
+        let writes = keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| RowWrite::Put { key, value })
+            .collect();
+        Ok((Some(StreamChunk::inserts(new)), writes))
+    }
+
+    fn row_keys(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let keys = batch
+            .column_by_name(ROW_KEY)
+            .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+            .ok_or_else(|| EddyError::Coded {
+                code: "XX000",
+                message: "DML plan lost the row key (this is a bug in Eddy)".into(),
+            })?;
+        Ok(keys
+            .iter()
+            .map(|k| k.unwrap_or_default().to_vec())
+            .collect())
+    }
+
+    fn prepare_delete(
+        &self,
+        info: &RelationInfo,
+        batches: &[RecordBatch],
+    ) -> Result<(Option<StreamChunk>, Vec<RowWrite>)> {
+        let width = info.schema.fields().len();
+        let old = self.conform(info, batches, width)?;
+        if old.num_rows() == 0 {
+            return Ok((None, vec![]));
+        }
+        let keys = batches
+            .iter()
+            .map(Self::row_keys)
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        let writes = keys
+            .into_iter()
+            .map(|key| RowWrite::Delete { key })
+            .collect();
+        Ok((Some(StreamChunk::deletes(old)), writes))
+    }
+
+    fn prepare_update(
+        &self,
+        info: &RelationInfo,
+        batches: &[RecordBatch],
+    ) -> Result<(Option<StreamChunk>, Vec<RowWrite>)> {
+        let rows = info
+            .rows
+            .as_ref()
+            .ok_or_else(|| EddyError::WrongObjectType {
+                name: info.name.clone(),
+                expected: "table",
+            })?;
+        let width = info.schema.fields().len();
+        let new = self.conform(info, batches, width)?;
+        if new.num_rows() == 0 {
+            return Ok((None, vec![]));
+        }
+        let old_keys = batches
+            .iter()
+            .map(Self::row_keys)
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        let stored = self.store.get_rows(info.id, &old_keys)?;
+        let stored: Vec<&[u8]> = stored
+            .iter()
+            .map(|v| v.as_deref().unwrap_or_default())
+            .collect();
+        let old = RecordBatch::try_new(info.schema.clone(), rows.decode(stored)?)?;
+        let new_keys = if rows.primary_key.is_empty() {
+            old_keys.clone()
+        } else {
+            rows.new_keys(&new)?
+        };
+        if !rows.primary_key.is_empty() {
+            let freed: HashSet<&Vec<u8>> = old_keys.iter().collect();
+            let existing = self.store.get_rows(info.id, &new_keys)?;
+            let mut seen = HashSet::new();
+            for (i, (key, present)) in new_keys.iter().zip(&existing).enumerate() {
+                if (present.is_some() && !freed.contains(key)) || !seen.insert(key) {
+                    return Err(EddyError::UniqueViolation {
+                        table: info.name.clone(),
+                        key: Self::key_text(info, &new, i),
+                    });
+                }
+            }
+        }
+        let values = rows.encode(&new)?;
+        let mut writes: Vec<RowWrite> = old_keys
+            .into_iter()
+            .map(|key| RowWrite::Delete { key })
+            .collect();
+        writes.extend(
+            new_keys
+                .into_iter()
+                .zip(values)
+                .map(|(key, value)| RowWrite::Put { key, value }),
+        );
+        let both = concat_batches(&info.schema, [&old, &new])?;
+        let ops: Vec<Op> = std::iter::repeat_n(Op::Delete, old.num_rows())
+            .chain(std::iter::repeat_n(Op::Insert, new.num_rows()))
+            .collect();
+        Ok((
+            Some(StreamChunk {
+                batch: both,
+                ops: Arc::from(ops),
+            }),
+            writes,
+        ))
+    }
+}

@@ -1,0 +1,342 @@
+//! The engine: runs statements against the catalog, storage and runtime.
+//!
+//! Every statement is parsed once (`eddy_planner::parse_sql`), bound by
+//! DataFusion into a `LogicalPlan` where it has one ([`Engine::prepare`]), and
+//! executed ([`Engine::execute`]). Queries read a [`ReadSnapshot`] taken at
+//! one committed epoch. DML and DDL run under the runtime's write lock; DDL
+//! also quiesces the pipelines first (see `eddy_executor::Runtime`).
+
+mod ddl;
+mod dml;
+mod show;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::CatalogProvider;
+use datafusion::catalog::memory::MemoryCatalogProvider;
+use datafusion::common::ParamValues;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use tracing::info;
+
+use eddy_executor::Runtime;
+use eddy_planner::{EddyStatement, parse_sql};
+use eddy_storage::{RelationKind, Store};
+
+use crate::catalog::Catalog;
+use crate::error::{EddyError, Result};
+use crate::providers::{DmlSchema, PublicSchema, ReadSnapshot, RelationTable, SystemSchema};
+
+/// The catalog (database) name DataFusion sees.
+pub const CATALOG_NAME: &str = "eddy";
+/// The schema holding user relations.
+pub const PUBLIC: &str = "public";
+/// The schema UPDATE / DELETE read their target from.
+pub const DML_SCHEMA: &str = "__eddy_dml";
+
+/// What a statement answers.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Rows.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// A command tag (`INSERT 0 3`, `CREATE TABLE`...).
+    Command {
+        /// Tag.
+        tag: String,
+        /// Affected rows, for tags that carry a count.
+        rows: Option<usize>,
+    },
+    /// `BEGIN`.
+    TransactionStart,
+    /// `COMMIT` / `ROLLBACK`.
+    TransactionEnd(&'static str),
+}
+
+impl Outcome {
+    fn command(tag: &str) -> Self {
+        Outcome::Command {
+            tag: tag.to_string(),
+            rows: None,
+        }
+    }
+}
+
+/// A statement ready to execute, possibly with `$n` parameters.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// A query or DML statement bound by DataFusion.
+    Plan(LogicalPlan),
+    /// Anything else, executed from its AST.
+    Statement(EddyStatement),
+}
+
+/// Per-connection settings (`SET` / `SHOW`).
+pub type Settings = HashMap<String, String>;
+
+/// The setting that makes every DML statement wait for its flush.
+pub const IMPLICIT_FLUSH: &str = "implicit_flush";
+
+/// The database engine shared by all connections.
+pub struct Engine {
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+    store: Arc<Store>,
+    runtime: Arc<Runtime>,
+    compat: PostgresCompatibilityParser,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the data directory and restarts every relation in it.
+    pub async fn open(data_dir: &Path, parallelism: usize) -> Result<Arc<Self>> {
+        let store = Arc::new(Store::open(data_dir)?);
+        let catalog = Arc::new(Catalog::default());
+        let runtime = Runtime::new(parallelism);
+
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC)
+            .with_information_schema(true)
+            .with_target_partitions(parallelism.max(1));
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        config.options_mut().sql_parser.enable_ident_normalization = true;
+        let ctx = SessionContext::new_with_config(config);
+        let db = MemoryCatalogProvider::new();
+        db.register_schema(
+            PUBLIC,
+            Arc::new(PublicSchema {
+                catalog: catalog.clone(),
+            }),
+        )?;
+        db.register_schema(
+            DML_SCHEMA,
+            Arc::new(DmlSchema {
+                catalog: catalog.clone(),
+                store: store.clone(),
+            }),
+        )?;
+        db.register_schema(
+            "eddy_catalog",
+            Arc::new(SystemSchema {
+                catalog: catalog.clone(),
+                runtime: runtime.clone(),
+            }),
+        )?;
+        ctx.register_catalog(CATALOG_NAME, Arc::new(db));
+        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &ctx,
+            CATALOG_NAME,
+            EmptyContextProvider,
+        )
+        .map_err(|e| EddyError::DataFusion(*e))?;
+        ctx.register_udf(crate::functions::version_udf());
+
+        let engine = Arc::new(Self {
+            ctx,
+            catalog,
+            store,
+            runtime,
+            compat: PostgresCompatibilityParser::new(),
+        });
+        engine.replay().await?;
+        Ok(engine)
+    }
+
+    /// The runtime (for periodic barriers).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    async fn replay(&self) -> Result<()> {
+        let entries = self.store.catalog()?;
+        let count = entries.len();
+        let mut tables_loaded = false;
+        for entry in entries {
+            if entry.kind != RelationKind::Table && !tables_loaded {
+                // Tables' stored rows must be committed before views backfill from them.
+                self.runtime.flush().await;
+                tables_loaded = true;
+            }
+            let stmts = parse_sql(&entry.sql)?;
+            let [EddyStatement::Sql(stmt)] = stmts.as_slice() else {
+                return Err(EddyError::Coded {
+                    code: "XX001",
+                    message: format!("catalog entry {} is not one statement", entry.id),
+                });
+            };
+            self.create(stmt, Some(entry.id), &entry.sql).await?;
+        }
+        self.runtime.flush().await;
+        info!(relations = count, "catalog replayed");
+        Ok(())
+    }
+
+    /// Splits a query string into statements. A lone query goes through the
+    /// Postgres-compatibility rewrites clients' catalog queries need.
+    pub fn parse(&self, sql: &str) -> Result<Vec<EddyStatement>> {
+        let stmts = parse_sql(sql)?;
+        if let [EddyStatement::Sql(s)] = stmts.as_slice()
+            && matches!(s.as_ref(), Statement::Query(_))
+            && let Ok(mut rewritten) = self.compat.parse(sql)
+            && rewritten.len() == 1
+        {
+            return Ok(vec![EddyStatement::Sql(Box::new(rewritten.remove(0)))]);
+        }
+        Ok(stmts
+            .into_iter()
+            .map(|s| match s {
+                EddyStatement::Sql(q) if matches!(q.as_ref(), Statement::Query(_)) => {
+                    EddyStatement::Sql(Box::new(self.compat.rewrite(*q)))
+                }
+                other => other,
+            })
+            .collect())
+    }
+
+    /// Binds a statement: queries and DML become plans (with parameter types).
+    pub async fn prepare(&self, stmt: EddyStatement) -> Result<Prepared> {
+        let EddyStatement::Sql(sql) = &stmt else {
+            return Ok(Prepared::Statement(stmt));
+        };
+        match sql.as_ref() {
+            Statement::Query(_) | Statement::Insert(_) => {
+                Ok(Prepared::Plan(self.bind(sql.as_ref().clone()).await?))
+            }
+            Statement::Update(_) | Statement::Delete(_) => Ok(Prepared::Plan(
+                self.bind(dml::retarget(sql.as_ref().clone())?).await?,
+            )),
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::Query(_)) =>
+            {
+                Ok(Prepared::Plan(self.bind(sql.as_ref().clone()).await?))
+            }
+            _ => Ok(Prepared::Statement(stmt)),
+        }
+    }
+
+    async fn bind(&self, stmt: Statement) -> Result<LogicalPlan> {
+        Ok(self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+            .await?)
+    }
+
+    /// Executes a prepared statement with `params`.
+    pub async fn execute(
+        &self,
+        prepared: Prepared,
+        params: Option<ParamValues>,
+        settings: &mut Settings,
+    ) -> Result<Outcome> {
+        match prepared {
+            Prepared::Plan(plan) => {
+                let plan = match params {
+                    Some(p) => plan.with_param_values(p)?,
+                    None => plan,
+                };
+                match plan {
+                    LogicalPlan::Dml(dml) => self.execute_dml(dml, settings).await,
+                    plan => {
+                        let (schema, batches) = self.run_query(plan).await?;
+                        Ok(Outcome::Rows { schema, batches })
+                    }
+                }
+            }
+            Prepared::Statement(EddyStatement::Flush) => {
+                self.runtime.flush().await;
+                Ok(Outcome::command("FLUSH"))
+            }
+            Prepared::Statement(EddyStatement::Sql(stmt)) => {
+                self.execute_other(*stmt, settings).await
+            }
+        }
+    }
+
+    async fn execute_other(&self, stmt: Statement, settings: &mut Settings) -> Result<Outcome> {
+        let sql = stmt.to_string();
+        match &stmt {
+            Statement::CreateTable(_) | Statement::CreateView(_) => {
+                self.create(&stmt, None, &sql).await
+            }
+            Statement::Drop { .. } => self.drop(&stmt).await,
+            Statement::StartTransaction { .. } => Ok(Outcome::TransactionStart),
+            Statement::Commit { .. } => Ok(Outcome::TransactionEnd("COMMIT")),
+            Statement::Rollback { .. } => Ok(Outcome::TransactionEnd("ROLLBACK")),
+            _ => self.execute_show_or_set(stmt, settings).await,
+        }
+    }
+
+    /// Relations a plan scans (tables and materialized views), by id.
+    fn scanned_relations(plan: &LogicalPlan) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = source_as_provider(&scan.source)
+                && let Some(t) = provider.downcast_ref::<RelationTable>()
+            {
+                ids.push(t.info.id);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Runs a bound query over one committed epoch of everything it reads.
+    async fn run_query(&self, plan: LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ids = Self::scanned_relations(&plan)?;
+        let snapshot = self
+            .runtime
+            .coordinator()
+            .read(&ids)
+            .map_err(|e| self.name_failure(e, &ids))?;
+        let mut state = self.ctx.state();
+        state
+            .config_mut()
+            .set_extension(Arc::new(ReadSnapshot(snapshot)));
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let physical = state.create_physical_plan(&plan).await?;
+        let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+        Ok((schema, batches))
+    }
+
+    fn name_failure(&self, e: eddy_executor::ExecutorError, ids: &[u32]) -> EddyError {
+        let failed =
+            self.catalog.all().into_iter().find(|r| {
+                ids.contains(&r.id) && self.runtime.coordinator().failure(r.id).is_some()
+            });
+        match failed {
+            Some(r) => EddyError::Coded {
+                code: "XX000",
+                message: format!(
+                    "materialized view \"{}\" failed and is no longer maintained: {}; drop and recreate it",
+                    r.name, e
+                ),
+            },
+            None => e.into(),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `eddy`: a streaming SQL database speaking the Postgres protocol.
+
+mod catalog;
+mod engine;
+mod error;
+mod functions;
+mod pg;
+mod providers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::engine::Engine;
+use crate::pg::PgHandler;
+
+/// Command-line and environment configuration.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eddy",
+    version,
+    about = "Eddy: a streaming SQL database (Postgres wire protocol)"
+)]
+struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "EDDY_LISTEN", default_value = "127.0.0.1:4466")]
+    listen: SocketAddr,
+    /// Directory holding Eddy's data.
+    #[arg(long, env = "EDDY_DATA_DIR", default_value = "./eddy-data")]
+    data_dir: PathBuf,
+    /// Partitions per keyed operator (default: number of cores).
+    #[arg(long, env = "EDDY_PARALLELISM")]
+    parallelism: Option<usize>,
+    /// How often epochs end (barriers), in milliseconds.
+    #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
+    checkpoint_interval_ms: u64,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let parallelism = config.parallelism.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let engine = Engine::open(&config.data_dir, parallelism)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    info!(listen = %config.listen, data_dir = %config.data_dir.display(), parallelism, "eddy is ready");
+    println!(
+        "eddy listening on {} (data dir {})",
+        config.listen,
+        config.data_dir.display()
+    );
+
+    let ticker = engine.clone();
+    let interval = Duration::from_millis(config.checkpoint_interval_ms.max(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let guard = ticker.runtime().write_lock().await;
+            ticker.runtime().inject_barrier(&guard).await;
+        }
+    });
+
+    let handler = Arc::new(PgHandler::new(engine.clone()));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handler).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => error!(error = %e, "accept failed"),
+            },
+            _ = &mut shutdown => {
+                info!("shutting down");
+                // Every DML statement is durable when it returns; nothing to save.
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("eddy: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(config)) {
+        eprintln!("eddy: {e}");
+        std::process::exit(1);
+    }
+}

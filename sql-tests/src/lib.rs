@@ -1,0 +1,234 @@
+//! Test support: a real `eddy` server process and Postgres-protocol clients.
+//!
+//! [`EddyServer`] starts the `eddy` binary built next to the test binary on a
+//! free loopback port with its own data directory, and can `kill -9` and
+//! restart it. [`PgDb`] plays `.slt` files through `tokio-postgres`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A running `eddy` process.
+pub struct EddyServer {
+    child: Option<Child>,
+    /// Port it listens on.
+    pub port: u16,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Path of the `eddy` binary: next to the test binary's `deps/` directory.
+pub fn eddy_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("EDDY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("eddy")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "eddy-test-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+impl EddyServer {
+    /// Starts a server on a new data directory.
+    pub fn start(name: &str) -> Self {
+        Self::start_on(fresh_dir(name))
+    }
+
+    /// Starts a server on `data_dir` (which may hold earlier data).
+    pub fn start_on(data_dir: PathBuf) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            data_dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = eddy_binary();
+        let child = Command::new(&bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--checkpoint-interval-ms")
+            .arg("100")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with `cargo build --bin eddy`)",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("eddy exited during start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "eddy did not start listening within 60s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill -9 and start again on the same data directory and port.
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// A connection string for `tokio-postgres`.
+    pub fn conn_str(&self) -> String {
+        format!("host=127.0.0.1 port={} user=root dbname=dev", self.port)
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.conn_str(), NoTls)
+            .await
+            .expect("connect to eddy");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for EddyServer {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Runs `sql` with the simple protocol and returns its rows as text (`NULL` for nulls), sorted.
+pub async fn rows_sorted(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut rows: Vec<String> = client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// A sqllogictest database over one Postgres connection.
+pub struct PgDb {
+    client: Client,
+}
+
+impl PgDb {
+    /// Connects to the server at `conn` (a tokio-postgres connection string).
+    pub async fn connect(conn: &str) -> Result<Self, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { client })
+    }
+}
+
+#[async_trait::async_trait]
+impl sqllogictest::AsyncDB for PgDb {
+    type Error = tokio_postgres::Error;
+    type ColumnType = sqllogictest::DefaultColumnType;
+
+    async fn run(
+        &mut self,
+        sql: &str,
+    ) -> Result<sqllogictest::DBOutput<Self::ColumnType>, Self::Error> {
+        let messages = self.client.simple_query(sql).await?;
+        let mut rows = Vec::new();
+        let mut width = None;
+        let mut count = 0;
+        for m in messages {
+            match m {
+                SimpleQueryMessage::Row(r) => {
+                    width = Some(r.len());
+                    rows.push(
+                        (0..r.len())
+                            .map(|i| match r.get(i) {
+                                None => "NULL".to_string(),
+                                Some("") => "(empty)".to_string(),
+                                Some(v) => v.to_string(),
+                            })
+                            .collect(),
+                    );
+                }
+                SimpleQueryMessage::RowDescription(d) => width = Some(d.len()),
+                SimpleQueryMessage::CommandComplete(n) => count = n,
+                _ => {}
+            }
+        }
+        Ok(match width {
+            Some(w) => sqllogictest::DBOutput::Rows {
+                types: vec![sqllogictest::DefaultColumnType::Any; w],
+                rows,
+            },
+            None => sqllogictest::DBOutput::StatementComplete(count),
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "eddy"
+    }
+
+    async fn sleep(dur: Duration) {
+        tokio::time::sleep(dur).await;
+    }
+
+    fn error_sql_state(err: &Self::Error) -> Option<String> {
+        err.code().map(|c| c.code().to_string())
+    }
+}

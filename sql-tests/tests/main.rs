@@ -1,0 +1,8 @@
+//! Eddy's end-to-end tests: every test talks to a real `eddy` process over
+//! the Postgres protocol. One test binary, one module per area.
+
+mod extended;
+mod oracle;
+mod psql;
+mod restart;
+mod slt;

@@ -1,0 +1,47 @@
+//! Plays every `sql-tests/slt/*.slt` file against its own fresh server.
+
+use eddy_sql_tests::{EddyServer, PgDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slt_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("slt");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("slt dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    let only = std::env::var("SLT").ok();
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("slt")
+            .to_string();
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let server = EddyServer::start(&name);
+        let conn = server.conn_str();
+        let mut runner = sqllogictest::Runner::new(move || {
+            let conn = conn.clone();
+            async move { PgDb::connect(&conn).await }
+        });
+        match runner.run_file_async(file).await {
+            Ok(()) => eprintln!("ok   {name}"),
+            Err(e) => {
+                eprintln!("FAIL {name}: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+        drop(server);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} slt file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

@@ -1,0 +1,24 @@
+//! Everything Eddy keeps on disk, in one RocksDB database.
+//!
+//! Key space (all keys start with a one-byte tag so ranges never overlap):
+//!
+//! ```text
+//! c <id:u32be>              -> catalog entry (JSON): one DDL statement that created a relation
+//! r <id:u32be> <row key>    -> one table row (Arrow row format bytes of every column)
+//! m <name>                  -> small metadata (counters)
+//! ```
+//!
+//! Invariants:
+//! - A write that returns `Ok` is in the WAL and fsynced: it survives `kill -9`.
+//! - One process owns a data directory at a time (RocksDB's `LOCK` file); a
+//!   second opener gets [`StorageError::Locked`].
+//! - Row keys are opaque here; the server encodes them so byte order is the
+//!   primary-key order.
+
+mod catalog;
+mod error;
+mod store;
+
+pub use catalog::{CatalogEntry, RelationKind};
+pub use error::{Result, StorageError};
+pub use store::{RowWrite, Store};

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --bin eddy
+cargo build --workspace --bins --tests
 cargo test --workspace

@@ -81,6 +81,8 @@ struct State {
     pending: BTreeMap<u64, PendingEpoch>,
     next_epoch: u64,
     committed: u64,
+    /// Deltas acked for epochs a relation was not part of (see [`Coordinator::ack`]).
+    carried: HashMap<u32, Delta>,
 }
 
 /// Tracks epochs and owns the committed rows of every table and view.
@@ -98,6 +100,7 @@ impl Default for Coordinator {
                 pending: BTreeMap::new(),
                 next_epoch: 1,
                 committed: 0,
+                carried: HashMap::new(),
             }),
             committed_tx: watch::channel(0).0,
         }
@@ -129,6 +132,7 @@ impl Coordinator {
     pub fn remove_relation(&self, id: u32) {
         let mut state = self.lock();
         state.relations.remove(&id);
+        state.carried.remove(&id);
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
         }
@@ -171,16 +175,31 @@ impl Coordinator {
     }
 
     /// Relation `id` finished epoch `epoch` with net change `delta`.
-    pub fn ack(&self, id: u32, epoch: u64, delta: Delta) {
+    ///
+    /// A relation created right after a quiesce can see the barrier of an
+    /// epoch that committed before it existed (its upstream acked, then
+    /// forwarded the barrier). Such a delta — its backfill — belongs to the
+    /// relation's first epoch and is carried into its next ack.
+    pub fn ack(&self, id: u32, epoch: u64, mut delta: Delta) {
         let mut state = self.lock();
-        if let Some(pending) = state.pending.get_mut(&epoch)
-            && pending.waiting.remove(&id)
-        {
+        let waited = state
+            .pending
+            .get(&epoch)
+            .is_some_and(|p| p.waiting.contains(&id));
+        if !waited {
+            merge(state.carried.entry(id).or_default(), delta);
+            return;
+        }
+        if let Some(carried) = state.carried.remove(&id) {
+            merge(&mut delta, carried);
+        }
+        if let Some(pending) = state.pending.get_mut(&epoch) {
+            pending.waiting.remove(&id);
             if !delta.is_empty() {
                 pending.deltas.push((id, delta));
             }
-            self.commit_ready(&mut state);
         }
+        self.commit_ready(&mut state);
     }
 
     fn commit_ready(&self, state: &mut State) {
@@ -194,21 +213,7 @@ impl Coordinator {
                     continue;
                 };
                 relation.cache = None;
-                for (row, change) in delta {
-                    match relation.rows.entry(row) {
-                        Entry::Occupied(mut e) => {
-                            *e.get_mut() += change;
-                            if *e.get() == 0 {
-                                e.remove();
-                            }
-                        }
-                        Entry::Vacant(e) => {
-                            if change != 0 {
-                                e.insert(change);
-                            }
-                        }
-                    }
-                }
+                merge(&mut relation.rows, delta);
             }
             state.committed = epoch;
             self.committed_tx.send_replace(epoch);
@@ -260,5 +265,37 @@ impl Coordinator {
             .relations
             .get(&id)
             .map(|r| r.rows.values().sum())
+    }
+}
+
+/// Adds `delta` into `into`, dropping rows whose multiplicity becomes zero.
+fn merge(into: &mut Delta, delta: Delta) {
+    for (row, change) in delta {
+        match into.entry(row) {
+            Entry::Occupied(mut e) => {
+                *e.get_mut() += change;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(change);
+            }
+        }
+    }
+}
+
+/// Adds one row's change into `delta` without allocating for rows already in it.
+pub(crate) fn add_change(delta: &mut Delta, row: &[u8], change: i64) {
+    match delta.get_mut(row) {
+        Some(n) => {
+            *n += change;
+            if *n == 0 {
+                delta.remove(row);
+            }
+        }
+        None => {
+            delta.insert(row.into(), change);
+        }
     }
 }

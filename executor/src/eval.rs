@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
@@ -91,7 +91,8 @@ impl Evaluator {
         exprs.iter().map(|e| self.eval(e, batch)).collect()
     }
 
-    /// Evaluates a predicate; rows where it fails count as not true.
+    /// Evaluates a predicate into a mask without NULLs: rows where it is
+    /// NULL or fails are false.
     pub fn eval_predicate(
         &self,
         expr: &Arc<dyn PhysicalExpr>,
@@ -99,11 +100,16 @@ impl Evaluator {
     ) -> Result<BooleanArray> {
         let array = self.eval(expr, batch)?;
         let array = datafusion::arrow::compute::cast(&array, &DataType::Boolean)?;
-        Ok(array
+        let mask = array
             .as_any()
             .downcast_ref::<BooleanArray>()
             .cloned()
-            .unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()])))
+            .unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
+        // NULL counts as false, as in WHERE.
+        Ok(match mask.nulls() {
+            Some(_) => datafusion::arrow::compute::prep_null_mask_filter(&mask),
+            None => mask,
+        })
     }
 
     fn eval_row_by_row(

@@ -121,6 +121,10 @@ impl HashJoin {
 
     /// Encoded keys of `batch` on `side`; None where a key is NULL and NULLs don't match.
     fn keys(&self, side: usize, batch: &RecordBatch) -> Result<Vec<Option<Box<[u8]>>>> {
+        if self.key_types.is_empty() {
+            // A cross join: every row has the same (empty) key.
+            return Ok(vec![Some(Box::new([])); batch.num_rows()]);
+        }
         let columns = self.evaluator.eval_all(&self.sides[side].keys, batch)?;
         let columns: Vec<ArrayRef> = columns
             .iter()

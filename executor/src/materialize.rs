@@ -11,7 +11,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::codec::RowCodec;
-use crate::coordinator::{Coordinator, Delta};
+use crate::coordinator::{Coordinator, Delta, add_change};
 use crate::error::Result;
 use crate::message::{Barrier, StreamChunk};
 use crate::operator::Operator;
@@ -50,18 +50,7 @@ impl Operator for Materialize {
         let batch = RecordBatch::try_new(self.schema.clone(), chunk.batch.columns().to_vec())?;
         let rows = self.codec.encode(batch.columns())?;
         for (row, op) in rows.iter().zip(chunk.ops.iter()) {
-            let bytes = row.data();
-            match self.delta.get_mut(bytes) {
-                Some(n) => {
-                    *n += op.sign();
-                    if *n == 0 {
-                        self.delta.remove(bytes);
-                    }
-                }
-                None => {
-                    self.delta.insert(bytes.into(), op.sign());
-                }
-            }
+            add_change(&mut self.delta, row.data(), op.sign());
         }
         out.push(StreamChunk {
             batch,

@@ -98,8 +98,6 @@ impl Operator for Filter {
         let mask = self
             .evaluator
             .eval_predicate(&self.predicate, &chunk.batch)?;
-        // NULL counts as false, as in WHERE.
-        let mask = datafusion::arrow::compute::prep_null_mask_filter(&mask);
         if mask.true_count() == 0 {
             return Ok(());
         }

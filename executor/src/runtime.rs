@@ -84,9 +84,28 @@ impl Runtime {
             .cloned()
     }
 
+    /// Spawns fragments. A fragment that panics (a bug) fails its relation
+    /// instead of leaving every later epoch waiting for its ack.
     fn spawn(fragments: Vec<Fragment>) {
         for f in fragments {
-            tokio::spawn(f.run());
+            let (relation, coordinator) = (f.relation, f.coordinator.clone());
+            let task = tokio::spawn(f.run());
+            tokio::spawn(async move {
+                if let Err(e) = task.await
+                    && e.is_panic()
+                {
+                    let panic = e.into_panic();
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    coordinator.fail(
+                        relation,
+                        format!("internal error (this is a bug in Eddy): {message}"),
+                    );
+                }
+            });
         }
     }
 

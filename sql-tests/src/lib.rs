@@ -168,8 +168,10 @@ pub struct PgDb {
 
 impl PgDb {
     /// Connects to the server at `conn` (a tokio-postgres connection string).
-    pub async fn connect(conn: &str) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
+    pub async fn connect(conn: &str) -> Result<Self, PgError> {
+        let (client, connection) = tokio_postgres::connect(conn, NoTls)
+            .await
+            .map_err(PgError)?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -177,16 +179,31 @@ impl PgDb {
     }
 }
 
+/// A client error that shows the server's message, not just "db error".
+#[derive(Debug)]
+pub struct PgError(pub tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{}: {}", db.code().code(), db.message()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
+
 #[async_trait::async_trait]
 impl sqllogictest::AsyncDB for PgDb {
-    type Error = tokio_postgres::Error;
+    type Error = PgError;
     type ColumnType = sqllogictest::DefaultColumnType;
 
     async fn run(
         &mut self,
         sql: &str,
     ) -> Result<sqllogictest::DBOutput<Self::ColumnType>, Self::Error> {
-        let messages = self.client.simple_query(sql).await?;
+        let messages = self.client.simple_query(sql).await.map_err(PgError)?;
         let mut rows = Vec::new();
         let mut width = None;
         let mut count = 0;
@@ -229,6 +246,6 @@ impl sqllogictest::AsyncDB for PgDb {
     }
 
     fn error_sql_state(err: &Self::Error) -> Option<String> {
-        err.code().map(|c| c.code().to_string())
+        err.0.code().map(|c| c.code().to_string())
     }
 }

@@ -1,12 +1,12 @@
 //! CREATE TABLE / VIEW / MATERIALIZED VIEW and DROP.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::common::Constraint;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, ObjectType, Statement};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, ObjectType, Statement, visit_relations};
 
 use eddy_executor::batch_schema;
 use eddy_storage::{CatalogEntry, RelationKind};
@@ -15,18 +15,21 @@ use super::{Engine, Outcome};
 use crate::catalog::{RelationInfo, TableRows, kind_name};
 use crate::error::{EddyError, Result};
 
-/// Names of the relations `plan` reads directly (before views are inlined).
-fn referenced_relations(plan: &LogicalPlan) -> Result<Vec<String>> {
+/// Names of the catalog relations `stmt` mentions. Read from the AST:
+/// DataFusion inlines views while planning, and a view is a dependency too.
+fn referenced_relations(stmt: &Statement, catalog: &crate::catalog::Catalog) -> Vec<String> {
     let mut names = Vec::new();
-    plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            names.push(scan.table_name.table().to_string());
+    let _ = visit_relations(stmt, |name| {
+        let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
+        let normalized = crate::functions::normalize_ident(&last);
+        if catalog.get(&normalized).is_some() {
+            names.push(normalized);
         }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
+        ControlFlow::<()>::Continue(())
+    });
     names.sort();
     names.dedup();
-    Ok(names)
+    names
 }
 
 impl Engine {
@@ -149,7 +152,7 @@ impl Engine {
                 }
             }
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::View) => {
-                let depends_on = referenced_relations(&v.input)?;
+                let depends_on = referenced_relations(stmt, &self.catalog);
                 let schema = Arc::new(v.input.schema().as_arrow().clone());
                 RelationInfo {
                     id,
@@ -163,7 +166,7 @@ impl Engine {
                 }
             }
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
-                let depends_on = referenced_relations(&v.input)?;
+                let depends_on = referenced_relations(stmt, &self.catalog);
                 let optimized = self.ctx.state().optimize(&v.input)?;
                 let stream_plan = eddy_planner::lower(&optimized)?;
                 let schema = batch_schema(v.input.schema());

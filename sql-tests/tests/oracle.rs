@@ -46,7 +46,7 @@ const VIEWS: &[(&str, &str)] = &[
     ),
     (
         "bag",
-        "SELECT k, count(*) AS n, string_agg(x, ',') AS xs FROM c GROUP BY k HAVING count(*) > 1",
+        "SELECT k, count(*) AS n, string_agg(x, ',' ORDER BY x) AS xs FROM c GROUP BY k HAVING count(*) > 1",
     ),
     (
         "three",

@@ -1,12 +1,5 @@
 //! `eddy`: a streaming SQL database speaking the Postgres protocol.
 
-mod catalog;
-mod engine;
-mod error;
-mod functions;
-mod pg;
-mod providers;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +9,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::engine::Engine;
-use crate::pg::PgHandler;
+use eddy_server::{Engine, PgHandler};
 
 /// Command-line and environment configuration.
 #[derive(Debug, Parser)]

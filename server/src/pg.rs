@@ -107,30 +107,14 @@ impl SimpleQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let stmts = match self.engine.parse(query) {
-            Ok(s) => s,
-            Err(e) => return Err(to_pg_error(e, query)),
-        };
         let mut responses = Vec::new();
-        for stmt in stmts {
-            let result = match self.engine.prepare(stmt).await {
-                Ok(prepared) => {
-                    self.engine
-                        .execute(prepared, None, client.metadata_mut())
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+        for result in self.engine.execute_all(query, client.metadata_mut()).await {
             match result
                 .map_err(|e| to_pg_error(e, query))
                 .and_then(|o| to_response(o, &Format::UnifiedText))
             {
                 Ok(r) => responses.push(r),
-                Err(PgWireError::UserError(info)) => {
-                    // Postgres stops a multi-statement query at its first error.
-                    responses.push(Response::Error(info));
-                    break;
-                }
+                Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
                 Err(e) => return Err(e),
             }
         }

@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
     TableWithJoins,
 };
 
-use eddy_executor::{Op, StreamChunk};
+use eddy_executor::{Op, StreamChunk, WriteGuard};
 use eddy_storage::{RelationKind, RowWrite};
 
 use super::{DML_SCHEMA, Engine, IMPLICIT_FLUSH, Outcome, Settings};
@@ -129,10 +129,7 @@ impl Engine {
                 Some(c) => c.len(),
                 None => 0,
             };
-            if let Some(change) = change {
-                self.store.write_rows(info.id, &writes)?;
-                self.runtime.publish(&guard, info.id, change).await;
-            }
+            self.apply_change(&guard, &info, change, &writes).await?;
             (tag, count)
         };
         if settings
@@ -147,8 +144,23 @@ impl Engine {
         })
     }
 
+    /// Makes a statement's change durable, then publishes it to the table's readers.
+    pub(super) async fn apply_change(
+        &self,
+        guard: &WriteGuard<'_>,
+        info: &RelationInfo,
+        change: Option<StreamChunk>,
+        writes: &[RowWrite],
+    ) -> Result<()> {
+        if let Some(change) = change {
+            self.store.write_rows(info.id, writes)?;
+            self.runtime.publish(guard, info.id, change).await;
+        }
+        Ok(())
+    }
+
     /// The first `width` columns of `batches` as one batch of the table's schema.
-    fn conform(
+    pub(super) fn conform(
         &self,
         info: &RelationInfo,
         batches: &[RecordBatch],
@@ -202,7 +214,7 @@ impl Engine {
         format!("({})=({})", cols.join(", "), vals.join(", "))
     }
 
-    fn prepare_insert(
+    pub(super) fn prepare_insert(
         &self,
         info: &RelationInfo,
         new: RecordBatch,

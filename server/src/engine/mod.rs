@@ -214,6 +214,40 @@ impl Engine {
             .collect())
     }
 
+    /// Runs every statement of `sql` in order, stopping at the first error
+    /// (as Postgres does for a multi-statement simple query).
+    pub async fn execute_all(&self, sql: &str, settings: &mut Settings) -> Vec<Result<Outcome>> {
+        let stmts = match self.parse(sql) {
+            Ok(s) => s,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in stmts {
+            let result = match self.prepare(stmt).await {
+                Ok(prepared) => self.execute(prepared, None, settings).await,
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Inserts `batch` (of the table's columns) into table `table`, as
+    /// `INSERT` does: constraints checked, durable on return, published.
+    pub async fn insert_batch(&self, table: &str, batch: RecordBatch) -> Result<usize> {
+        let info = self.catalog.require(table)?;
+        let guard = self.runtime.write_lock().await;
+        let new = self.conform(&info, &[batch], info.schema.fields().len())?;
+        let rows = new.num_rows();
+        let (change, writes) = self.prepare_insert(&info, new)?;
+        self.apply_change(&guard, &info, change, &writes).await?;
+        Ok(rows)
+    }
+
     /// Binds a statement: queries and DML become plans (with parameter types).
     pub async fn prepare(&self, stmt: EddyStatement) -> Result<Prepared> {
         let EddyStatement::Sql(sql) = &stmt else {

@@ -16,7 +16,7 @@ mod dispatch;
 mod error;
 mod eval;
 mod fragment;
-mod input;
+pub mod input;
 mod join;
 mod materialize;
 mod message;

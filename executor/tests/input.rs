@@ -1,0 +1,49 @@
+//! Barrier alignment.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use eddy_executor::input::{AlignedInput, InputChannel};
+use eddy_executor::{Barrier, Message, StreamChunk};
+use tokio::sync::mpsc;
+
+fn chunk(v: i64) -> Message {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).expect("batch");
+    Message::Chunk(StreamChunk::inserts(batch))
+}
+
+fn value(m: &Message) -> Option<i64> {
+    match m {
+        Message::Chunk(c) => c
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| a.value(0)),
+        Message::Barrier(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn an_input_past_the_barrier_waits_for_the_others() {
+    let (tx0, rx0) = mpsc::channel(8);
+    let (tx1, rx1) = mpsc::channel(8);
+    let mut input = AlignedInput::new(vec![InputChannel::new(rx0), InputChannel::new(rx1)]);
+    let b = Message::Barrier(Barrier { epoch: 1 });
+    tx0.send(chunk(1)).await.unwrap();
+    tx0.send(b.clone()).await.unwrap();
+    tx0.send(chunk(2)).await.unwrap(); // epoch 2: must not overtake input 1's epoch-1 rows
+    tx1.send(chunk(10)).await.unwrap();
+    tx1.send(b).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (_, m) = input.next().await.expect("message");
+        seen.push(value(&m));
+    }
+    assert_eq!(seen, vec![Some(1), Some(10), None, Some(2)]);
+    drop((tx0, tx1));
+    assert!(input.next().await.is_none(), "closed inputs end the stream");
+}

@@ -118,6 +118,16 @@ pub struct RelationInfo {
 }
 
 impl RelationInfo {
+    /// A table's row encoding; 42809 for views.
+    pub fn table_rows(&self) -> Result<&TableRows> {
+        self.rows
+            .as_ref()
+            .ok_or_else(|| EddyError::WrongObjectType {
+                name: self.name.clone(),
+                expected: "table",
+            })
+    }
+
     /// The word Postgres uses for this kind.
     pub fn kind_name(&self) -> &'static str {
         kind_name(self.kind)

@@ -100,18 +100,14 @@ impl Engine {
             return Err(EddyError::DuplicateTable(name));
         }
         let guard = self.runtime.write_lock().await;
+        let replaying = id.is_some();
         let id = id.unwrap_or_else(|| self.catalog.next_id());
-        let info = match (&plan, kind) {
+        let depends_on = match kind {
+            RelationKind::Table => vec![],
+            _ => referenced_relations(stmt, &self.catalog),
+        };
+        let (schema, rows, view_plan) = match (&plan, kind) {
             (LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(t)), RelationKind::Table) => {
-                let schema = Arc::new(t.input.schema().as_arrow().clone());
-                let primary_key = t
-                    .constraints
-                    .iter()
-                    .find_map(|c| match c {
-                        Constraint::PrimaryKey(cols) => Some(cols.clone()),
-                        Constraint::Unique(_) => None,
-                    })
-                    .unwrap_or_default();
                 if t.constraints
                     .iter()
                     .any(|c| matches!(c, Constraint::Unique(_)))
@@ -120,18 +116,25 @@ impl Engine {
                         "UNIQUE constraints other than the primary key".into(),
                     ));
                 }
+                let primary_key = t
+                    .constraints
+                    .iter()
+                    .find_map(|c| match c {
+                        Constraint::PrimaryKey(cols) => Some(cols.clone()),
+                        Constraint::Unique(_) => None,
+                    })
+                    .unwrap_or_default();
                 // Primary key columns are NOT NULL, as in Postgres.
-                let fields: Vec<_> = schema
+                let fields: Vec<_> = t
+                    .input
+                    .schema()
                     .fields()
                     .iter()
                     .enumerate()
                     .map(|(i, f)| {
-                        let f = f.as_ref().clone();
-                        if primary_key.contains(&i) {
-                            f.with_nullable(false)
-                        } else {
-                            f
-                        }
+                        f.as_ref()
+                            .clone()
+                            .with_nullable(f.is_nullable() && !primary_key.contains(&i))
                     })
                     .collect();
                 let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
@@ -140,36 +143,16 @@ impl Engine {
                 let stored = self.load_rows(id, &schema, &rows)?;
                 self.runtime
                     .create_table(&guard, id, schema.clone(), stored)?;
-                RelationInfo {
-                    id,
-                    name: name.clone(),
-                    kind,
-                    schema,
-                    sql: sql.to_string(),
-                    depends_on: vec![],
-                    rows: Some(rows),
-                    view_plan: None,
-                }
+                (schema, Some(rows), None)
             }
-            (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::View) => {
-                let depends_on = referenced_relations(stmt, &self.catalog);
-                let schema = Arc::new(v.input.schema().as_arrow().clone());
-                RelationInfo {
-                    id,
-                    name: name.clone(),
-                    kind,
-                    schema,
-                    sql: sql.to_string(),
-                    depends_on,
-                    rows: None,
-                    view_plan: Some(v.input.as_ref().clone()),
-                }
-            }
+            (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::View) => (
+                Arc::new(v.input.schema().as_arrow().clone()),
+                None,
+                Some(v.input.as_ref().clone()),
+            ),
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
-                let depends_on = referenced_relations(stmt, &self.catalog);
                 let optimized = self.ctx.state().optimize(&v.input)?;
                 let stream_plan = eddy_planner::lower(&optimized)?;
-                let schema = batch_schema(v.input.schema());
                 self.runtime.quiesce(&guard).await;
                 let catalog = self.catalog.clone();
                 let resolve = move |n: &str| {
@@ -180,20 +163,11 @@ impl Engine {
                 };
                 self.runtime
                     .create_view(&guard, id, &stream_plan, &resolve)?;
-                RelationInfo {
-                    id,
-                    name: name.clone(),
-                    kind,
-                    schema,
-                    sql: sql.to_string(),
-                    depends_on,
-                    rows: None,
-                    view_plan: None,
-                }
+                (batch_schema(stream_plan.schema()), None, None)
             }
             (other, _) => return Err(EddyError::Unsupported(format!("{}", other.display()))),
         };
-        if self.store.catalog()?.iter().all(|e| e.id != id) {
+        if !replaying {
             let entry = CatalogEntry {
                 id,
                 name: name.clone(),
@@ -205,6 +179,16 @@ impl Engine {
                 return Err(e.into());
             }
         }
+        let info = RelationInfo {
+            id,
+            name,
+            kind,
+            schema,
+            sql: sql.to_string(),
+            depends_on,
+            rows,
+            view_plan,
+        };
         self.catalog.insert(info);
         Ok(Outcome::command(tag))
     }

@@ -222,13 +222,7 @@ impl Engine {
         if new.num_rows() == 0 {
             return Ok((None, vec![]));
         }
-        let rows = info
-            .rows
-            .as_ref()
-            .ok_or_else(|| EddyError::WrongObjectType {
-                name: info.name.clone(),
-                expected: "table",
-            })?;
+        let rows = info.table_rows()?;
         let keys = rows.new_keys(&new)?;
         if !rows.primary_key.is_empty() {
             let mut seen = HashSet::new();
@@ -251,7 +245,16 @@ impl Engine {
         Ok((Some(StreamChunk::inserts(new)), writes))
     }
 
-    fn row_keys(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    /// Storage keys of the rows a DML plan produced (its hidden key column).
+    fn row_keys(batches: &[RecordBatch]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for batch in batches {
+            out.extend(Self::batch_row_keys(batch)?);
+        }
+        Ok(out)
+    }
+
+    fn batch_row_keys(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let keys = batch
             .column_by_name(ROW_KEY)
             .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
@@ -275,11 +278,7 @@ impl Engine {
         if old.num_rows() == 0 {
             return Ok((None, vec![]));
         }
-        let keys = batches
-            .iter()
-            .map(Self::row_keys)
-            .collect::<Result<Vec<_>>>()?
-            .concat();
+        let keys = Self::row_keys(batches)?;
         let writes = keys
             .into_iter()
             .map(|key| RowWrite::Delete { key })
@@ -292,23 +291,13 @@ impl Engine {
         info: &RelationInfo,
         batches: &[RecordBatch],
     ) -> Result<(Option<StreamChunk>, Vec<RowWrite>)> {
-        let rows = info
-            .rows
-            .as_ref()
-            .ok_or_else(|| EddyError::WrongObjectType {
-                name: info.name.clone(),
-                expected: "table",
-            })?;
+        let rows = info.table_rows()?;
         let width = info.schema.fields().len();
         let new = self.conform(info, batches, width)?;
         if new.num_rows() == 0 {
             return Ok((None, vec![]));
         }
-        let old_keys = batches
-            .iter()
-            .map(Self::row_keys)
-            .collect::<Result<Vec<_>>>()?
-            .concat();
+        let old_keys = Self::row_keys(batches)?;
         let stored = self.store.get_rows(info.id, &old_keys)?;
         let stored: Vec<&[u8]> = stored
             .iter()

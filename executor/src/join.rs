@@ -108,6 +108,15 @@ impl HashJoin {
         }
     }
 
+    /// Whether a row of `side` with `degree` matches appears in the output
+    /// on its own: NULL-padded in an outer join, or as a semi / anti result.
+    fn shows_alone(&self, side: usize, degree: i64) -> bool {
+        match self.filtered_side() {
+            Some((s, semi)) => s == side && (degree > 0) == semi,
+            None => degree == 0 && self.pads(side),
+        }
+    }
+
     /// For semi/anti joins: the side whose rows are output.
     fn filtered_side(&self) -> Option<(usize, bool)> {
         match self.kind {
@@ -200,6 +209,15 @@ impl HashJoin {
     }
 }
 
+/// An output row holding only `row`, on `side`.
+fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
+    if side == 0 {
+        (op, Some(row), None)
+    } else {
+        (op, None, Some(row))
+    }
+}
+
 impl Operator for HashJoin {
     fn process(
         &mut self,
@@ -241,85 +259,44 @@ impl Operator for HashJoin {
             while pair < pair_row.len() && pair_row[pair] == i {
                 if passes[pair] {
                     let their_row = theirs_refs[pair];
-                    let entry = key
-                        .as_ref()
-                        .and_then(|k| self.state[other].get_mut(k))
-                        .and_then(|b| b.get_mut(their_row))
-                        .copied()
-                        .unwrap_or_default();
-                    matched += entry.copies;
-                    let (l, r) = if side == 0 {
-                        (my_row, their_row)
-                    } else {
-                        (their_row, my_row)
-                    };
-                    match filtered {
-                        None => {
-                            for _ in 0..entry.copies {
-                                output.push((op, Some(l), Some(r)));
-                            }
-                        }
-                        Some((s, semi)) if s == other => {
-                            let was = entry.degree > 0;
-                            let now = entry.degree + sign > 0;
-                            if was != now {
-                                let emit_op = if now == semi { Op::Insert } else { Op::Delete };
-                                for _ in 0..entry.copies {
-                                    let row = if s == 0 {
-                                        (emit_op, Some(their_row), None)
-                                    } else {
-                                        (emit_op, None, Some(their_row))
-                                    };
-                                    output.push(row);
-                                }
-                            }
-                        }
-                        Some(_) => {}
-                    }
-                    if filtered.is_none() && self.pads(other) {
-                        let was = entry.degree > 0;
-                        let now = entry.degree + sign > 0;
-                        if was != now {
-                            let emit_op = if now { Op::Delete } else { Op::Insert };
-                            for _ in 0..entry.copies {
-                                let row = if other == 0 {
-                                    (emit_op, Some(their_row), None)
-                                } else {
-                                    (emit_op, None, Some(their_row))
-                                };
-                                output.push(row);
-                            }
-                        }
-                    }
-                    if let Some(e) = key
+                    // Read the entry and move its degree in one lookup.
+                    let entry = match key
                         .as_ref()
                         .and_then(|k| self.state[other].get_mut(k))
                         .and_then(|b| b.get_mut(their_row))
                     {
-                        e.degree += sign;
+                        Some(e) => {
+                            let before = *e;
+                            e.degree += sign;
+                            before
+                        }
+                        None => Entry::default(),
+                    };
+                    matched += entry.copies;
+                    if filtered.is_none() {
+                        let (l, r) = if side == 0 {
+                            (my_row, their_row)
+                        } else {
+                            (their_row, my_row)
+                        };
+                        for _ in 0..entry.copies {
+                            output.push((op, Some(l), Some(r)));
+                        }
+                    }
+                    let before = self.shows_alone(other, entry.degree);
+                    let after = self.shows_alone(other, entry.degree + sign);
+                    if before != after {
+                        let emit = if after { Op::Insert } else { Op::Delete };
+                        for _ in 0..entry.copies {
+                            output.push(one_side(other, emit, their_row));
+                        }
                     }
                 }
                 pair += 1;
             }
-            // This row's own output.
-            match filtered {
-                Some((s, semi)) if s == side => {
-                    if (matched > 0) == semi {
-                        output.push(if side == 0 {
-                            (op, Some(my_row), None)
-                        } else {
-                            (op, None, Some(my_row))
-                        });
-                    }
-                }
-                None if matched == 0 && self.pads(side) => {
-                    output.push(if side == 0 {
-                        (op, Some(my_row), None)
-                    } else {
-                        (op, None, Some(my_row))
-                    });
-                }
-                _ => {}
+            // This row on its own (padded, or as a semi / anti join result).
+            if self.shows_alone(side, matched) {
+                output.push(one_side(side, op, my_row));
             }
             // Store or retract the row itself.
             if let Some(key) = key {

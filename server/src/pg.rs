@@ -152,6 +152,7 @@ fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
             k.trim_start_matches('$')
                 .parse::<usize>()
                 .ok()
+                .filter(|i| *i >= 1) // `$0` is no parameter (and must not underflow)
                 .map(|i| (i, v))
         })
         .collect();

@@ -7,7 +7,7 @@
 //! [`Coordinator::begin_epoch`] opens epoch `e` expecting an ack from every
 //! live relation. Each relation's materialize operator acks with the net
 //! change of its rows during `e`. When the last ack arrives, all deltas of
-//! `e` are applied together under one lock and `committed_epoch` becomes
+//! `e` are applied together under one lock and the committed epoch becomes
 //! `e`: readers see every relation at the same epoch, never half of one.
 //!
 //! Invariants: epochs commit in order; a relation's rows (its *bag*: encoded
@@ -220,11 +220,6 @@ impl Coordinator {
         }
     }
 
-    /// The last committed epoch.
-    pub fn committed_epoch(&self) -> u64 {
-        *self.committed_tx.borrow()
-    }
-
     /// Waits until `epoch` is committed.
     pub async fn wait_committed(&self, epoch: u64) {
         let mut rx = self.committed_tx.subscribe();
@@ -257,14 +252,6 @@ impl Coordinator {
             .relations
             .get(&id)
             .and_then(|r| r.failed.clone())
-    }
-
-    /// Row count of relation `id` at the committed epoch.
-    pub fn row_count(&self, id: u32) -> Option<i64> {
-        self.lock()
-            .relations
-            .get(&id)
-            .map(|r| r.rows.values().sum())
     }
 }
 

@@ -95,8 +95,8 @@ impl Output {
                 targets,
                 evaluator,
             } => {
-                let chunk = match (msg, &*dispatch) {
-                    (Message::Chunk(c), Dispatch::Hash(keys)) if targets.len() > 1 => c,
+                let (chunk, keys) = match (msg, &*dispatch) {
+                    (Message::Chunk(c), Dispatch::Hash(keys)) if targets.len() > 1 => (c, keys),
                     (msg, _) => {
                         let mut alive = false;
                         for tx in targets.iter() {
@@ -105,17 +105,13 @@ impl Output {
                         return Ok(alive);
                     }
                 };
-                let Dispatch::Hash(keys) = dispatch else {
-                    unreachable!("matched above")
-                };
                 let parts = partition(&chunk, keys, targets.len(), evaluator)?;
                 let mut alive = false;
                 for (tx, part) in targets.iter().zip(parts) {
-                    if let Some(part) = part {
-                        alive |= tx.send(Message::Chunk(part)).await.is_ok();
-                    } else {
-                        alive |= !tx.is_closed();
-                    }
+                    alive |= match part {
+                        Some(part) => tx.send(Message::Chunk(part)).await.is_ok(),
+                        None => !tx.is_closed(),
+                    };
                 }
                 Ok(alive)
             }

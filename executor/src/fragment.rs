@@ -75,13 +75,18 @@ impl Fragment {
         let mut failed = false;
         while let Some((index, msg)) = self.input.next().await {
             let mut out = Vec::new();
-            let step = match &msg {
-                Message::Chunk(c) if !failed => {
-                    push(&mut self.ops, self.ports[index], c.clone(), &mut out)
+            let mut forward = None;
+            let step = match msg {
+                Message::Chunk(_) if failed => Ok(()),
+                Message::Chunk(c) => push(&mut self.ops, self.ports[index], c, &mut out),
+                Message::Barrier(b) => {
+                    forward = Some(b);
+                    if failed {
+                        Ok(())
+                    } else {
+                        barrier(&mut self.ops, b, &mut out)
+                    }
                 }
-                Message::Chunk(_) => Ok(()),
-                Message::Barrier(b) if !failed => barrier(&mut self.ops, *b, &mut out),
-                Message::Barrier(_) => Ok(()),
             };
             if let Err(e) = step {
                 warn!(relation = self.relation, error = %e, "pipeline failed");
@@ -94,7 +99,7 @@ impl Fragment {
                     return;
                 }
             }
-            if let Message::Barrier(b) = msg
+            if let Some(b) = forward
                 && !matches!(self.output.send(Message::Barrier(b)).await, Ok(true))
             {
                 return;

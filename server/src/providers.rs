@@ -130,10 +130,8 @@ impl TableProvider for LatestTable {
             .scan_rows(self.info.id, |k, v| {
                 keys.push(k.to_vec());
                 values.push(v.to_vec());
-                Ok(())
             })
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .map_err(DataFusionError::Execution)?;
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut columns = rows
             .decode(values.iter().map(|v| v.as_slice()))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;

@@ -160,11 +160,7 @@ impl Store {
     }
 
     /// Visits every row of `table` in key order as `(key, value)`.
-    pub fn scan_rows(
-        &self,
-        table: u32,
-        mut visit: impl FnMut(&[u8], &[u8]) -> std::result::Result<(), String>,
-    ) -> Result<std::result::Result<(), String>> {
+    pub fn scan_rows(&self, table: u32, mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
         let prefix = row_prefix(table);
         let iter = self
             .db
@@ -174,11 +170,9 @@ impl Store {
             if !key.starts_with(&prefix) {
                 break;
             }
-            if let Err(e) = visit(&key[prefix.len()..], &value) {
-                return Ok(Err(e));
-            }
+            visit(&key[prefix.len()..], &value);
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The greatest row key of `table`, if any (used to continue hidden row ids).

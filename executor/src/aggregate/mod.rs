@@ -22,7 +22,7 @@ use datafusion::scalar::ScalarValue;
 pub use accumulator::{Accumulator, CallShape, ValueKind};
 
 use crate::codec::RowCodec;
-use crate::error::{ExecutorError, Result};
+use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::Operator;
@@ -46,6 +46,16 @@ pub struct AggregateSpec {
 struct Group {
     rows: i64,
     accumulators: Vec<Accumulator>,
+}
+
+fn new_group(calls: &[AggregateSpec]) -> Group {
+    Group {
+        rows: 0,
+        accumulators: calls
+            .iter()
+            .map(|c| Accumulator::new(&c.value_kind))
+            .collect(),
+    }
 }
 
 /// The hash aggregate operator.
@@ -94,7 +104,7 @@ impl HashAggregate {
         if global {
             // The one row of a global aggregate exists before any input.
             let key: Box<[u8]> = Box::new([]);
-            let group = this.new_group();
+            let group = new_group(&this.calls);
             this.groups.insert(key.clone(), group);
             this.touched.insert(key, None);
         }
@@ -103,17 +113,6 @@ impl HashAggregate {
 
     fn is_global(&self) -> bool {
         self.group_exprs.is_empty()
-    }
-
-    fn new_group(&self) -> Group {
-        Group {
-            rows: 0,
-            accumulators: self
-                .calls
-                .iter()
-                .map(|c| Accumulator::new(&c.value_kind))
-                .collect(),
-        }
     }
 
     fn output_row(&self, group: &Group) -> Result<Vec<ScalarValue>> {
@@ -203,23 +202,20 @@ impl Operator for HashAggregate {
             };
             values.push((array, mask, encoded));
         }
-        for (i, key) in keys.iter().enumerate() {
+        let global = self.is_global();
+        for (i, key) in keys.into_iter().enumerate() {
             let sign = chunk.ops[i].sign();
-            if !self.touched.contains_key(key) {
-                let before = match self.groups.get(key) {
-                    Some(g) if g.rows > 0 || self.is_global() => Some(self.output_row(g)?),
+            if !self.touched.contains_key(&key) {
+                let before = match self.groups.get(&key) {
+                    Some(g) if g.rows > 0 || global => Some(self.output_row(g)?),
                     _ => None,
                 };
                 self.touched.insert(key.clone(), before);
             }
-            if !self.groups.contains_key(key) {
-                let group = self.new_group();
-                self.groups.insert(key.clone(), group);
-            }
             let group = self
                 .groups
-                .get_mut(key)
-                .ok_or_else(|| ExecutorError::Internal("group vanished".into()))?;
+                .entry(key)
+                .or_insert_with(|| new_group(&self.calls));
             group.rows += sign;
             for (acc, (array, mask, encoded)) in group.accumulators.iter_mut().zip(&values) {
                 if mask.as_ref().is_some_and(|m| !m.is_valid(i) || !m.value(i)) {

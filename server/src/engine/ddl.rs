@@ -200,15 +200,7 @@ impl Engine {
         rows: &TableRows,
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
         let mut values = Vec::new();
-        self.store
-            .scan_rows(id, |_, v| {
-                values.push(v.to_vec());
-                Ok(())
-            })?
-            .map_err(|m| EddyError::Coded {
-                code: "XX001",
-                message: m,
-            })?;
+        self.store.scan_rows(id, |_, v| values.push(v.to_vec()))?;
         let mut batches = Vec::new();
         for chunk in values.chunks(8192) {
             let columns = rows.decode(chunk.iter().map(|v| v.as_slice()))?;

@@ -8,7 +8,12 @@
 //!
 //! Nothing is subscribed or spawned until the whole plan has been built, so
 //! a plan that fails to build leaves no trace.
+//!
+//! Alongside the fragments, the builder tracks which columns of every node
+//! can carry a watermark (see [`crate::watermark`]): an aggregate grouping by
+//! such a column is windowed, and `EMIT ON WINDOW CLOSE` requires one.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -18,11 +23,11 @@ use datafusion::logical_expr::{
     Expr, ExprSchemable, physical_planning_context::PhysicalPlanningContext,
 };
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
-use tokio::sync::mpsc;
+use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind};
+use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind, WindowKey};
 use crate::codec::RowCodec;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
@@ -34,6 +39,9 @@ use crate::join::{HashJoin, JoinSide};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
+use crate::progress::Progress;
+use crate::source::{Reader, SourceSpec};
+use crate::watermark::is_monotone_in;
 
 /// The schema of a node's batches: the node's columns, all nullable.
 pub fn batch_schema(schema: &DFSchema) -> SchemaRef {
@@ -46,13 +54,18 @@ pub fn batch_schema(schema: &DFSchema) -> SchemaRef {
     ))
 }
 
-/// A relation a plan reads: where to subscribe and what it holds now.
+/// A relation a plan reads.
 #[derive(Debug)]
-pub struct SourceHandle {
-    /// Relation id.
-    pub id: u32,
-    /// Its changelog.
-    pub subscribers: Arc<Subscribers>,
+pub enum Upstream {
+    /// A table or view: its committed rows, then its changelog.
+    Changelog {
+        /// Relation id.
+        id: u32,
+        /// Its changelog.
+        subscribers: Arc<Subscribers>,
+    },
+    /// A source: read from its beginning by readers of this pipeline's own.
+    Stream(Arc<SourceSpec>),
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +75,22 @@ struct Instance {
     ops: Vec<Box<dyn Operator>>,
 }
 
+/// A node built into instances, with the output columns that carry watermarks.
+#[derive(Debug, Default)]
+struct Built {
+    instances: Vec<Instance>,
+    watermarks: BTreeSet<usize>,
+}
+
+impl Built {
+    fn plain(instances: Vec<Instance>) -> Self {
+        Self {
+            instances,
+            watermarks: BTreeSet::new(),
+        }
+    }
+}
+
 /// Builds one relation's pipeline.
 pub(crate) struct PipelineBuilder<'a> {
     pub relation: u32,
@@ -69,9 +98,16 @@ pub(crate) struct PipelineBuilder<'a> {
     pub coordinator: Arc<Coordinator>,
     pub evaluator: Evaluator,
     pub ticks: Arc<Subscribers>,
-    pub resolve: &'a dyn Fn(&str) -> Result<SourceHandle>,
+    pub resolve: &'a dyn Fn(&str) -> Result<Upstream>,
+    pub gate: Arc<RwLock<()>>,
+    pub progress: Arc<Progress>,
+    pub emit_on_window_close: bool,
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
+    /// Outputs of this pipeline's readers, per source id.
+    pub reader_outputs: HashMap<u32, Vec<Arc<Subscribers>>>,
+    pub readers: Vec<Reader>,
+    pub windowed_aggregates: usize,
 }
 
 fn physical(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
@@ -104,12 +140,22 @@ impl PipelineBuilder<'_> {
     /// fragment, whose output goes to `output`.
     pub fn build_root(&mut self, root: &StreamNode, output: Arc<Subscribers>) -> Result<()> {
         let schema = batch_schema(root.schema());
-        let pending = self.build(root)?;
+        let pending = self.build(root)?.instances;
+        if self.emit_on_window_close && self.windowed_aggregates == 0 {
+            return Err(ExecutorError::Windowing(
+                "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP over a source with WATERMARK FOR)".into(),
+            ));
+        }
         let inputs = self
             .connect(pending, 1, Dispatch::Broadcast)
             .pop()
             .unwrap_or_default();
-        let materialize = Materialize::new(self.relation, schema, self.coordinator.clone())?;
+        let materialize = Materialize::new(
+            self.relation,
+            schema,
+            self.coordinator.clone(),
+            self.progress.clone(),
+        )?;
         self.spawnable(
             Instance {
                 ports: vec![0; inputs.len()],
@@ -124,8 +170,7 @@ impl PipelineBuilder<'_> {
     fn spawnable(&mut self, instance: Instance, output: Output) {
         self.fragments.push(Fragment {
             relation: self.relation,
-            input: AlignedInput::new(instance.inputs),
-            ports: instance.ports,
+            input: AlignedInput::with_ports(instance.inputs, instance.ports),
             ops: instance.ops,
             output,
             coordinator: self.coordinator.clone(),
@@ -165,28 +210,48 @@ impl PipelineBuilder<'_> {
         }
     }
 
-    fn build(&mut self, node: &StreamNode) -> Result<Vec<Instance>> {
+    fn build(&mut self, node: &StreamNode) -> Result<Built> {
         match node {
-            StreamNode::Source { relation, .. } => {
-                let source = (self.resolve)(relation)?;
-                let backfill = self.coordinator.read(&[source.id])?;
-                let prefix = backfill
-                    .get(&source.id)
-                    .map(|batches| {
-                        batches
-                            .iter()
-                            .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
-                            .collect()
+            StreamNode::Source { relation, .. } => match (self.resolve)(relation)? {
+                Upstream::Changelog { id, subscribers } => {
+                    let backfill = self.coordinator.read(&[id])?;
+                    let prefix = backfill
+                        .get(&id)
+                        .map(|batches| {
+                            batches
+                                .iter()
+                                .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    self.subscriptions.push((subscribers, tx));
+                    Ok(Built::plain(vec![Instance {
+                        inputs: vec![InputChannel::with_prefix(prefix, rx)],
+                        ports: vec![0],
+                        ops: vec![],
+                    }]))
+                }
+                Upstream::Stream(spec) => {
+                    let outputs = self.reader_outputs_of(&spec);
+                    let instances = outputs
+                        .into_iter()
+                        .map(|output| {
+                            let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                            self.subscriptions.push((output, tx));
+                            Instance {
+                                inputs: vec![InputChannel::new(rx)],
+                                ports: vec![0],
+                                ops: vec![],
+                            }
+                        })
+                        .collect();
+                    Ok(Built {
+                        instances,
+                        watermarks: spec.watermark.iter().map(|w| w.column).collect(),
                     })
-                    .unwrap_or_default();
-                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                self.subscriptions.push((source.subscribers, tx));
-                Ok(vec![Instance {
-                    inputs: vec![InputChannel::with_prefix(prefix, rx)],
-                    ports: vec![0],
-                    ops: vec![],
-                }])
-            }
+                }
+            },
             StreamNode::Values { rows, schema } => {
                 let arrow = batch_schema(schema);
                 let empty = DFSchema::empty();
@@ -221,11 +286,11 @@ impl PipelineBuilder<'_> {
                 };
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 self.subscriptions.push((self.ticks.clone(), tx));
-                Ok(vec![Instance {
+                Ok(Built::plain(vec![Instance {
                     inputs: vec![InputChannel::with_prefix(prefix, rx)],
                     ports: vec![0],
                     ops: vec![],
-                }])
+                }]))
             }
             StreamNode::Project {
                 input,
@@ -237,31 +302,50 @@ impl PipelineBuilder<'_> {
                     .map(|e| physical(e, input.schema()))
                     .collect::<Result<Vec<_>>>()?;
                 let out = batch_schema(schema);
-                let mut instances = self.build(input)?;
-                for i in &mut instances {
+                let in_schema = batch_schema(input.schema());
+                let mut built = self.build(input)?;
+                for i in &mut built.instances {
                     i.ops.push(Box::new(Project::new(
                         exprs.clone(),
+                        in_schema.clone(),
                         out.clone(),
                         self.evaluator.clone(),
                     )));
                 }
-                Ok(instances)
+                built.watermarks = (0..exprs.len())
+                    .filter(|&j| {
+                        built
+                            .watermarks
+                            .iter()
+                            .any(|&c| is_monotone_in(&exprs[j], c))
+                    })
+                    .collect();
+                Ok(built)
             }
             StreamNode::Filter { input, predicate } => {
                 let predicate = physical(predicate, input.schema())?;
-                let mut instances = self.build(input)?;
-                for i in &mut instances {
+                let mut built = self.build(input)?;
+                for i in &mut built.instances {
                     i.ops.push(Box::new(Filter::new(
                         predicate.clone(),
                         self.evaluator.clone(),
                     )));
                 }
-                Ok(instances)
+                Ok(built)
             }
             StreamNode::Union { inputs, .. } => {
-                let mut all = Vec::new();
-                for input in inputs {
-                    all.extend(self.build(input)?);
+                let mut all = Built::default();
+                for (k, input) in inputs.iter().enumerate() {
+                    let built = self.build(input)?;
+                    all.watermarks = if k == 0 {
+                        built.watermarks
+                    } else {
+                        all.watermarks
+                            .intersection(&built.watermarks)
+                            .copied()
+                            .collect()
+                    };
+                    all.instances.extend(built.instances);
                 }
                 Ok(all)
             }
@@ -332,21 +416,50 @@ impl PipelineBuilder<'_> {
                     specs_per_instance.push(specs);
                 }
                 let child = self.build(input)?;
-                let inputs = self.connect(child, n, Dispatch::Hash(group_exprs.clone()));
-                inputs
+                // The first group column that is an input column with a watermark.
+                let window = group.iter().enumerate().find_map(|(g, e)| match e {
+                    Expr::Column(c) => in_schema
+                        .index_of_column(c)
+                        .ok()
+                        .filter(|i| child.watermarks.contains(i))
+                        .map(|i| (g, i)),
+                    _ => None,
+                });
+                if self.emit_on_window_close && window.is_none() {
+                    return Err(ExecutorError::Windowing(
+                        "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP over a source with WATERMARK FOR)".into(),
+                    ));
+                }
+                if window.is_some() {
+                    self.windowed_aggregates += 1;
+                }
+                let inputs = self.connect(child.instances, n, Dispatch::Hash(group_exprs.clone()));
+                let instances = inputs
                     .into_iter()
                     .zip(specs_per_instance)
                     .map(|(inputs, specs)| {
+                        let key = window.map(|(group, input_column)| WindowKey {
+                            group,
+                            input_column,
+                            emit_on_close: self.emit_on_window_close,
+                            relation: self.relation,
+                            progress: self.progress.clone(),
+                        });
                         let op = HashAggregate::new(
                             group_exprs.clone(),
                             group_types.clone(),
                             specs,
                             out.clone(),
                             self.evaluator.clone(),
+                            key,
                         )?;
                         Ok(Self::single(inputs, Box::new(op)))
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Built {
+                    instances,
+                    watermarks: window.map(|(g, _)| g).into_iter().collect(),
+                })
             }
             StreamNode::Join {
                 left,
@@ -371,13 +484,13 @@ impl PipelineBuilder<'_> {
                 let joined = ls.join(&rs)?;
                 let filter = filter.as_ref().map(|f| physical(f, &joined)).transpose()?;
                 let n = if on.is_empty() { 1 } else { self.parallelism };
-                let left_pending = self.build(left)?;
-                let right_pending = self.build(right)?;
+                let left_pending = self.build(left)?.instances;
+                let right_pending = self.build(right)?.instances;
                 let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()));
                 let right_inputs =
                     self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()));
                 let (lb, rb) = (batch_schema(&ls), batch_schema(&rs));
-                left_inputs
+                let instances = left_inputs
                     .into_iter()
                     .zip(right_inputs)
                     .map(|(l, r)| {
@@ -408,8 +521,38 @@ impl PipelineBuilder<'_> {
                             ops: vec![Box::new(op)],
                         })
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Built::plain(instances))
             }
         }
+    }
+
+    /// The outputs of this pipeline's readers of `spec`, one per split,
+    /// creating the readers at the first scan of the source.
+    fn reader_outputs_of(&mut self, spec: &Arc<SourceSpec>) -> Vec<Arc<Subscribers>> {
+        if let Some(outputs) = self.reader_outputs.get(&spec.id) {
+            return outputs.clone();
+        }
+        let splits = spec.split_count(self.parallelism);
+        let mut outputs = Vec::with_capacity(splits);
+        for index in 0..splits {
+            let output = Arc::new(Subscribers::default());
+            let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+            self.subscriptions.push((self.ticks.clone(), tx));
+            self.readers.push(Reader {
+                relation: self.relation,
+                spec: spec.clone(),
+                split: spec.split(index, splits),
+                splits,
+                ticks: rx,
+                output: output.clone(),
+                gate: self.gate.clone(),
+                evaluator: self.evaluator.clone(),
+                progress: self.progress.clone(),
+            });
+            outputs.push(output);
+        }
+        self.reader_outputs.insert(spec.id, outputs.clone());
+        outputs
     }
 }

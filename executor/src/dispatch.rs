@@ -32,6 +32,11 @@ impl Subscribers {
         self.lock().push((owner, tx));
     }
 
+    /// Whether nobody subscribes (any more).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Removes every subscriber owned by `owner`; its pipeline then drains and ends.
     pub fn remove_owner(&self, owner: u32) {
         self.lock().retain(|(o, _)| *o != owner);

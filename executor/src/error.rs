@@ -14,6 +14,12 @@ pub enum ExecutorError {
     /// The plan asks for something the runtime cannot maintain.
     #[error("{0}")]
     Unsupported(String),
+    /// A source's `WITH (...)` options are wrong; the text says how.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// `EMIT ON WINDOW CLOSE` (or another windowing rule) cannot apply.
+    #[error("{0}")]
+    Windowing(String),
     /// A broken invariant: this is a bug in Eddy.
     #[error("internal error (this is a bug in Eddy): {0}")]
     Internal(String),

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Barriers run through the chain in order (each operator may flush held-back
-//! rows into the next) and are then forwarded. If an operator fails, the
+//! rows into the next) and are then forwarded. Watermarks run through it the
+//! same way, each operator translating them for its output. If an operator fails, the
 //! fragment reports the failure for its relation and from then on forwards
 //! barriers only, so every other pipeline keeps committing epochs.
 
@@ -18,7 +19,7 @@ use crate::coordinator::Coordinator;
 use crate::dispatch::Output;
 use crate::error::Result;
 use crate::input::AlignedInput;
-use crate::message::{Barrier, Message, StreamChunk};
+use crate::message::{Barrier, Message, StreamChunk, Watermark};
 use crate::operator::Operator;
 
 /// One running unit of a pipeline.
@@ -28,8 +29,6 @@ pub struct Fragment {
     pub relation: u32,
     /// Inputs, barrier-aligned.
     pub input: AlignedInput,
-    /// Logical input port of each input channel.
-    pub ports: Vec<usize>,
     /// Operator chain.
     pub ops: Vec<Box<dyn Operator>>,
     /// Where results go.
@@ -69,6 +68,28 @@ fn barrier(ops: &mut [Box<dyn Operator>], b: Barrier, out: &mut Vec<StreamChunk>
     Ok(())
 }
 
+fn watermark(
+    ops: &mut [Box<dyn Operator>],
+    port: usize,
+    w: Watermark,
+    out: &mut Vec<StreamChunk>,
+    forward: &mut Vec<Watermark>,
+) -> Result<()> {
+    let Some((first, rest)) = ops.split_first_mut() else {
+        forward.push(w);
+        return Ok(());
+    };
+    let mut produced = Vec::new();
+    let derived = first.on_watermark(port, w, &mut produced)?;
+    for c in produced {
+        push(rest, 0, c, out)?;
+    }
+    for d in derived {
+        watermark(rest, 0, d, out, forward)?;
+    }
+    Ok(())
+}
+
 impl Fragment {
     /// Runs until every input is closed or no downstream is left.
     pub async fn run(mut self) {
@@ -76,9 +97,14 @@ impl Fragment {
         while let Some((index, msg)) = self.input.next().await {
             let mut out = Vec::new();
             let mut forward = None;
+            let mut watermarks = Vec::new();
+            let port = self.input.port(index);
             let step = match msg {
-                Message::Chunk(_) if failed => Ok(()),
-                Message::Chunk(c) => push(&mut self.ops, self.ports[index], c, &mut out),
+                Message::Chunk(_) | Message::Watermark(_) if failed => Ok(()),
+                Message::Chunk(c) => push(&mut self.ops, port, c, &mut out),
+                Message::Watermark(w) => {
+                    watermark(&mut self.ops, port, w, &mut out, &mut watermarks)
+                }
                 Message::Barrier(b) => {
                     forward = Some(b);
                     if failed {
@@ -93,9 +119,15 @@ impl Fragment {
                 self.coordinator.fail(self.relation, e.to_string());
                 failed = true;
                 out.clear();
+                watermarks.clear();
             }
-            for chunk in out.into_iter().filter(|c| !c.is_empty()) {
-                if !matches!(self.output.send(Message::Chunk(chunk)).await, Ok(true)) {
+            let messages = out
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .map(Message::Chunk)
+                .chain(watermarks.into_iter().map(Message::Watermark));
+            for msg in messages {
+                if !matches!(self.output.send(msg).await, Ok(true)) {
                     return;
                 }
             }

@@ -1,8 +1,9 @@
 //! Eddy's streaming runtime: incremental operators over Arrow batches.
 //!
 //! A pipeline is a graph of [`fragment::Fragment`] tasks connected by bounded
-//! channels (backpressure) carrying [`Message`]s: changelog chunks and epoch
-//! barriers. Tables publish their DML as chunks; each table and view ends in
+//! channels (backpressure) carrying [`Message`]s: changelog chunks, epoch
+//! barriers and watermarks. Tables publish their DML as chunks; sources are
+//! read by each view's own readers ([`source`]); each table and view ends in
 //! a materialize operator that hands its epoch's net change to the
 //! [`Coordinator`], which commits all relations of an epoch at once.
 //!
@@ -21,12 +22,16 @@ mod join;
 mod materialize;
 mod message;
 mod operator;
+mod progress;
 mod runtime;
+pub mod source;
+mod watermark;
 
 pub use build::batch_schema;
 pub use codec::RowCodec;
 pub use coordinator::Coordinator;
 pub use error::{ExecutorError, Result};
 pub use eval::ErrorStats;
-pub use message::{Barrier, Message, Op, StreamChunk};
-pub use runtime::{Runtime, WriteGuard};
+pub use message::{Barrier, Message, Op, StreamChunk, Watermark};
+pub use progress::{ReaderProgress, RelationProgress};
+pub use runtime::{Quiesced, ReadTarget, Runtime, WriteGuard};

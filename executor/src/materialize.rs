@@ -13,8 +13,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::codec::RowCodec;
 use crate::coordinator::{Coordinator, Delta, add_change};
 use crate::error::Result;
-use crate::message::{Barrier, StreamChunk};
+use crate::message::{Barrier, StreamChunk, Watermark};
 use crate::operator::Operator;
+use crate::progress::Progress;
 
 /// Applies a changelog to a relation's committed rows, epoch by epoch.
 #[derive(Debug)]
@@ -23,18 +24,25 @@ pub struct Materialize {
     schema: SchemaRef,
     codec: RowCodec,
     coordinator: Arc<Coordinator>,
+    progress: Arc<Progress>,
     delta: Delta,
 }
 
 impl Materialize {
     /// Materializes relation `relation` with rows of `schema`.
-    pub fn new(relation: u32, schema: SchemaRef, coordinator: Arc<Coordinator>) -> Result<Self> {
+    pub fn new(
+        relation: u32,
+        schema: SchemaRef,
+        coordinator: Arc<Coordinator>,
+        progress: Arc<Progress>,
+    ) -> Result<Self> {
         let codec = RowCodec::for_schema(&schema)?;
         Ok(Self {
             relation,
             schema,
             codec,
             coordinator,
+            progress,
             delta: Delta::new(),
         })
     }
@@ -66,5 +74,18 @@ impl Operator for Materialize {
             std::mem::take(&mut self.delta),
         );
         Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        if let Some(field) = self.schema.fields().get(watermark.column) {
+            self.progress
+                .watermark(self.relation, field.name(), &watermark.value);
+        }
+        Ok(vec![watermark])
     }
 }

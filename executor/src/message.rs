@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::scalar::ScalarValue;
 
 /// Whether a row is added to or retracted from a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +66,18 @@ pub struct Barrier {
     pub epoch: u64,
 }
 
+/// Event-time progress: no later row on this edge has `column < value`.
+///
+/// Watermarks only increase along an edge, per column. A row that arrives
+/// below its watermark anyway is *late*; windowed operators drop and count it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    /// Column index in the edge's schema.
+    pub column: usize,
+    /// Lower bound of every later value of `column` (never NULL).
+    pub value: ScalarValue,
+}
+
 /// One message on a pipeline edge.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -72,4 +85,6 @@ pub enum Message {
     Chunk(StreamChunk),
     /// End of an epoch.
     Barrier(Barrier),
+    /// Event-time progress.
+    Watermark(Watermark),
 }

@@ -3,7 +3,9 @@
 //! An operator turns input chunks into output chunks. Stateful operators may
 //! hold changes back and emit them when the epoch ends
 //! ([`Operator::on_barrier`]), so a view sees one consolidated change per
-//! key per epoch.
+//! key per epoch. Watermarks pass through [`Operator::on_watermark`], which
+//! says what the input's event-time progress means for the output (and may
+//! release rows that became final).
 
 use std::sync::Arc;
 
@@ -14,7 +16,8 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::message::{Barrier, Op, StreamChunk};
+use crate::message::{Barrier, Op, StreamChunk, Watermark};
+use crate::watermark::{derive, is_monotone_in};
 
 /// An incremental operator. `port` says which logical input a chunk came
 /// from (0 for single-input operators; 0 = left, 1 = right for joins).
@@ -31,21 +34,40 @@ pub trait Operator: Send + std::fmt::Debug {
     fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Vec<StreamChunk>) -> Result<()> {
         Ok(())
     }
+
+    /// Called when input `port`'s watermark advances; returns the output's
+    /// watermarks that follow from it. The default forgets it: correct for
+    /// any operator, it only keeps downstream state from being released.
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        _watermark: Watermark,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        Ok(vec![])
+    }
 }
 
 /// Computes one expression per output column.
 #[derive(Debug)]
 pub struct Project {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
+    input_schema: SchemaRef,
     schema: SchemaRef,
     evaluator: Evaluator,
 }
 
 impl Project {
-    /// A projection producing `schema` from `exprs`.
-    pub fn new(exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef, evaluator: Evaluator) -> Self {
+    /// A projection of rows of `input_schema` producing `schema` from `exprs`.
+    pub fn new(
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        input_schema: SchemaRef,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+    ) -> Self {
         Self {
             exprs,
+            input_schema,
             schema,
             evaluator,
         }
@@ -68,6 +90,24 @@ impl Operator for Project {
             ops: chunk.ops,
         });
         Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        let mut derived = Vec::new();
+        for (column, expr) in self.exprs.iter().enumerate() {
+            if is_monotone_in(expr, watermark.column)
+                && let Some(value) =
+                    derive(expr, &self.input_schema, watermark.column, &watermark.value)?
+            {
+                derived.push(Watermark { column, value });
+            }
+        }
+        Ok(derived)
     }
 }
 
@@ -117,5 +157,14 @@ impl Operator for Filter {
             ops: ops.into(),
         });
         Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        Ok(vec![watermark])
     }
 }

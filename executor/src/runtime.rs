@@ -8,18 +8,19 @@
 //!   lock, after a flush. Then nothing is in flight, every relation's
 //!   committed rows are its latest rows, and a new pipeline can start from
 //!   them (backfill) and subscribe to what comes next with no gap and no
-//!   duplicate.
+//!   duplicate. Source readers take no write lock, so quiescing also closes
+//!   the source gate they produce under (see [`crate::source`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use tokio::sync::{MutexGuard, mpsc};
+use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::build::{PipelineBuilder, SourceHandle};
+use crate::build::{PipelineBuilder, Upstream};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -28,9 +29,23 @@ use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
 use crate::materialize::Materialize;
 use crate::message::{Barrier, Message, StreamChunk};
+use crate::progress::{Progress, RelationProgress};
+use crate::source::SourceSpec;
 
 /// Proof that the caller holds the write lock.
 pub type WriteGuard<'a> = MutexGuard<'a, ()>;
+
+/// Proof that sources are paused and nothing is in flight.
+pub type Quiesced<'a> = RwLockWriteGuard<'a, ()>;
+
+/// What a materialized view's plan reads under a relation name.
+#[derive(Debug, Clone)]
+pub enum ReadTarget {
+    /// A table or materialized view, by id.
+    Relation(u32),
+    /// A source.
+    Source(Arc<SourceSpec>),
+}
 
 /// Owns every running pipeline.
 #[derive(Debug)]
@@ -44,6 +59,9 @@ pub struct Runtime {
     /// Pipelines with constant inputs only need barriers.
     ticks: Arc<Subscribers>,
     write_lock: tokio::sync::Mutex<()>,
+    /// Source readers produce under its read side; DDL takes the write side.
+    source_gate: Arc<RwLock<()>>,
+    progress: Arc<Progress>,
     parallelism: usize,
 }
 
@@ -57,6 +75,8 @@ impl Runtime {
             sources: Mutex::new(HashSet::new()),
             ticks: Arc::new(Subscribers::default()),
             write_lock: tokio::sync::Mutex::new(()),
+            source_gate: Arc::new(RwLock::new(())),
+            progress: Arc::new(Progress::default()),
             parallelism: parallelism.max(1),
         })
     }
@@ -69,6 +89,16 @@ impl Runtime {
     /// Expression errors per relation.
     pub fn errors(&self) -> Vec<(u32, ErrorStats)> {
         self.errors.snapshot()
+    }
+
+    /// Watermarks and late rows per relation.
+    pub fn progress(&self) -> Vec<(u32, RelationProgress)> {
+        self.progress.snapshot()
+    }
+
+    /// Partitions of keyed operators (and default splits of sources).
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
     }
 
     /// Takes the write lock.
@@ -128,11 +158,11 @@ impl Runtime {
         let fragment = Fragment {
             relation: id,
             input: AlignedInput::new(vec![InputChannel::with_prefix(prefix, rx)]),
-            ports: vec![0],
             ops: vec![Box::new(Materialize::new(
                 id,
                 schema,
                 self.coordinator.clone(),
+                self.progress.clone(),
             )?)],
             output: Output::Subscribers(Arc::new(Subscribers::default())),
             coordinator: self.coordinator.clone(),
@@ -193,28 +223,37 @@ impl Runtime {
         self.coordinator.wait_committed(epoch).await;
     }
 
-    /// Flushes while holding the write lock: afterwards nothing is in flight.
-    pub async fn quiesce(&self, guard: &WriteGuard<'_>) {
+    /// Flushes while holding the write lock, with sources paused: while the
+    /// returned guard lives, nothing is in flight.
+    pub async fn quiesce(&self, guard: &WriteGuard<'_>) -> Quiesced<'_> {
+        let paused = self.source_gate.write().await;
         let epoch = self.inject_barrier(guard).await;
         self.coordinator.wait_committed(epoch).await;
+        paused
     }
 
     /// Starts view `id` maintaining `plan`. Must be called quiesced.
     pub fn create_view(
         &self,
-        _guard: &WriteGuard<'_>,
+        _quiesced: &Quiesced<'_>,
         id: u32,
         plan: &StreamNode,
-        resolve: &dyn Fn(&str) -> Option<u32>,
+        emit_on_window_close: bool,
+        resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
-        let resolve_source = |name: &str| -> Result<SourceHandle> {
-            let id = resolve(name).ok_or_else(|| {
-                ExecutorError::Unsupported(format!("{name} cannot be read by a materialized view"))
-            })?;
-            let subscribers = self.subscribers_of(id).ok_or_else(|| {
-                ExecutorError::Internal(format!("relation {name} has no changelog"))
-            })?;
-            Ok(SourceHandle { id, subscribers })
+        let resolve_source = |name: &str| -> Result<Upstream> {
+            match resolve(name) {
+                Some(ReadTarget::Relation(id)) => {
+                    let subscribers = self.subscribers_of(id).ok_or_else(|| {
+                        ExecutorError::Internal(format!("relation {name} has no changelog"))
+                    })?;
+                    Ok(Upstream::Changelog { id, subscribers })
+                }
+                Some(ReadTarget::Source(spec)) => Ok(Upstream::Stream(spec)),
+                None => Err(ExecutorError::Unsupported(format!(
+                    "{name} cannot be read by a materialized view"
+                ))),
+            }
         };
         let mut builder = PipelineBuilder {
             relation: id,
@@ -223,8 +262,14 @@ impl Runtime {
             evaluator: Evaluator::new(id, self.errors.clone()),
             ticks: self.ticks.clone(),
             resolve: &resolve_source,
+            gate: self.source_gate.clone(),
+            progress: self.progress.clone(),
+            emit_on_window_close,
             fragments: Vec::new(),
             subscriptions: Vec::new(),
+            reader_outputs: HashMap::new(),
+            readers: Vec::new(),
+            windowed_aggregates: 0,
         };
         let output = Arc::new(Subscribers::default());
         builder.build_root(plan, output.clone())?;
@@ -238,12 +283,15 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, output);
         Self::spawn(builder.fragments);
+        for reader in builder.readers {
+            tokio::spawn(reader.run());
+        }
         Ok(())
     }
 
-    /// Stops relation `id` (table or view) and forgets its rows. Must be
-    /// called quiesced, after every view reading it was dropped.
-    pub fn drop_relation(&self, _guard: &WriteGuard<'_>, id: u32) {
+    /// Stops relation `id` (table, view or source) and forgets its rows.
+    /// Must be called quiesced, after every view reading it was dropped.
+    pub fn drop_relation(&self, _quiesced: &Quiesced<'_>, id: u32) {
         let removed = {
             let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
             for s in subs.values() {
@@ -259,5 +307,6 @@ impl Runtime {
             .remove(&id);
         self.coordinator.remove_relation(id);
         self.errors.forget(id);
+        self.progress.forget(id);
     }
 }

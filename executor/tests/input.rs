@@ -23,7 +23,7 @@ fn value(m: &Message) -> Option<i64> {
             .as_any()
             .downcast_ref::<Int64Array>()
             .map(|a| a.value(0)),
-        Message::Barrier(_) => None,
+        Message::Barrier(_) | Message::Watermark(_) => None,
     }
 }
 

@@ -8,7 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use eddy_executor::{Op, Runtime, StreamChunk};
+use eddy_executor::{Op, ReadTarget, Runtime, StreamChunk};
 
 fn schema(cols: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(
@@ -69,9 +69,11 @@ async fn create_view(runtime: &Runtime, ctx: &SessionContext, id: u32, sql: &str
     let stream = eddy_planner::lower(&plan).expect("lower");
     let names: HashMap<&str, u32> = [("l", 1), ("r", 2)].into();
     let guard = runtime.write_lock().await;
-    runtime.quiesce(&guard).await;
+    let quiesced = runtime.quiesce(&guard).await;
     runtime
-        .create_view(&guard, id, &stream, &|n| names.get(n).copied())
+        .create_view(&quiesced, id, &stream, false, &|n| {
+            names.get(n).copied().map(ReadTarget::Relation)
+        })
         .expect("create view");
 }
 

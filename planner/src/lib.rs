@@ -10,7 +10,9 @@
 mod error;
 mod parse;
 mod stream_plan;
+mod window;
 
 pub use error::{PlanError, Result};
-pub use parse::{EddyStatement, parse_sql};
+pub use parse::{CreateSource, EddyStatement, parse_sql};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
+pub use window::rewrite_windows;

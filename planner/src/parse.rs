@@ -1,9 +1,15 @@
 //! Splitting a query string into statements, with Eddy's own statements.
 //!
-//! sqlparser's PostgreSQL dialect parses almost everything; Eddy adds only
-//! `FLUSH`, recognised by its first keyword before the generic parser runs.
+//! sqlparser's PostgreSQL dialect parses almost everything. Eddy adds
+//! `FLUSH`, `CREATE SOURCE ... WITH (...)` (with `WATERMARK FOR`),
+//! `DROP SOURCE`, `SHOW SOURCES` and a trailing `EMIT ON WINDOW CLOSE` on
+//! `CREATE MATERIALIZED VIEW`, recognised by their leading keywords before
+//! the generic parser runs. Window table functions are rewritten afterwards
+//! (see [`crate::window`]).
 
-use datafusion::sql::sqlparser::ast::Statement;
+use std::fmt;
+
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, Ident, ObjectName, Statement, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -14,28 +20,211 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 pub enum EddyStatement {
     /// `FLUSH`: wait until every earlier DML statement is visible in every view.
     Flush,
+    /// `CREATE SOURCE`.
+    CreateSource(CreateSource),
+    /// `DROP SOURCE [IF EXISTS] names [CASCADE]`.
+    DropSource {
+        /// Source names.
+        names: Vec<ObjectName>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+        /// `CASCADE`.
+        cascade: bool,
+    },
+    /// `SHOW SOURCES`.
+    ShowSources,
+    /// `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE`.
+    EmitOnWindowClose(Box<Statement>),
     /// Any statement sqlparser understands.
     Sql(Box<Statement>),
+}
+
+/// `CREATE SOURCE name (columns [, WATERMARK FOR col AS expr]) WITH (options)`.
+#[derive(Debug, Clone)]
+pub struct CreateSource {
+    /// Source name.
+    pub name: ObjectName,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// Declared columns.
+    pub columns: Vec<ColumnDef>,
+    /// `WATERMARK FOR column AS expr`.
+    pub watermark: Option<(Ident, Expr)>,
+    /// `WITH (key = 'value', ...)`; keys lower-cased, dotted keys kept whole.
+    pub options: Vec<(String, String)>,
+}
+
+impl fmt::Display for CreateSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CREATE SOURCE ")?;
+        if self.if_not_exists {
+            write!(f, "IF NOT EXISTS ")?;
+        }
+        write!(f, "{} (", self.name)?;
+        let mut parts: Vec<String> = self.columns.iter().map(|c| c.to_string()).collect();
+        if let Some((col, expr)) = &self.watermark {
+            parts.push(format!("WATERMARK FOR {col} AS {expr}"));
+        }
+        write!(f, "{}) WITH (", parts.join(", "))?;
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
+            .collect();
+        write!(f, "{})", options.join(", "))
+    }
+}
+
+impl fmt::Display for EddyStatement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EddyStatement::Flush => write!(f, "FLUSH"),
+            EddyStatement::CreateSource(c) => write!(f, "{c}"),
+            EddyStatement::DropSource {
+                names,
+                if_exists,
+                cascade,
+            } => {
+                let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                write!(
+                    f,
+                    "DROP SOURCE {}{}{}",
+                    if *if_exists { "IF EXISTS " } else { "" },
+                    names.join(", "),
+                    if *cascade { " CASCADE" } else { "" }
+                )
+            }
+            EddyStatement::ShowSources => write!(f, "SHOW SOURCES"),
+            EddyStatement::EmitOnWindowClose(s) => write!(f, "{s} EMIT ON WINDOW CLOSE"),
+            EddyStatement::Sql(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+fn peek_words(parser: &Parser, words: &[&str]) -> bool {
+    words.iter().enumerate().all(|(i, w)| {
+        matches!(&parser.peek_nth_token(i).token,
+            Token::Word(t) if t.value.eq_ignore_ascii_case(w))
+    })
+}
+
+fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError> {
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    parser.expect_token(&Token::LParen)?;
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    loop {
+        if peek_words(parser, &["WATERMARK", "FOR"]) {
+            parser.next_token();
+            parser.next_token();
+            let column = parser.parse_identifier()?;
+            parser.expect_keyword(Keyword::AS)?;
+            watermark = Some((column, parser.parse_expr()?));
+        } else {
+            columns.push(parser.parse_column_def()?);
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen)?;
+    let mut options = Vec::new();
+    if parser.parse_keyword(Keyword::WITH) {
+        parser.expect_token(&Token::LParen)?;
+        loop {
+            let mut key = match parser.next_token().token {
+                Token::Word(w) => w.value.to_lowercase(),
+                Token::SingleQuotedString(s) => s,
+                _ => return parser.expected("an option name", parser.peek_token()),
+            };
+            while parser.consume_token(&Token::Period) {
+                key.push('.');
+                key.push_str(&parser.parse_identifier()?.value.to_lowercase());
+            }
+            parser.expect_token(&Token::Eq)?;
+            let value = match parser.parse_value()?.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+                Value::Number(n, _) => n,
+                Value::Boolean(b) => b.to_string(),
+                other => other.to_string(),
+            };
+            options.push((key, value));
+            if !parser.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        parser.expect_token(&Token::RParen)?;
+    }
+    Ok(CreateSource {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    })
+}
+
+fn parse_drop_source(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
+    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let mut names = vec![parser.parse_object_name(false)?];
+    while parser.consume_token(&Token::Comma) {
+        names.push(parser.parse_object_name(false)?);
+    }
+    let cascade = parser.parse_keyword(Keyword::CASCADE);
+    if !cascade {
+        let _restrict = parser.parse_keyword(Keyword::RESTRICT);
+    }
+    Ok(EddyStatement::DropSource {
+        names,
+        if_exists,
+        cascade,
+    })
+}
+
+fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
+    if peek_words(parser, &["FLUSH"]) {
+        parser.next_token();
+        return Ok(EddyStatement::Flush);
+    }
+    if peek_words(parser, &["CREATE", "SOURCE"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(EddyStatement::CreateSource(parse_create_source(parser)?));
+    }
+    if peek_words(parser, &["DROP", "SOURCE"]) {
+        parser.next_token();
+        parser.next_token();
+        return parse_drop_source(parser);
+    }
+    if peek_words(parser, &["SHOW", "SOURCES"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(EddyStatement::ShowSources);
+    }
+    let stmt = parser.parse_statement()?;
+    let is_mv = matches!(&stmt, Statement::CreateView(v) if v.materialized);
+    if is_mv && peek_words(parser, &["EMIT", "ON", "WINDOW", "CLOSE"]) {
+        for _ in 0..4 {
+            parser.next_token();
+        }
+        return Ok(EddyStatement::EmitOnWindowClose(Box::new(stmt)));
+    }
+    Ok(EddyStatement::Sql(Box::new(stmt)))
 }
 
 /// Parses `sql` into its statements. Errors carry sqlparser's line/column.
 pub fn parse_sql(sql: &str) -> Result<Vec<EddyStatement>, ParserError> {
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let sql = crate::window::flink_to_eddy_spelling(sql);
+    let mut parser = Parser::new(&dialect).try_with_sql(&sql)?;
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
         if parser.peek_token().token == Token::EOF {
             break;
         }
-        let is_flush = matches!(&parser.peek_token().token,
-            Token::Word(w) if w.keyword == Keyword::FLUSH);
-        if is_flush {
-            parser.next_token();
-            out.push(EddyStatement::Flush);
-        } else {
-            out.push(EddyStatement::Sql(Box::new(parser.parse_statement()?)));
-        }
+        out.push(parse_statement(&mut parser)?);
         let next = parser.peek_token().token;
         if next != Token::EOF && next != Token::SemiColon {
             return parser.expected("end of statement", parser.peek_token());

@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::LogicalPlan;
 
 use eddy_executor::RowCodec;
+use eddy_executor::source::SourceSpec;
 use eddy_storage::RelationKind;
 
 use crate::error::{EddyError, Result};
@@ -115,6 +116,8 @@ pub struct RelationInfo {
     pub rows: Option<TableRows>,
     /// Views: the plan inlined where the view is used.
     pub view_plan: Option<LogicalPlan>,
+    /// Sources: what generates the rows.
+    pub source: Option<Arc<SourceSpec>>,
 }
 
 impl RelationInfo {
@@ -140,6 +143,7 @@ pub fn kind_name(kind: RelationKind) -> &'static str {
         RelationKind::Table => "table",
         RelationKind::View => "view",
         RelationKind::MaterializedView => "materialized view",
+        RelationKind::Source => "source",
     }
 }
 

@@ -97,6 +97,14 @@ impl From<eddy_planner::PlanError> for EddyError {
     fn from(e: eddy_planner::PlanError) -> Self {
         match e {
             eddy_planner::PlanError::Unsupported(m) => EddyError::Unsupported(m),
+            eddy_planner::PlanError::InvalidParameter(message) => EddyError::Coded {
+                code: "22023",
+                message,
+            },
+            eddy_planner::PlanError::Internal(message) => EddyError::Coded {
+                code: "XX000",
+                message,
+            },
             eddy_planner::PlanError::DataFusion(e) => EddyError::DataFusion(e),
         }
     }
@@ -146,6 +154,8 @@ impl EddyError {
             EddyError::Coded { code, .. } => code,
             EddyError::Storage(_) => "58030",
             EddyError::Executor(eddy_executor::ExecutorError::Unsupported(_)) => "0A000",
+            EddyError::Executor(eddy_executor::ExecutorError::InvalidOption(_)) => "22023",
+            EddyError::Executor(eddy_executor::ExecutorError::Windowing(_)) => "42P20",
             EddyError::Executor(eddy_executor::ExecutorError::DataFusion(e)) => {
                 datafusion_sqlstate(e)
             }

@@ -5,6 +5,9 @@
 //!   at the same epoch; views are DataFusion views (inlined).
 //! - `__eddy_dml`: tables' *latest* stored rows plus each row's storage key,
 //!   the target of `UPDATE` and `DELETE`.
+//! - sources: bounded ones are generated afresh by each query that reads
+//!   them (one partition per split), so the batch engine sees exactly the
+//!   rows the stream carries; unbounded ones can only feed views.
 //! - `eddy_catalog`: system tables.
 
 use std::collections::HashMap;
@@ -14,14 +17,19 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{MemTable, SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 
 use eddy_executor::Runtime;
+use eddy_executor::source::{CHUNK_ROWS, SourceSpec};
 use eddy_storage::{RelationKind, Store};
 
 use crate::catalog::{Catalog, RelationInfo};
@@ -150,13 +158,93 @@ impl TableProvider for LatestTable {
 pub struct PublicSchema {
     /// The catalog.
     pub catalog: Arc<Catalog>,
+    /// Default splits of a source.
+    pub parallelism: usize,
 }
 
-fn provider_for(info: Arc<RelationInfo>) -> DfResult<Arc<dyn TableProvider>> {
+/// One split of a bounded source, generated when a query runs.
+#[derive(Debug)]
+struct SourceSplit {
+    spec: Arc<SourceSpec>,
+    index: usize,
+    count: usize,
+}
+
+impl PartitionStream for SourceSplit {
+    fn schema(&self) -> &SchemaRef {
+        &self.spec.schema
+    }
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let mut split = self.spec.split(self.index, self.count);
+        let batches = std::iter::from_fn(move || {
+            split
+                .next_batch(CHUNK_ROWS)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+                .transpose()
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.spec.schema.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// A source as a table: bounded sources are generated afresh per query.
+#[derive(Debug)]
+pub struct SourceTable {
+    info: Arc<RelationInfo>,
+    splits: usize,
+}
+
+#[async_trait]
+impl TableProvider for SourceTable {
+    fn schema(&self) -> SchemaRef {
+        self.info.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let Some(spec) = self.info.source.clone() else {
+            return Err(DataFusionError::Internal(format!(
+                "source {} has no definition",
+                self.info.name
+            )));
+        };
+        if !spec.is_bounded() {
+            return Err(DataFusionError::NotImplemented(format!(
+                "source \"{}\" is unbounded: read it through a materialized view (or bound it with nexmark.event.num / datagen.rows.total)",
+                self.info.name
+            )));
+        }
+        let count = spec.split_count(self.splits);
+        let partitions = (0..count)
+            .map(|index| {
+                Arc::new(SourceSplit {
+                    spec: spec.clone(),
+                    index,
+                    count,
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        StreamingTable::try_new(spec.schema.clone(), partitions)?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+fn provider_for(info: Arc<RelationInfo>, splits: usize) -> DfResult<Arc<dyn TableProvider>> {
     Ok(match (&info.kind, &info.view_plan) {
         (RelationKind::View, Some(plan)) => {
             Arc::new(ViewTable::new(plan.clone(), Some(info.sql.clone())))
         }
+        (RelationKind::Source, _) => Arc::new(SourceTable { info, splits }),
         _ => Arc::new(RelationTable { info }),
     })
 }
@@ -167,7 +255,10 @@ impl SchemaProvider for PublicSchema {
         self.catalog.all().iter().map(|r| r.name.clone()).collect()
     }
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        self.catalog.get(name).map(provider_for).transpose()
+        self.catalog
+            .get(name)
+            .map(|info| provider_for(info, self.parallelism))
+            .transpose()
     }
     fn table_exist(&self, name: &str) -> bool {
         self.catalog.get(name).is_some()
@@ -214,22 +305,132 @@ pub struct SystemSchema {
 }
 
 const VIEW_ERRORS: &str = "view_errors";
+const WATERMARKS: &str = "watermarks";
+const SOURCE_READERS: &str = "source_readers";
+
+fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+impl SystemSchema {
+    fn names(&self) -> HashMap<u32, String> {
+        self.catalog
+            .all()
+            .iter()
+            .map(|r| (r.id, r.name.clone()))
+            .collect()
+    }
+
+    /// Event-time progress: one row per (relation, watermarked column), and
+    /// one with a NULL column for relations that only dropped late rows.
+    fn watermarks(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let (mut relation, mut column, mut watermark, mut late) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, progress) in self.runtime.progress() {
+            let Some(name) = names.get(&id) else {
+                continue;
+            };
+            if progress.watermarks.is_empty() && progress.late_rows == 0 {
+                continue;
+            }
+            if progress.watermarks.is_empty() {
+                relation.push(name.clone());
+                column.push(None);
+                watermark.push(None);
+                late.push(progress.late_rows);
+            }
+            for (c, w) in &progress.watermarks {
+                relation.push(name.clone());
+                column.push(Some(c.clone()));
+                watermark.push(Some(scalar_text(w)));
+                late.push(progress.late_rows);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, true),
+            Field::new("watermark", DataType::Utf8, true),
+            Field::new("late_rows", DataType::UInt64, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(StringArray::from(column)),
+                Arc::new(StringArray::from(watermark)),
+                Arc::new(UInt64Array::from(late)),
+            ],
+        )
+    }
+
+    /// Each view's readers of each source: splits, finished splits, rows read.
+    fn source_readers(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let (mut relation, mut source, mut splits, mut finished, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, progress) in self.runtime.progress() {
+            let Some(name) = names.get(&id) else {
+                continue;
+            };
+            for (src, r) in &progress.readers {
+                relation.push(name.clone());
+                source.push(names.get(src).cloned().unwrap_or_else(|| src.to_string()));
+                splits.push(r.splits as u64);
+                finished.push(r.finished as u64);
+                rows.push(r.rows);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("splits", DataType::UInt64, false),
+            Field::new("finished_splits", DataType::UInt64, false),
+            Field::new("rows_read", DataType::UInt64, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(StringArray::from(source)),
+                Arc::new(UInt64Array::from(splits)),
+                Arc::new(UInt64Array::from(finished)),
+                Arc::new(UInt64Array::from(rows)),
+            ],
+        )
+    }
+}
+
+/// A value as the batch engine would print it.
+fn scalar_text(value: &datafusion::scalar::ScalarValue) -> String {
+    value
+        .to_array()
+        .ok()
+        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(&a, 0).ok())
+        .unwrap_or_else(|| value.to_string())
+}
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec![VIEW_ERRORS.to_string()]
+        vec![
+            VIEW_ERRORS.to_string(),
+            WATERMARKS.to_string(),
+            SOURCE_READERS.to_string(),
+        ]
     }
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if name == WATERMARKS {
+            return self.watermarks().map(Some);
+        }
+        if name == SOURCE_READERS {
+            return self.source_readers().map(Some);
+        }
         if name != VIEW_ERRORS {
             return Ok(None);
         }
-        let names: HashMap<u32, String> = self
-            .catalog
-            .all()
-            .iter()
-            .map(|r| (r.id, r.name.clone()))
-            .collect();
+        let names = self.names();
         let mut relation = Vec::new();
         let mut count = Vec::new();
         let mut last = Vec::new();
@@ -250,20 +451,17 @@ impl SchemaProvider for SystemSchema {
             Field::new("error_count", DataType::UInt64, false),
             Field::new("last_error", DataType::Utf8, false),
         ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        mem_table(
+            schema,
             vec![
                 Arc::new(StringArray::from(relation)),
                 Arc::new(UInt64Array::from(count)),
                 Arc::new(StringArray::from(last)),
             ],
-        )?;
-        Ok(Some(Arc::new(MemTable::try_new(
-            schema,
-            vec![vec![batch]],
-        )?)))
+        )
+        .map(Some)
     }
     fn table_exist(&self, name: &str) -> bool {
-        name == VIEW_ERRORS
+        [VIEW_ERRORS, WATERMARKS, SOURCE_READERS].contains(&name)
     }
 }

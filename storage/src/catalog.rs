@@ -11,6 +11,8 @@ pub enum RelationKind {
     View,
     /// A materialized view: maintained incrementally from its inputs.
     MaterializedView,
+    /// A source: an append-only stream from a connector; no stored rows.
+    Source,
 }
 
 /// One relation as persisted: its id, name and the statement that created it.

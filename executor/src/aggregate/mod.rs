@@ -7,10 +7,16 @@
 //! `delete old` + `insert new` (nothing when unchanged, only the delete
 //! when the group emptied). A global aggregate (no GROUP BY) always has
 //! exactly one row, as SQL requires, starting with `count = 0` on empty input.
+//!
+//! Windows: when a group column carries a watermark (a window start or end,
+//! see [`WindowKey`]), a group whose window value falls below the watermark
+//! can never change again. It is then released from state — and, with
+//! `EMIT ON WINDOW CLOSE`, emitted once, final, only then. Rows that arrive
+//! for such a group anyway are late: dropped and counted.
 
 mod accumulator;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
@@ -24,8 +30,9 @@ pub use accumulator::{Accumulator, CallShape, ValueKind};
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::message::{Barrier, Op, StreamChunk};
+use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::Operator;
+use crate::progress::Progress;
 
 /// One aggregate call, ready to run.
 #[derive(Debug)]
@@ -42,10 +49,37 @@ pub struct AggregateSpec {
     pub shape: CallShape,
 }
 
+/// The group column that carries a watermark.
+#[derive(Debug)]
+pub struct WindowKey {
+    /// Index of the group expression (and output column).
+    pub group: usize,
+    /// The input column the group expression is.
+    pub input_column: usize,
+    /// `EMIT ON WINDOW CLOSE`: emit each group once, when its window closes.
+    pub emit_on_close: bool,
+    /// Counts late rows under this relation.
+    pub relation: u32,
+    /// Where late rows are counted.
+    pub progress: Arc<Progress>,
+}
+
+#[derive(Debug)]
+struct Windows {
+    key: WindowKey,
+    codec: RowCodec,
+    /// Encoded watermark: windows below it are closed.
+    closed_below: Option<Box<[u8]>>,
+    /// (encoded window value, group key) of every group in state.
+    open: BTreeSet<(Box<[u8]>, Box<[u8]>)>,
+}
+
 #[derive(Debug)]
 struct Group {
     rows: i64,
     accumulators: Vec<Accumulator>,
+    /// Encoded window value, for windowed aggregates.
+    window: Option<Box<[u8]>>,
 }
 
 fn new_group(calls: &[AggregateSpec]) -> Group {
@@ -55,8 +89,12 @@ fn new_group(calls: &[AggregateSpec]) -> Group {
             .iter()
             .map(|c| Accumulator::new(&c.value_kind))
             .collect(),
+        window: None,
     }
 }
+
+/// One group's change at the end of an epoch.
+type Change<'a> = (Op, &'a [u8], Vec<ScalarValue>);
 
 /// The hash aggregate operator.
 #[derive(Debug)]
@@ -68,6 +106,7 @@ pub struct HashAggregate {
     value_codecs: Vec<Option<RowCodec>>,
     schema: SchemaRef,
     evaluator: Evaluator,
+    windows: Option<Windows>,
     // State.
     groups: HashMap<Box<[u8]>, Group>,
     /// Groups touched this epoch -> their output row before the epoch.
@@ -82,7 +121,19 @@ impl HashAggregate {
         calls: Vec<AggregateSpec>,
         schema: SchemaRef,
         evaluator: Evaluator,
+        window: Option<WindowKey>,
     ) -> Result<Self> {
+        let windows = window
+            .map(|key| {
+                let codec = RowCodec::new(vec![group_types[key.group].clone()])?;
+                Ok::<_, crate::error::ExecutorError>(Windows {
+                    key,
+                    codec,
+                    closed_below: None,
+                    open: BTreeSet::new(),
+                })
+            })
+            .transpose()?;
         let value_codecs = calls
             .iter()
             .map(|c| match c.value_kind {
@@ -98,6 +149,7 @@ impl HashAggregate {
             value_codecs,
             schema,
             evaluator,
+            windows,
             groups: HashMap::new(),
             touched: HashMap::new(),
         };
@@ -125,10 +177,15 @@ impl HashAggregate {
             .collect()
     }
 
-    fn group_keys(&self, batch: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+    fn emits_on_close(&self) -> bool {
+        self.windows.as_ref().is_some_and(|w| w.key.emit_on_close)
+    }
+
+    /// Group keys of `batch`'s rows, and their encoded window values.
+    fn group_keys(&self, batch: &RecordBatch) -> Result<(Vec<Box<[u8]>>, Option<Vec<Box<[u8]>>>)> {
         if self.is_global() {
             let key = self.groups.keys().next().cloned().unwrap_or_default();
-            return Ok(vec![key; batch.num_rows()]);
+            return Ok((vec![key; batch.num_rows()], None));
         }
         let columns = self.evaluator.eval_all(&self.group_exprs, batch)?;
         let columns = columns
@@ -143,10 +200,48 @@ impl HashAggregate {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rows = self.group_codec.encode(&columns)?;
-        Ok(rows.iter().map(|r| r.as_ref().into()).collect())
+        let windows = match &self.windows {
+            Some(w) => {
+                let encoded = w.codec.encode(&columns[w.key.group..=w.key.group])?;
+                Some(encoded.iter().map(|r| r.as_ref().into()).collect())
+            }
+            None => None,
+        };
+        Ok((rows.iter().map(|r| r.as_ref().into()).collect(), windows))
     }
 
-    fn build_output(&self, rows: Vec<(Op, &[u8], Vec<ScalarValue>)>) -> Result<StreamChunk> {
+    /// The changes group `key` makes this epoch, given its row before it.
+    /// Returns whether the group is now empty (and must leave state).
+    fn settle<'k>(
+        &self,
+        key: &'k [u8],
+        before: &Option<Vec<ScalarValue>>,
+        rows: &mut Vec<Change<'k>>,
+    ) -> Result<bool> {
+        let (after, emptied) = match self.groups.get(key) {
+            Some(g) if g.rows > 0 || self.is_global() => (Some(self.output_row(g)?), false),
+            _ => (None, true),
+        };
+        if before != &after {
+            if let Some(before) = before {
+                rows.push((Op::Delete, key, before.clone()));
+            }
+            if let Some(after) = after {
+                rows.push((Op::Insert, key, after));
+            }
+        }
+        Ok(emptied)
+    }
+
+    fn remove_group(&mut self, key: &[u8]) {
+        if let Some(group) = self.groups.remove(key)
+            && let (Some(window), Some(w)) = (group.window, self.windows.as_mut())
+        {
+            w.open.remove(&(window, key.into()));
+        }
+    }
+
+    fn build_output(&self, rows: Vec<Change<'_>>) -> Result<StreamChunk> {
         let ops: Vec<Op> = rows.iter().map(|(op, _, _)| *op).collect();
         let mut columns: Vec<ArrayRef> = if self.is_global() {
             vec![]
@@ -183,7 +278,7 @@ impl Operator for HashAggregate {
         _out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let batch = &chunk.batch;
-        let keys = self.group_keys(batch)?;
+        let (keys, windows) = self.group_keys(batch)?;
         let mut values = Vec::with_capacity(self.calls.len());
         for (call, codec) in self.calls.iter().zip(&self.value_codecs) {
             let array = self.evaluator.eval(&call.arg, batch)?;
@@ -203,19 +298,35 @@ impl Operator for HashAggregate {
             values.push((array, mask, encoded));
         }
         let global = self.is_global();
+        let tracks_changes = !self.emits_on_close();
+        let mut late = 0;
         for (i, key) in keys.into_iter().enumerate() {
             let sign = chunk.ops[i].sign();
-            if !self.touched.contains_key(&key) {
+            let window = windows.as_ref().map(|w| &w[i]);
+            if let (Some(window), Some(w)) = (window, &self.windows)
+                && w.closed_below.as_ref().is_some_and(|c| window < c)
+            {
+                late += 1;
+                continue;
+            }
+            if tracks_changes && !self.touched.contains_key(&key) {
                 let before = match self.groups.get(&key) {
                     Some(g) if g.rows > 0 || global => Some(self.output_row(g)?),
                     _ => None,
                 };
                 self.touched.insert(key.clone(), before);
             }
-            let group = self
-                .groups
-                .entry(key)
-                .or_insert_with(|| new_group(&self.calls));
+            let group = match self.groups.get_mut(&key) {
+                Some(g) => g,
+                None => {
+                    let mut group = new_group(&self.calls);
+                    if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
+                        group.window = Some(window.clone());
+                        w.open.insert((window.clone(), key.clone()));
+                    }
+                    self.groups.entry(key).or_insert(group)
+                }
+            };
             group.rows += sign;
             for (acc, (array, mask, encoded)) in group.accumulators.iter_mut().zip(&values) {
                 if mask.as_ref().is_some_and(|m| !m.is_valid(i) || !m.value(i)) {
@@ -223,6 +334,11 @@ impl Operator for HashAggregate {
                 }
                 acc.update(sign, array, i, encoded.as_ref().map(|r| r.row(i).data()));
             }
+        }
+        if late > 0
+            && let Some(w) = &self.windows
+        {
+            w.key.progress.late(w.key.relation, late);
         }
         Ok(())
     }
@@ -235,29 +351,61 @@ impl Operator for HashAggregate {
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
         for (key, before) in &touched {
-            let after = match self.groups.get(key) {
-                Some(g) if g.rows > 0 || self.is_global() => Some(self.output_row(g)?),
-                _ => {
-                    emptied.push(key);
-                    None
-                }
-            };
-            if before == &after {
-                continue;
-            }
-            if let Some(before) = before {
-                rows.push((Op::Delete, key.as_ref(), before.clone()));
-            }
-            if let Some(after) = after {
-                rows.push((Op::Insert, key.as_ref(), after));
+            if self.settle(key, before, &mut rows)? {
+                emptied.push(key);
             }
         }
         if !rows.is_empty() {
             out.push(self.build_output(rows)?);
         }
         for key in emptied {
-            self.groups.remove(key);
+            self.remove_group(key);
         }
         Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        let Some(w) = self.windows.as_mut() else {
+            return Ok(vec![]);
+        };
+        if watermark.column != w.key.input_column {
+            return Ok(vec![]);
+        }
+        let group = w.key.group;
+        let value = watermark.value.cast_to(&w.codec.types()[0])?;
+        let encoded = w.codec.encode(&[value.to_array()?])?;
+        let bound: Box<[u8]> = encoded.row(0).as_ref().into();
+        let closed: Vec<Box<[u8]>> = w
+            .open
+            .iter()
+            .take_while(|(window, _)| *window < bound)
+            .map(|(_, key)| key.clone())
+            .collect();
+        w.closed_below = Some(bound);
+        let mut rows = Vec::new();
+        for key in &closed {
+            if self.emits_on_close() {
+                if let Some(g) = self.groups.get(key).filter(|g| g.rows > 0) {
+                    rows.push((Op::Insert, key.as_ref(), self.output_row(g)?));
+                }
+            } else if let Some(before) = self.touched.remove(key) {
+                self.settle(key, &before, &mut rows)?;
+            }
+        }
+        if !rows.is_empty() {
+            out.push(self.build_output(rows)?);
+        }
+        for key in &closed {
+            self.remove_group(key);
+        }
+        Ok(vec![Watermark {
+            column: group,
+            value,
+        }])
     }
 }

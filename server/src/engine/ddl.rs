@@ -1,4 +1,4 @@
-//! CREATE TABLE / VIEW / MATERIALIZED VIEW and DROP.
+//! CREATE TABLE / VIEW / MATERIALIZED VIEW / SOURCE and DROP.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -8,7 +8,10 @@ use datafusion::common::Constraint;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, ObjectType, Statement, visit_relations};
 
+use eddy_executor::ReadTarget;
 use eddy_executor::batch_schema;
+use eddy_executor::source::{SourceSpec, WatermarkSpec};
+use eddy_planner::CreateSource;
 use eddy_storage::{CatalogEntry, RelationKind};
 
 use super::{Engine, Outcome};
@@ -40,6 +43,7 @@ impl Engine {
         stmt: &Statement,
         id: Option<u32>,
         sql: &str,
+        emit_on_window_close: bool,
     ) -> Result<Outcome> {
         let (name, kind, if_not_exists, plan) = match stmt {
             Statement::CreateTable(ct) => {
@@ -92,6 +96,7 @@ impl Engine {
             RelationKind::Table => "CREATE TABLE",
             RelationKind::View => "CREATE VIEW",
             RelationKind::MaterializedView => "CREATE MATERIALIZED VIEW",
+            RelationKind::Source => "CREATE SOURCE",
         };
         if self.catalog.get(&name).is_some() {
             if if_not_exists {
@@ -100,6 +105,7 @@ impl Engine {
             return Err(EddyError::DuplicateTable(name));
         }
         let guard = self.runtime.write_lock().await;
+        let quiesced = self.runtime.quiesce(&guard).await;
         let replaying = id.is_some();
         let id = id.unwrap_or_else(|| self.catalog.next_id());
         let depends_on = match kind {
@@ -153,16 +159,26 @@ impl Engine {
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
                 let optimized = self.ctx.state().optimize(&v.input)?;
                 let stream_plan = eddy_planner::lower(&optimized)?;
-                self.runtime.quiesce(&guard).await;
                 let catalog = self.catalog.clone();
                 let resolve = move |n: &str| {
-                    catalog
-                        .get(n)
-                        .filter(|r| r.kind != RelationKind::View)
-                        .map(|r| r.id)
+                    let r = catalog.get(n)?;
+                    match (&r.kind, &r.source) {
+                        (RelationKind::Source, Some(spec)) => {
+                            Some(ReadTarget::Source(spec.clone()))
+                        }
+                        (RelationKind::Table | RelationKind::MaterializedView, _) => {
+                            Some(ReadTarget::Relation(r.id))
+                        }
+                        _ => None,
+                    }
                 };
-                self.runtime
-                    .create_view(&guard, id, &stream_plan, &resolve)?;
+                self.runtime.create_view(
+                    &quiesced,
+                    id,
+                    &stream_plan,
+                    emit_on_window_close,
+                    &resolve,
+                )?;
                 (batch_schema(stream_plan.schema()), None, None)
             }
             (other, _) => return Err(EddyError::Unsupported(format!("{}", other.display()))),
@@ -175,7 +191,7 @@ impl Engine {
                 sql: sql.to_string(),
             };
             if let Err(e) = self.store.put_catalog(&entry) {
-                self.runtime.drop_relation(&guard, id);
+                self.runtime.drop_relation(&quiesced, id);
                 return Err(e.into());
             }
         }
@@ -188,9 +204,169 @@ impl Engine {
             depends_on,
             rows,
             view_plan,
+            source: None,
         };
         self.catalog.insert(info);
         Ok(Outcome::command(tag))
+    }
+
+    /// CREATE SOURCE. `id` is set when replaying the stored catalog.
+    pub(super) async fn create_source(
+        &self,
+        source: &CreateSource,
+        id: Option<u32>,
+    ) -> Result<Outcome> {
+        let name = crate::functions::normalize_ident(
+            &source
+                .name
+                .0
+                .last()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        );
+        if self.catalog.get(&name).is_some() {
+            if source.if_not_exists {
+                return Ok(Outcome::command("CREATE SOURCE"));
+            }
+            return Err(EddyError::DuplicateTable(name));
+        }
+        // The columns are bound as a table's would be.
+        let columns: Vec<String> = source.columns.iter().map(|c| c.to_string()).collect();
+        let table = format!("CREATE TABLE \"{name}\" ({})", columns.join(", "));
+        let stmts = eddy_planner::parse_sql(&table)?;
+        let [eddy_planner::EddyStatement::Sql(stmt)] = stmts.as_slice() else {
+            return Err(EddyError::Unsupported("source column list".into()));
+        };
+        let schema = match self.bind(stmt.as_ref().clone()).await? {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(t)) => {
+                if !t.constraints.is_empty() {
+                    return Err(EddyError::Unsupported(
+                        "constraints on a source (it is append-only)".into(),
+                    ));
+                }
+                batch_schema(t.input.schema())
+            }
+            other => return Err(EddyError::Unsupported(format!("{}", other.display()))),
+        };
+        let watermark = match &source.watermark {
+            None => None,
+            Some((column, expr)) => Some(self.watermark_spec(&schema, column, expr)?),
+        };
+        let mut options = source.options.clone();
+        let now_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        // Fix what defaults to "now", so every replay generates the same rows.
+        let connector = options
+            .iter()
+            .find(|(k, _)| k == "connector")
+            .map(|(_, v)| v.clone());
+        if connector.as_deref() == Some("nexmark")
+            && !options.iter().any(|(k, _)| k == "nexmark.base.time")
+        {
+            options.push((
+                "nexmark.base.time".into(),
+                (now_nanos / 1_000_000).to_string(),
+            ));
+        }
+        if connector.as_deref() == Some("datagen")
+            && !options.iter().any(|(k, _)| k == "datagen.created.at")
+        {
+            options.push(("datagen.created.at".into(), now_nanos.to_string()));
+        }
+        let created_at = options
+            .iter()
+            .position(|(k, _)| k == "datagen.created.at")
+            .and_then(|i| options[i].1.parse::<i64>().ok())
+            .unwrap_or(now_nanos);
+        let spec_options: Vec<(String, String)> = options
+            .iter()
+            .filter(|(k, _)| k != "datagen.created.at")
+            .cloned()
+            .collect();
+        let replaying = id.is_some();
+        let guard = self.runtime.write_lock().await;
+        let id = id.unwrap_or_else(|| self.catalog.next_id());
+        let spec = SourceSpec::new(id, schema.clone(), spec_options, watermark, created_at)?;
+        let stored = CreateSource {
+            options,
+            ..source.clone()
+        };
+        let sql = stored.to_string();
+        if !replaying {
+            self.store.put_catalog(&CatalogEntry {
+                id,
+                name: name.clone(),
+                kind: RelationKind::Source,
+                sql: sql.clone(),
+            })?;
+        }
+        drop(guard);
+        self.catalog.insert(RelationInfo {
+            id,
+            name,
+            kind: RelationKind::Source,
+            schema,
+            sql,
+            depends_on: vec![],
+            rows: None,
+            view_plan: None,
+            source: Some(Arc::new(spec)),
+        });
+        Ok(Outcome::command("CREATE SOURCE"))
+    }
+
+    /// `WATERMARK FOR column AS expr`, checked: a time column, a time expression.
+    fn watermark_spec(
+        &self,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        column: &datafusion::sql::sqlparser::ast::Ident,
+        expr: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> Result<WatermarkSpec> {
+        use datafusion::arrow::datatypes::DataType;
+        let is_time = |t: &DataType| matches!(t, DataType::Timestamp(..) | DataType::Date32);
+        let name = crate::functions::normalize_ident(&column.to_string());
+        let index = schema.index_of(&name).map_err(|_| EddyError::Coded {
+            code: "42703",
+            message: format!("WATERMARK FOR {name}: column \"{name}\" does not exist"),
+        })?;
+        let column_type = schema.field(index).data_type();
+        if !is_time(column_type) {
+            return Err(EddyError::Coded {
+                code: "42804",
+                message: format!(
+                    "WATERMARK FOR {name}: the column must be a timestamp or date, not {}",
+                    crate::functions::sql_type_name(column_type)
+                ),
+            });
+        }
+        let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
+        let logical = self
+            .ctx
+            .state()
+            .create_logical_expr(&expr.to_string(), &df_schema)?;
+        let expr_type = datafusion::logical_expr::ExprSchemable::get_type(&logical, &df_schema)?;
+        if &expr_type != column_type {
+            return Err(EddyError::Coded {
+                code: "42804",
+                message: format!(
+                    "WATERMARK FOR {name} AS {expr}: the expression must have the column's type {}, not {}",
+                    crate::functions::sql_type_name(column_type),
+                    crate::functions::sql_type_name(&expr_type)
+                ),
+            });
+        }
+        let physical = datafusion::physical_expr::create_physical_expr(
+            &logical,
+            &df_schema,
+            &datafusion::logical_expr::execution_props::ExecutionProps::new(),
+            &Default::default(),
+        )?;
+        Ok(WatermarkSpec {
+            column: index,
+            expr: physical,
+        })
     }
 
     fn load_rows(
@@ -224,14 +400,27 @@ impl Engine {
         else {
             return Err(EddyError::Unsupported(stmt.to_string()));
         };
-        let (expected, tag) = match object_type {
-            ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
-            ObjectType::View => (RelationKind::View, "DROP VIEW"),
-            ObjectType::MaterializedView => {
-                (RelationKind::MaterializedView, "DROP MATERIALIZED VIEW")
-            }
+        let expected = match object_type {
+            ObjectType::Table => RelationKind::Table,
+            ObjectType::View => RelationKind::View,
+            ObjectType::MaterializedView => RelationKind::MaterializedView,
             other => return Err(EddyError::Unsupported(format!("DROP {other}"))),
         };
+        self.drop_relations(expected, names, *if_exists, *cascade)
+            .await
+    }
+
+    /// Drops `names` of kind `expected`, dependents first when `cascade`.
+    pub(super) async fn drop_relations(
+        &self,
+        expected: RelationKind,
+        names: &[datafusion::sql::sqlparser::ast::ObjectName],
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<Outcome> {
+        let tag = format!("DROP {}", kind_name(expected).to_uppercase());
+        let if_exists = &if_exists;
+        let cascade = &cascade;
         let guard = self.runtime.write_lock().await;
         for name in names {
             let name = crate::functions::normalize_ident(
@@ -264,14 +453,14 @@ impl Engine {
                     dependents,
                 });
             }
-            self.runtime.quiesce(&guard).await;
+            let quiesced = self.runtime.quiesce(&guard).await;
             for victim in order.iter().chain(std::iter::once(&info)) {
-                self.runtime.drop_relation(&guard, victim.id);
+                self.runtime.drop_relation(&quiesced, victim.id);
                 self.store.drop_relation(victim.id)?;
                 self.catalog.remove(&victim.name);
             }
         }
-        Ok(Outcome::command(tag))
+        Ok(Outcome::command(&tag))
     }
 
     fn collect_dependents(

@@ -105,7 +105,7 @@ impl Engine {
             // Reads of other relations (INSERT ... SELECT, subqueries) must see
             // every earlier statement: settle the pipelines first.
             if !Self::scanned_relations(&dml.input)?.is_empty() {
-                self.runtime.quiesce(&guard).await;
+                drop(self.runtime.quiesce(&guard).await);
             }
             let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
             let (tag, change, writes) = match dml.op {

@@ -127,6 +127,7 @@ impl Engine {
             PUBLIC,
             Arc::new(PublicSchema {
                 catalog: catalog.clone(),
+                parallelism: parallelism.max(1),
             }),
         )?;
         db.register_schema(
@@ -178,23 +179,45 @@ impl Engine {
                 self.runtime.flush().await;
                 tables_loaded = true;
             }
-            let stmts = parse_sql(&entry.sql)?;
-            let [EddyStatement::Sql(stmt)] = stmts.as_slice() else {
+            let mut stmts = self.parse(&entry.sql)?;
+            let (Some(stmt), true) = (stmts.pop(), stmts.is_empty()) else {
                 return Err(EddyError::Coded {
                     code: "XX001",
                     message: format!("catalog entry {} is not one statement", entry.id),
                 });
             };
-            self.create(stmt, Some(entry.id), &entry.sql).await?;
+            self.create_statement(stmt, Some(entry.id)).await?;
         }
         self.runtime.flush().await;
         info!(relations = count, "catalog replayed");
         Ok(())
     }
 
-    /// Splits a query string into statements. A lone query goes through the
-    /// Postgres-compatibility rewrites clients' catalog queries need.
+    /// Creates the relation `stmt` defines (a CREATE statement).
+    async fn create_statement(&self, stmt: EddyStatement, id: Option<u32>) -> Result<Outcome> {
+        let sql = stmt.to_string();
+        match stmt {
+            EddyStatement::CreateSource(source) => self.create_source(&source, id).await,
+            EddyStatement::EmitOnWindowClose(view) => self.create(&view, id, &sql, true).await,
+            EddyStatement::Sql(s) => self.create(&s, id, &sql, false).await,
+            other => Err(EddyError::Unsupported(format!("{other}"))),
+        }
+    }
+
+    /// Splits a query string into statements, window table functions
+    /// rewritten. A lone query goes through the Postgres-compatibility
+    /// rewrites clients' catalog queries need.
     pub fn parse(&self, sql: &str) -> Result<Vec<EddyStatement>> {
+        let mut stmts = self.parse_compat(sql)?;
+        for stmt in &mut stmts {
+            if let EddyStatement::Sql(s) | EddyStatement::EmitOnWindowClose(s) = stmt {
+                eddy_planner::rewrite_windows(s)?;
+            }
+        }
+        Ok(stmts)
+    }
+
+    fn parse_compat(&self, sql: &str) -> Result<Vec<EddyStatement>> {
         let stmts = parse_sql(sql)?;
         if let [EddyStatement::Sql(s)] = stmts.as_slice()
             && matches!(s.as_ref(), Statement::Query(_))
@@ -305,6 +328,19 @@ impl Engine {
             Prepared::Statement(EddyStatement::Sql(stmt)) => {
                 self.execute_other(*stmt, settings).await
             }
+            Prepared::Statement(stmt @ EddyStatement::CreateSource(_))
+            | Prepared::Statement(stmt @ EddyStatement::EmitOnWindowClose(_)) => {
+                self.create_statement(stmt, None).await
+            }
+            Prepared::Statement(EddyStatement::DropSource {
+                names,
+                if_exists,
+                cascade,
+            }) => {
+                self.drop_relations(RelationKind::Source, &names, if_exists, cascade)
+                    .await
+            }
+            Prepared::Statement(EddyStatement::ShowSources) => Ok(self.list(RelationKind::Source)),
         }
     }
 
@@ -312,7 +348,7 @@ impl Engine {
         let sql = stmt.to_string();
         match &stmt {
             Statement::CreateTable(_) | Statement::CreateView(_) => {
-                self.create(&stmt, None, &sql).await
+                self.create(&stmt, None, &sql, false).await
             }
             Statement::Drop { .. } => self.drop(&stmt).await,
             Statement::StartTransaction { .. } => Ok(Outcome::TransactionStart),

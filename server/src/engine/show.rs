@@ -181,7 +181,7 @@ impl Engine {
         }
     }
 
-    fn list(&self, kind: RelationKind) -> Outcome {
+    pub(super) fn list(&self, kind: RelationKind) -> Outcome {
         let rows = self
             .catalog
             .all()

@@ -1,0 +1,290 @@
+//! The `datagen` connector: one generator per column.
+//!
+//! Per column `c` (`fields.c.kind` = `sequence` | `random`, default random):
+//! - numbers: `sequence` counts from `fields.c.start` (default 1) to
+//!   `fields.c.end` (the source ends there); `random` draws from
+//!   [`fields.c.min`, `fields.c.max`] (default 0..=1000);
+//! - text: `sequence` is the row number as text; `random` is `fields.c.length`
+//!   (default 10) letters and digits;
+//! - booleans: random;
+//! - timestamps: `sequence` starts at `fields.c.start` (a timestamp, default
+//!   the source's creation time) and advances `fields.c.step` (an interval,
+//!   default 1 second) per row; `random` lies within `fields.c.max_past`
+//!   (default 1 hour) before that start.
+//!
+//! `datagen.rows.total` bounds the source. Random values are a pure function
+//! of (`fields.c.seed`, column, row number), so every split layout and every
+//! replay yields the same rows.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampNanosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::cast_utils::{
+    parse_interval_month_day_nano, string_to_timestamp_nanos,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+
+use super::{Options, SplitReader};
+use crate::error::{ExecutorError, Result};
+
+#[derive(Debug, Clone)]
+enum Generator {
+    Sequence { start: i64 },
+    RandomInt { min: i64, max: i64 },
+    RandomFloat { min: f64, max: f64 },
+    Text { length: usize },
+    SequenceText,
+    Bool,
+    TimeSequence { start: i64, step: i64 },
+    TimeRandom { start: i64, max_past: i64 },
+}
+
+#[derive(Debug, Clone)]
+struct ColumnGen {
+    generator: Generator,
+    seed: u64,
+    data_type: DataType,
+}
+
+/// A validated `datagen` source definition.
+#[derive(Debug, Clone)]
+pub struct DatagenSource {
+    columns: Vec<ColumnGen>,
+    schema: SchemaRef,
+    total: Option<u64>,
+}
+
+fn interval_nanos(text: &str, key: &str) -> Result<i64> {
+    let i = parse_interval_month_day_nano(text)
+        .map_err(|e| ExecutorError::InvalidOption(format!("{key}: {e}")))?;
+    if i.months != 0 {
+        return Err(ExecutorError::InvalidOption(format!(
+            "{key}: months and years are not allowed"
+        )));
+    }
+    Ok(i64::from(i.days) * 86_400_000_000_000 + i.nanoseconds)
+}
+
+impl DatagenSource {
+    /// Checks `options` against the declared `schema`. `now_nanos` is the
+    /// default timestamp start (the source's creation time).
+    pub fn new(schema: SchemaRef, options: &mut Options, now_nanos: i64) -> Result<Self> {
+        let mut columns = Vec::new();
+        let mut total: Option<u64> = options.number("datagen.rows.total")?;
+        for (i, field) in schema.fields().iter().enumerate() {
+            let key = |k: &str| format!("fields.{}.{k}", field.name());
+            let kind = options
+                .take(&key("kind"))
+                .unwrap_or_else(|| "random".into());
+            let sequence = match kind.as_str() {
+                "sequence" => true,
+                "random" => false,
+                other => {
+                    return Err(ExecutorError::InvalidOption(format!(
+                        "{} must be sequence or random, got '{other}'",
+                        key("kind")
+                    )));
+                }
+            };
+            let seed = options.number::<u64>(&key("seed"))?.unwrap_or(i as u64);
+            let generator = match field.data_type() {
+                t if t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..)) => {
+                    if sequence {
+                        let start = options.number(&key("start"))?.unwrap_or(1);
+                        let end: Option<i64> = options.number(&key("end"))?;
+                        if let Some(end) = end {
+                            if end < start {
+                                return Err(ExecutorError::InvalidOption(format!(
+                                    "{} must not be below {}",
+                                    key("end"),
+                                    key("start")
+                                )));
+                            }
+                            let rows = (end - start + 1) as u64;
+                            total = Some(total.map_or(rows, |t| t.min(rows)));
+                        }
+                        Generator::Sequence { start }
+                    } else if t.is_integer() {
+                        let min = options.number(&key("min"))?.unwrap_or(0);
+                        let max = options.number(&key("max"))?.unwrap_or(1000);
+                        if max < min {
+                            return Err(ExecutorError::InvalidOption(format!(
+                                "{} must not be below {}",
+                                key("max"),
+                                key("min")
+                            )));
+                        }
+                        Generator::RandomInt { min, max }
+                    } else {
+                        let min = options.number(&key("min"))?.unwrap_or(0.0);
+                        let max = options.number(&key("max"))?.unwrap_or(1000.0);
+                        Generator::RandomFloat { min, max }
+                    }
+                }
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    if sequence {
+                        Generator::SequenceText
+                    } else {
+                        Generator::Text {
+                            length: options.number(&key("length"))?.unwrap_or(10),
+                        }
+                    }
+                }
+                DataType::Boolean => Generator::Bool,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                    let start = match options.take(&key("start")) {
+                        Some(s) => string_to_timestamp_nanos(&s).map_err(|e| {
+                            ExecutorError::InvalidOption(format!("{}: {e}", key("start")))
+                        })?,
+                        None => now_nanos,
+                    };
+                    if sequence {
+                        let step = match options.take(&key("step")) {
+                            Some(s) => interval_nanos(&s, &key("step"))?,
+                            None => 1_000_000_000,
+                        };
+                        Generator::TimeSequence { start, step }
+                    } else {
+                        let max_past = match options.take(&key("max_past")) {
+                            Some(s) => interval_nanos(&s, &key("max_past"))?,
+                            None => 3_600_000_000_000,
+                        };
+                        Generator::TimeRandom { start, max_past }
+                    }
+                }
+                other => {
+                    return Err(ExecutorError::InvalidOption(format!(
+                        "datagen cannot generate column \"{}\" of type {other}",
+                        field.name()
+                    )));
+                }
+            };
+            columns.push(ColumnGen {
+                generator,
+                seed,
+                data_type: field.data_type().clone(),
+            });
+        }
+        Ok(Self {
+            columns,
+            schema,
+            total,
+        })
+    }
+
+    /// Split `index` of `count`.
+    pub fn split(&self, index: usize, count: usize) -> Box<dyn SplitReader> {
+        Box::new(DatagenSplit {
+            source: self.clone(),
+            next: index as u64,
+            step: count as u64,
+        })
+    }
+
+    /// Whether the source ends.
+    pub fn is_bounded(&self) -> bool {
+        self.total.is_some()
+    }
+}
+
+/// A 64-bit mix of the seed, column and row (splitmix64's finaliser).
+fn mix(seed: u64, column: usize, row: u64) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((column as u64) << 32)
+        .wrapping_add(row)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct DatagenSplit {
+    source: DatagenSource,
+    next: u64,
+    step: u64,
+}
+
+const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+fn generate(c: &ColumnGen, column: usize, rows: &[u64]) -> ArrayRef {
+    let r = |row: u64| mix(c.seed, column, row);
+    match &c.generator {
+        Generator::Sequence { start, .. } => Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|&i| start + i as i64),
+        )),
+        Generator::RandomInt { min, max } => {
+            let span = (max - min) as u64 + 1;
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&i| min + (r(i) % span) as i64),
+            ))
+        }
+        Generator::RandomFloat { min, max } => {
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|&i| {
+                min + (r(i) >> 11) as f64 / (1u64 << 53) as f64 * (max - min)
+            })))
+        }
+        Generator::Text { length } => {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| {
+                (0..*length)
+                    .map(|k| {
+                        let x = mix(c.seed, column, i.wrapping_mul(131).wrapping_add(k as u64));
+                        ALPHANUMERIC[(x % ALPHANUMERIC.len() as u64) as usize] as char
+                    })
+                    .collect::<String>()
+            })))
+        }
+        Generator::SequenceText => Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|i| (i + 1).to_string()),
+        )),
+        Generator::Bool => Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|&i| Some(r(i) & 1 == 1)),
+        )),
+        Generator::TimeSequence { start, step } => {
+            Arc::new(TimestampNanosecondArray::from_iter_values(
+                rows.iter().map(|&i| start + step * i as i64),
+            ))
+        }
+        Generator::TimeRandom { start, max_past } => {
+            Arc::new(TimestampNanosecondArray::from_iter_values(
+                rows.iter()
+                    .map(|&i| start - (r(i) % (*max_past as u64 + 1)) as i64),
+            ))
+        }
+    }
+}
+
+impl SplitReader for DatagenSplit {
+    fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>> {
+        let mut rows = Vec::with_capacity(max);
+        while rows.len() < max && self.source.total.is_none_or(|t| self.next < t) {
+            rows.push(self.next);
+            self.next += self.step;
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let arrays = self
+            .source
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let array = generate(c, i, &rows);
+                if array.data_type() == &c.data_type {
+                    Ok(array)
+                } else {
+                    Ok(cast(&array, &c.data_type)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(RecordBatch::try_new(
+            self.source.schema.clone(),
+            arrays,
+        )?))
+    }
+}

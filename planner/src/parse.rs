@@ -7,13 +7,14 @@
 //! the generic parser runs. Window table functions are rewritten afterwards
 //! (see [`crate::window`]).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, Ident, ObjectName, Statement, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 /// One statement of a query string.
 #[derive(Debug, Clone)]
@@ -202,21 +203,69 @@ fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
         parser.next_token();
         return Ok(EddyStatement::ShowSources);
     }
-    let stmt = parser.parse_statement()?;
-    let is_mv = matches!(&stmt, Statement::CreateView(v) if v.materialized);
-    if is_mv && peek_words(parser, &["EMIT", "ON", "WINDOW", "CLOSE"]) {
-        for _ in 0..4 {
-            parser.next_token();
-        }
-        return Ok(EddyStatement::EmitOnWindowClose(Box::new(stmt)));
+    Ok(EddyStatement::Sql(Box::new(parser.parse_statement()?)))
+}
+
+/// Removes every `EMIT ON WINDOW CLOSE` from `sql` (sqlparser would read
+/// `EMIT` as a table alias) and returns the indices of the statements that
+/// carried one.
+fn strip_emit_on_window_close(sql: &str) -> (Cow<'_, str>, Vec<usize>) {
+    if !sql.to_ascii_uppercase().contains("EMIT") {
+        return (Cow::Borrowed(sql), vec![]);
     }
-    Ok(EddyStatement::Sql(Box::new(stmt)))
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return (Cow::Borrowed(sql), vec![]);
+    };
+    let words: Vec<(usize, &Token)> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let is = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+    let mut removed = vec![false; tokens.len()];
+    let mut statements = Vec::new();
+    // Statement index as the parser counts: empty statements do not count.
+    let mut statement = 0;
+    let mut in_statement = false;
+    for (k, (_, t)) in words.iter().enumerate() {
+        if **t == Token::SemiColon {
+            if in_statement {
+                statement += 1;
+            }
+            in_statement = false;
+            continue;
+        }
+        in_statement = true;
+        let phrase = ["EMIT", "ON", "WINDOW", "CLOSE"];
+        if k + 4 <= words.len()
+            && phrase
+                .iter()
+                .zip(&words[k..k + 4])
+                .all(|(w, (_, t))| is(t, w))
+        {
+            for (i, _) in &words[k..k + 4] {
+                removed[*i] = true;
+            }
+            statements.push(statement);
+        }
+    }
+    if statements.is_empty() {
+        return (Cow::Borrowed(sql), vec![]);
+    }
+    let text = tokens
+        .iter()
+        .zip(&removed)
+        .filter(|(_, r)| !**r)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    (Cow::Owned(text), statements)
 }
 
 /// Parses `sql` into its statements. Errors carry sqlparser's line/column.
 pub fn parse_sql(sql: &str) -> Result<Vec<EddyStatement>, ParserError> {
     let dialect = PostgreSqlDialect {};
     let sql = crate::window::flink_to_eddy_spelling(sql);
+    let (sql, emitting) = strip_emit_on_window_close(&sql);
     let mut parser = Parser::new(&dialect).try_with_sql(&sql)?;
     let mut out = Vec::new();
     loop {
@@ -224,7 +273,18 @@ pub fn parse_sql(sql: &str) -> Result<Vec<EddyStatement>, ParserError> {
         if parser.peek_token().token == Token::EOF {
             break;
         }
-        out.push(parse_statement(&mut parser)?);
+        let stmt = parse_statement(&mut parser)?;
+        out.push(match stmt {
+            EddyStatement::Sql(s) if emitting.contains(&out.len()) => {
+                if !matches!(s.as_ref(), Statement::CreateView(v) if v.materialized) {
+                    return Err(ParserError::ParserError(
+                        "EMIT ON WINDOW CLOSE only ends a CREATE MATERIALIZED VIEW".into(),
+                    ));
+                }
+                EddyStatement::EmitOnWindowClose(s)
+            }
+            other => other,
+        });
         let next = parser.peek_token().token;
         if next != Token::EOF && next != Token::SemiColon {
             return parser.expected("end of statement", parser.peek_token());

@@ -158,7 +158,7 @@ async fn exec(client: &tokio_postgres::Client, sql: &str) {
 }
 
 /// Waits until every view's source readers reached the end of their splits.
-async fn wait_for_sources(client: &tokio_postgres::Client) {
+pub(crate) async fn wait_for_sources(client: &tokio_postgres::Client) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let pending = rows_sorted(

@@ -1,0 +1,238 @@
+//! Nexmark throughput: N events from the in-process generator through one
+//! query's materialized-view pipeline, per query, each in a fresh process
+//! (so peak memory is the query's own).
+//!
+//! ```text
+//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...]
+//! ```
+//!
+//! Prints, per query: seconds from the view's creation until its readers
+//! reached the end of the bounded sources and every change was committed;
+//! source rows per second (total and per core); peak resident memory; the
+//! view's row count. Barriers run every second, as in the server.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::UInt64Type;
+use eddy_server::{Engine, Outcome, Settings};
+
+const QUERIES: &[(&str, &str)] = &[
+    ("q0", "SELECT auction, bidder, price, date_time FROM bid"),
+    (
+        "q1",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
+    ),
+    (
+        "q2",
+        "SELECT auction, price FROM bid WHERE auction = 1007 OR auction = 1020 OR auction = 2001 OR auction = 2019 OR auction = 2087",
+    ),
+    (
+        "q3",
+        "SELECT P.name, P.city, P.state, A.id FROM auction AS A INNER JOIN person AS P ON A.seller = P.id WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca')",
+    ),
+    (
+        "q4",
+        "SELECT Q.category, avg(Q.final) AS avg FROM (SELECT max(B.price) AS final, A.category FROM auction A, bid B WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category) Q GROUP BY Q.category",
+    ),
+    (
+        "q5",
+        "SELECT AuctionBids.auction, AuctionBids.num FROM (SELECT bid.auction, count(*) AS num, window_start AS starttime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, bid.auction) AS AuctionBids JOIN (SELECT max(CountBids.num) AS maxn, CountBids.starttime_c FROM (SELECT count(*) AS num, window_start AS starttime_c FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY bid.auction, window_start) AS CountBids GROUP BY CountBids.starttime_c) AS MaxBids ON AuctionBids.starttime = MaxBids.starttime_c AND AuctionBids.num >= MaxBids.maxn",
+    ),
+    (
+        "q7",
+        "SELECT B.auction, B.price, B.bidder, B.date_time FROM bid B JOIN (SELECT max(price) AS maxprice, window_end AS date_time FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_end) B1 ON B.price = B1.maxprice WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+    ),
+    (
+        "q8",
+        "SELECT P.id, P.name, P.starttime FROM (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) P JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+    ),
+    (
+        "q5_close",
+        "SELECT auction, window_start, count(*) AS num FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start EMIT ON WINDOW CLOSE",
+    ),
+];
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("eddy-nexmark: {message}");
+    std::process::exit(1);
+}
+
+async fn sql(engine: &Engine, text: &str) -> Vec<Outcome> {
+    engine
+        .execute_all(text, &mut Settings::new())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| fail(format!("{text}: {e}"))))
+        .collect()
+}
+
+/// The first column of the first row of `text`'s answer, as u64.
+async fn scalar(engine: &Engine, text: &str) -> u64 {
+    for outcome in sql(engine, text).await {
+        if let Outcome::Rows { batches, .. } = outcome
+            && let Some(b) = batches.iter().find(|b| b.num_rows() > 0)
+        {
+            let column = datafusion::arrow::compute::cast(
+                b.column(0),
+                &datafusion::arrow::datatypes::DataType::UInt64,
+            )
+            .unwrap_or_else(|e| fail(e));
+            let values = column.as_primitive::<UInt64Type>();
+            return if values.is_null(0) {
+                0
+            } else {
+                values.value(0)
+            };
+        }
+    }
+    0
+}
+
+/// Peak resident memory of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn sources(events: u64) -> String {
+    let with = |kind: &str| {
+        format!(
+            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.event.num = '{events}', nexmark.base.time = '1767225600000')"
+        )
+    };
+    format!(
+        "CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
+         CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
+         CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};",
+        with("person"),
+        with("auction"),
+        with("bid")
+    )
+}
+
+/// Runs one query in this process and prints its result line.
+async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
+    let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
+        fail(format!("unknown query {name}"));
+    };
+    let dir = std::env::temp_dir().join(format!("eddy-nexmark-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = Engine::open(&dir, parallelism)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let ticker = engine.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let guard = ticker.runtime().write_lock().await;
+            ticker.runtime().inject_barrier(&guard).await;
+        }
+    });
+    sql(&engine, &sources(events)).await;
+    let (base, emit) = match query.strip_suffix(" EMIT ON WINDOW CLOSE") {
+        Some(base) => (base, " EMIT ON WINDOW CLOSE"),
+        None => (*query, ""),
+    };
+    let t0 = Instant::now();
+    sql(
+        &engine,
+        &format!("CREATE MATERIALIZED VIEW {name} AS {base}{emit}"),
+    )
+    .await;
+    loop {
+        let pending = scalar(
+            &engine,
+            "SELECT count(*) FROM eddy_catalog.source_readers WHERE finished_splits < splits",
+        )
+        .await;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sql(&engine, "FLUSH").await;
+    let secs = t0.elapsed().as_secs_f64();
+    let rows = scalar(
+        &engine,
+        &format!(
+            "SELECT sum(rows_read) FROM eddy_catalog.source_readers WHERE relation = '{name}'"
+        ),
+    )
+    .await;
+    let result_rows = scalar(&engine, &format!("SELECT count(*) FROM {name}")).await;
+    let rate = rows as f64 / secs;
+    println!(
+        "{name:<9} {rows:>11} {secs:>9.2} {rate:>13.0} {:>13.0} {:>10.0} {result_rows:>11}",
+        rate / cores as f64,
+        peak_rss_mib(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main]
+async fn main() {
+    let events: u64 = arg("--events")
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| fail("--events takes a number"))
+        })
+        .unwrap_or(10_000_000);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let parallelism: usize = arg("--parallelism")
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| fail("--parallelism takes a number"))
+        })
+        .unwrap_or(cores);
+    if let Some(one) = arg("--run-one") {
+        run_one(&one, events, parallelism, cores).await;
+        return;
+    }
+    let selected: Vec<String> = match arg("--queries") {
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
+    };
+    println!("eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores");
+    println!(
+        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11}",
+        "query", "rows read", "seconds", "rows/s", "rows/s/core", "peak MiB", "view rows"
+    );
+    let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
+    for name in selected {
+        let status = Command::new(&exe)
+            .args([
+                "--run-one",
+                &name,
+                "--events",
+                &events.to_string(),
+                "--parallelism",
+                &parallelism.to_string(),
+            ])
+            .status()
+            .unwrap_or_else(|e| fail(e));
+        if !status.success() {
+            fail(format!("{name} failed"));
+        }
+    }
+}

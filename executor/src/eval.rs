@@ -7,8 +7,7 @@
 //! neither stops the view nor the server, and the outcome is deterministic:
 //! retracting the row later produces the same NULL and cancels it exactly.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::concat;
@@ -16,11 +15,12 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::Result;
+use crate::per_relation::PerRelation;
 
-/// Expression errors per relation, for the `eddy_catalog.errors` system table.
+/// Expression errors per relation, for the `eddy_catalog.view_errors` system table.
 #[derive(Debug, Default)]
 pub struct ErrorLog {
-    entries: Mutex<HashMap<u32, ErrorStats>>,
+    entries: PerRelation<ErrorStats>,
 }
 
 /// Errors seen by one relation's pipeline.
@@ -35,26 +35,20 @@ pub struct ErrorStats {
 impl ErrorLog {
     /// Records one failed evaluation for `relation`.
     pub fn record(&self, relation: u32, message: String) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = entries.entry(relation).or_default();
-        stats.count += 1;
-        stats.last = message;
+        self.entries.with(relation, |stats| {
+            stats.count += 1;
+            stats.last = message;
+        });
     }
 
     /// A copy of every relation's stats.
     pub fn snapshot(&self) -> Vec<(u32, ErrorStats)> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = entries.iter().map(|(k, v)| (*k, v.clone())).collect();
-        out.sort_by_key(|(k, _)| *k);
-        out
+        self.entries.snapshot()
     }
 
     /// Forgets a dropped relation.
     pub fn forget(&self, relation: u32) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&relation);
+        self.entries.forget(relation);
     }
 }
 

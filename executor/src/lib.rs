@@ -22,6 +22,7 @@ mod join;
 mod materialize;
 mod message;
 mod operator;
+mod per_relation;
 mod progress;
 mod runtime;
 pub mod source;

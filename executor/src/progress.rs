@@ -2,10 +2,9 @@
 //! `eddy_catalog.watermarks` system table), and how far each view's source
 //! readers got (`eddy_catalog.source_readers`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use datafusion::scalar::ScalarValue;
+
+use crate::per_relation::PerRelation;
 
 /// One relation's event-time progress.
 #[derive(Debug, Clone, Default)]
@@ -32,13 +31,12 @@ pub struct ReaderProgress {
 /// Progress of every relation that has some.
 #[derive(Debug, Default)]
 pub struct Progress {
-    entries: Mutex<HashMap<u32, RelationProgress>>,
+    entries: PerRelation<RelationProgress>,
 }
 
 impl Progress {
     fn with<T>(&self, relation: u32, f: impl FnOnce(&mut RelationProgress) -> T) -> T {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        f(entries.entry(relation).or_default())
+        self.entries.with(relation, f)
     }
 
     /// Records that `relation`'s column `column` reached `value`.
@@ -90,17 +88,11 @@ impl Progress {
 
     /// A copy of every relation's progress.
     pub fn snapshot(&self) -> Vec<(u32, RelationProgress)> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = entries.iter().map(|(k, v)| (*k, v.clone())).collect();
-        out.sort_by_key(|(k, _)| *k);
-        out
+        self.entries.snapshot()
     }
 
     /// Forgets a dropped relation.
     pub fn forget(&self, relation: u32) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&relation);
+        self.entries.forget(relation);
     }
 }

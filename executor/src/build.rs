@@ -41,6 +41,7 @@ use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
 use crate::progress::Progress;
 use crate::source::{Reader, SourceSpec};
+use crate::top_n::TopN;
 use crate::watermark::is_monotone_in;
 
 /// The schema of a node's batches: the node's columns, all nullable.
@@ -333,6 +334,13 @@ impl PipelineBuilder<'_> {
                 }
                 Ok(built)
             }
+            StreamNode::TopN {
+                input,
+                partition_by,
+                order_by,
+                limit,
+                schema,
+            } => self.build_top_n(input, partition_by, order_by, *limit, schema),
             StreamNode::Union { inputs, .. } => {
                 let mut all = Built::default();
                 for (k, input) in inputs.iter().enumerate() {
@@ -525,6 +533,55 @@ impl PipelineBuilder<'_> {
                 Ok(Built::plain(instances))
             }
         }
+    }
+
+    fn build_top_n(
+        &mut self,
+        input: &StreamNode,
+        partition_by: &[Expr],
+        order_by: &[datafusion::logical_expr::SortExpr],
+        limit: Option<usize>,
+        schema: &DFSchema,
+    ) -> Result<Built> {
+        let in_schema = input.schema().clone();
+        let partition = partition_by
+            .iter()
+            .map(|e| physical(e, &in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = order_by
+            .iter()
+            .map(|s| {
+                Ok(datafusion::physical_expr::create_physical_sort_expr(
+                    s,
+                    &in_schema,
+                    &ExecutionProps::new(),
+                    &PhysicalPlanningContext::default(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = if partition.is_empty() {
+            1
+        } else {
+            self.parallelism
+        };
+        let child = self.build(input)?;
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
+        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
+        let instances = inputs
+            .into_iter()
+            .map(|inputs| {
+                let op = TopN::new(
+                    partition.clone(),
+                    order.clone(),
+                    limit,
+                    &in_arrow,
+                    out.clone(),
+                    self.evaluator.clone(),
+                )?;
+                Ok(Self::single(inputs, Box::new(op)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Built::plain(instances))
     }
 
     /// The outputs of this pipeline's readers of `spec`, one per split,

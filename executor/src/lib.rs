@@ -26,6 +26,7 @@ mod per_relation;
 mod progress;
 mod runtime;
 pub mod source;
+mod top_n;
 mod watermark;
 
 pub use build::batch_schema;

@@ -156,6 +156,22 @@ pub enum StreamNode {
         /// Output schema.
         schema: DFSchemaRef,
     },
+    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..)`: the input's columns
+    /// plus the row number; with `limit`, only rows numbered up to it (top-N).
+    /// Ties in the order are broken by the whole row, so the result is
+    /// deterministic.
+    TopN {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Partitioning expressions.
+        partition_by: Vec<Expr>,
+        /// Ordering within a partition.
+        order_by: Vec<SortExpr>,
+        /// Highest row number kept.
+        limit: Option<usize>,
+        /// Output schema: input columns, then the row number.
+        schema: DFSchemaRef,
+    },
 }
 
 impl StreamNode {
@@ -167,7 +183,8 @@ impl StreamNode {
             | Self::Project { schema, .. }
             | Self::Aggregate { schema, .. }
             | Self::Join { schema, .. }
-            | Self::Union { schema, .. } => schema,
+            | Self::Union { schema, .. }
+            | Self::TopN { schema, .. } => schema,
             Self::Filter { input, .. } => input.schema(),
         }
     }
@@ -187,6 +204,7 @@ impl StreamNode {
             Self::Values { .. } => {}
             Self::Project { input, .. }
             | Self::Filter { input, .. }
+            | Self::TopN { input, .. }
             | Self::Aggregate { input, .. } => input.visit_sources(out),
             Self::Join { left, right, .. } => {
                 left.visit_sources(out);
@@ -265,6 +283,26 @@ impl StreamNode {
                 writeln!(f, "{pad}StreamUnionAll")?;
                 inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
             }
+            Self::TopN {
+                input,
+                partition_by,
+                order_by,
+                limit,
+                ..
+            } => {
+                let order = order_by
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let limit = limit.map_or("all".to_string(), |n| n.to_string());
+                writeln!(
+                    f,
+                    "{pad}StreamTopN: partition=[{}], order=[{order}], limit={limit}",
+                    list(partition_by)
+                )?;
+                input.fmt_indent(f, depth + 1)
+            }
         }
     }
 }
@@ -323,9 +361,13 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
             schema: p.schema.clone(),
         },
         LogicalPlan::Filter(f) => StreamNode::Filter {
-            input: Box::new(lower(&f.input)?),
+            input: Box::new(match row_number_limit(&f.predicate) {
+                Some((column, limit)) => lower_limited(&f.input, &column, limit)?,
+                None => lower(&f.input)?,
+            }),
             predicate: f.predicate.clone(),
         },
+        LogicalPlan::Window(w) => lower_row_number(w, None)?,
         LogicalPlan::SubqueryAlias(a) => {
             // Same columns, new qualifier: a projection keeps the schema honest.
             let input = lower(&a.input)?;
@@ -338,6 +380,22 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 input: Box::new(input),
                 exprs,
                 schema: a.schema.clone(),
+            }
+        }
+        LogicalPlan::Sort(s) if s.fetch.is_some() => {
+            // ORDER BY ... LIMIT n: one partition's top n, row number dropped.
+            let input = lower(&s.input)?;
+            let columns: Vec<Expr> = input
+                .schema()
+                .iter()
+                .map(|(q, f)| Expr::Column(datafusion::common::Column::from((q, f))))
+                .collect();
+            let schema = s.input.schema().clone();
+            let top = top_n(input, vec![], s.expr.clone(), s.fetch)?;
+            StreamNode::Project {
+                input: Box::new(top),
+                exprs: columns,
+                schema,
             }
         }
         LogicalPlan::Sort(s) => {
@@ -432,6 +490,152 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 .to_string();
             return unsupported(format!("{name} in a materialized view"));
         }
+    })
+}
+
+/// `rn <= n`, `rn < n` or `rn = 1` on a column: (column name, highest rn kept).
+fn row_number_limit(predicate: &Expr) -> Option<(String, usize)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = predicate else {
+        return None;
+    };
+    let (Expr::Column(c), Expr::Literal(value, _)) = (left.as_ref(), right.as_ref()) else {
+        return None;
+    };
+    let n = value
+        .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
+        .ok()?;
+    let datafusion::common::ScalarValue::Int64(Some(n)) = n else {
+        return None;
+    };
+    let limit = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    (limit >= 0).then(|| (c.name.clone(), limit as usize))
+}
+
+/// Lowers `plan`, giving the row-number window that produces `column` (seen
+/// through projections and aliases that keep it) the limit `limit`.
+fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<StreamNode> {
+    match plan {
+        LogicalPlan::Window(w) if w.schema.fields().last().is_some_and(|f| f.name() == column) => {
+            lower_row_number(w, Some(limit))
+        }
+        LogicalPlan::SubqueryAlias(a) => {
+            let mut node = lower(plan)?;
+            if let StreamNode::Project { input, .. } = &mut node {
+                **input = lower_limited(&a.input, column, limit)?;
+            }
+            Ok(node)
+        }
+        LogicalPlan::Projection(p) => {
+            let passes = p.expr.iter().find_map(|e| match e {
+                Expr::Column(c) if c.name == column => Some(c.name.clone()),
+                Expr::Alias(a) if a.name == column => match a.expr.as_ref() {
+                    Expr::Column(c) => Some(c.name.clone()),
+                    _ => None,
+                },
+                _ => None,
+            });
+            let input = match passes {
+                Some(inner) => lower_limited(&p.input, &inner, limit)?,
+                None => lower(&p.input)?,
+            };
+            Ok(StreamNode::Project {
+                input: Box::new(input),
+                exprs: p.expr.clone(),
+                schema: p.schema.clone(),
+            })
+        }
+        other => lower(other),
+    }
+}
+
+fn lower_row_number(
+    w: &datafusion::logical_expr::Window,
+    limit: Option<usize>,
+) -> Result<StreamNode> {
+    use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionParams};
+    let [expr] = w.window_expr.as_slice() else {
+        return unsupported("several window functions in one materialized view query");
+    };
+    let expr = match expr {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::WindowFunction(f) = expr else {
+        return unsupported(format!("window expression {expr}"));
+    };
+    let WindowFunction {
+        fun,
+        params:
+            WindowFunctionParams {
+                args,
+                partition_by,
+                order_by,
+                filter,
+                ..
+            },
+    } = f.as_ref();
+    if fun.name() != "row_number" || !args.is_empty() || filter.is_some() {
+        return unsupported(format!(
+            "window function {} in a materialized view (only ROW_NUMBER() is maintained)",
+            fun.name()
+        ));
+    }
+    let input = lower(&w.input)?;
+    let node = top_n(input, partition_by.clone(), order_by.clone(), limit)?;
+    match node {
+        StreamNode::TopN {
+            input,
+            partition_by,
+            order_by,
+            limit,
+            ..
+        } => Ok(StreamNode::TopN {
+            input,
+            partition_by,
+            order_by,
+            limit,
+            schema: w.schema.clone(),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// A top-N node over `input` with a `row_number` column appended.
+fn top_n(
+    input: StreamNode,
+    partition_by: Vec<Expr>,
+    order_by: Vec<SortExpr>,
+    limit: Option<usize>,
+) -> Result<StreamNode> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let mut fields: Vec<(
+        Option<datafusion::common::TableReference>,
+        std::sync::Arc<Field>,
+    )> = input
+        .schema()
+        .iter()
+        .map(|(q, f)| (q.cloned(), f.clone()))
+        .collect();
+    fields.push((
+        None,
+        std::sync::Arc::new(Field::new("row_number", DataType::UInt64, false)),
+    ));
+    let schema = std::sync::Arc::new(datafusion::common::DFSchema::new_with_metadata(
+        fields,
+        Default::default(),
+    )?);
+    Ok(StreamNode::TopN {
+        input: Box::new(input),
+        partition_by,
+        order_by,
+        limit,
+        schema,
     })
 }
 

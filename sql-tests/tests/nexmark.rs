@@ -73,6 +73,11 @@ const QUERIES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "q9",
+        "SELECT id, item_name, initial_bid, reserve, date_time, expires, seller, category, auction, bidder, price, bid_date_time FROM (SELECT A.*, B.auction, B.bidder, B.price, B.date_time AS bid_date_time, ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time, B.bidder, B.extra) AS rownum FROM auction A, bid B WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires) t WHERE rownum <= 1",
+        false,
+    ),
+    (
         "q10",
         "SELECT auction, bidder, price, date_time, to_char(date_time, '%Y-%m-%d') AS date, to_char(date_time, '%H:%M') AS time FROM bid",
         false,
@@ -100,6 +105,21 @@ const QUERIES: &[(&str, &str, bool)] = &[
     (
         "q17",
         "SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, count(*) FILTER (WHERE price < 10000) AS rank1_bids, min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')",
+        false,
+    ),
+    (
+        "q18",
+        "SELECT auction, bidder, price, channel, url, date_time, extra FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY date_time DESC, price DESC, extra) AS rank_number FROM bid) t WHERE rank_number <= 1",
+        false,
+    ),
+    (
+        "q19",
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time, bidder, extra) AS rank_number FROM bid) t WHERE rank_number <= 10",
+        false,
+    ),
+    (
+        "top_global",
+        "SELECT auction, bidder, price FROM bid ORDER BY price DESC, auction, bidder, date_time, extra LIMIT 5",
         false,
     ),
     (

@@ -1,0 +1,209 @@
+//! `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o)`, optionally cut at N
+//! (top-N), over a changelog.
+//!
+//! State per partition: every input row in order (a multiset keyed by the
+//! order key, then the whole row, which breaks ties deterministically), and
+//! the numbered rows last emitted. Changes are applied as they arrive; at
+//! the barrier each touched partition is renumbered and only the positions
+//! whose row changed are emitted (`delete (old row, i)` + `insert (new row,
+//! i)`). Every row must be kept, not only the first N: a deleted winner is
+//! replaced by the next one.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalSortExpr;
+
+use crate::codec::RowCodec;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Barrier, Op, StreamChunk};
+use crate::operator::Operator;
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// (order key, row) -> multiplicity.
+    rows: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    /// Rows numbered 1.. as last emitted.
+    emitted: Vec<Box<[u8]>>,
+}
+
+/// The top-N / row-number operator.
+#[derive(Debug)]
+pub struct TopN {
+    partition_by: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    partition_codec: RowCodec,
+    order_by: Vec<PhysicalSortExpr>,
+    order_codec: RowConverter,
+    row_codec: RowCodec,
+    limit: Option<usize>,
+    schema: SchemaRef,
+    evaluator: Evaluator,
+    partitions: HashMap<Box<[u8]>, Partition>,
+    touched: HashSet<Box<[u8]>>,
+}
+
+impl TopN {
+    /// Numbers rows of `input` per partition, keeping numbers up to `limit`.
+    pub fn new(
+        partition_by: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        limit: Option<usize>,
+        input: &SchemaRef,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+    ) -> Result<Self> {
+        let partition_types = partition_by
+            .iter()
+            .map(|e| e.data_type(input))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let order_fields = order_by
+            .iter()
+            .map(|s| {
+                Ok(SortField::new_with_options(
+                    s.expr.data_type(input)?,
+                    s.options,
+                ))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        Ok(Self {
+            partition_by,
+            partition_codec: RowCodec::new(partition_types)?,
+            order_by,
+            order_codec: RowConverter::new(order_fields)?,
+            row_codec: RowCodec::for_schema(input)?,
+            limit,
+            schema,
+            evaluator,
+            partitions: HashMap::new(),
+            touched: HashSet::new(),
+        })
+    }
+
+    fn numbered(&self, partition: &Partition) -> Vec<Box<[u8]>> {
+        let limit = self.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for ((_, row), count) in &partition.rows {
+            for _ in 0..*count {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push(row.clone());
+            }
+        }
+        out
+    }
+
+    fn build_output(&self, rows: Vec<(Op, &[u8], u64)>) -> Result<StreamChunk> {
+        let mut columns: Vec<ArrayRef> = self.row_codec.decode(rows.iter().map(|(_, r, _)| *r))?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, _, n)| *n),
+        )));
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok(StreamChunk {
+            batch,
+            ops: rows.iter().map(|(op, _, _)| *op).collect::<Vec<_>>().into(),
+        })
+    }
+}
+
+impl Operator for TopN {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let batch = &chunk.batch;
+        let n = batch.num_rows();
+        // No PARTITION BY (or no ORDER BY): one empty key for every row.
+        let partitions: Vec<Box<[u8]>> = if self.partition_by.is_empty() {
+            vec![Box::new([]); n]
+        } else {
+            let encoded = self
+                .partition_codec
+                .encode(&self.evaluator.eval_all(&self.partition_by, batch)?)?;
+            encoded.iter().map(|r| r.as_ref().into()).collect()
+        };
+        let orders: Vec<Box<[u8]>> = if self.order_by.is_empty() {
+            vec![Box::new([]); n]
+        } else {
+            let columns = self
+                .order_by
+                .iter()
+                .map(|s| self.evaluator.eval(&s.expr, batch))
+                .collect::<Result<Vec<_>>>()?;
+            let encoded = self.order_codec.convert_columns(&columns)?;
+            encoded.iter().map(|r| r.as_ref().into()).collect()
+        };
+        let rows = self.row_codec.encode(batch.columns())?;
+        for (i, (key, order)) in partitions.into_iter().zip(orders).enumerate() {
+            let sign = chunk.ops[i].sign();
+            let partition = self.partitions.entry(key.clone()).or_default();
+            match partition.rows.entry((order, rows.row(i).as_ref().into())) {
+                Entry::Occupied(mut o) => {
+                    *o.get_mut() += sign;
+                    if *o.get() <= 0 {
+                        o.remove();
+                    }
+                }
+                Entry::Vacant(v) => {
+                    if sign > 0 {
+                        v.insert(sign);
+                    }
+                }
+            }
+            self.touched.insert(key);
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        let touched = std::mem::take(&mut self.touched);
+        let mut renumbered = Vec::new();
+        for key in touched {
+            let Some(partition) = self.partitions.get(&key) else {
+                continue;
+            };
+            let new = self.numbered(partition);
+            if new != partition.emitted {
+                renumbered.push((key, new));
+            } else if partition.rows.is_empty() {
+                self.partitions.remove(&key);
+            }
+        }
+        let mut rows = Vec::new();
+        for (key, new) in &renumbered {
+            let old = &self.partitions[key].emitted;
+            for i in 0..old.len().max(new.len()) {
+                let (before, after) = (old.get(i), new.get(i));
+                if before == after {
+                    continue;
+                }
+                if let Some(b) = before {
+                    rows.push((Op::Delete, b.as_ref(), i as u64 + 1));
+                }
+                if let Some(a) = after {
+                    rows.push((Op::Insert, a.as_ref(), i as u64 + 1));
+                }
+            }
+        }
+        if !rows.is_empty() {
+            out.push(self.build_output(rows)?);
+        }
+        for (key, new) in renumbered {
+            let empty = new.is_empty();
+            if let Some(p) = self.partitions.get_mut(&key) {
+                p.emitted = new;
+                if empty && p.rows.is_empty() {
+                    self.partitions.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -24,10 +24,13 @@ use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::Operator;
 
+/// An encoded value (Arrow row format).
+type Encoded = Box<[u8]>;
+
 #[derive(Debug, Default)]
 struct Partition {
     /// (order key, row) -> multiplicity.
-    rows: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    rows: BTreeMap<(Encoded, Encoded), i64>,
     /// Rows numbered 1.. as last emitted.
     emitted: Vec<Box<[u8]>>,
 }

@@ -22,7 +22,7 @@ pub enum EddyStatement {
     /// `FLUSH`: wait until every earlier DML statement is visible in every view.
     Flush,
     /// `CREATE SOURCE`.
-    CreateSource(CreateSource),
+    CreateSource(Box<CreateSource>),
     /// `DROP SOURCE [IF EXISTS] names [CASCADE]`.
     DropSource {
         /// Source names.
@@ -191,7 +191,9 @@ fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
     if peek_words(parser, &["CREATE", "SOURCE"]) {
         parser.next_token();
         parser.next_token();
-        return Ok(EddyStatement::CreateSource(parse_create_source(parser)?));
+        return Ok(EddyStatement::CreateSource(Box::new(parse_create_source(
+            parser,
+        )?)));
     }
     if peek_words(parser, &["DROP", "SOURCE"]) {
         parser.next_token();

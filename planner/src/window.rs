@@ -231,9 +231,9 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
         ("HOP", [slide, size]) => (*slide, *size, 0),
         ("HOP", [slide, size, offset]) => (*slide, *size, *offset),
         _ => {
-            return Err(invalid(format!(
-                "wrong number of arguments: TUMBLE(relation, time_column, size [, offset]) or HOP(relation, time_column, slide, size [, offset])"
-            )));
+            return Err(invalid(
+                "wrong number of arguments: TUMBLE(relation, time_column, size [, offset]) or HOP(relation, time_column, slide, size [, offset])",
+            ));
         }
     };
     if slide <= 0 || size <= 0 {

@@ -7,6 +7,7 @@ mod engine;
 mod error;
 mod functions;
 mod pg;
+mod pg_class;
 mod providers;
 
 pub use engine::{Engine, IMPLICIT_FLUSH, Outcome, Prepared, Settings};

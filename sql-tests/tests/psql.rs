@@ -43,6 +43,10 @@ async fn psql_describe_commands() {
         .expect("setup");
     let dt = psql(&server, "\\dt");
     assert!(dt.contains("orders"), "\\dt:\n{dt}");
+    assert!(!dt.contains("revenue"), "a view is not a table:\n{dt}");
+    let dm = psql(&server, "\\dm");
+    assert!(dm.contains("revenue"), "\\dm:\n{dm}");
+    assert!(!dm.contains("orders"), "\\dm lists only views:\n{dm}");
     let dv = psql(&server, "\\dv");
     assert!(dv.contains("small"), "\\dv:\n{dv}");
     let d = psql(&server, "\\d orders");

@@ -71,7 +71,7 @@ struct Windows {
     /// Encoded watermark: windows below it are closed.
     closed_below: Option<Box<[u8]>>,
     /// (encoded window value, group key) of every group in state.
-    open: BTreeSet<(Box<[u8]>, Box<[u8]>)>,
+    open: BTreeSet<(Encoded, Encoded)>,
 }
 
 #[derive(Debug)]
@@ -92,6 +92,9 @@ fn new_group(calls: &[AggregateSpec]) -> Group {
         window: None,
     }
 }
+
+/// An encoded value (Arrow row format): a group key or a window value.
+type Encoded = Box<[u8]>;
 
 /// One group's change at the end of an epoch.
 type Change<'a> = (Op, &'a [u8], Vec<ScalarValue>);
@@ -182,7 +185,7 @@ impl HashAggregate {
     }
 
     /// Group keys of `batch`'s rows, and their encoded window values.
-    fn group_keys(&self, batch: &RecordBatch) -> Result<(Vec<Box<[u8]>>, Option<Vec<Box<[u8]>>>)> {
+    fn group_keys(&self, batch: &RecordBatch) -> Result<(Vec<Encoded>, Option<Vec<Encoded>>)> {
         if self.is_global() {
             let key = self.groups.keys().next().cloned().unwrap_or_default();
             return Ok((vec![key; batch.num_rows()], None));

@@ -91,7 +91,7 @@ impl Options {
 #[derive(Debug, Clone)]
 pub enum Connector {
     /// Nexmark events.
-    Nexmark(NexmarkSource),
+    Nexmark(Box<NexmarkSource>),
     /// Per-column generators.
     Datagen(DatagenSource),
 }
@@ -136,7 +136,7 @@ impl SourceSpec {
         let mut options = Options::new(options);
         let (connector, rate_key, split_key) = match options.take("connector").as_deref() {
             Some("nexmark") => (
-                Connector::Nexmark(NexmarkSource::new(schema.clone(), &mut options)?),
+                Connector::Nexmark(Box::new(NexmarkSource::new(schema.clone(), &mut options)?)),
                 "nexmark.events.per.second",
                 "nexmark.split.num",
             ),

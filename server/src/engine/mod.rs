@@ -151,6 +151,17 @@ impl Engine {
             EmptyContextProvider,
         )
         .map_err(|e| EddyError::DataFusion(*e))?;
+        if let Some(db) = ctx.catalog(CATALOG_NAME)
+            && let Some(inner) = db.schema("pg_catalog")
+        {
+            db.register_schema(
+                "pg_catalog",
+                Arc::new(crate::pg_class::PgCatalogSchema {
+                    inner,
+                    catalog: catalog.clone(),
+                }),
+            )?;
+        }
         ctx.register_udf(crate::functions::version_udf());
 
         let engine = Arc::new(Self {

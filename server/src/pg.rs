@@ -14,12 +14,13 @@ use futures::{Sink, stream};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
 
 use crate::engine::{Engine, Outcome, Prepared};
 use crate::error::EddyError;
@@ -30,16 +31,39 @@ fn to_pg_error(e: EddyError, sql: &str) -> PgWireError {
     PgWireError::UserError(Box::new(info))
 }
 
+/// Encodes `batch` as data rows with arrow-pg, except NULL intervals, which
+/// arrow-pg 0.16 encodes as a value without checking validity.
+fn encode_batch(
+    fields: &Arc<Vec<FieldInfo>>,
+    batch: datafusion::arrow::array::RecordBatch,
+) -> Vec<PgWireResult<DataRow>> {
+    use datafusion::arrow::array::Array;
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| {
+            for (col, array) in batch.columns().iter().enumerate() {
+                let field = schema.field(col);
+                if array.is_null(row) && matches!(field.data_type(), DataType::Interval(_)) {
+                    encoder.encode_field(&None::<i64>)?;
+                } else {
+                    arrow_pg::encoder::encode_value(&mut encoder, array, row, field, &fields[col])?;
+                }
+            }
+            Ok(encoder.take_row())
+        })
+        .collect()
+}
+
 fn to_response(outcome: Outcome, format: &Format) -> PgWireResult<Response> {
     Ok(match outcome {
         Outcome::Rows { schema, batches } => {
             let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
                 &schema, format, None,
             )?);
-            let encode_with = fields.clone();
             let rows: Vec<_> = batches
                 .into_iter()
-                .flat_map(move |b| arrow_pg::datatypes::encode_recordbatch(encode_with.clone(), b))
+                .flat_map(|b| encode_batch(&fields, b))
                 .collect();
             Response::Query(QueryResponse::new(fields, stream::iter(rows)))
         }

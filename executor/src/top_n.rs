@@ -146,7 +146,10 @@ impl Operator for TopN {
         let rows = self.row_codec.encode(batch.columns())?;
         for (i, (key, order)) in partitions.into_iter().zip(orders).enumerate() {
             let sign = chunk.ops[i].sign();
-            let partition = self.partitions.entry(key.clone()).or_default();
+            if !self.touched.contains(&key) {
+                self.touched.insert(key.clone());
+            }
+            let partition = self.partitions.entry(key).or_default();
             match partition.rows.entry((order, rows.row(i).as_ref().into())) {
                 Entry::Occupied(mut o) => {
                     *o.get_mut() += sign;
@@ -160,7 +163,6 @@ impl Operator for TopN {
                     }
                 }
             }
-            self.touched.insert(key);
         }
         Ok(())
     }

@@ -15,4 +15,4 @@ mod window;
 pub use error::{PlanError, Result};
 pub use parse::{CreateSource, EddyStatement, parse_sql};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
-pub use window::rewrite_windows;
+pub use window::{interval_text_nanos, rewrite_windows};

@@ -149,14 +149,21 @@ fn interval_nanos(expr: &Expr, what: &str) -> Result<i64> {
             )));
         }
     };
-    let interval =
-        parse_interval_month_day_nano(&text).map_err(|e| invalid(format!("{what}: {e}")))?;
+    interval_text_nanos(&text).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// The length of interval text such as `10 seconds` in nanoseconds. Months
+/// and years are refused (their length varies), and so is a length beyond
+/// what nanoseconds in an `i64` hold.
+pub fn interval_text_nanos(text: &str) -> std::result::Result<i64, String> {
+    let interval = parse_interval_month_day_nano(text).map_err(|e| e.to_string())?;
     if interval.months != 0 {
-        return Err(invalid(format!(
-            "{what} must not use months or years (their length varies)"
-        )));
+        return Err("months and years are not allowed (their length varies)".into());
     }
-    Ok(i64::from(interval.days) * 86_400_000_000_000 + interval.nanoseconds)
+    i64::from(interval.days)
+        .checked_mul(86_400_000_000_000)
+        .and_then(|d| d.checked_add(interval.nanoseconds))
+        .ok_or_else(|| format!("interval '{text}' is too long"))
 }
 
 /// An interval literal of `nanos`, in the coarsest exact unit.
@@ -241,7 +248,7 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
             "{function} window size and slide must be positive"
         )));
     }
-    let windows = (size + slide - 1) / slide;
+    let windows = (size - 1) / slide + 1;
     if windows > MAX_HOP_WINDOWS {
         return Err(invalid(format!(
             "HOP window size / slide must be at most {MAX_HOP_WINDOWS}, got {windows}"
@@ -261,7 +268,8 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
                 format!("{shifted} - {}", interval_sql(j * slide))
             };
             let end = format!("{start} + {}", interval_sql(size));
-            let filter = if (j + 1) * slide > size {
+            // (j + 1) * slide > size, without overflow.
+            let filter = if slide > size - j * slide {
                 format!(" WHERE {time} < {end}")
             } else {
                 String::new()

@@ -606,6 +606,7 @@ impl PipelineBuilder<'_> {
                 gate: self.gate.clone(),
                 evaluator: self.evaluator.clone(),
                 progress: self.progress.clone(),
+                coordinator: self.coordinator.clone(),
             });
             outputs.push(output);
         }

@@ -7,10 +7,11 @@
 //! - text: `sequence` is the row number as text; `random` is `fields.c.length`
 //!   (default 10) letters and digits;
 //! - booleans: random;
-//! - timestamps: `sequence` starts at `fields.c.start` (a timestamp, default
-//!   the source's creation time) and advances `fields.c.step` (an interval,
-//!   default 1 second) per row; `random` lies within `fields.c.max_past`
-//!   (default 1 hour) before that start.
+//! - timestamps: `sequence` starts at `fields.c.start` (a timestamp; when
+//!   unset, [`pin_defaults`] fills in the source's creation time) and
+//!   advances `fields.c.step` (an interval, default 1 second) per row;
+//!   `random` lies within `fields.c.max_past` (default 1 hour) before that
+//!   start.
 //!
 //! `datagen.rows.total` bounds the source. Random values are a pure function
 //! of (`fields.c.seed`, column, row number), so every split layout and every
@@ -23,10 +24,9 @@ use datafusion::arrow::array::{
     TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::compute::kernels::cast_utils::{
-    parse_interval_month_day_nano, string_to_timestamp_nanos,
-};
+use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::temporal_conversions::timestamp_ns_to_datetime;
 
 use super::{Options, SplitReader};
 use crate::error::{ExecutorError, Result};
@@ -58,21 +58,38 @@ pub struct DatagenSource {
     total: Option<u64>,
 }
 
+/// Longest random text a column may ask for.
+const MAX_TEXT_LENGTH: usize = 1 << 20;
+
 fn interval_nanos(text: &str, key: &str) -> Result<i64> {
-    let i = parse_interval_month_day_nano(text)
-        .map_err(|e| ExecutorError::InvalidOption(format!("{key}: {e}")))?;
-    if i.months != 0 {
-        return Err(ExecutorError::InvalidOption(format!(
-            "{key}: months and years are not allowed"
-        )));
+    eddy_planner::interval_text_nanos(text)
+        .map_err(|e| ExecutorError::InvalidOption(format!("{key}: {e}")))
+}
+
+fn is_time(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+    )
+}
+
+/// Adds `fields.<c>.start` = `now_nanos` for every time column without one,
+/// so the stored definition generates the same rows on every replay.
+pub fn pin_defaults(schema: &SchemaRef, options: &mut Vec<(String, String)>, now_nanos: i64) {
+    let Some(now) = timestamp_ns_to_datetime(now_nanos) else {
+        return;
+    };
+    for field in schema.fields().iter().filter(|f| is_time(f.data_type())) {
+        let key = format!("fields.{}.start", field.name());
+        if !options.iter().any(|(k, _)| *k == key) {
+            options.push((key, now.to_string()));
+        }
     }
-    Ok(i64::from(i.days) * 86_400_000_000_000 + i.nanoseconds)
 }
 
 impl DatagenSource {
-    /// Checks `options` against the declared `schema`. `now_nanos` is the
-    /// default timestamp start (the source's creation time).
-    pub fn new(schema: SchemaRef, options: &mut Options, now_nanos: i64) -> Result<Self> {
+    /// Checks `options` against the declared `schema`.
+    pub fn new(schema: SchemaRef, options: &mut Options) -> Result<Self> {
         let mut columns = Vec::new();
         let mut total: Option<u64> = options.number("datagen.rows.total")?;
         for (i, field) in schema.fields().iter().enumerate() {
@@ -104,7 +121,7 @@ impl DatagenSource {
                                     key("start")
                                 )));
                             }
-                            let rows = (end - start + 1) as u64;
+                            let rows = (i128::from(end) - i128::from(start) + 1) as u64;
                             total = Some(total.map_or(rows, |t| t.min(rows)));
                         }
                         Generator::Sequence { start }
@@ -129,18 +146,23 @@ impl DatagenSource {
                     if sequence {
                         Generator::SequenceText
                     } else {
-                        Generator::Text {
-                            length: options.number(&key("length"))?.unwrap_or(10),
+                        let length = options.number(&key("length"))?.unwrap_or(10);
+                        if length > MAX_TEXT_LENGTH {
+                            return Err(ExecutorError::InvalidOption(format!(
+                                "{} must be at most {MAX_TEXT_LENGTH}",
+                                key("length")
+                            )));
                         }
+                        Generator::Text { length }
                     }
                 }
                 DataType::Boolean => Generator::Bool,
-                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                t if is_time(t) => {
                     let start = match options.take(&key("start")) {
                         Some(s) => string_to_timestamp_nanos(&s).map_err(|e| {
                             ExecutorError::InvalidOption(format!("{}: {e}", key("start")))
                         })?,
-                        None => now_nanos,
+                        None => 0,
                     };
                     if sequence {
                         let step = match options.take(&key("step")) {
@@ -153,6 +175,12 @@ impl DatagenSource {
                             Some(s) => interval_nanos(&s, &key("max_past"))?,
                             None => 3_600_000_000_000,
                         };
+                        if max_past < 0 {
+                            return Err(ExecutorError::InvalidOption(format!(
+                                "{} must not be negative",
+                                key("max_past")
+                            )));
+                        }
                         Generator::TimeRandom { start, max_past }
                     }
                 }
@@ -215,13 +243,18 @@ fn generate(c: &ColumnGen, column: usize, rows: &[u64]) -> ArrayRef {
     let r = |row: u64| mix(c.seed, column, row);
     match &c.generator {
         Generator::Sequence { start, .. } => Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|&i| start + i as i64),
+            rows.iter().map(|&i| start.wrapping_add(i as i64)),
         )),
         Generator::RandomInt { min, max } => {
-            let span = (max - min) as u64 + 1;
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|&i| min + (r(i) % span) as i64),
-            ))
+            // Values in [min, max]; the full i64 range has no modulus.
+            let span = max.wrapping_sub(*min) as u64;
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| {
+                let offset = match span.checked_add(1) {
+                    Some(n) => r(i) % n,
+                    None => r(i),
+                };
+                min.wrapping_add(offset as i64)
+            })))
         }
         Generator::RandomFloat { min, max } => {
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|&i| {
@@ -246,7 +279,8 @@ fn generate(c: &ColumnGen, column: usize, rows: &[u64]) -> ArrayRef {
         )),
         Generator::TimeSequence { start, step } => {
             Arc::new(TimestampNanosecondArray::from_iter_values(
-                rows.iter().map(|&i| start + step * i as i64),
+                rows.iter()
+                    .map(|&i| start.wrapping_add(step.wrapping_mul(i as i64))),
             ))
         }
         Generator::TimeRandom { start, max_past } => {

@@ -33,8 +33,10 @@ use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 
 pub use datagen::DatagenSource;
+use datagen::pin_defaults as pin_datagen_defaults;
 pub use nexmark::NexmarkSource;
 
+use crate::coordinator::Coordinator;
 use crate::dispatch::Subscribers;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
@@ -124,14 +126,12 @@ pub struct SourceSpec {
 
 impl SourceSpec {
     /// A source reading `connector` = `name` with `options` (all must be
-    /// understood). `now_nanos` is the creation time, the default start of
-    /// generated timestamps.
+    /// understood).
     pub fn new(
         id: u32,
         schema: SchemaRef,
         options: impl IntoIterator<Item = (String, String)>,
         watermark: Option<WatermarkSpec>,
-        now_nanos: i64,
     ) -> Result<Self> {
         let mut options = Options::new(options);
         let (connector, rate_key, split_key) = match options.take("connector").as_deref() {
@@ -141,7 +141,7 @@ impl SourceSpec {
                 "nexmark.split.num",
             ),
             Some("datagen") => (
-                Connector::Datagen(DatagenSource::new(schema.clone(), &mut options, now_nanos)?),
+                Connector::Datagen(DatagenSource::new(schema.clone(), &mut options)?),
                 "datagen.rows.per.second",
                 "datagen.split.num",
             ),
@@ -157,7 +157,7 @@ impl SourceSpec {
             }
         };
         let rows_per_second: Option<f64> = options.number(rate_key)?;
-        if rows_per_second.is_some_and(|r| r <= 0.0) {
+        if rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return Err(ExecutorError::InvalidOption(format!(
                 "{rate_key} must be positive"
             )));
@@ -177,6 +177,27 @@ impl SourceSpec {
             rows_per_second,
             splits,
         })
+    }
+
+    /// Makes every default that depends on the creation time (`now_nanos`)
+    /// explicit in `options`: nexmark's base time, datagen's timestamp
+    /// starts. The pinned options are what the catalog stores, so every
+    /// replay generates the same rows.
+    pub fn pin_defaults(schema: &SchemaRef, options: &mut Vec<(String, String)>, now_nanos: i64) {
+        let connector = options
+            .iter()
+            .find(|(k, _)| k == "connector")
+            .map(|(_, v)| v.clone());
+        match connector.as_deref() {
+            Some("nexmark") if !options.iter().any(|(k, _)| k == "nexmark.base.time") => {
+                options.push((
+                    "nexmark.base.time".into(),
+                    (now_nanos / 1_000_000).to_string(),
+                ));
+            }
+            Some("datagen") => pin_datagen_defaults(schema, options, now_nanos),
+            _ => {}
+        }
     }
 
     /// Whether the stream ends (then it can also be read as a batch).
@@ -237,6 +258,8 @@ pub(crate) struct Reader {
     pub gate: Arc<RwLock<()>>,
     pub evaluator: Evaluator,
     pub progress: Arc<Progress>,
+    /// Told when the split fails, so the view reports it.
+    pub coordinator: Arc<Coordinator>,
 }
 
 impl Reader {
@@ -281,7 +304,7 @@ impl Reader {
             }
             let due = pace.map(|p| {
                 let ahead = produced as f64 / p - started.elapsed().as_secs_f64();
-                Duration::from_secs_f64(ahead.max(0.0))
+                Duration::try_from_secs_f64(ahead.max(0.0)).unwrap_or(Duration::MAX)
             });
             if exhausted || due.is_some_and(|d| !d.is_zero()) {
                 let wait = due.unwrap_or(Duration::from_secs(3600));
@@ -342,7 +365,11 @@ impl Reader {
                     }
                 }
                 Err(e) => {
+                    // The view fails visibly (queries on it say why); its
+                    // pipeline keeps forwarding barriers for everyone else.
                     tracing::warn!(relation = self.relation, error = %e, "source split failed");
+                    self.coordinator
+                        .fail(self.relation, format!("reading the source failed: {e}"));
                     exhausted = true;
                 }
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{can_cast_types, cast};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
@@ -112,6 +112,16 @@ impl NexmarkSource {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        for (field, &g) in schema.fields().iter().zip(&columns) {
+            let generated_type = &generated[g].1;
+            if !can_cast_types(generated_type, field.data_type()) {
+                return Err(ExecutorError::InvalidOption(format!(
+                    "nexmark column \"{}\" is generated as {generated_type} and cannot be read as {}",
+                    field.name(),
+                    field.data_type()
+                )));
+            }
+        }
         let mut config = NexmarkConfig {
             base_time: options.number("nexmark.base.time")?.unwrap_or(0),
             ..NexmarkConfig::default()

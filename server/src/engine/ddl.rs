@@ -257,38 +257,11 @@ impl Engine {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        // Fix what defaults to "now", so every replay generates the same rows.
-        let connector = options
-            .iter()
-            .find(|(k, _)| k == "connector")
-            .map(|(_, v)| v.clone());
-        if connector.as_deref() == Some("nexmark")
-            && !options.iter().any(|(k, _)| k == "nexmark.base.time")
-        {
-            options.push((
-                "nexmark.base.time".into(),
-                (now_nanos / 1_000_000).to_string(),
-            ));
-        }
-        if connector.as_deref() == Some("datagen")
-            && !options.iter().any(|(k, _)| k == "datagen.created.at")
-        {
-            options.push(("datagen.created.at".into(), now_nanos.to_string()));
-        }
-        let created_at = options
-            .iter()
-            .position(|(k, _)| k == "datagen.created.at")
-            .and_then(|i| options[i].1.parse::<i64>().ok())
-            .unwrap_or(now_nanos);
-        let spec_options: Vec<(String, String)> = options
-            .iter()
-            .filter(|(k, _)| k != "datagen.created.at")
-            .cloned()
-            .collect();
+        SourceSpec::pin_defaults(&schema, &mut options, now_nanos);
         let replaying = id.is_some();
         let guard = self.runtime.write_lock().await;
         let id = id.unwrap_or_else(|| self.catalog.next_id());
-        let spec = SourceSpec::new(id, schema.clone(), spec_options, watermark, created_at)?;
+        let spec = SourceSpec::new(id, schema.clone(), options.clone(), watermark)?;
         let stored = CreateSource {
             options,
             ..source.clone()

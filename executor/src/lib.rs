@@ -25,6 +25,7 @@ mod operator;
 mod per_relation;
 mod progress;
 mod runtime;
+mod session;
 pub mod source;
 mod top_n;
 mod watermark;

@@ -2,6 +2,8 @@
 //! `eddy_catalog.watermarks` system table), and how far each view's source
 //! readers got (`eddy_catalog.source_readers`).
 
+use std::sync::Arc;
+
 use datafusion::scalar::ScalarValue;
 
 use crate::per_relation::PerRelation;
@@ -94,5 +96,26 @@ impl Progress {
     /// Forgets a dropped relation.
     pub fn forget(&self, relation: u32) {
         self.entries.forget(relation);
+    }
+}
+
+/// Where one operator of a relation's pipeline counts the late rows it drops.
+#[derive(Debug, Clone)]
+pub struct LateRows {
+    relation: u32,
+    progress: Arc<Progress>,
+}
+
+impl LateRows {
+    /// Counts under `relation` in `progress`.
+    pub fn new(relation: u32, progress: Arc<Progress>) -> Self {
+        Self { relation, progress }
+    }
+
+    /// Counts `rows` more late rows.
+    pub fn count(&self, rows: u64) {
+        if rows > 0 {
+            self.progress.late(self.relation, rows);
+        }
     }
 }

@@ -9,10 +9,14 @@
 
 mod error;
 mod parse;
+mod session;
 mod stream_plan;
 mod window;
 
 pub use error::{PlanError, Result};
 pub use parse::{CreateSource, EddyStatement, parse_sql};
+pub use session::{
+    SessionBound, nanos_to_time, same_session, session_window_functions, time_nanos,
+};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
 pub use window::{interval_text_nanos, rewrite_windows};

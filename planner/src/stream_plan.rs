@@ -16,6 +16,7 @@ use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, SortExpr};
 
 use crate::error::{PlanError, Result};
+use crate::session::SessionBound;
 
 /// Aggregate functions the runtime maintains under inserts and deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,22 @@ pub enum StreamNode {
         /// Output schema: input columns, then the row number.
         schema: DFSchemaRef,
     },
+    /// Session windows: the input's columns plus, per entry of `bounds`, the
+    /// start or end of the row's session (see [`crate::session`]).
+    SessionWindow {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Partitioning expressions: sessions are per partition.
+        partition_by: Vec<Expr>,
+        /// The time column.
+        time: Expr,
+        /// Session gap in nanoseconds (positive).
+        gap: i64,
+        /// The session bounds appended, in order.
+        bounds: Vec<SessionBound>,
+        /// Output schema.
+        schema: DFSchemaRef,
+    },
 }
 
 impl StreamNode {
@@ -184,7 +201,8 @@ impl StreamNode {
             | Self::Aggregate { schema, .. }
             | Self::Join { schema, .. }
             | Self::Union { schema, .. }
-            | Self::TopN { schema, .. } => schema,
+            | Self::TopN { schema, .. }
+            | Self::SessionWindow { schema, .. } => schema,
             Self::Filter { input, .. } => input.schema(),
         }
     }
@@ -205,6 +223,7 @@ impl StreamNode {
             Self::Project { input, .. }
             | Self::Filter { input, .. }
             | Self::TopN { input, .. }
+            | Self::SessionWindow { input, .. }
             | Self::Aggregate { input, .. } => input.visit_sources(out),
             Self::Join { left, right, .. } => {
                 left.visit_sources(out);
@@ -303,6 +322,20 @@ impl StreamNode {
                 )?;
                 input.fmt_indent(f, depth + 1)
             }
+            Self::SessionWindow {
+                input,
+                partition_by,
+                time,
+                gap,
+                ..
+            } => {
+                writeln!(
+                    f,
+                    "{pad}StreamSessionWindow: partition=[{}], time={time}, gap={gap}ns",
+                    list(partition_by)
+                )?;
+                input.fmt_indent(f, depth + 1)
+            }
         }
     }
 }
@@ -367,6 +400,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
             }),
             predicate: f.predicate.clone(),
         },
+        LogicalPlan::Window(w) if is_session_window(w) => lower_session(w)?,
         LogicalPlan::Window(w) => lower_row_number(w, None)?,
         LogicalPlan::SubqueryAlias(a) => {
             // Same columns, new qualifier: a projection keeps the schema honest.
@@ -552,6 +586,81 @@ fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<Strea
         }
         other => lower(other),
     }
+}
+
+/// The session window functions of a window node, if it has only those.
+fn session_functions(
+    w: &datafusion::logical_expr::Window,
+) -> Option<
+    Vec<(
+        SessionBound,
+        &datafusion::logical_expr::expr::WindowFunction,
+    )>,
+> {
+    w.window_expr
+        .iter()
+        .map(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            match e {
+                Expr::WindowFunction(f) => {
+                    SessionBound::of_function(f.fun.name()).map(|b| (b, f.as_ref()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn is_session_window(w: &datafusion::logical_expr::Window) -> bool {
+    session_functions(w).is_some()
+}
+
+fn lower_session(w: &datafusion::logical_expr::Window) -> Result<StreamNode> {
+    let functions = session_functions(w).unwrap_or_default();
+    let mut shape = None;
+    let mut bounds = Vec::with_capacity(functions.len());
+    for (bound, f) in functions {
+        let params = &f.params;
+        let (time, gap) = match params.args.as_slice() {
+            [time, Expr::Literal(gap, _)] => match gap
+                .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
+            {
+                Ok(datafusion::common::ScalarValue::Int64(Some(g))) if g > 0 => (time.clone(), g),
+                _ => return unsupported(format!("session gap {gap}")),
+            },
+            _ => return unsupported("session window functions with a non-constant gap"),
+        };
+        if !params.order_by.is_empty() || params.filter.is_some() {
+            return unsupported("ORDER BY or FILTER on a session window function");
+        }
+        let this = (params.partition_by.clone(), time, gap);
+        match &shape {
+            None => shape = Some(this),
+            Some(s) if *s == this => {}
+            Some(_) => {
+                return unsupported(
+                    "session windows of different partitions, times or gaps in one query",
+                );
+            }
+        }
+        bounds.push(bound);
+    }
+    let Some((partition_by, time, gap)) = shape else {
+        return Err(PlanError::Internal(
+            "a session window without functions".into(),
+        ));
+    };
+    Ok(StreamNode::SessionWindow {
+        input: Box::new(lower(&w.input)?),
+        partition_by,
+        time,
+        gap,
+        bounds,
+        schema: w.schema.clone(),
+    })
 }
 
 fn lower_row_number(

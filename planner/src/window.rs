@@ -10,6 +10,9 @@
 //! the stream plan, where every `window_start` is a monotone function of the
 //! time column and so carries its watermark.
 //!
+//! `SESSION(rel, col, gap [, key ...])` becomes a pair of window functions,
+//! see [`crate::session`].
+//!
 //! The Flink spelling `TABLE(TUMBLE(TABLE rel, DESCRIPTOR(col), size))` is
 //! turned into the short one on the token stream, before parsing.
 
@@ -25,12 +28,15 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{PlanError, Result};
+use crate::session::{SESSION_END, SESSION_START};
 
 /// Most windows one row of a `HOP` may belong to.
 const MAX_HOP_WINDOWS: i64 = 1024;
 
 /// Rewrites `TABLE(TUMBLE(TABLE t, DESCRIPTOR(c), ...))` (and HOP / SESSION)
-/// into `TUMBLE(t, c, ...)`. Text it cannot tokenize is returned unchanged.
+/// into `TUMBLE(t, c, ...)`, and `TABLE(SESSION(TABLE t PARTITION BY k,
+/// DESCRIPTOR(c), gap))` into `SESSION(t, c, gap, k)`. Text it cannot
+/// tokenize is returned unchanged.
 pub fn flink_to_eddy_spelling(sql: &str) -> Cow<'_, str> {
     if !sql.to_ascii_uppercase().contains("DESCRIPTOR") {
         return Cow::Borrowed(sql);
@@ -47,6 +53,8 @@ pub fn flink_to_eddy_spelling(sql: &str) -> Cow<'_, str> {
     // Depths (in `out`'s paren nesting) whose closing paren must be dropped.
     let mut drop_close: Vec<usize> = Vec::new();
     let mut depth = 0usize;
+    // Session partition keys, moved to the end of the call at this depth.
+    let mut partition_keys: Vec<(usize, Vec<Token>)> = Vec::new();
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];
@@ -81,9 +89,25 @@ pub fn flink_to_eddy_spelling(sql: &str) -> Cow<'_, str> {
             i = r + 1;
             continue;
         }
+        // name PARTITION BY k1, k2, DESCRIPTOR(...)  ->  name, DESCRIPTOR(...) ..., k1, k2
+        if is_word(t, "PARTITION")
+            && let Some(b) = significant(&tokens, i + 1)
+            && is_word(&tokens[b], "BY")
+            && let Some(end) = partition_keys_end(&tokens, b + 1)
+        {
+            partition_keys.push((depth, tokens[b + 1..end].to_vec()));
+            i = end;
+            continue;
+        }
         match t {
             Token::LParen => depth += 1,
             Token::RParen => {
+                if partition_keys.last().is_some_and(|(d, _)| *d == depth)
+                    && let Some((_, keys)) = partition_keys.pop()
+                {
+                    out.push(Token::Comma);
+                    out.extend(keys);
+                }
                 let dropped = drop_close.last() == Some(&depth);
                 depth = depth.saturating_sub(1);
                 if dropped {
@@ -98,6 +122,30 @@ pub fn flink_to_eddy_spelling(sql: &str) -> Cow<'_, str> {
         i += 1;
     }
     Cow::Owned(out.iter().map(|t| t.to_string()).collect())
+}
+
+/// Where the keys of `PARTITION BY k1, k2, DESCRIPTOR(..)` starting at
+/// `from` end: the index of the comma before `DESCRIPTOR`.
+fn partition_keys_end(tokens: &[Token], from: usize) -> Option<usize> {
+    let mut nesting = 0usize;
+    for i in from..tokens.len() {
+        match &tokens[i] {
+            Token::LParen => nesting += 1,
+            Token::RParen if nesting == 0 => return None,
+            Token::RParen => nesting -= 1,
+            Token::Comma if nesting == 0 => {
+                let next =
+                    (i + 1..tokens.len()).find(|&j| !matches!(tokens[j], Token::Whitespace(_)));
+                if next.is_some_and(|j| {
+                    matches!(&tokens[j], Token::Word(w) if w.value.eq_ignore_ascii_case("DESCRIPTOR"))
+                }) {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Replaces every window table function in `stmt` by its plain-SQL form.
@@ -201,9 +249,6 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
     if !["TUMBLE", "HOP", "SESSION"].contains(&function.as_str()) {
         return Ok(None);
     }
-    if function == "SESSION" {
-        return Err(PlanError::Unsupported("SESSION windows".into()));
-    }
     let args: Vec<&Expr> = args
         .args
         .iter()
@@ -219,6 +264,18 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
             )));
         }
     };
+    let alias = match alias {
+        Some(a) => a.name.to_string(),
+        None => match args[0] {
+            Expr::CompoundIdentifier(parts) => {
+                parts.last().map(|p| p.to_string()).unwrap_or_default()
+            }
+            other => other.to_string(),
+        },
+    };
+    if function == "SESSION" {
+        return session_subquery(&relation, &time, &args[2..], &alias).map(Some);
+    }
     let durations: Vec<i64> = args[2..]
         .iter()
         .enumerate()
@@ -279,21 +336,46 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
             )
         })
         .collect();
-    let alias = match alias {
-        Some(a) => a.name.to_string(),
-        None => match args[0] {
-            Expr::CompoundIdentifier(parts) => {
-                parts.last().map(|p| p.to_string()).unwrap_or_default()
-            }
-            other => other.to_string(),
-        },
-    };
     let sql = format!(
         "SELECT * FROM ({}) AS {alias}",
         branches.join(" UNION ALL ")
     );
+    subquery_factor(&sql, &function).map(Some)
+}
+
+/// `SESSION(relation, time, gap [, key ...])`: see [`crate::session`].
+fn session_subquery(
+    relation: &str,
+    time: &str,
+    rest: &[&Expr],
+    alias: &str,
+) -> Result<TableFactor> {
+    let Some((gap, keys)) = rest.split_first() else {
+        return Err(invalid(
+            "wrong number of arguments: SESSION(relation, time_column, gap [, partition_column ...])",
+        ));
+    };
+    let gap = interval_nanos(gap, "session gap")?;
+    if gap <= 0 {
+        return Err(invalid("SESSION gap must be positive"));
+    }
+    let over = if keys.is_empty() {
+        String::new()
+    } else {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        format!("PARTITION BY {}", keys.join(", "))
+    };
+    let sql = format!(
+        "SELECT * FROM (SELECT *, {SESSION_START}({time}, {gap}) OVER ({over}) AS window_start, \
+         {SESSION_END}({time}, {gap}) OVER ({over}) AS window_end FROM {relation}) AS {alias}"
+    );
+    subquery_factor(&sql, "SESSION")
+}
+
+/// The FROM item of `SELECT * FROM (...) AS alias`.
+fn subquery_factor(sql: &str, function: &str) -> Result<TableFactor> {
     let query = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
+        .try_with_sql(sql)
         .and_then(|mut p| p.parse_query())
         .map_err(|e| invalid(format!("{function}: {e}")))?;
     let datafusion::sql::sqlparser::ast::SetExpr::Select(select) = *query.body else {
@@ -305,6 +387,6 @@ fn window_subquery(factor: &TableFactor) -> Result<Option<TableFactor>> {
         .from
         .into_iter()
         .next()
-        .map(|t| Some(t.relation))
+        .map(|t| t.relation)
         .ok_or_else(|| PlanError::Internal("window rewrite produced no FROM".into()))
 }

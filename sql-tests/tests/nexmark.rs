@@ -1,7 +1,7 @@
 //! Nexmark over deterministic, bounded nexmark sources: every query runs as
 //! a materialized view, and once the view's readers have read their whole
 //! source it must equal the same query run as a batch query over the same
-//! events. Also windows (TUMBLE / HOP, emit on update and on window close,
+//! events. Also windows (TUMBLE / HOP / SESSION, emit on update and on window close,
 //! the Flink spelling) over nexmark and datagen sources.
 
 use std::time::{Duration, Instant};
@@ -83,6 +83,11 @@ const QUERIES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "q11",
+        "SELECT bidder, count(*) AS bid_count, window_start AS starttime, window_end AS endtime FROM SESSION(bid, date_time, INTERVAL '10' SECOND, bidder) GROUP BY bidder, window_start, window_end",
+        true,
+    ),
+    (
         "q13",
         "SELECT B.auction, B.bidder, B.price, B.date_time, S.value FROM bid B JOIN side_input S ON B.auction = S.key",
         false,
@@ -128,6 +133,11 @@ const QUERIES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "q21",
+        "SELECT auction, bidder, price, channel, CASE WHEN lower(channel) = 'apple' THEN '0' WHEN lower(channel) = 'google' THEN '1' WHEN lower(channel) = 'facebook' THEN '2' WHEN lower(channel) = 'baidu' THEN '3' ELSE regexp_match(url, '(&|^)channel_id=([^&]*)')[2] END AS channel_id FROM bid WHERE regexp_match(url, '(&|^)channel_id=([^&]*)')[2] IS NOT NULL OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')",
+        false,
+    ),
+    (
         "q22",
         "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1, split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bid",
         false,
@@ -161,6 +171,16 @@ const QUERIES: &[(&str, &str, bool)] = &[
     (
         "datagen_close",
         "SELECT v, window_start, count(*) AS n, sum(id) AS s FROM TUMBLE(ticks, ts, INTERVAL '10' SECOND) GROUP BY v, window_start",
+        true,
+    ),
+    (
+        "session_update",
+        "SELECT auction % 7 AS a, window_start, window_end, count(*) AS n, max(price) AS hi FROM TABLE(SESSION(TABLE bid PARTITION BY auction % 7, DESCRIPTOR(date_time), INTERVAL '300' MILLISECOND)) GROUP BY auction % 7, window_start, window_end",
+        false,
+    ),
+    (
+        "session_global_close",
+        "SELECT window_start, window_end, count(*) AS n FROM SESSION(bid, date_time, INTERVAL '1' MILLISECOND) GROUP BY window_start, window_end",
         true,
     ),
     (

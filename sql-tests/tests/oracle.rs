@@ -52,6 +52,10 @@ const VIEWS: &[(&str, &str)] = &[
         "three",
         "SELECT a.k, count(*) AS n, sum(c2.x_len) AS xl FROM a JOIN b ON a.k = b.k JOIN (SELECT k, length(x) AS x_len FROM c) c2 ON c2.k = b.k GROUP BY a.k",
     ),
+    (
+        "sess",
+        "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS s FROM SESSION(a, to_timestamp_seconds(v), INTERVAL '2' SECOND, k) GROUP BY k, window_start, window_end",
+    ),
     ("on_mv", "SELECT k, n * 10 AS n10 FROM agg WHERE n > 1"),
     (
         "on_mv2",

@@ -32,7 +32,7 @@ use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::Operator;
-use crate::progress::Progress;
+use crate::progress::LateRows;
 
 /// One aggregate call, ready to run.
 #[derive(Debug)]
@@ -58,10 +58,8 @@ pub struct WindowKey {
     pub input_column: usize,
     /// `EMIT ON WINDOW CLOSE`: emit each group once, when its window closes.
     pub emit_on_close: bool,
-    /// Counts late rows under this relation.
-    pub relation: u32,
     /// Where late rows are counted.
-    pub progress: Arc<Progress>,
+    pub late: LateRows,
 }
 
 #[derive(Debug)]
@@ -338,10 +336,8 @@ impl Operator for HashAggregate {
                 acc.update(sign, array, i, encoded.as_ref().map(|r| r.row(i).data()));
             }
         }
-        if late > 0
-            && let Some(w) = &self.windows
-        {
-            w.key.progress.late(w.key.relation, late);
+        if let Some(w) = &self.windows {
+            w.key.late.count(late);
         }
         Ok(())
     }

@@ -163,6 +163,9 @@ impl Engine {
             )?;
         }
         ctx.register_udf(crate::functions::version_udf());
+        for function in eddy_planner::session_window_functions() {
+            ctx.register_udwf(function);
+        }
 
         let engine = Arc::new(Self {
             ctx,

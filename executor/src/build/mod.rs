@@ -17,32 +17,30 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::DFSchema;
 use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::{
-    Expr, ExprSchemable, physical_planning_context::PhysicalPlanningContext,
-};
+use datafusion::logical_expr::{Expr, physical_planning_context::PhysicalPlanningContext};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind, WindowKey};
-use crate::codec::RowCodec;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
-use crate::join::{HashJoin, JoinSide};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
 use crate::progress::Progress;
 use crate::source::{Reader, SourceSpec};
-use crate::top_n::TopN;
 use crate::watermark::is_monotone_in;
+
+mod aggregate;
+mod join;
+mod window_functions;
 
 /// The schema of a node's batches: the node's columns, all nullable.
 pub fn batch_schema(schema: &DFSchema) -> SchemaRef {
@@ -144,7 +142,7 @@ impl PipelineBuilder<'_> {
         let pending = self.build(root)?.instances;
         if self.emit_on_window_close && self.windowed_aggregates == 0 {
             return Err(ExecutorError::Windowing(
-                "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP over a source with WATERMARK FOR)".into(),
+                "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
             ));
         }
         let inputs = self
@@ -362,113 +360,7 @@ impl PipelineBuilder<'_> {
                 group,
                 calls,
                 schema,
-            } => {
-                let in_schema = input.schema().clone();
-                let group_exprs = group
-                    .iter()
-                    .map(|e| physical(e, &in_schema))
-                    .collect::<Result<Vec<_>>>()?;
-                let group_types = group
-                    .iter()
-                    .map(|e| e.get_type(&in_schema))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = batch_schema(schema);
-                let mut specs_per_instance = Vec::new();
-                let n = if group.is_empty() {
-                    1
-                } else {
-                    self.parallelism
-                };
-                for _ in 0..n {
-                    let mut specs = Vec::new();
-                    for (i, call) in calls.iter().enumerate() {
-                        let arg_type = call.arg.get_type(&in_schema)?;
-                        let (value_kind, value_type) =
-                            ValueKind::for_call(call.kind, call.distinct, &arg_type)?;
-                        let delimiter = match &call.delimiter {
-                            None => String::new(),
-                            Some(Expr::Literal(
-                                ScalarValue::Utf8(s)
-                                | ScalarValue::LargeUtf8(s)
-                                | ScalarValue::Utf8View(s),
-                                _,
-                            )) => s.clone().unwrap_or_default(),
-                            Some(other) => {
-                                return Err(ExecutorError::Unsupported(format!(
-                                    "string_agg delimiter must be a constant string, got {other}"
-                                )));
-                            }
-                        };
-                        specs.push(AggregateSpec {
-                            arg: physical(&call.arg, &in_schema)?,
-                            filter: call
-                                .filter
-                                .as_ref()
-                                .map(|f| physical(f, &in_schema))
-                                .transpose()?,
-                            value_kind,
-                            value_type,
-                            shape: CallShape {
-                                kind: call.kind,
-                                distinct: call.distinct,
-                                scale: match arg_type {
-                                    DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => s,
-                                    _ => 0,
-                                },
-                                output: out.field(group.len() + i).data_type().clone(),
-                                delimiter,
-                                descending: call.descending,
-                            },
-                        });
-                    }
-                    specs_per_instance.push(specs);
-                }
-                let child = self.build(input)?;
-                // The first group column that is an input column with a watermark.
-                let window = group.iter().enumerate().find_map(|(g, e)| match e {
-                    Expr::Column(c) => in_schema
-                        .index_of_column(c)
-                        .ok()
-                        .filter(|i| child.watermarks.contains(i))
-                        .map(|i| (g, i)),
-                    _ => None,
-                });
-                if self.emit_on_window_close && window.is_none() {
-                    return Err(ExecutorError::Windowing(
-                        "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP over a source with WATERMARK FOR)".into(),
-                    ));
-                }
-                if window.is_some() {
-                    self.windowed_aggregates += 1;
-                }
-                let inputs = self.connect(child.instances, n, Dispatch::Hash(group_exprs.clone()));
-                let instances = inputs
-                    .into_iter()
-                    .zip(specs_per_instance)
-                    .map(|(inputs, specs)| {
-                        let key = window.map(|(group, input_column)| WindowKey {
-                            group,
-                            input_column,
-                            emit_on_close: self.emit_on_window_close,
-                            relation: self.relation,
-                            progress: self.progress.clone(),
-                        });
-                        let op = HashAggregate::new(
-                            group_exprs.clone(),
-                            group_types.clone(),
-                            specs,
-                            out.clone(),
-                            self.evaluator.clone(),
-                            key,
-                        )?;
-                        Ok(Self::single(inputs, Box::new(op)))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Built {
-                    instances,
-                    watermarks: window.map(|(g, _)| g).into_iter().collect(),
-                })
-            }
+            } => self.build_aggregate(input, group, calls, schema),
             StreamNode::Join {
                 left,
                 right,
@@ -477,111 +369,24 @@ impl PipelineBuilder<'_> {
                 kind,
                 nulls_equal,
                 schema,
-            } => {
-                let (ls, rs) = (left.schema().clone(), right.schema().clone());
-                let key_types = on
-                    .iter()
-                    .map(|(l, _)| l.get_type(&ls))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut left_keys = Vec::new();
-                let mut right_keys = Vec::new();
-                for ((l, r), t) in on.iter().zip(&key_types) {
-                    left_keys.push(cast_to(physical(l, &ls)?, &ls, t)?);
-                    right_keys.push(cast_to(physical(r, &rs)?, &rs, t)?);
-                }
-                let joined = ls.join(&rs)?;
-                let filter = filter.as_ref().map(|f| physical(f, &joined)).transpose()?;
-                let n = if on.is_empty() { 1 } else { self.parallelism };
-                let left_pending = self.build(left)?.instances;
-                let right_pending = self.build(right)?.instances;
-                let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()));
-                let right_inputs =
-                    self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()));
-                let (lb, rb) = (batch_schema(&ls), batch_schema(&rs));
-                let instances = left_inputs
-                    .into_iter()
-                    .zip(right_inputs)
-                    .map(|(l, r)| {
-                        let sides = [
-                            JoinSide {
-                                keys: left_keys.clone(),
-                                codec: RowCodec::for_schema(&lb)?,
-                            },
-                            JoinSide {
-                                keys: right_keys.clone(),
-                                codec: RowCodec::for_schema(&rb)?,
-                            },
-                        ];
-                        let op = HashJoin::new(
-                            *kind,
-                            *nulls_equal,
-                            sides,
-                            key_types.clone(),
-                            filter.clone(),
-                            batch_schema(&joined),
-                            batch_schema(schema),
-                            self.evaluator.clone(),
-                        )?;
-                        let ports = [vec![0; l.len()], vec![1; r.len()]].concat();
-                        Ok(Instance {
-                            inputs: l.into_iter().chain(r).collect(),
-                            ports,
-                            ops: vec![Box::new(op)],
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Built::plain(instances))
-            }
+            } => self.build_join(
+                left,
+                right,
+                on,
+                filter.as_ref(),
+                *kind,
+                *nulls_equal,
+                schema,
+            ),
+            StreamNode::SessionWindow {
+                input,
+                partition_by,
+                time,
+                gap,
+                bounds,
+                schema,
+            } => self.build_session(input, partition_by, time, *gap, bounds, schema),
         }
-    }
-
-    fn build_top_n(
-        &mut self,
-        input: &StreamNode,
-        partition_by: &[Expr],
-        order_by: &[datafusion::logical_expr::SortExpr],
-        limit: Option<usize>,
-        schema: &DFSchema,
-    ) -> Result<Built> {
-        let in_schema = input.schema().clone();
-        let partition = partition_by
-            .iter()
-            .map(|e| physical(e, &in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = order_by
-            .iter()
-            .map(|s| {
-                Ok(datafusion::physical_expr::create_physical_sort_expr(
-                    s,
-                    &in_schema,
-                    &ExecutionProps::new(),
-                    &PhysicalPlanningContext::default(),
-                )?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let n = if partition.is_empty() {
-            1
-        } else {
-            self.parallelism
-        };
-        let child = self.build(input)?;
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
-        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
-        let instances = inputs
-            .into_iter()
-            .map(|inputs| {
-                let op = TopN::new(
-                    partition.clone(),
-                    order.clone(),
-                    limit,
-                    &in_arrow,
-                    out.clone(),
-                    self.evaluator.clone(),
-                )?;
-                Ok(Self::single(inputs, Box::new(op)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Built::plain(instances))
     }
 
     /// The outputs of this pipeline's readers of `spec`, one per split,

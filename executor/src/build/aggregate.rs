@@ -1,0 +1,129 @@
+//! Building grouped aggregates: one instance per hash partition of the group
+//! key (one for a global aggregate), windowed when a group column carries a
+//! watermark.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::{Expr, ExprSchemable};
+
+use eddy_planner::AggregateCall;
+
+use super::{Built, PipelineBuilder, batch_schema, physical};
+use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind, WindowKey};
+use crate::dispatch::Dispatch;
+use crate::error::{ExecutorError, Result};
+use crate::progress::LateRows;
+use eddy_planner::StreamNode;
+
+impl PipelineBuilder<'_> {
+    pub(super) fn build_aggregate(
+        &mut self,
+        input: &StreamNode,
+        group: &[Expr],
+        calls: &[AggregateCall],
+        schema: &DFSchema,
+    ) -> Result<Built> {
+        let in_schema = input.schema().clone();
+        let group_exprs = group
+            .iter()
+            .map(|e| physical(e, &in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let group_types = group
+            .iter()
+            .map(|e| e.get_type(&in_schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = batch_schema(schema);
+        let mut specs_per_instance = Vec::new();
+        let n = if group.is_empty() {
+            1
+        } else {
+            self.parallelism
+        };
+        for _ in 0..n {
+            let mut specs = Vec::new();
+            for (i, call) in calls.iter().enumerate() {
+                let arg_type = call.arg.get_type(&in_schema)?;
+                let (value_kind, value_type) =
+                    ValueKind::for_call(call.kind, call.distinct, &arg_type)?;
+                let delimiter = match &call.delimiter {
+                    None => String::new(),
+                    Some(Expr::Literal(
+                        ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s),
+                        _,
+                    )) => s.clone().unwrap_or_default(),
+                    Some(other) => {
+                        return Err(ExecutorError::Unsupported(format!(
+                            "string_agg delimiter must be a constant string, got {other}"
+                        )));
+                    }
+                };
+                specs.push(AggregateSpec {
+                    arg: physical(&call.arg, &in_schema)?,
+                    filter: call
+                        .filter
+                        .as_ref()
+                        .map(|f| physical(f, &in_schema))
+                        .transpose()?,
+                    value_kind,
+                    value_type,
+                    shape: CallShape {
+                        kind: call.kind,
+                        distinct: call.distinct,
+                        scale: match arg_type {
+                            DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => s,
+                            _ => 0,
+                        },
+                        output: out.field(group.len() + i).data_type().clone(),
+                        delimiter,
+                        descending: call.descending,
+                    },
+                });
+            }
+            specs_per_instance.push(specs);
+        }
+        let child = self.build(input)?;
+        // The first group column that is an input column with a watermark.
+        let window = group.iter().enumerate().find_map(|(g, e)| match e {
+            Expr::Column(c) => in_schema
+                .index_of_column(c)
+                .ok()
+                .filter(|i| child.watermarks.contains(i))
+                .map(|i| (g, i)),
+            _ => None,
+        });
+        if self.emit_on_window_close && window.is_none() {
+            return Err(ExecutorError::Windowing(
+                "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
+            ));
+        }
+        if window.is_some() {
+            self.windowed_aggregates += 1;
+        }
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(group_exprs.clone()));
+        let instances = inputs
+            .into_iter()
+            .zip(specs_per_instance)
+            .map(|(inputs, specs)| {
+                let key = window.map(|(group, input_column)| WindowKey {
+                    group,
+                    input_column,
+                    emit_on_close: self.emit_on_window_close,
+                    late: LateRows::new(self.relation, self.progress.clone()),
+                });
+                let op = HashAggregate::new(
+                    group_exprs.clone(),
+                    group_types.clone(),
+                    specs,
+                    out.clone(),
+                    self.evaluator.clone(),
+                    key,
+                )?;
+                Ok(Self::single(inputs, Box::new(op)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Built {
+            instances,
+            watermarks: window.map(|(g, _)| g).into_iter().collect(),
+        })
+    }
+}

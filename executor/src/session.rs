@@ -1,0 +1,402 @@
+//! Session windows over a changelog.
+//!
+//! Each input row comes out with its session's bounds appended (see
+//! `eddy_planner::same_session` for what a session is). State per partition:
+//! its sessions (first time -> last time) and its rows by time. A change can
+//! move session bounds — an insert may join sessions, a delete may split one
+//! — and then every row of the affected sessions is retracted with its old
+//! bounds and inserted with the new ones. Output is consolidated per epoch
+//! (net count per row and bounds), so rows whose bounds end up unchanged
+//! produce nothing.
+//!
+//! With a watermark `w` on the time column, a session whose end (last time
+//! plus gap) is at most `w` can never change: a row at `t >= w` is at least
+//! `gap` after its last row. Such sessions leave state, rows below `w` are
+//! late (dropped and counted), and every later output row has
+//! `window_end > w`, so `w` is the output's watermark on `window_end`.
+//! `window_start` and the time column get none: a merge re-emits old rows.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+
+use eddy_planner::{SessionBound, nanos_to_time, same_session, time_nanos};
+
+use crate::codec::RowCodec;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Barrier, Op, StreamChunk, Watermark};
+use crate::operator::Operator;
+use crate::progress::LateRows;
+
+/// An encoded value (Arrow row format).
+type Encoded = Arc<[u8]>;
+
+/// A session: (first time, last time), in nanoseconds.
+type Span = (i64, i64);
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// First time -> last time of each session; sessions never overlap.
+    sessions: BTreeMap<i64, i64>,
+    /// Time -> row -> multiplicity.
+    rows: BTreeMap<i64, HashMap<Encoded, i64>>,
+}
+
+impl Partition {
+    /// The session containing `t`, if any.
+    fn containing(&self, t: i64) -> Option<Span> {
+        self.sessions
+            .range(..=t)
+            .next_back()
+            .filter(|(_, last)| **last >= t)
+            .map(|(f, l)| (*f, *l))
+    }
+
+    /// Runs of this partition's row times within `span` that form sessions.
+    fn split(&self, span: Span, gap: i64) -> Vec<Span> {
+        let mut runs: Vec<Span> = Vec::new();
+        for &t in self.rows.range(span.0..=span.1).map(|(t, _)| t) {
+            match runs.last_mut() {
+                Some(run) if same_session(run.1, t, gap) => run.1 = t,
+                _ => runs.push((t, t)),
+            }
+        }
+        runs
+    }
+}
+
+/// The session window operator.
+#[derive(Debug)]
+pub struct SessionWindow {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    partition_codec: RowCodec,
+    time: Arc<dyn PhysicalExpr>,
+    /// The input column `time` is, when it is one (watermarks arrive on it).
+    time_column: Option<usize>,
+    time_type: DataType,
+    gap: i64,
+    bounds: Vec<SessionBound>,
+    row_codec: RowCodec,
+    schema: SchemaRef,
+    evaluator: Evaluator,
+    late: LateRows,
+    partitions: HashMap<Encoded, Partition>,
+    /// (end, partition, first) of every session in state, to close by watermark.
+    by_end: BTreeSet<(i64, Encoded, i64)>,
+    /// Rows below this time are late.
+    closed_below: Option<i64>,
+    /// Net output this epoch: (row, session) -> count; no session for a NULL time.
+    pending: HashMap<(Encoded, Option<Span>), i64>,
+}
+
+/// Everything [`SessionWindow::new`] needs.
+#[derive(Debug)]
+pub struct SessionWindowSpec {
+    /// Partitioning expressions.
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// The time expression.
+    pub time: Arc<dyn PhysicalExpr>,
+    /// The input column `time` is, if it is one.
+    pub time_column: Option<usize>,
+    /// Gap in nanoseconds.
+    pub gap: i64,
+    /// Bounds appended to each row, in order.
+    pub bounds: Vec<SessionBound>,
+}
+
+impl SessionWindow {
+    /// Session windows over rows of `input`, producing `schema`.
+    pub fn new(
+        spec: SessionWindowSpec,
+        input: &SchemaRef,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+        late: LateRows,
+    ) -> Result<Self> {
+        let partition_types = spec
+            .partition_by
+            .iter()
+            .map(|e| e.data_type(input))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let time_type = spec.time.data_type(input)?;
+        Ok(Self {
+            partition_by: spec.partition_by,
+            partition_codec: RowCodec::new(partition_types)?,
+            time: spec.time,
+            time_column: spec.time_column,
+            time_type,
+            gap: spec.gap,
+            bounds: spec.bounds,
+            row_codec: RowCodec::for_schema(input)?,
+            schema,
+            evaluator,
+            late,
+            partitions: HashMap::new(),
+            by_end: BTreeSet::new(),
+            closed_below: None,
+            pending: HashMap::new(),
+        })
+    }
+
+    fn emit(&mut self, row: &Encoded, session: Option<Span>, count: i64) {
+        let entry = self.pending.entry((row.clone(), session)).or_insert(0);
+        *entry += count;
+        if *entry == 0 {
+            self.pending.remove(&(row.clone(), session));
+        }
+    }
+
+    fn end(&self, span: Span) -> i64 {
+        span.1.saturating_add(self.gap)
+    }
+
+    /// Moves every row of `old` sessions to session `new` (in output and index).
+    fn rebound(&mut self, key: &Encoded, old: &[Span], new: &[Span]) {
+        let Some(partition) = self.partitions.get_mut(key) else {
+            return;
+        };
+        for span in old {
+            partition.sessions.remove(&span.0);
+        }
+        for span in new {
+            partition.sessions.insert(span.0, span.1);
+        }
+        let mut moves: Vec<(Encoded, Span, Span, i64)> = Vec::new();
+        for &span in new {
+            for (t, rows) in partition.rows.range(span.0..=span.1) {
+                let Some(&from) = old.iter().find(|o| o.0 <= *t && *t <= o.1) else {
+                    continue;
+                };
+                moves.extend(rows.iter().map(|(row, n)| (row.clone(), from, span, *n)));
+            }
+        }
+        for span in old {
+            self.by_end.remove(&(self.end(*span), key.clone(), span.0));
+        }
+        for span in new {
+            self.by_end.insert((self.end(*span), key.clone(), span.0));
+        }
+        for (row, from, to, n) in moves {
+            if from != to {
+                self.emit(&row, Some(from), -n);
+                self.emit(&row, Some(to), n);
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Encoded, row: Encoded, t: i64) {
+        let gap = self.gap;
+        let partition = self.partitions.entry(key.clone()).or_default();
+        let mut joined: Vec<Span> = Vec::new();
+        if let Some((&first, &last)) = partition.sessions.range(..=t).next_back()
+            && (last >= t || same_session(last, t, gap))
+        {
+            joined.push((first, last));
+        }
+        if let Some((&first, &last)) = partition
+            .sessions
+            .range((Bound::Excluded(t), Bound::Unbounded))
+            .next()
+            && same_session(t, first, gap)
+        {
+            joined.push((first, last));
+        }
+        *partition
+            .rows
+            .entry(t)
+            .or_default()
+            .entry(row.clone())
+            .or_insert(0) += 1;
+        let first = joined.iter().map(|s| s.0).fold(t, i64::min);
+        let last = joined.iter().map(|s| s.1).fold(t, i64::max);
+        let span = (first, last);
+        if joined != [span] {
+            self.rebound(&key, &joined, &[span]);
+        }
+        self.emit(&row, Some(span), 1);
+    }
+
+    fn delete(&mut self, key: Encoded, row: Encoded, t: i64) {
+        let Some(partition) = self.partitions.get_mut(&key) else {
+            return;
+        };
+        let Some(span) = partition.containing(t) else {
+            return;
+        };
+        let Some(rows) = partition.rows.get_mut(&t) else {
+            return;
+        };
+        let Some(n) = rows.get_mut(&row) else {
+            return;
+        };
+        *n -= 1;
+        if *n <= 0 {
+            rows.remove(&row);
+            if rows.is_empty() {
+                partition.rows.remove(&t);
+            }
+        }
+        let runs = partition.split(span, self.gap);
+        let empty = partition.rows.is_empty();
+        self.emit(&row, Some(span), -1);
+        if runs != [span] {
+            self.rebound(&key, &[span], &runs);
+        }
+        if empty {
+            self.partitions.remove(&key);
+        }
+    }
+
+    /// Drops sessions that end at or before `watermark` from state.
+    fn close(&mut self, watermark: i64) {
+        while let Some((end, key, first)) = self.by_end.first().cloned() {
+            if end > watermark {
+                break;
+            }
+            self.by_end.pop_first();
+            let Some(partition) = self.partitions.get_mut(&key) else {
+                continue;
+            };
+            if let Some(last) = partition.sessions.remove(&first) {
+                let times: Vec<i64> = partition
+                    .rows
+                    .range(first..=last)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in times {
+                    partition.rows.remove(&t);
+                }
+            }
+            if partition.sessions.is_empty() {
+                self.partitions.remove(&key);
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<StreamChunk>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut spans: Vec<Option<Span>> = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
+        for ((row, span), n) in &pending {
+            let op = if *n > 0 { Op::Insert } else { Op::Delete };
+            for _ in 0..n.unsigned_abs() {
+                ops.push(op);
+                rows.push(row);
+                spans.push(*span);
+            }
+        }
+        let mut columns: Vec<ArrayRef> = self.row_codec.decode(rows)?;
+        for bound in &self.bounds {
+            let nanos: Int64Array = spans
+                .iter()
+                .map(|s| {
+                    s.map(|s| match bound {
+                        SessionBound::Start => s.0,
+                        SessionBound::End => self.end(s),
+                    })
+                })
+                .collect();
+            columns.push(nanos_to_time(nanos, &self.time_type)?);
+        }
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(ops.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        out.push(StreamChunk {
+            batch,
+            ops: ops.into(),
+        });
+        Ok(())
+    }
+}
+
+impl Operator for SessionWindow {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let batch = &chunk.batch;
+        let n = batch.num_rows();
+        let keys: Vec<Encoded> = if self.partition_by.is_empty() {
+            vec![Arc::from([]); n]
+        } else {
+            let encoded = self
+                .partition_codec
+                .encode(&self.evaluator.eval_all(&self.partition_by, batch)?)?;
+            encoded.iter().map(|r| r.as_ref().into()).collect()
+        };
+        let times = time_nanos(&self.evaluator.eval(&self.time, batch)?)?;
+        let rows = self.row_codec.encode(batch.columns())?;
+        let mut late = 0;
+        for (i, key) in keys.into_iter().enumerate() {
+            let row: Encoded = rows.row(i).as_ref().into();
+            let op = chunk.ops[i];
+            if times.is_null(i) {
+                self.emit(&row, None, op.sign());
+                continue;
+            }
+            let t = times.value(i);
+            if self.closed_below.is_some_and(|w| t < w) {
+                late += 1;
+                continue;
+            }
+            match op {
+                Op::Insert => self.insert(key, row, t),
+                Op::Delete => self.delete(key, row, t),
+            }
+        }
+        self.late.count(late);
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.flush(out)
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        if Some(watermark.column) != self.time_column {
+            return Ok(vec![]);
+        }
+        let tz = match &self.time_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let value = watermark
+            .value
+            .cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, tz))?;
+        let ScalarValue::TimestampNanosecond(Some(w), _) = value else {
+            return Ok(vec![]);
+        };
+        // Changes to sessions about to close go out before the watermark.
+        self.flush(out)?;
+        self.close(w);
+        self.closed_below = Some(self.closed_below.map_or(w, |c| c.max(w)));
+        let inputs = self.schema.fields().len() - self.bounds.len();
+        Ok(self
+            .bounds
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == SessionBound::End)
+            .map(|(j, _)| Watermark {
+                column: inputs + j,
+                value: watermark.value.clone(),
+            })
+            .collect())
+    }
+}

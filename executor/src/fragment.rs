@@ -21,6 +21,8 @@ use crate::error::Result;
 use crate::input::AlignedInput;
 use crate::message::{Barrier, Message, StreamChunk, Watermark};
 use crate::operator::Operator;
+use crate::operator::StateSize;
+use crate::progress::Progress;
 
 /// One running unit of a pipeline.
 #[derive(Debug)]
@@ -35,6 +37,10 @@ pub struct Fragment {
     pub output: Output,
     /// Receives failure reports.
     pub coordinator: Arc<Coordinator>,
+    /// This fragment's number within its relation's pipeline.
+    pub index: usize,
+    /// Receives state sizes, at every barrier.
+    pub progress: Arc<Progress>,
 }
 
 fn push(
@@ -91,6 +97,13 @@ fn watermark(
 }
 
 impl Fragment {
+    fn report_state(&self) {
+        let sizes: Vec<StateSize> = self.ops.iter().filter_map(|op| op.state_size()).collect();
+        if !sizes.is_empty() {
+            self.progress.state(self.relation, self.index, sizes);
+        }
+    }
+
     /// Runs until every input is closed or no downstream is left.
     pub async fn run(mut self) {
         let mut failed = false;
@@ -110,7 +123,9 @@ impl Fragment {
                     if failed {
                         Ok(())
                     } else {
-                        barrier(&mut self.ops, b, &mut out)
+                        let done = barrier(&mut self.ops, b, &mut out);
+                        self.report_state();
+                        done
                     }
                 }
             };

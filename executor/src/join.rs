@@ -30,7 +30,7 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Op, StreamChunk};
-use crate::operator::Operator;
+use crate::operator::{Operator, StateSize};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {
@@ -219,6 +219,15 @@ fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
 }
 
 impl Operator for HashJoin {
+    fn state_size(&self) -> Option<StateSize> {
+        let sides = self.state.iter();
+        Some(StateSize {
+            operator: "HashJoin",
+            keys: sides.clone().map(|s| s.len() as u64).sum(),
+            rows: sides.flat_map(|s| s.values()).map(|b| b.len() as u64).sum(),
+        })
+    }
+
     fn process(
         &mut self,
         side: usize,

@@ -36,5 +36,6 @@ pub use coordinator::Coordinator;
 pub use error::{ExecutorError, Result};
 pub use eval::ErrorStats;
 pub use message::{Barrier, Message, Op, StreamChunk, Watermark};
+pub use operator::StateSize;
 pub use progress::{ReaderProgress, RelationProgress};
 pub use runtime::{Quiesced, ReadTarget, Runtime, WriteGuard};

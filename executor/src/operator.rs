@@ -35,6 +35,11 @@ pub trait Operator: Send + std::fmt::Debug {
         Ok(())
     }
 
+    /// What this operator holds in state, if it holds any.
+    fn state_size(&self) -> Option<StateSize> {
+        None
+    }
+
     /// Called when input `port`'s watermark advances; returns the output's
     /// watermarks that follow from it. The default forgets it: correct for
     /// any operator, it only keeps downstream state from being released.
@@ -46,6 +51,17 @@ pub trait Operator: Send + std::fmt::Debug {
     ) -> Result<Vec<Watermark>> {
         Ok(vec![])
     }
+}
+
+/// The size of one operator's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSize {
+    /// Which operator.
+    pub operator: &'static str,
+    /// Keys: groups, partitions, or join keys.
+    pub keys: u64,
+    /// Distinct rows (or groups) stored under them.
+    pub rows: u64,
 }
 
 /// Computes one expression per output column.

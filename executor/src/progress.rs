@@ -1,11 +1,14 @@
 //! Progress per relation: watermarks and late rows (the
-//! `eddy_catalog.watermarks` system table), and how far each view's source
-//! readers got (`eddy_catalog.source_readers`).
+//! `eddy_catalog.watermarks` system table), how far each view's source
+//! readers got (`eddy_catalog.source_readers`), and how much state each
+//! stateful fragment holds (`eddy_catalog.operator_state`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::scalar::ScalarValue;
 
+use crate::operator::StateSize;
 use crate::per_relation::PerRelation;
 
 /// One relation's event-time progress.
@@ -17,6 +20,8 @@ pub struct RelationProgress {
     pub late_rows: u64,
     /// Per source this relation's pipeline reads: its readers' progress.
     pub readers: Vec<(u32, ReaderProgress)>,
+    /// State of each stateful fragment, as of its last barrier.
+    pub state: BTreeMap<usize, Vec<StateSize>>,
 }
 
 /// How far one view's readers of one source got.
@@ -86,6 +91,11 @@ impl Progress {
     /// A reader reached the end of its split.
     pub fn reader_finished(&self, relation: u32, source: u32) {
         self.reader(relation, source, |r| r.finished += 1);
+    }
+
+    /// Fragment `fragment` of `relation`'s pipeline holds `sizes`.
+    pub fn state(&self, relation: u32, fragment: usize, sizes: Vec<StateSize>) {
+        self.with(relation, |p| p.state.insert(fragment, sizes));
     }
 
     /// A copy of every relation's progress.

@@ -166,6 +166,8 @@ impl Runtime {
             )?)],
             output: Output::Subscribers(Arc::new(Subscribers::default())),
             coordinator: self.coordinator.clone(),
+            index: 0,
+            progress: self.progress.clone(),
         };
         self.subscribers
             .lock()

@@ -31,7 +31,7 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
-use crate::operator::Operator;
+use crate::operator::{Operator, StateSize};
 use crate::progress::LateRows;
 
 /// An encoded value (Arrow row format).
@@ -89,6 +89,8 @@ pub struct SessionWindow {
     partitions: HashMap<Encoded, Partition>,
     /// (end, partition, first) of every session in state, to close by watermark.
     by_end: BTreeSet<(i64, Encoded, i64)>,
+    /// Distinct (time, row) entries in state.
+    stored: u64,
     /// Rows below this time are late.
     closed_below: Option<i64>,
     /// Net output this epoch: (row, session) -> count; no session for a NULL time.
@@ -139,6 +141,7 @@ impl SessionWindow {
             late,
             partitions: HashMap::new(),
             by_end: BTreeSet::new(),
+            stored: 0,
             closed_below: None,
             pending: HashMap::new(),
         })
@@ -207,12 +210,16 @@ impl SessionWindow {
         {
             joined.push((first, last));
         }
-        *partition
+        let copies = partition
             .rows
             .entry(t)
             .or_default()
             .entry(row.clone())
-            .or_insert(0) += 1;
+            .or_insert(0);
+        if *copies == 0 {
+            self.stored += 1;
+        }
+        *copies += 1;
         let first = joined.iter().map(|s| s.0).fold(t, i64::min);
         let last = joined.iter().map(|s| s.1).fold(t, i64::max);
         let span = (first, last);
@@ -238,6 +245,7 @@ impl SessionWindow {
         *n -= 1;
         if *n <= 0 {
             rows.remove(&row);
+            self.stored -= 1;
             if rows.is_empty() {
                 partition.rows.remove(&t);
             }
@@ -270,7 +278,9 @@ impl SessionWindow {
                     .map(|(t, _)| *t)
                     .collect();
                 for t in times {
-                    partition.rows.remove(&t);
+                    if let Some(rows) = partition.rows.remove(&t) {
+                        self.stored -= rows.len() as u64;
+                    }
                 }
             }
             if partition.sessions.is_empty() {
@@ -362,6 +372,14 @@ impl Operator for SessionWindow {
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
         self.flush(out)
+    }
+
+    fn state_size(&self) -> Option<StateSize> {
+        Some(StateSize {
+            operator: "SessionWindow",
+            keys: self.partitions.len() as u64,
+            rows: self.stored,
+        })
     }
 
     fn on_watermark(

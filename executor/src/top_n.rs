@@ -22,7 +22,7 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk};
-use crate::operator::Operator;
+use crate::operator::{Operator, StateSize};
 
 /// An encoded value (Arrow row format).
 type Encoded = Box<[u8]>;
@@ -165,6 +165,14 @@ impl Operator for TopN {
             }
         }
         Ok(())
+    }
+
+    fn state_size(&self) -> Option<StateSize> {
+        Some(StateSize {
+            operator: "TopN",
+            keys: self.partitions.len() as u64,
+            rows: self.partitions.values().map(|p| p.rows.len() as u64).sum(),
+        })
     }
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {

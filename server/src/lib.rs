@@ -9,6 +9,7 @@ mod functions;
 mod pg;
 mod pg_class;
 mod providers;
+mod system_tables;
 
 pub use engine::{Engine, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
 pub use error::{EddyError, Result};

@@ -8,18 +8,18 @@
 //! - sources: bounded ones are generated afresh by each query that reads
 //!   them (one partition per split), so the batch engine sees exactly the
 //!   rows the stream carries; unbounded ones can only feed views.
-//! - `eddy_catalog`: system tables.
+//! - `eddy_catalog`: system tables, see [`crate::system_tables`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::view::ViewTable;
-use datafusion::catalog::{MemTable, SchemaProvider, Session, TableProvider};
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -28,7 +28,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 
-use eddy_executor::Runtime;
 use eddy_executor::source::{CHUNK_ROWS, SourceSpec};
 use eddy_storage::{RelationKind, Store};
 
@@ -292,176 +291,5 @@ impl SchemaProvider for DmlSchema {
         self.catalog
             .get(name)
             .is_some_and(|r| r.kind == RelationKind::Table)
-    }
-}
-
-/// The `eddy_catalog` schema: system tables.
-#[derive(Debug)]
-pub struct SystemSchema {
-    /// The catalog.
-    pub catalog: Arc<Catalog>,
-    /// The runtime.
-    pub runtime: Arc<Runtime>,
-}
-
-const VIEW_ERRORS: &str = "view_errors";
-const WATERMARKS: &str = "watermarks";
-const SOURCE_READERS: &str = "source_readers";
-
-fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
-}
-
-impl SystemSchema {
-    fn names(&self) -> HashMap<u32, String> {
-        self.catalog
-            .all()
-            .iter()
-            .map(|r| (r.id, r.name.clone()))
-            .collect()
-    }
-
-    /// Event-time progress: one row per (relation, watermarked column), and
-    /// one with a NULL column for relations that only dropped late rows.
-    fn watermarks(&self) -> DfResult<Arc<dyn TableProvider>> {
-        let names = self.names();
-        let (mut relation, mut column, mut watermark, mut late) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, progress) in self.runtime.progress() {
-            let Some(name) = names.get(&id) else {
-                continue;
-            };
-            if progress.watermarks.is_empty() && progress.late_rows == 0 {
-                continue;
-            }
-            if progress.watermarks.is_empty() {
-                relation.push(name.clone());
-                column.push(None);
-                watermark.push(None);
-                late.push(progress.late_rows);
-            }
-            for (c, w) in &progress.watermarks {
-                relation.push(name.clone());
-                column.push(Some(c.clone()));
-                watermark.push(Some(scalar_text(w)));
-                late.push(progress.late_rows);
-            }
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("relation", DataType::Utf8, false),
-            Field::new("column_name", DataType::Utf8, true),
-            Field::new("watermark", DataType::Utf8, true),
-            Field::new("late_rows", DataType::UInt64, false),
-        ]));
-        mem_table(
-            schema,
-            vec![
-                Arc::new(StringArray::from(relation)),
-                Arc::new(StringArray::from(column)),
-                Arc::new(StringArray::from(watermark)),
-                Arc::new(UInt64Array::from(late)),
-            ],
-        )
-    }
-
-    /// Each view's readers of each source: splits, finished splits, rows read.
-    fn source_readers(&self) -> DfResult<Arc<dyn TableProvider>> {
-        let names = self.names();
-        let (mut relation, mut source, mut splits, mut finished, mut rows) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, progress) in self.runtime.progress() {
-            let Some(name) = names.get(&id) else {
-                continue;
-            };
-            for (src, r) in &progress.readers {
-                relation.push(name.clone());
-                source.push(names.get(src).cloned().unwrap_or_else(|| src.to_string()));
-                splits.push(r.splits as u64);
-                finished.push(r.finished as u64);
-                rows.push(r.rows);
-            }
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("relation", DataType::Utf8, false),
-            Field::new("source", DataType::Utf8, false),
-            Field::new("splits", DataType::UInt64, false),
-            Field::new("finished_splits", DataType::UInt64, false),
-            Field::new("rows_read", DataType::UInt64, false),
-        ]));
-        mem_table(
-            schema,
-            vec![
-                Arc::new(StringArray::from(relation)),
-                Arc::new(StringArray::from(source)),
-                Arc::new(UInt64Array::from(splits)),
-                Arc::new(UInt64Array::from(finished)),
-                Arc::new(UInt64Array::from(rows)),
-            ],
-        )
-    }
-}
-
-/// A value as the batch engine would print it.
-fn scalar_text(value: &datafusion::scalar::ScalarValue) -> String {
-    value
-        .to_array()
-        .ok()
-        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(&a, 0).ok())
-        .unwrap_or_else(|| value.to_string())
-}
-
-#[async_trait]
-impl SchemaProvider for SystemSchema {
-    fn table_names(&self) -> Vec<String> {
-        vec![
-            VIEW_ERRORS.to_string(),
-            WATERMARKS.to_string(),
-            SOURCE_READERS.to_string(),
-        ]
-    }
-    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if name == WATERMARKS {
-            return self.watermarks().map(Some);
-        }
-        if name == SOURCE_READERS {
-            return self.source_readers().map(Some);
-        }
-        if name != VIEW_ERRORS {
-            return Ok(None);
-        }
-        let names = self.names();
-        let mut relation = Vec::new();
-        let mut count = Vec::new();
-        let mut last = Vec::new();
-        for (id, stats) in self.runtime.errors() {
-            relation.push(names.get(&id).cloned().unwrap_or_else(|| id.to_string()));
-            count.push(stats.count);
-            last.push(stats.last);
-        }
-        for info in self.catalog.all() {
-            if let Some(reason) = self.runtime.coordinator().failure(info.id) {
-                relation.push(info.name.clone());
-                count.push(0);
-                last.push(format!("failed: {reason}"));
-            }
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("relation", DataType::Utf8, false),
-            Field::new("error_count", DataType::UInt64, false),
-            Field::new("last_error", DataType::Utf8, false),
-        ]));
-        mem_table(
-            schema,
-            vec![
-                Arc::new(StringArray::from(relation)),
-                Arc::new(UInt64Array::from(count)),
-                Arc::new(StringArray::from(last)),
-            ],
-        )
-        .map(Some)
-    }
-    fn table_exist(&self, name: &str) -> bool {
-        [VIEW_ERRORS, WATERMARKS, SOURCE_READERS].contains(&name)
     }
 }

@@ -250,6 +250,38 @@ async fn nexmark_views_match_batch_queries() {
     .await
     .expect("watermarks");
     assert_eq!(watermarks, vec!["hop_close|window_start".to_string()]);
+    // Bounded state: once the watermark passed every window and session,
+    // windowed operators hold nothing, while a plain join keeps its inputs.
+    let state = rows_sorted(
+        &client,
+        "SELECT relation, operator, sum(state_rows) FROM eddy_catalog.operator_state WHERE relation IN ('hop_close', 'tumble_update', 'q11', 'session_global_close', 'q3') GROUP BY relation, operator",
+    )
+    .await
+    .expect("operator_state");
+    assert_eq!(
+        state,
+        vec![
+            "hop_close|HashAggregate|0",
+            "q11|HashAggregate|0",
+            "q11|SessionWindow|0",
+            &format!("q3|HashJoin|{}", q3_state_rows(&client).await),
+            "session_global_close|HashAggregate|0",
+            "session_global_close|SessionWindow|0",
+            "tumble_update|HashAggregate|0",
+        ]
+    );
+}
+
+/// Rows a join of `auction` (category 10) and `person` (in or, id, ca) keeps:
+/// every row of both filtered inputs.
+async fn q3_state_rows(client: &tokio_postgres::Client) -> String {
+    let n = rows_sorted(
+        client,
+        "SELECT (SELECT count(*) FROM auction WHERE category = 10) + (SELECT count(*) FROM person WHERE state IN ('or', 'id', 'ca'))",
+    )
+    .await
+    .expect("count inputs");
+    n.concat()
 }
 
 /// Out-of-order rows behind the watermark are dropped by windowed

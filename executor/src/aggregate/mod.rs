@@ -31,7 +31,7 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
-use crate::operator::Operator;
+use crate::operator::{Operator, StateSize};
 use crate::progress::LateRows;
 
 /// One aggregate call, ready to run.
@@ -340,6 +340,15 @@ impl Operator for HashAggregate {
             w.key.late.count(late);
         }
         Ok(())
+    }
+
+    fn state_size(&self) -> Option<StateSize> {
+        let groups = self.groups.len() as u64;
+        Some(StateSize {
+            operator: "HashAggregate",
+            keys: groups,
+            rows: groups,
+        })
     }
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {

@@ -173,6 +173,8 @@ impl PipelineBuilder<'_> {
             ops: instance.ops,
             output,
             coordinator: self.coordinator.clone(),
+            index: self.fragments.len(),
+            progress: self.progress.clone(),
         });
     }
 

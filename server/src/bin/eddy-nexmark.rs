@@ -9,7 +9,9 @@
 //! Prints, per query: seconds from the view's creation until its readers
 //! reached the end of the bounded sources and every change was committed;
 //! source rows per second (total and per core); peak resident memory; the
-//! view's row count. Barriers run every second, as in the server.
+//! view's row count; operator state rows (`eddy_catalog.operator_state`),
+//! the largest seen (sampled every ~0.5 s) and at the end. Barriers run every
+//! second, as in the server.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -47,6 +49,10 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "q8",
         "SELECT P.id, P.name, P.starttime FROM (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) P JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+    ),
+    (
+        "q11",
+        "SELECT bidder, count(*) AS bid_count, window_start AS starttime, window_end AS endtime FROM SESSION(bid, date_time, INTERVAL '10' SECOND, bidder) GROUP BY bidder, window_start, window_end EMIT ON WINDOW CLOSE",
     ),
     (
         "q5_close",
@@ -158,6 +164,11 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
         &format!("CREATE MATERIALIZED VIEW {name} AS {base}{emit}"),
     )
     .await;
+    let state_rows = format!(
+        "SELECT sum(state_rows) FROM eddy_catalog.operator_state WHERE relation = '{name}'"
+    );
+    let mut peak_state = 0;
+    let mut polls = 0u64;
     loop {
         let pending = scalar(
             &engine,
@@ -167,10 +178,16 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
         if pending == 0 {
             break;
         }
+        polls += 1;
+        if polls % 25 == 0 {
+            peak_state = peak_state.max(scalar(&engine, &state_rows).await);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sql(&engine, "FLUSH").await;
     let secs = t0.elapsed().as_secs_f64();
+    let final_state = scalar(&engine, &state_rows).await;
+    peak_state = peak_state.max(final_state);
     let rows = scalar(
         &engine,
         &format!(
@@ -181,7 +198,7 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
     let result_rows = scalar(&engine, &format!("SELECT count(*) FROM {name}")).await;
     let rate = rows as f64 / secs;
     println!(
-        "{name:<9} {rows:>11} {secs:>9.2} {rate:>13.0} {:>13.0} {:>10.0} {result_rows:>11}",
+        "{name:<9} {rows:>11} {secs:>9.2} {rate:>13.0} {:>13.0} {:>10.0} {result_rows:>11} {peak_state:>11} {final_state:>11}",
         rate / cores as f64,
         peak_rss_mib(),
     );
@@ -215,8 +232,16 @@ async fn main() {
     };
     println!("eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores");
     println!(
-        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11}",
-        "query", "rows read", "seconds", "rows/s", "rows/s/core", "peak MiB", "view rows"
+        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11} {:>11}",
+        "query",
+        "rows read",
+        "seconds",
+        "rows/s",
+        "rows/s/core",
+        "peak MiB",
+        "view rows",
+        "peak state",
+        "end state"
     );
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
     for name in selected {

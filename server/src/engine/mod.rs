@@ -35,7 +35,8 @@ use eddy_storage::{RelationKind, Store};
 
 use crate::catalog::Catalog;
 use crate::error::{EddyError, Result};
-use crate::providers::{DmlSchema, PublicSchema, ReadSnapshot, RelationTable, SystemSchema};
+use crate::providers::{DmlSchema, PublicSchema, ReadSnapshot, RelationTable};
+use crate::system_tables::SystemSchema;
 
 /// The catalog (database) name DataFusion sees.
 pub const CATALOG_NAME: &str = "eddy";

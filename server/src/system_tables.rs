@@ -1,0 +1,231 @@
+//! The `eddy_catalog` schema: system tables, built afresh for each query.
+//!
+//! - `view_errors`: per view, expression errors and pipeline failures;
+//! - `watermarks`: per relation and watermarked column, the watermark and
+//!   the late rows dropped;
+//! - `source_readers`: per view and source, splits, finished splits, rows read;
+//! - `operator_state`: per view, fragment and stateful operator, its keys and
+//!   stored rows as of the fragment's last barrier.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::Result as DfResult;
+
+use eddy_executor::Runtime;
+
+use crate::catalog::Catalog;
+
+/// The `eddy_catalog` schema: system tables.
+#[derive(Debug)]
+pub struct SystemSchema {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The runtime.
+    pub runtime: Arc<Runtime>,
+}
+
+const VIEW_ERRORS: &str = "view_errors";
+const WATERMARKS: &str = "watermarks";
+const SOURCE_READERS: &str = "source_readers";
+const OPERATOR_STATE: &str = "operator_state";
+const TABLES: [&str; 4] = [VIEW_ERRORS, WATERMARKS, SOURCE_READERS, OPERATOR_STATE];
+
+fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+impl SystemSchema {
+    fn names(&self) -> HashMap<u32, String> {
+        self.catalog
+            .all()
+            .iter()
+            .map(|r| (r.id, r.name.clone()))
+            .collect()
+    }
+
+    /// Event-time progress: one row per (relation, watermarked column), and
+    /// one with a NULL column for relations that only dropped late rows.
+    fn watermarks(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let (mut relation, mut column, mut watermark, mut late) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, progress) in self.runtime.progress() {
+            let Some(name) = names.get(&id) else {
+                continue;
+            };
+            if progress.watermarks.is_empty() && progress.late_rows == 0 {
+                continue;
+            }
+            if progress.watermarks.is_empty() {
+                relation.push(name.clone());
+                column.push(None);
+                watermark.push(None);
+                late.push(progress.late_rows);
+            }
+            for (c, w) in &progress.watermarks {
+                relation.push(name.clone());
+                column.push(Some(c.clone()));
+                watermark.push(Some(scalar_text(w)));
+                late.push(progress.late_rows);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, true),
+            Field::new("watermark", DataType::Utf8, true),
+            Field::new("late_rows", DataType::UInt64, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(StringArray::from(column)),
+                Arc::new(StringArray::from(watermark)),
+                Arc::new(UInt64Array::from(late)),
+            ],
+        )
+    }
+
+    /// Per view: failed pipelines and expression errors.
+    fn view_errors(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let mut relation = Vec::new();
+        let mut count = Vec::new();
+        let mut last = Vec::new();
+        for (id, stats) in self.runtime.errors() {
+            relation.push(names.get(&id).cloned().unwrap_or_else(|| id.to_string()));
+            count.push(stats.count);
+            last.push(stats.last);
+        }
+        for info in self.catalog.all() {
+            if let Some(reason) = self.runtime.coordinator().failure(info.id) {
+                relation.push(info.name.clone());
+                count.push(0);
+                last.push(format!("failed: {reason}"));
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("error_count", DataType::UInt64, false),
+            Field::new("last_error", DataType::Utf8, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(UInt64Array::from(count)),
+                Arc::new(StringArray::from(last)),
+            ],
+        )
+    }
+
+    /// Per view and stateful fragment: what each operator holds, as of the
+    /// fragment's last barrier.
+    fn operator_state(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let (mut relation, mut fragment, mut operator, mut keys, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, progress) in self.runtime.progress() {
+            let Some(name) = names.get(&id) else {
+                continue;
+            };
+            for (index, sizes) in &progress.state {
+                for size in sizes {
+                    relation.push(name.clone());
+                    fragment.push(*index as u64);
+                    operator.push(size.operator);
+                    keys.push(size.keys);
+                    rows.push(size.rows);
+                }
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("fragment", DataType::UInt64, false),
+            Field::new("operator", DataType::Utf8, false),
+            Field::new("keys", DataType::UInt64, false),
+            Field::new("state_rows", DataType::UInt64, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(UInt64Array::from(fragment)),
+                Arc::new(StringArray::from(operator)),
+                Arc::new(UInt64Array::from(keys)),
+                Arc::new(UInt64Array::from(rows)),
+            ],
+        )
+    }
+
+    /// Each view's readers of each source: splits, finished splits, rows read.
+    fn source_readers(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let names = self.names();
+        let (mut relation, mut source, mut splits, mut finished, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, progress) in self.runtime.progress() {
+            let Some(name) = names.get(&id) else {
+                continue;
+            };
+            for (src, r) in &progress.readers {
+                relation.push(name.clone());
+                source.push(names.get(src).cloned().unwrap_or_else(|| src.to_string()));
+                splits.push(r.splits as u64);
+                finished.push(r.finished as u64);
+                rows.push(r.rows);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("splits", DataType::UInt64, false),
+            Field::new("finished_splits", DataType::UInt64, false),
+            Field::new("rows_read", DataType::UInt64, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(relation)),
+                Arc::new(StringArray::from(source)),
+                Arc::new(UInt64Array::from(splits)),
+                Arc::new(UInt64Array::from(finished)),
+                Arc::new(UInt64Array::from(rows)),
+            ],
+        )
+    }
+}
+
+/// A value as the batch engine would print it.
+fn scalar_text(value: &datafusion::scalar::ScalarValue) -> String {
+    value
+        .to_array()
+        .ok()
+        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(&a, 0).ok())
+        .unwrap_or_else(|| value.to_string())
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let table = match name {
+            VIEW_ERRORS => self.view_errors(),
+            WATERMARKS => self.watermarks(),
+            SOURCE_READERS => self.source_readers(),
+            OPERATOR_STATE => self.operator_state(),
+            _ => return Ok(None),
+        };
+        table.map(Some)
+    }
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}

@@ -21,11 +21,10 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::scalar::ScalarValue;
 
-use eddy_planner::{SessionBound, nanos_to_time, same_session, time_nanos};
+use eddy_planner::{SessionBound, nanos_to_time, same_session, scalar_nanos, time_nanos};
 
 use crate::codec::RowCodec;
 use crate::error::Result;
@@ -391,14 +390,7 @@ impl Operator for SessionWindow {
         if Some(watermark.column) != self.time_column {
             return Ok(vec![]);
         }
-        let tz = match &self.time_type {
-            DataType::Timestamp(_, tz) => tz.clone(),
-            _ => None,
-        };
-        let value = watermark
-            .value
-            .cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, tz))?;
-        let ScalarValue::TimestampNanosecond(Some(w), _) = value else {
+        let Some(w) = scalar_nanos(&watermark.value) else {
             return Ok(vec![]);
         };
         // Changes to sessions about to close go out before the watermark.

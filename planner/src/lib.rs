@@ -11,12 +11,12 @@ mod error;
 mod parse;
 mod session;
 mod stream_plan;
+mod time;
 mod window;
 
 pub use error::{PlanError, Result};
 pub use parse::{CreateSource, EddyStatement, parse_sql};
-pub use session::{
-    SessionBound, nanos_to_time, same_session, session_window_functions, time_nanos,
-};
+pub use session::{SessionBound, same_session, session_window_functions};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
+pub use time::{nanos_to_time, scalar_nanos, time_nanos};
 pub use window::{interval_text_nanos, rewrite_windows};

@@ -20,10 +20,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
-use datafusion::arrow::compute::{SortOptions, cast, sort_to_indices};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use datafusion::arrow::compute::{SortOptions, sort_to_indices};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+
+use crate::time::{nanos_to_time, time_nanos};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{
     PartitionEvaluator, Signature, TypeSignature, Volatility, WindowUDF, WindowUDFImpl,
@@ -58,30 +60,6 @@ impl SessionBound {
             _ => None,
         }
     }
-}
-
-/// Time values as nanoseconds since the epoch (NULL stays NULL).
-pub fn time_nanos(array: &ArrayRef) -> Result<Int64Array> {
-    let tz = match array.data_type() {
-        DataType::Timestamp(_, tz) => tz.clone(),
-        other => return exec_err!("a session window needs a timestamp column, got {other}"),
-    };
-    let nanos = cast(array, &DataType::Timestamp(TimeUnit::Nanosecond, tz))?;
-    Ok(cast(&nanos, &DataType::Int64)?
-        .as_primitive::<Int64Type>()
-        .clone())
-}
-
-/// Nanosecond times back as values of `time_type`.
-pub fn nanos_to_time(nanos: Int64Array, time_type: &DataType) -> Result<ArrayRef> {
-    let DataType::Timestamp(_, tz) = time_type else {
-        return exec_err!("a session window needs a timestamp column, got {time_type}");
-    };
-    let nanos = cast(
-        &nanos,
-        &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
-    )?;
-    Ok(cast(&nanos, time_type)?)
 }
 
 /// The window functions for both bounds, to register with a session context.

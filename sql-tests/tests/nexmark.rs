@@ -174,6 +174,16 @@ const QUERIES: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "interval_join",
+        "SELECT P.id, P.name, A.id AS aid, A.date_time FROM person P JOIN auction A ON P.id = A.seller AND A.date_time BETWEEN P.date_time AND P.date_time + INTERVAL '5' SECOND",
+        false,
+    ),
+    (
+        "interval_left_join",
+        "SELECT P.id, A.id AS aid FROM person P LEFT JOIN auction A ON P.id = A.seller AND A.date_time >= P.date_time AND A.date_time < P.date_time + INTERVAL '2' SECOND",
+        false,
+    ),
+    (
         "session_update",
         "SELECT auction % 7 AS a, window_start, window_end, count(*) AS n, max(price) AS hi FROM TABLE(SESSION(TABLE bid PARTITION BY auction % 7, DESCRIPTOR(date_time), INTERVAL '300' MILLISECOND)) GROUP BY auction % 7, window_start, window_end",
         false,
@@ -250,11 +260,12 @@ async fn nexmark_views_match_batch_queries() {
     .await
     .expect("watermarks");
     assert_eq!(watermarks, vec!["hop_close|window_start".to_string()]);
-    // Bounded state: once the watermark passed every window and session,
-    // windowed operators hold nothing, while a plain join keeps its inputs.
+    // Bounded state: once the watermark passed every window, session and
+    // join interval, those operators hold nothing, while a plain join keeps
+    // its inputs.
     let state = rows_sorted(
         &client,
-        "SELECT relation, operator, sum(state_rows) FROM eddy_catalog.operator_state WHERE relation IN ('hop_close', 'tumble_update', 'q11', 'session_global_close', 'q3') GROUP BY relation, operator",
+        "SELECT relation, operator, sum(state_rows) FROM eddy_catalog.operator_state WHERE relation IN ('hop_close', 'tumble_update', 'q11', 'session_global_close', 'q3', 'q7', 'interval_join', 'interval_left_join') GROUP BY relation, operator",
     )
     .await
     .expect("operator_state");
@@ -262,9 +273,13 @@ async fn nexmark_views_match_batch_queries() {
         state,
         vec![
             "hop_close|HashAggregate|0",
+            "interval_join|HashJoin|0",
+            "interval_left_join|HashJoin|0",
             "q11|HashAggregate|0",
             "q11|SessionWindow|0",
             &format!("q3|HashJoin|{}", q3_state_rows(&client).await),
+            "q7|HashAggregate|0",
+            "q7|HashJoin|0",
             "session_global_close|HashAggregate|0",
             "session_global_close|SessionWindow|0",
             "tumble_update|HashAggregate|0",

@@ -1,5 +1,7 @@
 //! Building joins: one instance per hash partition of the join key (one for
-//! a join without keys), each fed by both sides.
+//! a join without keys), each fed by both sides. Time bounds in the filter
+//! between watermarked columns make it an interval join that cleans its
+//! state by watermark.
 
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -10,7 +12,8 @@ use super::{Built, Instance, PipelineBuilder, batch_schema, cast_to, physical};
 use crate::codec::RowCodec;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::join::{HashJoin, JoinSide};
+use crate::join::{Expiry, HashJoin, JoinSide, expiry_rules};
+use crate::progress::LateRows;
 
 impl PipelineBuilder<'_> {
     #[allow(clippy::too_many_arguments)]
@@ -36,10 +39,23 @@ impl PipelineBuilder<'_> {
             right_keys.push(cast_to(physical(r, &rs)?, &rs, t)?);
         }
         let joined = ls.join(&rs)?;
+        let rules = filter
+            .map(|f| expiry_rules(f, &joined, ls.fields().len()))
+            .unwrap_or_default();
         let filter = filter.map(|f| physical(f, &joined)).transpose()?;
         let n = if on.is_empty() { 1 } else { self.parallelism };
-        let left_pending = self.build(left)?.instances;
-        let right_pending = self.build(right)?.instances;
+        let left_built = self.build(left)?;
+        let right_built = self.build(right)?;
+        // Only rules on columns with watermarks on both sides can ever fire.
+        let watermarked = [&left_built.watermarks, &right_built.watermarks];
+        let rules: Vec<_> = rules
+            .into_iter()
+            .filter(|r| {
+                watermarked[r.side].contains(&r.column)
+                    && watermarked[1 - r.side].contains(&r.other_column)
+            })
+            .collect();
+        let (left_pending, right_pending) = (left_built.instances, right_built.instances);
         let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()));
         let right_inputs = self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()));
         let (lb, rb) = (batch_schema(&ls), batch_schema(&rs));
@@ -66,6 +82,10 @@ impl PipelineBuilder<'_> {
                     batch_schema(&joined),
                     batch_schema(schema),
                     self.evaluator.clone(),
+                    Expiry::new(
+                        rules.clone(),
+                        LateRows::new(self.relation, self.progress.clone()),
+                    ),
                 )?;
                 let ports = [vec![0; l.len()], vec![1; r.len()]].concat();
                 Ok(Instance {

@@ -15,21 +15,31 @@
 //!
 //! Rows with a NULL key never match (unless the join says NULLs are equal),
 //! so they are never stored; they only ever produce their padded row.
+//!
+//! An interval join (time columns of both sides related by constants in the
+//! residual filter) also drops rows no later change can meet, by watermark:
+//! see [`expiry`].
+
+mod expiry;
+
+pub use expiry::{Expiry, expiry_rules};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions,
+};
+use datafusion::arrow::compute::{cast, filter, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 
-use eddy_planner::JoinKind;
+use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::message::{Op, StreamChunk};
+use crate::message::{Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,6 +76,7 @@ pub struct HashJoin {
     evaluator: Evaluator,
     // State.
     state: [SideState; 2],
+    expiry: Option<Expiry>,
 }
 
 /// One output row: left and right encoded rows (None = this side absent).
@@ -83,6 +94,7 @@ impl HashJoin {
         joined_schema: SchemaRef,
         schema: SchemaRef,
         evaluator: Evaluator,
+        expiry: Option<Expiry>,
     ) -> Result<Self> {
         let null_rows = [sides[0].codec.null_row()?, sides[1].codec.null_row()?];
         Ok(Self {
@@ -97,6 +109,7 @@ impl HashJoin {
             schema,
             evaluator,
             state: [HashMap::new(), HashMap::new()],
+            expiry,
         })
     }
 
@@ -209,6 +222,48 @@ impl HashJoin {
     }
 }
 
+impl HashJoin {
+    /// Drops the rows of `chunk` that are late for an interval join, and
+    /// gives the times of the rest (when `side` has expiring rows).
+    fn drop_late(
+        &self,
+        side: usize,
+        chunk: StreamChunk,
+    ) -> Result<(StreamChunk, Option<Int64Array>)> {
+        let Some((expiry, column)) = self
+            .expiry
+            .as_ref()
+            .and_then(|e| e.time_column(side).map(|c| (e, c)))
+        else {
+            return Ok((chunk, None));
+        };
+        let times = time_nanos(chunk.batch.column(column))?;
+        let keep: BooleanArray = (0..times.len())
+            .map(|i| Some(!(times.is_valid(i) && expiry.is_late(side, times.value(i)))))
+            .collect();
+        let late = keep.false_count();
+        if late == 0 {
+            return Ok((chunk, Some(times)));
+        }
+        expiry.count_late(late as u64);
+        let ops: Vec<Op> = chunk
+            .ops
+            .iter()
+            .zip(keep.values().iter())
+            .filter_map(|(op, k)| k.then_some(*op))
+            .collect();
+        let batch = filter_record_batch(&chunk.batch, &keep)?;
+        let times = filter(&times, &keep)?.as_primitive::<Int64Type>().clone();
+        Ok((
+            StreamChunk {
+                batch,
+                ops: ops.into(),
+            },
+            Some(times),
+        ))
+    }
+}
+
 /// An output row holding only `row`, on `side`.
 fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
     if side == 0 {
@@ -235,6 +290,7 @@ impl Operator for HashJoin {
         out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let other = 1 - side;
+        let (chunk, times) = self.drop_late(side, chunk)?;
         let keys = self.keys(side, &chunk.batch)?;
         let encoded = self.sides[side].codec.encode(chunk.batch.columns())?;
 
@@ -311,12 +367,23 @@ impl Operator for HashJoin {
             if let Some(key) = key {
                 let bucket = self.state[side].entry(key.clone()).or_default();
                 let entry = bucket.entry(my_row.into()).or_default();
+                let new = entry.copies == 0;
                 entry.copies += sign;
                 entry.degree = matched;
-                if entry.copies == 0 {
+                let gone = entry.copies == 0;
+                if gone {
                     bucket.remove(my_row);
                     if bucket.is_empty() {
                         self.state[side].remove(key);
+                    }
+                }
+                if let (Some(expiry), Some(times)) = (self.expiry.as_mut(), &times)
+                    && times.is_valid(i)
+                {
+                    if new {
+                        expiry.stored(side, times.value(i), key, my_row);
+                    } else if gone {
+                        expiry.removed(side, times.value(i), key, my_row);
                     }
                 }
             }
@@ -325,5 +392,35 @@ impl Operator for HashJoin {
             out.push(self.build(&output)?);
         }
         Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        port: usize,
+        watermark: Watermark,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        let Some(expiry) = self.expiry.as_mut() else {
+            return Ok(vec![]);
+        };
+        let Some(nanos) = scalar_nanos(&watermark.value) else {
+            return Ok(vec![]);
+        };
+        if !expiry.observe(port, watermark.column, nanos) {
+            return Ok(vec![]);
+        }
+        for side in 0..2 {
+            for (key, row) in expiry.expired(side) {
+                if let Some(bucket) = self.state[side].get_mut(&key) {
+                    bucket.remove(&row);
+                    if bucket.is_empty() {
+                        self.state[side].remove(&key);
+                    }
+                }
+            }
+        }
+        // Stored rows from before the watermark still produce output, so no
+        // output column has one.
+        Ok(vec![])
     }
 }

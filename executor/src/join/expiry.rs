@@ -1,0 +1,215 @@
+//! Interval joins: when a stored join row can leave state.
+//!
+//! A residual conjunct relating a time column of each side by a constant,
+//! normalized to `A <= B + c` (from `<`, `<=`, `>`, `>=`, and so `BETWEEN`),
+//! bounds which rows can still meet. A row of B's side at time `b` only
+//! matches rows of A's side with `A <= b + c`, and every later row of A's
+//! side has `A >= wm(A)` (its watermark). So once `b < wm(A) - c`, no later
+//! row of the other side can match it; once also `b < wm(B)`, no later change
+//! can retract it. Then it leaves state, and its output stays as it is —
+//! which is what keeps an interval join's state bounded.
+//!
+//! Rows that arrive behind their own side's watermark on such a column are
+//! late: the rows they would meet may already be gone, so they are dropped
+//! and counted, as windowed operators do.
+
+use std::collections::{BTreeSet, HashMap};
+
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+
+use crate::progress::LateRows;
+
+/// Rows of one side expire when `column < wm(other side, other_column) + offset`
+/// and `column < wm(own side, column)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryRule {
+    /// The side whose rows expire (0 = left, 1 = right).
+    pub side: usize,
+    /// Time column of that side.
+    pub column: usize,
+    /// Time column of the other side.
+    pub other_column: usize,
+    /// Nanoseconds added to the other side's watermark.
+    pub offset: i64,
+}
+
+/// A column (index into the joined schema) plus a constant in nanoseconds.
+fn shifted_column(expr: &Expr, joined: &DFSchema) -> Option<(usize, i64)> {
+    match expr {
+        Expr::Column(c) => {
+            let i = joined.index_of_column(c).ok()?;
+            matches!(
+                joined.field(i).data_type(),
+                datafusion::arrow::datatypes::DataType::Timestamp(..)
+            )
+            .then_some((i, 0))
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (i, base) = shifted_column(left, joined)?;
+            let Expr::Literal(value, _) = right.as_ref() else {
+                return None;
+            };
+            let n = interval_nanos(value)?;
+            match op {
+                Operator::Plus => base.checked_add(n).map(|o| (i, o)),
+                Operator::Minus => base.checked_sub(n).map(|o| (i, o)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A constant interval's length in nanoseconds (months have none).
+fn interval_nanos(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => i64::from(v.days)
+            .checked_mul(86_400_000_000_000)?
+            .checked_add(v.nanoseconds),
+        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days)
+            .checked_mul(86_400_000_000_000)?
+            .checked_add(i64::from(v.milliseconds).checked_mul(1_000_000)?),
+        _ => None,
+    }
+}
+
+/// The expiry rules a join filter over `joined` (left columns first,
+/// `left_width` of them) implies.
+pub fn expiry_rules(filter: &Expr, joined: &DFSchema, left_width: usize) -> Vec<ExpiryRule> {
+    let mut rules = Vec::new();
+    for conjunct in split_conjunction(filter) {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
+            continue;
+        };
+        // As `a + oa <= b + ob`.
+        let (a, b) = match op {
+            Operator::Lt | Operator::LtEq => (left, right),
+            Operator::Gt | Operator::GtEq => (right, left),
+            _ => continue,
+        };
+        let (Some((a, oa)), Some((b, ob))) = (shifted_column(a, joined), shifted_column(b, joined))
+        else {
+            continue;
+        };
+        let side = |i: usize| usize::from(i >= left_width);
+        let local = |i: usize| if i >= left_width { i - left_width } else { i };
+        if side(a) == side(b) {
+            continue;
+        }
+        // a <= b + c: rows of b's side expire when b < wm(a) - c.
+        let Some(offset) = oa.checked_sub(ob) else {
+            continue;
+        };
+        rules.push(ExpiryRule {
+            side: side(b),
+            column: local(b),
+            other_column: local(a),
+            offset,
+        });
+    }
+    rules
+}
+
+/// Expiry state of an interval join: watermarks seen and stored rows by time.
+#[derive(Debug)]
+pub struct Expiry {
+    /// Per side, the rules on its time column (the first one ruled on).
+    rules: [Vec<ExpiryRule>; 2],
+    /// Per side: column -> watermark in nanoseconds.
+    watermarks: [HashMap<usize, i64>; 2],
+    /// Per side: (time, key, row) of every stored row with a time.
+    stored: [BTreeSet<(i64, Box<[u8]>, Box<[u8]>)>; 2],
+    late: LateRows,
+}
+
+impl Expiry {
+    /// Expiry by `rules`, or None when there are none.
+    pub fn new(rules: Vec<ExpiryRule>, late: LateRows) -> Option<Self> {
+        let mut per_side: [Vec<ExpiryRule>; 2] = [Vec::new(), Vec::new()];
+        for rule in rules {
+            let same_column = per_side[rule.side]
+                .first()
+                .is_none_or(|r| r.column == rule.column);
+            if same_column {
+                per_side[rule.side].push(rule);
+            }
+        }
+        (!per_side.iter().all(Vec::is_empty)).then(|| Self {
+            rules: per_side,
+            watermarks: [HashMap::new(), HashMap::new()],
+            stored: [BTreeSet::new(), BTreeSet::new()],
+            late,
+        })
+    }
+
+    /// The time column of `side` whose rows expire, if any.
+    pub fn time_column(&self, side: usize) -> Option<usize> {
+        self.rules[side].first().map(|r| r.column)
+    }
+
+    /// Whether a row of `side` at `time` arrived behind its watermark.
+    pub fn is_late(&self, side: usize, time: i64) -> bool {
+        self.time_column(side)
+            .and_then(|c| self.watermarks[side].get(&c))
+            .is_some_and(|w| time < *w)
+    }
+
+    /// Counts `rows` late rows.
+    pub fn count_late(&self, rows: u64) {
+        self.late.count(rows);
+    }
+
+    /// Records a watermark; returns whether any rule reads it.
+    pub fn observe(&mut self, side: usize, column: usize, nanos: i64) -> bool {
+        let used = self.rules[side].iter().any(|r| r.column == column)
+            || self.rules[1 - side]
+                .iter()
+                .any(|r| r.other_column == column);
+        if used {
+            let w = self.watermarks[side].entry(column).or_insert(nanos);
+            *w = (*w).max(nanos);
+        }
+        used
+    }
+
+    /// Rows of `side` below this time have expired.
+    fn threshold(&self, side: usize) -> Option<i64> {
+        self.rules[side]
+            .iter()
+            .filter_map(|r| {
+                let other = self.watermarks[1 - side].get(&r.other_column)?;
+                let own = self.watermarks[side].get(&r.column)?;
+                Some(other.saturating_add(r.offset).min(*own))
+            })
+            .max()
+    }
+
+    /// A row of `side` at `time` entered state.
+    pub fn stored(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
+        self.stored[side].insert((time, key.into(), row.into()));
+    }
+
+    /// A row of `side` at `time` left state.
+    pub fn removed(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
+        self.stored[side].remove(&(time, key.into(), row.into()));
+    }
+
+    /// Takes the (key, row) of every expired row of `side`.
+    pub fn expired(&mut self, side: usize) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+        let Some(threshold) = self.threshold(side) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        while self.stored[side]
+            .first()
+            .is_some_and(|(t, _, _)| *t < threshold)
+        {
+            if let Some((_, key, row)) = self.stored[side].pop_first() {
+                out.push((key, row));
+            }
+        }
+        out
+    }
+}

@@ -265,7 +265,7 @@ async fn nexmark_views_match_batch_queries() {
     // its inputs.
     let state = rows_sorted(
         &client,
-        "SELECT relation, operator, sum(state_rows) FROM eddy_catalog.operator_state WHERE relation IN ('hop_close', 'tumble_update', 'q11', 'session_global_close', 'q3', 'q7', 'interval_join', 'interval_left_join') GROUP BY relation, operator",
+        "SELECT relation, operator, sum(state_rows) FROM eddy_catalog.operator_state WHERE relation IN ('hop_close', 'tumble_update', 'q11', 'session_global_close', 'q3', 'q7', 'q8', 'interval_join', 'interval_left_join') GROUP BY relation, operator",
     )
     .await
     .expect("operator_state");
@@ -280,6 +280,8 @@ async fn nexmark_views_match_batch_queries() {
             &format!("q3|HashJoin|{}", q3_state_rows(&client).await),
             "q7|HashAggregate|0",
             "q7|HashJoin|0",
+            "q8|HashAggregate|0",
+            "q8|HashJoin|0",
             "session_global_close|HashAggregate|0",
             "session_global_close|SessionWindow|0",
             "tumble_update|HashAggregate|0",

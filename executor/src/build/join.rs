@@ -12,7 +12,7 @@ use super::{Built, Instance, PipelineBuilder, batch_schema, cast_to, physical};
 use crate::codec::RowCodec;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::join::{Expiry, HashJoin, JoinSide, expiry_rules};
+use crate::join::{Expiry, HashJoin, JoinSide, expiry_rules, key_rules};
 use crate::progress::LateRows;
 
 impl PipelineBuilder<'_> {
@@ -39,9 +39,10 @@ impl PipelineBuilder<'_> {
             right_keys.push(cast_to(physical(r, &rs)?, &rs, t)?);
         }
         let joined = ls.join(&rs)?;
-        let rules = filter
-            .map(|f| expiry_rules(f, &joined, ls.fields().len()))
-            .unwrap_or_default();
+        let mut rules = key_rules(on, &ls, &rs);
+        if let Some(f) = filter {
+            rules.extend(expiry_rules(f, &joined, ls.fields().len()));
+        }
         let filter = filter.map(|f| physical(f, &joined)).transpose()?;
         let n = if on.is_empty() { 1 } else { self.parallelism };
         let left_built = self.build(left)?;

@@ -9,6 +9,9 @@
 //! can retract it. Then it leaves state, and its output stays as it is —
 //! which is what keeps an interval join's state bounded.
 //!
+//! Equal time keys (`l = r`, a window join) are the special case `c = 0`
+//! both ways.
+//!
 //! Rows that arrive behind their own side's watermark on such a column are
 //! late: the rows they would meet may already be gone, so they are dropped
 //! and counted, as windowed operators do.
@@ -110,6 +113,31 @@ pub fn expiry_rules(filter: &Expr, joined: &DFSchema, left_width: usize) -> Vec<
         });
     }
     rules
+}
+
+/// The expiry rules equal time keys imply: `l = r` is both `l <= r + 0`
+/// and `r <= l + 0` (a window join on `window_start`, say).
+pub fn key_rules(on: &[(Expr, Expr)], left: &DFSchema, right: &DFSchema) -> Vec<ExpiryRule> {
+    let time_column = |e: &Expr, schema: &DFSchema| match e {
+        Expr::Column(c) => schema.index_of_column(c).ok().filter(|&i| {
+            matches!(
+                schema.field(i).data_type(),
+                datafusion::arrow::datatypes::DataType::Timestamp(..)
+            )
+        }),
+        _ => None,
+    };
+    on.iter()
+        .filter_map(|(l, r)| Some((time_column(l, left)?, time_column(r, right)?)))
+        .flat_map(|(l, r)| {
+            [(0, l, r), (1, r, l)].map(|(side, column, other_column)| ExpiryRule {
+                side,
+                column,
+                other_column,
+                offset: 0,
+            })
+        })
+        .collect()
 }
 
 /// Expiry state of an interval join: watermarks seen and stored rows by time.

@@ -22,7 +22,7 @@
 
 mod expiry;
 
-pub use expiry::{Expiry, expiry_rules};
+pub use expiry::{Expiry, expiry_rules, key_rules};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -140,6 +140,9 @@ pub fn key_rules(on: &[(Expr, Expr)], left: &DFSchema, right: &DFSchema) -> Vec<
         .collect()
 }
 
+/// A stored join row: (join key, row), encoded.
+type StoredRow = (Box<[u8]>, Box<[u8]>);
+
 /// Expiry state of an interval join: watermarks seen and stored rows by time.
 #[derive(Debug)]
 pub struct Expiry {
@@ -148,7 +151,7 @@ pub struct Expiry {
     /// Per side: column -> watermark in nanoseconds.
     watermarks: [HashMap<usize, i64>; 2],
     /// Per side: (time, key, row) of every stored row with a time.
-    stored: [BTreeSet<(i64, Box<[u8]>, Box<[u8]>)>; 2],
+    stored: [BTreeSet<(i64, StoredRow)>; 2],
     late: LateRows,
 }
 
@@ -216,26 +219,26 @@ impl Expiry {
 
     /// A row of `side` at `time` entered state.
     pub fn stored(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
-        self.stored[side].insert((time, key.into(), row.into()));
+        self.stored[side].insert((time, (key.into(), row.into())));
     }
 
     /// A row of `side` at `time` left state.
     pub fn removed(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
-        self.stored[side].remove(&(time, key.into(), row.into()));
+        self.stored[side].remove(&(time, (key.into(), row.into())));
     }
 
     /// Takes the (key, row) of every expired row of `side`.
-    pub fn expired(&mut self, side: usize) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+    pub fn expired(&mut self, side: usize) -> Vec<StoredRow> {
         let Some(threshold) = self.threshold(side) else {
             return vec![];
         };
         let mut out = Vec::new();
         while self.stored[side]
             .first()
-            .is_some_and(|(t, _, _)| *t < threshold)
+            .is_some_and(|(t, _)| *t < threshold)
         {
-            if let Some((_, key, row)) = self.stored[side].pop_first() {
-                out.push((key, row));
+            if let Some((_, stored)) = self.stored[side].pop_first() {
+                out.push(stored);
             }
         }
         out

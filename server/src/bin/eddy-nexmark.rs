@@ -179,7 +179,7 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
             break;
         }
         polls += 1;
-        if polls % 25 == 0 {
+        if polls.is_multiple_of(25) {
             peak_state = peak_state.max(scalar(&engine, &state_rows).await);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

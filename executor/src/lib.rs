@@ -19,6 +19,7 @@ mod eval;
 mod fragment;
 pub mod input;
 mod join;
+mod key;
 mod materialize;
 mod message;
 mod operator;

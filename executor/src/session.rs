@@ -29,6 +29,7 @@ use eddy_planner::{SessionBound, nanos_to_time, same_session, scalar_nanos, time
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::key::KeyEncoder;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::progress::LateRows;
@@ -73,8 +74,7 @@ impl Partition {
 /// The session window operator.
 #[derive(Debug)]
 pub struct SessionWindow {
-    partition_by: Vec<Arc<dyn PhysicalExpr>>,
-    partition_codec: RowCodec,
+    partitions_of: KeyEncoder,
     time: Arc<dyn PhysicalExpr>,
     /// The input column `time` is, when it is one (watermarks arrive on it).
     time_column: Option<usize>,
@@ -120,15 +120,9 @@ impl SessionWindow {
         evaluator: Evaluator,
         late: LateRows,
     ) -> Result<Self> {
-        let partition_types = spec
-            .partition_by
-            .iter()
-            .map(|e| e.data_type(input))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let time_type = spec.time.data_type(input)?;
         Ok(Self {
-            partition_by: spec.partition_by,
-            partition_codec: RowCodec::new(partition_types)?,
+            partitions_of: KeyEncoder::new(spec.partition_by, input)?,
             time: spec.time,
             time_column: spec.time_column,
             time_type,
@@ -336,15 +330,7 @@ impl Operator for SessionWindow {
         _out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let batch = &chunk.batch;
-        let n = batch.num_rows();
-        let keys: Vec<Encoded> = if self.partition_by.is_empty() {
-            vec![Arc::from([]); n]
-        } else {
-            let encoded = self
-                .partition_codec
-                .encode(&self.evaluator.eval_all(&self.partition_by, batch)?)?;
-            encoded.iter().map(|r| r.as_ref().into()).collect()
-        };
+        let keys: Vec<Encoded> = self.partitions_of.keys(&self.evaluator, batch)?;
         let times = time_nanos(&self.evaluator.eval(&self.time, batch)?)?;
         let rows = self.row_codec.encode(batch.columns())?;
         let mut late = 0;

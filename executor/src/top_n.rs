@@ -21,6 +21,7 @@ use datafusion::physical_expr::PhysicalSortExpr;
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::key::KeyEncoder;
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::{Operator, StateSize};
 
@@ -38,8 +39,7 @@ struct Partition {
 /// The top-N / row-number operator.
 #[derive(Debug)]
 pub struct TopN {
-    partition_by: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    partition_codec: RowCodec,
+    partitions_of: KeyEncoder,
     order_by: Vec<PhysicalSortExpr>,
     order_codec: RowConverter,
     row_codec: RowCodec,
@@ -60,10 +60,6 @@ impl TopN {
         schema: SchemaRef,
         evaluator: Evaluator,
     ) -> Result<Self> {
-        let partition_types = partition_by
-            .iter()
-            .map(|e| e.data_type(input))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let order_fields = order_by
             .iter()
             .map(|s| {
@@ -74,8 +70,7 @@ impl TopN {
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         Ok(Self {
-            partition_by,
-            partition_codec: RowCodec::new(partition_types)?,
+            partitions_of: KeyEncoder::new(partition_by, input)?,
             order_by,
             order_codec: RowConverter::new(order_fields)?,
             row_codec: RowCodec::for_schema(input)?,
@@ -124,14 +119,7 @@ impl Operator for TopN {
         let batch = &chunk.batch;
         let n = batch.num_rows();
         // No PARTITION BY (or no ORDER BY): one empty key for every row.
-        let partitions: Vec<Box<[u8]>> = if self.partition_by.is_empty() {
-            vec![Box::new([]); n]
-        } else {
-            let encoded = self
-                .partition_codec
-                .encode(&self.evaluator.eval_all(&self.partition_by, batch)?)?;
-            encoded.iter().map(|r| r.as_ref().into()).collect()
-        };
+        let partitions: Vec<Box<[u8]>> = self.partitions_of.keys(&self.evaluator, batch)?;
         let orders: Vec<Box<[u8]>> = if self.order_by.is_empty() {
             vec![Box::new([]); n]
         } else {

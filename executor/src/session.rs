@@ -3,11 +3,13 @@
 //! Each input row comes out with its session's bounds appended (see
 //! `eddy_planner::same_session` for what a session is). State per partition:
 //! its sessions (first time -> last time) and its rows by time. A change can
-//! move session bounds — an insert may join sessions, a delete may split one
-//! — and then every row of the affected sessions is retracted with its old
-//! bounds and inserted with the new ones. Output is consolidated per epoch
-//! (net count per row and bounds), so rows whose bounds end up unchanged
-//! produce nothing.
+//! move session bounds — an insert may join sessions, a delete may split one.
+//! Changes only update state during an epoch; at its end (or before a
+//! watermark leaves), each touched partition compares its sessions with
+//! those it last emitted: every row of a session that changed is retracted
+//! with its old bounds and inserted with the new ones, and rows changed
+//! within an unchanged session are emitted as they are. So a session that
+//! grows by many rows in one epoch is re-emitted once, not once per row.
 //!
 //! With a watermark `w` on the time column, a session whose end (last time
 //! plus gap) is at most `w` can never change: a row at `t >= w` is at least
@@ -49,15 +51,6 @@ struct Partition {
 }
 
 impl Partition {
-    /// The session containing `t`, if any.
-    fn containing(&self, t: i64) -> Option<Span> {
-        self.sessions
-            .range(..=t)
-            .next_back()
-            .filter(|(_, last)| **last >= t)
-            .map(|(f, l)| (*f, *l))
-    }
-
     /// Runs of this partition's row times within `span` that form sessions.
     fn split(&self, span: Span, gap: i64) -> Vec<Span> {
         let mut runs: Vec<Span> = Vec::new();
@@ -92,8 +85,36 @@ pub struct SessionWindow {
     stored: u64,
     /// Rows below this time are late.
     closed_below: Option<i64>,
-    /// Net output this epoch: (row, session) -> count; no session for a NULL time.
-    pending: HashMap<(Encoded, Option<Span>), i64>,
+    /// Partitions changed this epoch.
+    touched: HashMap<Encoded, Touched>,
+    /// Net change this epoch of rows with a NULL time (they have no session).
+    untimed: HashMap<Encoded, i64>,
+}
+
+/// One partition's changes this epoch.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Its sessions as last emitted.
+    before: BTreeMap<i64, i64>,
+    /// Net row changes: time -> row -> count.
+    delta: HashMap<i64, HashMap<Encoded, i64>>,
+}
+
+/// The session of `sessions` containing `t`, if any.
+fn containing(sessions: &BTreeMap<i64, i64>, t: i64) -> Option<Span> {
+    sessions
+        .range(..=t)
+        .next_back()
+        .filter(|(_, last)| **last >= t)
+        .map(|(f, l)| (*f, *l))
+}
+
+/// Sessions of `a` that `b` does not have, bounds and all.
+fn changed(a: &BTreeMap<i64, i64>, b: &BTreeMap<i64, i64>) -> Vec<Span> {
+    a.iter()
+        .filter(|(first, last)| b.get(first) != Some(last))
+        .map(|(f, l)| (*f, *l))
+        .collect()
 }
 
 /// Everything [`SessionWindow::new`] needs.
@@ -136,40 +157,23 @@ impl SessionWindow {
             by_end: BTreeSet::new(),
             stored: 0,
             closed_below: None,
-            pending: HashMap::new(),
+            touched: HashMap::new(),
+            untimed: HashMap::new(),
         })
-    }
-
-    fn emit(&mut self, row: &Encoded, session: Option<Span>, count: i64) {
-        let entry = self.pending.entry((row.clone(), session)).or_insert(0);
-        *entry += count;
-        if *entry == 0 {
-            self.pending.remove(&(row.clone(), session));
-        }
     }
 
     fn end(&self, span: Span) -> i64 {
         span.1.saturating_add(self.gap)
     }
 
-    /// Moves every row of `old` sessions to session `new` (in output and index).
-    fn rebound(&mut self, key: &Encoded, old: &[Span], new: &[Span]) {
-        let Some(partition) = self.partitions.get_mut(key) else {
-            return;
-        };
-        for span in old {
-            partition.sessions.remove(&span.0);
-        }
-        for span in new {
-            partition.sessions.insert(span.0, span.1);
-        }
-        let mut moves: Vec<(Encoded, Span, Span, i64)> = Vec::new();
-        for &span in new {
-            for (t, rows) in partition.rows.range(span.0..=span.1) {
-                let Some(&from) = old.iter().find(|o| o.0 <= *t && *t <= o.1) else {
-                    continue;
-                };
-                moves.extend(rows.iter().map(|(row, n)| (row.clone(), from, span, *n)));
+    /// Replaces sessions `old` of partition `key` by `new` (and in the index).
+    fn reshape(&mut self, key: &Encoded, old: &[Span], new: &[Span]) {
+        if let Some(partition) = self.partitions.get_mut(key) {
+            for span in old {
+                partition.sessions.remove(&span.0);
+            }
+            for span in new {
+                partition.sessions.insert(span.0, span.1);
             }
         }
         for span in old {
@@ -178,15 +182,28 @@ impl SessionWindow {
         for span in new {
             self.by_end.insert((self.end(*span), key.clone(), span.0));
         }
-        for (row, from, to, n) in moves {
-            if from != to {
-                self.emit(&row, Some(from), -n);
-                self.emit(&row, Some(to), n);
-            }
+    }
+
+    /// Remembers partition `key`'s sessions as emitted, at its first change this epoch.
+    fn touch(&mut self, key: &Encoded) {
+        if !self.touched.contains_key(key) {
+            let before = self
+                .partitions
+                .get(key)
+                .map(|p| p.sessions.clone())
+                .unwrap_or_default();
+            self.touched.insert(
+                key.clone(),
+                Touched {
+                    before,
+                    delta: HashMap::new(),
+                },
+            );
         }
     }
 
-    fn insert(&mut self, key: Encoded, row: Encoded, t: i64) {
+    /// Adds one copy of `row`.
+    fn insert(&mut self, key: &Encoded, row: &Encoded, t: i64) {
         let gap = self.gap;
         let partition = self.partitions.entry(key.clone()).or_default();
         let mut joined: Vec<Span> = Vec::new();
@@ -217,27 +234,27 @@ impl SessionWindow {
         let last = joined.iter().map(|s| s.1).fold(t, i64::max);
         let span = (first, last);
         if joined != [span] {
-            self.rebound(&key, &joined, &[span]);
+            self.reshape(key, &joined, &[span]);
         }
-        self.emit(&row, Some(span), 1);
     }
 
-    fn delete(&mut self, key: Encoded, row: Encoded, t: i64) {
-        let Some(partition) = self.partitions.get_mut(&key) else {
-            return;
+    /// Retracts one copy of `row`; false if there was none.
+    fn delete(&mut self, key: &Encoded, row: &Encoded, t: i64) -> bool {
+        let Some(partition) = self.partitions.get_mut(key) else {
+            return false;
         };
-        let Some(span) = partition.containing(t) else {
-            return;
+        let Some(span) = containing(&partition.sessions, t) else {
+            return false;
         };
         let Some(rows) = partition.rows.get_mut(&t) else {
-            return;
+            return false;
         };
-        let Some(n) = rows.get_mut(&row) else {
-            return;
+        let Some(n) = rows.get_mut(row) else {
+            return false;
         };
         *n -= 1;
         if *n <= 0 {
-            rows.remove(&row);
+            rows.remove(row);
             self.stored -= 1;
             if rows.is_empty() {
                 partition.rows.remove(&t);
@@ -245,13 +262,13 @@ impl SessionWindow {
         }
         let runs = partition.split(span, self.gap);
         let empty = partition.rows.is_empty();
-        self.emit(&row, Some(span), -1);
         if runs != [span] {
-            self.rebound(&key, &[span], &runs);
+            self.reshape(key, &[span], &runs);
         }
         if empty {
-            self.partitions.remove(&key);
+            self.partitions.remove(key);
         }
+        true
     }
 
     /// Drops sessions that end at or before `watermark` from state.
@@ -282,15 +299,84 @@ impl SessionWindow {
         }
     }
 
+    /// The output changes of partition `key` since it was last emitted:
+    /// (row, session, count) with a signed count.
+    fn settle(
+        &self,
+        key: &Encoded,
+        touched: &Touched,
+        out: &mut Vec<(Encoded, Option<Span>, i64)>,
+    ) {
+        let Touched { before, delta } = touched;
+        let partition = self.partitions.get(key);
+        let no_sessions = BTreeMap::new();
+        let after = partition.map_or(&no_sessions, |p| &p.sessions);
+        let (gone, new) = (changed(before, after), changed(after, before));
+        let now = |t: i64, row: &Encoded| {
+            partition
+                .and_then(|p| p.rows.get(&t))
+                .and_then(|rows| rows.get(row))
+                .copied()
+                .unwrap_or(0)
+        };
+        let change = |t: i64, row: &Encoded| {
+            delta
+                .get(&t)
+                .and_then(|rows| rows.get(row))
+                .copied()
+                .unwrap_or(0)
+        };
+        if let Some(p) = partition {
+            for span in &new {
+                for rows in p.rows.range(span.0..=span.1).map(|(_, r)| r) {
+                    out.extend(rows.iter().map(|(row, n)| (row.clone(), Some(*span), *n)));
+                }
+            }
+            // Rows still here that were in a changed session: their count before.
+            for span in &gone {
+                for (t, rows) in p.rows.range(span.0..=span.1) {
+                    for (row, n) in rows {
+                        let was = n - change(*t, row);
+                        if was > 0 {
+                            out.push((row.clone(), Some(*span), -was));
+                        }
+                    }
+                }
+            }
+        }
+        for (t, rows) in delta {
+            let Some(old) = containing(before, *t) else {
+                // In no session before: only in a new one, emitted above.
+                continue;
+            };
+            let session_changed = gone.contains(&old);
+            for (row, d) in rows.iter().filter(|(_, d)| **d != 0) {
+                // In an unchanged session a row's own change is its output;
+                // in a changed one, only rows gone entirely are left to retract.
+                if !session_changed || now(*t, row) == 0 {
+                    out.push((row.clone(), Some(old), *d));
+                }
+            }
+        }
+    }
+
     fn flush(&mut self, out: &mut Vec<StreamChunk>) -> Result<()> {
-        if self.pending.is_empty() {
+        let mut changes: Vec<(Encoded, Option<Span>, i64)> = self
+            .untimed
+            .drain()
+            .map(|(row, n)| (row, None, n))
+            .collect();
+        let touched = std::mem::take(&mut self.touched);
+        for (key, t) in &touched {
+            self.settle(key, t, &mut changes);
+        }
+        if changes.is_empty() {
             return Ok(());
         }
         let mut ops = Vec::new();
         let mut rows: Vec<&[u8]> = Vec::new();
         let mut spans: Vec<Option<Span>> = Vec::new();
-        let pending = std::mem::take(&mut self.pending);
-        for ((row, span), n) in &pending {
+        for (row, span, n) in &changes {
             let op = if *n > 0 { Op::Insert } else { Op::Delete };
             for _ in 0..n.unsigned_abs() {
                 ops.push(op);
@@ -338,7 +424,8 @@ impl Operator for SessionWindow {
             let row: Encoded = rows.row(i).as_ref().into();
             let op = chunk.ops[i];
             if times.is_null(i) {
-                self.emit(&row, None, op.sign());
+                let n = self.untimed.entry(row).or_insert(0);
+                *n += op.sign();
                 continue;
             }
             let t = times.value(i);
@@ -346,9 +433,16 @@ impl Operator for SessionWindow {
                 late += 1;
                 continue;
             }
-            match op {
-                Op::Insert => self.insert(key, row, t),
-                Op::Delete => self.delete(key, row, t),
+            self.touch(&key);
+            let applied = match op {
+                Op::Insert => {
+                    self.insert(&key, &row, t);
+                    true
+                }
+                Op::Delete => self.delete(&key, &row, t),
+            };
+            if applied && let Some(touched) = self.touched.get_mut(&key) {
+                *touched.delta.entry(t).or_default().entry(row).or_insert(0) += op.sign();
             }
         }
         self.late.count(late);

@@ -48,6 +48,8 @@ pub struct TopN {
     evaluator: Evaluator,
     partitions: HashMap<Box<[u8]>, Partition>,
     touched: HashSet<Box<[u8]>>,
+    /// Distinct (order key, row) entries over all partitions.
+    stored: u64,
 }
 
 impl TopN {
@@ -79,6 +81,7 @@ impl TopN {
             evaluator,
             partitions: HashMap::new(),
             touched: HashSet::new(),
+            stored: 0,
         })
     }
 
@@ -143,11 +146,13 @@ impl Operator for TopN {
                     *o.get_mut() += sign;
                     if *o.get() <= 0 {
                         o.remove();
+                        self.stored -= 1;
                     }
                 }
                 Entry::Vacant(v) => {
                     if sign > 0 {
                         v.insert(sign);
+                        self.stored += 1;
                     }
                 }
             }
@@ -159,7 +164,7 @@ impl Operator for TopN {
         Some(StateSize {
             operator: "TopN",
             keys: self.partitions.len() as u64,
-            rows: self.partitions.values().map(|p| p.rows.len() as u64).sum(),
+            rows: self.stored,
         })
     }
 

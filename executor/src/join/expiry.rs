@@ -16,7 +16,7 @@
 //! late: the rows they would meet may already be gone, so they are dropped
 //! and counted, as windowed operators do.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
@@ -140,9 +140,6 @@ pub fn key_rules(on: &[(Expr, Expr)], left: &DFSchema, right: &DFSchema) -> Vec<
         .collect()
 }
 
-/// A stored join row: (join key, row), encoded.
-type StoredRow = (Box<[u8]>, Box<[u8]>);
-
 /// Expiry state of an interval join: watermarks seen and stored rows by time.
 #[derive(Debug)]
 pub struct Expiry {
@@ -150,8 +147,10 @@ pub struct Expiry {
     rules: [Vec<ExpiryRule>; 2],
     /// Per side: column -> watermark in nanoseconds.
     watermarks: [HashMap<usize, i64>; 2],
-    /// Per side: (time, key, row) of every stored row with a time.
-    stored: [BTreeSet<(i64, StoredRow)>; 2],
+    /// Per side: time -> join keys under which a row of that time was
+    /// stored. Entries of rows retracted since are left to expire with the
+    /// rest (the join's own state says which rows are still there).
+    stored: [BTreeMap<i64, Vec<Box<[u8]>>>; 2],
     late: LateRows,
 }
 
@@ -170,7 +169,7 @@ impl Expiry {
         (!per_side.iter().all(Vec::is_empty)).then(|| Self {
             rules: per_side,
             watermarks: [HashMap::new(), HashMap::new()],
-            stored: [BTreeSet::new(), BTreeSet::new()],
+            stored: [BTreeMap::new(), BTreeMap::new()],
             late,
         })
     }
@@ -217,30 +216,20 @@ impl Expiry {
             .max()
     }
 
-    /// A row of `side` at `time` entered state.
-    pub fn stored(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
-        self.stored[side].insert((time, (key.into(), row.into())));
+    /// A row of `side` at `time` entered state under `key`.
+    pub fn stored(&mut self, side: usize, time: i64, key: &[u8]) {
+        self.stored[side].entry(time).or_default().push(key.into());
     }
 
-    /// A row of `side` at `time` left state.
-    pub fn removed(&mut self, side: usize, time: i64, key: &[u8], row: &[u8]) {
-        self.stored[side].remove(&(time, (key.into(), row.into())));
-    }
-
-    /// Takes the (key, row) of every expired row of `side`.
-    pub fn expired(&mut self, side: usize) -> Vec<StoredRow> {
-        let Some(threshold) = self.threshold(side) else {
-            return vec![];
-        };
-        let mut out = Vec::new();
-        while self.stored[side]
-            .first()
-            .is_some_and(|(t, _)| *t < threshold)
-        {
-            if let Some((_, stored)) = self.stored[side].pop_first() {
-                out.push(stored);
-            }
-        }
-        out
+    /// Takes the expiry threshold of `side` (rows with an earlier time have
+    /// expired) and the distinct keys holding such rows.
+    pub fn expired(&mut self, side: usize) -> Option<(i64, Vec<Box<[u8]>>)> {
+        let threshold = self.threshold(side)?;
+        let later = self.stored[side].split_off(&threshold);
+        let expired = std::mem::replace(&mut self.stored[side], later);
+        let mut keys: Vec<Box<[u8]>> = expired.into_values().flatten().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some((threshold, keys))
     }
 }

@@ -46,6 +46,8 @@ use crate::operator::{Operator, StateSize};
 struct Entry {
     copies: i64,
     degree: i64,
+    /// The row's time, in an interval join (see [`expiry`]).
+    time: Option<i64>,
 }
 
 type SideState = HashMap<Box<[u8]>, HashMap<Box<[u8]>, Entry>>;
@@ -76,6 +78,8 @@ pub struct HashJoin {
     evaluator: Evaluator,
     // State.
     state: [SideState; 2],
+    /// Rows stored per side (distinct rows; for state size).
+    rows: [u64; 2],
     expiry: Option<Expiry>,
 }
 
@@ -109,6 +113,7 @@ impl HashJoin {
             schema,
             evaluator,
             state: [HashMap::new(), HashMap::new()],
+            rows: [0, 0],
             expiry,
         })
     }
@@ -275,11 +280,10 @@ fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
 
 impl Operator for HashJoin {
     fn state_size(&self) -> Option<StateSize> {
-        let sides = self.state.iter();
         Some(StateSize {
             operator: "HashJoin",
-            keys: sides.clone().map(|s| s.len() as u64).sum(),
-            rows: sides.flat_map(|s| s.values()).map(|b| b.len() as u64).sum(),
+            keys: self.state.iter().map(|s| s.len() as u64).sum(),
+            rows: self.rows.iter().sum(),
         })
     }
 
@@ -365,25 +369,23 @@ impl Operator for HashJoin {
             }
             // Store or retract the row itself.
             if let Some(key) = key {
+                let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
                 let bucket = self.state[side].entry(key.clone()).or_default();
                 let entry = bucket.entry(my_row.into()).or_default();
-                let new = entry.copies == 0;
-                entry.copies += sign;
-                entry.degree = matched;
-                let gone = entry.copies == 0;
-                if gone {
-                    bucket.remove(my_row);
-                    if bucket.is_empty() {
-                        self.state[side].remove(key);
+                if entry.copies == 0 {
+                    entry.time = time;
+                    self.rows[side] += 1;
+                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
+                        expiry.stored(side, t, key);
                     }
                 }
-                if let (Some(expiry), Some(times)) = (self.expiry.as_mut(), &times)
-                    && times.is_valid(i)
-                {
-                    if new {
-                        expiry.stored(side, times.value(i), key, my_row);
-                    } else if gone {
-                        expiry.removed(side, times.value(i), key, my_row);
+                entry.copies += sign;
+                entry.degree = matched;
+                if entry.copies == 0 {
+                    bucket.remove(my_row);
+                    self.rows[side] -= 1;
+                    if bucket.is_empty() {
+                        self.state[side].remove(key);
                     }
                 }
             }
@@ -410,12 +412,18 @@ impl Operator for HashJoin {
             return Ok(vec![]);
         }
         for side in 0..2 {
-            for (key, row) in expiry.expired(side) {
-                if let Some(bucket) = self.state[side].get_mut(&key) {
-                    bucket.remove(&row);
-                    if bucket.is_empty() {
-                        self.state[side].remove(&key);
-                    }
+            let Some((threshold, keys)) = expiry.expired(side) else {
+                continue;
+            };
+            for key in keys {
+                let Some(bucket) = self.state[side].get_mut(&key) else {
+                    continue;
+                };
+                let before = bucket.len();
+                bucket.retain(|_, e| e.time.is_none_or(|t| t >= threshold));
+                self.rows[side] -= (before - bucket.len()) as u64;
+                if bucket.is_empty() {
+                    self.state[side].remove(&key);
                 }
             }
         }

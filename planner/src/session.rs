@@ -23,8 +23,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::arrow::compute::{SortOptions, sort_to_indices};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 
+use datafusion::physical_expr::expressions::Literal;
+
+use crate::error::PlanError;
 use crate::time::{nanos_to_time, time_nanos};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{
@@ -40,6 +43,19 @@ pub const SESSION_END: &str = "session_window_end";
 /// (`next >= last`): the defining rule of a session window.
 pub fn same_session(last: i64, next: i64, gap: i64) -> bool {
     next.saturating_sub(last) < gap
+}
+
+/// The gap argument of a session window function: a positive constant
+/// number of nanoseconds (`value` is None when the argument is no constant).
+pub fn session_gap(value: Option<&ScalarValue>) -> std::result::Result<i64, PlanError> {
+    match value.map(|v| v.cast_to(&DataType::Int64)) {
+        Some(Ok(ScalarValue::Int64(Some(gap)))) if gap > 0 => Ok(gap),
+        _ => Err(PlanError::InvalidParameter(format!(
+            "the gap of a session window function must be a positive constant number of nanoseconds, got {}",
+            value.map_or("an expression that is not a constant".to_string(), |v| v
+                .to_string())
+        ))),
+    }
 }
 
 /// Which bound of its session a window function gives.
@@ -99,9 +115,18 @@ impl WindowUDFImpl for SessionWindowFunction {
 
     fn partition_evaluator(
         &self,
-        _args: PartitionEvaluatorArgs,
+        args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(SessionEvaluator { bound: self.bound }))
+        let gap = args
+            .input_exprs()
+            .get(1)
+            .and_then(|e| e.as_ref().downcast_ref::<Literal>())
+            .map(|l| l.value());
+        let gap = session_gap(gap).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Box::new(SessionEvaluator {
+            bound: self.bound,
+            gap,
+        }))
     }
 
     fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
@@ -109,7 +134,7 @@ impl WindowUDFImpl for SessionWindowFunction {
         match time {
             Some(t @ DataType::Timestamp(..)) => Ok(Arc::new(Field::new(args.name(), t, true))),
             other => plan_err!(
-                "{}: the time column must be a timestamp, got {}",
+                "{}: the time column must be of a timestamp type, got {}",
                 self.name(),
                 other.map_or("nothing".into(), |t| t.to_string())
             ),
@@ -120,17 +145,15 @@ impl WindowUDFImpl for SessionWindowFunction {
 #[derive(Debug)]
 struct SessionEvaluator {
     bound: SessionBound,
+    gap: i64,
 }
 
 impl PartitionEvaluator for SessionEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        let [time, gap, ..] = values else {
+        let Some(time) = values.first() else {
             return exec_err!("session window functions take (time, gap_nanoseconds)");
         };
-        let gap = match ScalarValue::try_from_array(gap, 0)?.cast_to(&DataType::Int64)? {
-            ScalarValue::Int64(Some(g)) if g > 0 => g,
-            other => return exec_err!("session gap must be a positive constant, got {other}"),
-        };
+        let gap = self.gap;
         let nanos = time_nanos(time)?;
         let order = sort_to_indices(
             &nanos,

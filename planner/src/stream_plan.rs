@@ -16,7 +16,7 @@ use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, SortExpr};
 
 use crate::error::{PlanError, Result};
-use crate::session::SessionBound;
+use crate::session::{SessionBound, session_gap};
 
 /// Aggregate functions the runtime maintains under inserts and deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -625,13 +625,14 @@ fn lower_session(w: &datafusion::logical_expr::Window) -> Result<StreamNode> {
     for (bound, f) in functions {
         let params = &f.params;
         let (time, gap) = match params.args.as_slice() {
-            [time, Expr::Literal(gap, _)] => match gap
-                .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
-            {
-                Ok(datafusion::common::ScalarValue::Int64(Some(g))) if g > 0 => (time.clone(), g),
-                _ => return unsupported(format!("session gap {gap}")),
-            },
-            _ => return unsupported("session window functions with a non-constant gap"),
+            [time, gap] => {
+                let gap = match gap {
+                    Expr::Literal(value, _) => Some(value),
+                    _ => None,
+                };
+                (time.clone(), session_gap(gap)?)
+            }
+            _ => return unsupported("session window functions take (time, gap)"),
         };
         if !params.order_by.is_empty() || params.filter.is_some() {
             return unsupported("ORDER BY or FILTER on a session window function");

@@ -125,6 +125,7 @@ fn clean_datafusion_message(e: &DataFusionError) -> String {
         DataFusionError::SchemaError(s, _) => s.to_string(),
         DataFusionError::ArrowError(a, _) => a.to_string(),
         DataFusionError::SQL(p, _) => p.to_string(),
+        DataFusionError::External(e) => e.to_string(),
         other => other.to_string(),
     };
     text.trim().to_string()
@@ -203,6 +204,12 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         },
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::ArrowError(a, _) => arrow_sqlstate(a),
+        // Our planner's errors, raised inside DataFusion (window functions).
+        DataFusionError::External(e) => match e.downcast_ref::<eddy_planner::PlanError>() {
+            Some(eddy_planner::PlanError::InvalidParameter(_)) => "22023",
+            Some(eddy_planner::PlanError::Unsupported(_)) => "0A000",
+            _ => "XX000",
+        },
         DataFusionError::Plan(m) => {
             let m = m.to_lowercase();
             if m.contains("not found") && (m.contains("table") || m.contains("relation")) {

@@ -26,7 +26,7 @@ use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 
 /// Net change of a relation's rows: encoded row -> change in multiplicity.
-pub type Delta = HashMap<Box<[u8]>, i64>;
+pub type Delta = crate::hash::HashMap<Box<[u8]>, i64>;
 
 const BATCH_ROWS: usize = 8192;
 
@@ -34,7 +34,7 @@ const BATCH_ROWS: usize = 8192;
 struct Relation {
     schema: SchemaRef,
     codec: RowCodec,
-    rows: HashMap<Box<[u8]>, i64>,
+    rows: crate::hash::HashMap<Box<[u8]>, i64>,
     /// Decoded rows, valid until the next change.
     cache: Option<Arc<Vec<RecordBatch>>>,
     failed: Option<String>,
@@ -120,7 +120,7 @@ impl Coordinator {
             Relation {
                 schema,
                 codec,
-                rows: HashMap::new(),
+                rows: crate::hash::HashMap::default(),
                 cache: None,
                 failed: None,
             },

@@ -17,6 +17,7 @@ mod dispatch;
 mod error;
 mod eval;
 mod fragment;
+mod hash;
 pub mod input;
 mod join;
 mod key;

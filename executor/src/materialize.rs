@@ -43,7 +43,7 @@ impl Materialize {
             codec,
             coordinator,
             progress,
-            delta: Delta::new(),
+            delta: Delta::default(),
         })
     }
 }

@@ -18,7 +18,7 @@
 //! `window_end > w`, so `w` is the output's watermark on `window_end`.
 //! `window_start` and the time column get none: a merge re-emits old rows.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -31,6 +31,7 @@ use eddy_planner::{SessionBound, nanos_to_time, same_session, scalar_nanos, time
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::hash::HashMap;
 use crate::key::KeyEncoder;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
@@ -153,12 +154,12 @@ impl SessionWindow {
             schema,
             evaluator,
             late,
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             by_end: BTreeSet::new(),
             stored: 0,
             closed_below: None,
-            touched: HashMap::new(),
-            untimed: HashMap::new(),
+            touched: HashMap::default(),
+            untimed: HashMap::default(),
         })
     }
 
@@ -196,7 +197,7 @@ impl SessionWindow {
                 key.clone(),
                 Touched {
                     before,
-                    delta: HashMap::new(),
+                    delta: HashMap::default(),
                 },
             );
         }

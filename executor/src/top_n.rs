@@ -9,8 +9,8 @@
 //! i)`). Every row must be kept, not only the first N: a deleted winner is
 //! replaced by the next one.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
@@ -21,6 +21,7 @@ use datafusion::physical_expr::PhysicalSortExpr;
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::hash::{HashMap, HashSet};
 use crate::key::KeyEncoder;
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::{Operator, StateSize};
@@ -79,8 +80,8 @@ impl TopN {
             limit,
             schema,
             evaluator,
-            partitions: HashMap::new(),
-            touched: HashSet::new(),
+            partitions: HashMap::default(),
+            touched: HashSet::default(),
             stored: 0,
         })
     }

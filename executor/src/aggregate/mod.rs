@@ -16,7 +16,7 @@
 
 mod accumulator;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
@@ -30,6 +30,7 @@ pub use accumulator::{Accumulator, CallShape, ValueKind};
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::hash::HashMap;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::progress::LateRows;
@@ -151,8 +152,8 @@ impl HashAggregate {
             schema,
             evaluator,
             windows,
-            groups: HashMap::new(),
-            touched: HashMap::new(),
+            groups: HashMap::default(),
+            touched: HashMap::default(),
         };
         if global {
             // The one row of a global aggregate exists before any input.

@@ -24,7 +24,6 @@ mod expiry;
 
 pub use expiry::{Expiry, expiry_rules, key_rules};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -39,6 +38,7 @@ use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::hash::HashMap;
 use crate::message::{Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 
@@ -112,7 +112,7 @@ impl HashJoin {
             joined_schema,
             schema,
             evaluator,
-            state: [HashMap::new(), HashMap::new()],
+            state: [HashMap::default(), HashMap::default()],
             rows: [0, 0],
             expiry,
         })

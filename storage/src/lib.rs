@@ -6,6 +6,7 @@
 //! c <id:u32be>              -> catalog entry (JSON): one DDL statement that created a relation
 //! r <id:u32be> <row key>    -> one table row (Arrow row format bytes of every column)
 //! m <name>                  -> small metadata (counters)
+//! v, s, k, l                -> checkpoints: see [`checkpoint`]
 //! ```
 //!
 //! Invariants:
@@ -16,9 +17,11 @@
 //!   primary-key order.
 
 mod catalog;
+pub mod checkpoint;
 mod error;
 mod store;
 
 pub use catalog::{CatalogEntry, RelationKind};
+pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange};
 pub use error::{Result, StorageError};
 pub use store::{RowWrite, Store};

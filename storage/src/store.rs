@@ -1,10 +1,15 @@
-//! The RocksDB store: catalog entries and table rows.
+//! The RocksDB store: catalog entries, table rows and checkpoints.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::catalog::CatalogEntry;
+use crate::checkpoint::{
+    CHECKPOINTED, CheckpointBatch, CheckpointMeta, LOG, LoggedChange, META_EPOCH, META_LOG,
+    META_PARALLELISM, STATE, VIEW_ROWS, log_key, read_u64, relation_key, relation_prefix,
+};
 use crate::error::{Result, StorageError};
 
 const CATALOG: u8 = b'c';
@@ -30,6 +35,8 @@ pub enum RowWrite {
 /// Handle to the data directory. Cheap to share behind an `Arc`.
 pub struct Store {
     db: DB,
+    /// The last table change logged (see [`crate::checkpoint`]).
+    last_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -41,16 +48,11 @@ impl std::fmt::Debug for Store {
 }
 
 fn row_prefix(table: u32) -> [u8; 5] {
-    let mut p = [ROWS, 0, 0, 0, 0];
-    p[1..].copy_from_slice(&table.to_be_bytes());
-    p
+    relation_prefix(ROWS, table)
 }
 
 fn row_key(table: u32, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5 + key.len());
-    k.extend_from_slice(&row_prefix(table));
-    k.extend_from_slice(key);
-    k
+    relation_key(ROWS, table, key)
 }
 
 fn catalog_key(id: u32) -> [u8; 5] {
@@ -70,7 +72,19 @@ impl Store {
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         match DB::open(&opts, dir) {
-            Ok(db) => Ok(Self { db }),
+            Ok(db) => {
+                let store = Self {
+                    db,
+                    last_seq: AtomicU64::new(0),
+                };
+                let last_logged = store
+                    .last_key_with(&[LOG])?
+                    .and_then(|k| read_u64(&k[1..]))
+                    .unwrap_or(0);
+                let seq = last_logged.max(store.meta()?.log_position);
+                store.last_seq.store(seq, Ordering::SeqCst);
+                Ok(store)
+            }
             // RocksDB reports a held LOCK file as an IO error naming "lock".
             Err(e) if e.to_string().to_lowercase().contains("lock") => {
                 Err(StorageError::Locked(dir.to_path_buf()))
@@ -97,13 +111,13 @@ impl Store {
         self.write_synced(batch)
     }
 
-    /// Removes a relation: its catalog entry and all of its rows, atomically.
+    /// Removes a relation: its catalog entry, rows and checkpointed state, atomically.
     pub fn drop_relation(&self, id: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete(catalog_key(id));
-        let start = row_prefix(id);
-        let end = row_prefix(id + 1);
-        batch.delete_range(start, end);
+        for tag in [ROWS, VIEW_ROWS, STATE, CHECKPOINTED] {
+            batch.delete_range(relation_prefix(tag, id), relation_prefix(tag, id + 1));
+        }
         self.write_synced(batch)
     }
 
@@ -133,8 +147,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a statement's row changes to `table` atomically and durably.
-    pub fn write_rows(&self, table: u32, writes: &[RowWrite]) -> Result<()> {
+    /// Applies a statement's row changes to `table` atomically and durably,
+    /// logging `change` (what the table's readers will be sent) with them.
+    /// Returns the change's position in the log. Callers serialize writes.
+    pub fn write_rows(&self, table: u32, writes: &[RowWrite], change: &[u8]) -> Result<u64> {
         let mut batch = WriteBatch::default();
         for w in writes {
             match w {
@@ -142,7 +158,130 @@ impl Store {
                 RowWrite::Delete { key } => batch.delete(row_key(table, key)),
             }
         }
-        self.write_synced(batch)
+        let seq = self.last_seq.load(Ordering::SeqCst) + 1;
+        let mut logged = Vec::with_capacity(4 + change.len());
+        logged.extend_from_slice(&table.to_be_bytes());
+        logged.extend_from_slice(change);
+        batch.put(log_key(seq), logged);
+        self.write_synced(batch)?;
+        self.last_seq.store(seq, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Writes a checkpoint, durably. On error nothing of it was written and
+    /// it can be written again.
+    pub fn commit_checkpoint(&self, checkpoint: &CheckpointBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        // RocksDB consumes the batch it writes; a copy keeps ours for a retry.
+        let batch = WriteBatch::from_data(checkpoint.batch.data());
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Where the last committed checkpoint left off.
+    pub fn meta(&self) -> Result<CheckpointMeta> {
+        let get = |key: &[u8]| -> Result<Option<u64>> {
+            Ok(self.db.get_pinned(key)?.and_then(|v| read_u64(&v)))
+        };
+        Ok(CheckpointMeta {
+            epoch: get(META_EPOCH)?.unwrap_or(0),
+            log_position: get(META_LOG)?.unwrap_or(0),
+            parallelism: get(META_PARALLELISM)?,
+        })
+    }
+
+    /// Whether a committed checkpoint holds relation `id`.
+    pub fn is_checkpointed(&self, id: u32) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned(relation_prefix(CHECKPOINTED, id))?
+            .is_some())
+    }
+
+    /// Visits the committed rows of relation `id` as `(row, multiplicity)`.
+    pub fn scan_committed_rows(&self, id: u32, mut visit: impl FnMut(&[u8], i64)) -> Result<()> {
+        self.scan_prefix(&relation_prefix(VIEW_ROWS, id), |row, count| {
+            let count = count.try_into().map(i64::from_be_bytes).unwrap_or(0);
+            visit(row, count)
+        })
+    }
+
+    /// The checkpointed state entries of relation `id`'s pipeline, in key order.
+    pub fn state(&self, id: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(&relation_prefix(STATE, id), |k, v| {
+            out.push((k.to_vec(), v.to_vec()))
+        })?;
+        Ok(out)
+    }
+
+    /// Table changes after `position`, in log order.
+    pub fn logged_after(&self, position: u64) -> Result<Vec<LoggedChange>> {
+        let mut out = Vec::new();
+        let start = log_key(position.saturating_add(1));
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if key.first() != Some(&LOG) {
+                break;
+            }
+            let (Some(seq), Some(table)) = (
+                read_u64(&key[1..]),
+                value.get(..4).and_then(|b| b.try_into().ok()),
+            ) else {
+                continue;
+            };
+            out.push(LoggedChange {
+                seq,
+                table: u32::from_be_bytes(table),
+                change: value[4..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The last table change logged.
+    pub fn last_logged(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            visit(&key[prefix.len()..], &value);
+        }
+        Ok(())
+    }
+
+    /// The greatest key starting with `prefix` (which must not be all 0xff bytes).
+    fn last_key_with(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        // Seek backwards from the least key above every key with `prefix`.
+        let mut end = prefix.to_vec();
+        while end.last() == Some(&0xff) {
+            end.pop();
+        }
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut iter = self
+            .db
+            .iterator(IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(key.starts_with(prefix).then(|| key.to_vec()))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Whether `table` holds a row under `key`.
@@ -160,36 +299,15 @@ impl Store {
     }
 
     /// Visits every row of `table` in key order as `(key, value)`.
-    pub fn scan_rows(&self, table: u32, mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        let prefix = row_prefix(table);
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            visit(&key[prefix.len()..], &value);
-        }
-        Ok(())
+    pub fn scan_rows(&self, table: u32, visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        self.scan_prefix(&row_prefix(table), visit)
     }
 
     /// The greatest row key of `table`, if any (used to continue hidden row ids).
     pub fn last_row_key(&self, table: u32) -> Result<Option<Vec<u8>>> {
-        let end = row_prefix(table + 1);
         let prefix = row_prefix(table);
-        let mut iter = self
-            .db
-            .iterator(IteratorMode::From(&end, Direction::Reverse));
-        match iter.next() {
-            Some(item) => {
-                let (key, _) = item?;
-                Ok(key
-                    .starts_with(&prefix)
-                    .then(|| key[prefix.len()..].to_vec()))
-            }
-            None => Ok(None),
-        }
+        Ok(self
+            .last_key_with(&prefix)?
+            .map(|key| key[prefix.len()..].to_vec()))
     }
 }

@@ -1,0 +1,148 @@
+//! Checkpoints: everything one epoch changed, written in one atomic batch.
+//!
+//! Key space (next to the catalog's and the tables' in [`crate::store`]):
+//!
+//! ```text
+//! v <rel:u32be> <row>        -> i64be   committed multiplicity of a row of a table or view
+//! s <rel:u32be> <key>        -> bytes   operator state and source positions of a view's pipeline
+//! k <rel:u32be>              -> u64be   the epoch that first held the relation
+//! l <seq:u64be>              -> <table:u32be> <change>   a table change no checkpoint holds yet
+//! m epoch | log | parallelism -> u64be
+//! ```
+//!
+//! Invariants:
+//! - A checkpoint holds, for its epoch, the rows of every relation, the
+//!   state of every pipeline and the position of every reader, and
+//!   `m epoch`; it is one `WriteBatch`, so after a crash the store holds
+//!   all of the last committed epoch and nothing of a later one.
+//! - Table changes are logged (`l`) in the same synced write as the rows
+//!   they change. `m log` is the last change an epoch holds; a checkpoint
+//!   deletes the log up to it, recovery replays the rest.
+//! - State keys are opaque here: the executor lays out `s <rel> ...`.
+
+use rocksdb::WriteBatch;
+
+/// Key tags (one byte, so ranges never overlap).
+pub(crate) const VIEW_ROWS: u8 = b'v';
+pub(crate) const STATE: u8 = b's';
+pub(crate) const CHECKPOINTED: u8 = b'k';
+pub(crate) const LOG: u8 = b'l';
+
+pub(crate) const META_EPOCH: &[u8] = b"mepoch";
+pub(crate) const META_LOG: &[u8] = b"mlog";
+pub(crate) const META_PARALLELISM: &[u8] = b"mparallelism";
+
+/// `tag` followed by relation `id`: the prefix of that relation's keys.
+pub(crate) fn relation_prefix(tag: u8, id: u32) -> [u8; 5] {
+    let mut p = [tag, 0, 0, 0, 0];
+    p[1..].copy_from_slice(&id.to_be_bytes());
+    p
+}
+
+pub(crate) fn relation_key(tag: u8, id: u32, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + rest.len());
+    k.extend_from_slice(&relation_prefix(tag, id));
+    k.extend_from_slice(rest);
+    k
+}
+
+pub(crate) fn log_key(seq: u64) -> [u8; 9] {
+    let mut k = [LOG, 0, 0, 0, 0, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What recovery starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointMeta {
+    /// The last committed epoch (0: none yet).
+    pub epoch: u64,
+    /// The last table change that epoch holds.
+    pub log_position: u64,
+    /// Partitions the checkpointed pipelines ran with, if any were written.
+    pub parallelism: Option<u64>,
+}
+
+/// One table change that no checkpoint holds yet.
+#[derive(Debug)]
+pub struct LoggedChange {
+    /// Its position in the log.
+    pub seq: u64,
+    /// The table it changed.
+    pub table: u32,
+    /// The change, as the executor encoded it.
+    pub change: Vec<u8>,
+}
+
+/// The writes of one epoch, built up by the coordinator and committed by
+/// [`crate::Store::commit_checkpoint`].
+#[derive(Default)]
+pub struct CheckpointBatch {
+    pub(crate) batch: WriteBatch,
+    /// The epoch, once [`CheckpointBatch::finish`] was called.
+    pub(crate) epoch: u64,
+}
+
+impl std::fmt::Debug for CheckpointBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointBatch")
+            .field("epoch", &self.epoch)
+            .field("bytes", &self.batch.size_in_bytes())
+            .finish()
+    }
+}
+
+impl CheckpointBatch {
+    /// Sets the multiplicity of `row` in relation `id` (0 removes it).
+    pub fn set_row(&mut self, id: u32, row: &[u8], count: i64) {
+        let key = relation_key(VIEW_ROWS, id, row);
+        if count == 0 {
+            self.batch.delete(key);
+        } else {
+            self.batch.put(key, count.to_be_bytes());
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) the state entry `key` of relation `id`.
+    pub fn set_state(&mut self, id: u32, key: &[u8], value: Option<&[u8]>) {
+        let key = relation_key(STATE, id, key);
+        match value {
+            Some(v) => self.batch.put(key, v),
+            None => self.batch.delete(key),
+        }
+    }
+
+    /// Records that relation `id` is held by checkpoints from `epoch` on.
+    pub fn mark_checkpointed(&mut self, id: u32, epoch: u64) {
+        self.batch
+            .put(relation_prefix(CHECKPOINTED, id), epoch.to_be_bytes());
+    }
+
+    /// Seals the batch as epoch `epoch`, holding table changes up to
+    /// `log_position`, for pipelines of `parallelism` partitions.
+    pub fn finish(&mut self, epoch: u64, log_position: u64, parallelism: u64) {
+        self.epoch = epoch;
+        self.batch.put(META_EPOCH, epoch.to_be_bytes());
+        self.batch.put(META_LOG, log_position.to_be_bytes());
+        self.batch.put(META_PARALLELISM, parallelism.to_be_bytes());
+        self.batch.delete_range(
+            log_key(0).as_slice(),
+            log_key(log_position.saturating_add(1)).as_slice(),
+        );
+    }
+
+    /// The epoch this batch holds (0 until finished).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Bytes this batch writes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
+    }
+}
+
+/// A big-endian u64 value, if `bytes` is one.
+pub(crate) fn read_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}

@@ -4,11 +4,13 @@
 //! first), so a `BTreeMap` keyed by encoded values is sorted by value, and
 //! equal values have equal bytes.
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, RowParser, Rows, SortField};
 
+use crate::checkpoint::{push_part, split_part};
 use crate::error::Result;
+use crate::message::{Op, StreamChunk};
 
 /// Encodes and decodes rows of fixed column types.
 #[derive(Debug)]
@@ -66,4 +68,35 @@ impl RowCodec {
             .collect();
         Ok(self.encode(&nulls)?.row(0).as_ref().into())
     }
+}
+
+/// Encodes a changelog chunk as bytes: per row, its op and its encoded row.
+pub fn encode_change(chunk: &StreamChunk) -> Result<Vec<u8>> {
+    let codec = RowCodec::for_schema(chunk.batch.schema_ref())?;
+    let rows = codec.encode(chunk.batch.columns())?;
+    let mut out = Vec::new();
+    for (row, op) in rows.iter().zip(chunk.ops.iter()) {
+        out.push(matches!(op, Op::Insert) as u8);
+        push_part(&mut out, row.data());
+    }
+    Ok(out)
+}
+
+/// Decodes what [`encode_change`] wrote, as rows of `schema`.
+pub fn decode_change(schema: &SchemaRef, bytes: &[u8]) -> Result<StreamChunk> {
+    let codec = RowCodec::for_schema(schema)?;
+    let mut ops = Vec::new();
+    let mut rows: Vec<&[u8]> = Vec::new();
+    let mut rest = bytes;
+    while let Some((&op, tail)) = rest.split_first() {
+        let (row, tail) = split_part(tail)?;
+        ops.push(if op == 1 { Op::Insert } else { Op::Delete });
+        rows.push(row);
+        rest = tail;
+    }
+    let batch = RecordBatch::try_new(schema.clone(), codec.decode(rows)?)?;
+    Ok(StreamChunk {
+        batch,
+        ops: ops.into(),
+    })
 }

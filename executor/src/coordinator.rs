@@ -1,14 +1,18 @@
-//! Epochs and the committed state every query reads.
+//! Epochs, checkpoints, and the committed state every query reads.
 //!
 //! ```text
-//!  DML / ticks --Barrier(e)--> pipelines --> Materialize(rel) --ack(rel, e, delta)--> Coordinator
+//!  DML / ticks --Barrier(e)--> pipelines --state(rel, e)--------------> Coordinator
+//!                                   \--> Materialize(rel) --ack(rel, e, delta)--^
 //! ```
 //!
 //! [`Coordinator::begin_epoch`] opens epoch `e` expecting an ack from every
-//! live relation. Each relation's materialize operator acks with the net
-//! change of its rows during `e`. When the last ack arrives, all deltas of
-//! `e` are applied together under one lock and the committed epoch becomes
-//! `e`: readers see every relation at the same epoch, never half of one.
+//! live relation. Fragments and readers stage their state changes for `e`
+//! as the barrier passes them; each relation's materialize operator acks
+//! with the net change of its rows during `e` (see [`crate::checkpoint`]).
+//! When the last ack arrives, `e` is written to the store as one checkpoint,
+//! then all deltas of `e` are applied together under one lock and the
+//! committed epoch becomes `e`: readers see every relation at the same
+//! epoch, never half of one.
 //!
 //! Invariants: epochs commit in order; a relation's rows (its *bag*: encoded
 //! row -> multiplicity) change only at commit; a relation that failed is no
@@ -17,11 +21,15 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
+use eddy_storage::{CheckpointBatch, Store};
+
+use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 
@@ -38,6 +46,8 @@ struct Relation {
     /// Decoded rows, valid until the next change.
     cache: Option<Arc<Vec<RecordBatch>>>,
     failed: Option<String>,
+    /// Whether a checkpoint holds this relation yet.
+    checkpointed: bool,
 }
 
 impl Relation {
@@ -69,10 +79,22 @@ impl Relation {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PendingEpoch {
     waiting: HashSet<u32>,
+    acked: Vec<u32>,
     deltas: Vec<(u32, Delta)>,
+    writes: Vec<(u32, StateWrite)>,
+    /// The last table change before the epoch's barrier.
+    log_position: u64,
+    began: Instant,
+}
+
+/// What a relation handed over for an epoch it was not part of (see [`Coordinator::stage`]).
+#[derive(Debug, Default)]
+struct Carried {
+    delta: Delta,
+    writes: Vec<StateWrite>,
 }
 
 #[derive(Debug)]
@@ -81,8 +103,9 @@ struct State {
     pending: BTreeMap<u64, PendingEpoch>,
     next_epoch: u64,
     committed: u64,
-    /// Deltas acked for epochs a relation was not part of (see [`Coordinator::ack`]).
-    carried: HashMap<u32, Delta>,
+    carried: HashMap<u32, Carried>,
+    /// Makes epochs durable; `None` runs in memory only.
+    writer: Option<CheckpointWriter>,
 }
 
 /// Tracks epochs and owns the committed rows of every table and view.
@@ -94,35 +117,71 @@ pub struct Coordinator {
 
 impl Default for Coordinator {
     fn default() -> Self {
-        Self {
-            state: Mutex::new(State {
-                relations: HashMap::new(),
-                pending: BTreeMap::new(),
-                next_epoch: 1,
-                committed: 0,
-                carried: HashMap::new(),
-            }),
-            committed_tx: watch::channel(0).0,
-        }
+        Self::with_writer(None, 0)
     }
 }
 
 impl Coordinator {
+    fn with_writer(writer: Option<CheckpointWriter>, committed: u64) -> Self {
+        Self {
+            state: Mutex::new(State {
+                relations: HashMap::new(),
+                pending: BTreeMap::new(),
+                next_epoch: committed + 1,
+                committed,
+                carried: HashMap::new(),
+                writer,
+            }),
+            committed_tx: watch::channel(committed).0,
+        }
+    }
+
+    /// A coordinator checkpointing into `store`, continuing after its last
+    /// committed epoch; pipelines run `parallelism` partitions.
+    pub fn durable(store: Arc<Store>, parallelism: usize) -> Result<Self> {
+        let committed = store.meta()?.epoch;
+        let writer = CheckpointWriter::new(store, committed, parallelism as u64);
+        Ok(Self::with_writer(Some(writer), committed))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts tracking relation `id` (empty) with rows of `schema`.
-    pub fn add_relation(&self, id: u32, schema: SchemaRef) -> Result<()> {
+    /// The store checkpoints go to, if any.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.lock().writer.as_ref().map(|w| w.store().clone())
+    }
+
+    /// Recent checkpoints, oldest first, and the last durable epoch.
+    pub fn checkpoints(&self) -> (Vec<CheckpointStats>, u64) {
+        let state = self.lock();
+        match &state.writer {
+            Some(w) => (w.history(), w.durable()),
+            None => (vec![], 0),
+        }
+    }
+
+    /// Starts tracking relation `id` with rows of `schema`: empty, or, with
+    /// `restore`, its rows as of the last checkpoint that held it.
+    pub fn add_relation(&self, id: u32, schema: SchemaRef, restore: bool) -> Result<()> {
         let codec = RowCodec::for_schema(&schema)?;
+        let mut rows = crate::hash::HashMap::default();
+        let store = if restore { self.store() } else { None };
+        if let Some(store) = &store {
+            store.scan_committed_rows(id, |row, count| {
+                rows.insert(row.into(), count);
+            })?;
+        }
         self.lock().relations.insert(
             id,
             Relation {
                 schema,
                 codec,
-                rows: crate::hash::HashMap::default(),
+                rows,
                 cache: None,
                 failed: None,
+                checkpointed: store.is_some(),
             },
         );
         Ok(())
@@ -133,6 +192,9 @@ impl Coordinator {
         let mut state = self.lock();
         state.relations.remove(&id);
         state.carried.remove(&id);
+        for pending in state.pending.values_mut() {
+            pending.writes.retain(|(rel, _)| *rel != id);
+        }
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
         }
@@ -151,9 +213,10 @@ impl Coordinator {
         self.commit_ready(&mut state);
     }
 
-    /// Opens the next epoch; returns its number. The caller then sends
+    /// Opens the next epoch, which holds table changes up to
+    /// `log_position`; returns its number. The caller then sends
     /// `Barrier(epoch)` into every source.
-    pub fn begin_epoch(&self) -> u64 {
+    pub fn begin_epoch(&self, log_position: u64) -> u64 {
         let mut state = self.lock();
         let epoch = state.next_epoch;
         state.next_epoch += 1;
@@ -167,39 +230,59 @@ impl Coordinator {
             epoch,
             PendingEpoch {
                 waiting,
+                acked: vec![],
                 deltas: vec![],
+                writes: vec![],
+                log_position,
+                began: Instant::now(),
             },
         );
         self.commit_ready(&mut state);
         epoch
     }
 
-    /// Relation `id` finished epoch `epoch` with net change `delta`.
+    /// A fragment or reader of relation `id` hands over its part of epoch
+    /// `epoch`'s checkpoint; with rows (from the materialize operator) this
+    /// is the relation's ack.
     ///
     /// A relation created right after a quiesce can see the barrier of an
     /// epoch that committed before it existed (its upstream acked, then
-    /// forwarded the barrier). Such a delta — its backfill — belongs to the
-    /// relation's first epoch and is carried into its next ack.
-    pub fn ack(&self, id: u32, epoch: u64, mut delta: Delta) {
+    /// forwarded the barrier). What it hands over then — its backfill —
+    /// belongs to the relation's first epoch and is carried into it.
+    pub fn stage(&self, id: u32, epoch: u64, checkpoint: FragmentCheckpoint) {
+        let FragmentCheckpoint { writes, rows } = checkpoint;
         let mut state = self.lock();
         let waited = state
             .pending
             .get(&epoch)
             .is_some_and(|p| p.waiting.contains(&id));
         if !waited {
-            merge(state.carried.entry(id).or_default(), delta);
+            let carried = state.carried.entry(id).or_default();
+            carried.writes.extend(writes);
+            if let Some(delta) = rows {
+                merge(&mut carried.delta, delta);
+            }
             return;
         }
-        if let Some(carried) = state.carried.remove(&id) {
-            merge(&mut delta, carried);
+        let carried = state.carried.remove(&id);
+        let Some(pending) = state.pending.get_mut(&epoch) else {
+            return;
+        };
+        if let Some(carried) = carried {
+            pending
+                .writes
+                .extend(carried.writes.into_iter().map(|w| (id, w)));
+            pending.deltas.push((id, carried.delta));
         }
-        if let Some(pending) = state.pending.get_mut(&epoch) {
+        pending.writes.extend(writes.into_iter().map(|w| (id, w)));
+        if let Some(delta) = rows {
             pending.waiting.remove(&id);
+            pending.acked.push(id);
             if !delta.is_empty() {
                 pending.deltas.push((id, delta));
             }
+            self.commit_ready(&mut state);
         }
-        self.commit_ready(&mut state);
     }
 
     fn commit_ready(&self, state: &mut State) {
@@ -208,12 +291,35 @@ impl Coordinator {
                 break;
             }
             let (epoch, pending) = entry.remove_entry();
+            let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
             for (id, delta) in pending.deltas {
                 let Some(relation) = state.relations.get_mut(&id) else {
                     continue;
                 };
                 relation.cache = None;
-                merge(&mut relation.rows, delta);
+                merge_counts(&mut relation.rows, delta, |row, count| {
+                    if let Some(batch) = batch.as_mut() {
+                        batch.set_row(id, row, count);
+                    }
+                });
+            }
+            if let Some(mut batch) = batch {
+                for (id, (key, value)) in &pending.writes {
+                    if state.relations.contains_key(id) {
+                        batch.set_state(*id, key, value.as_deref());
+                    }
+                }
+                for id in &pending.acked {
+                    if let Some(r) = state.relations.get_mut(id)
+                        && !r.checkpointed
+                    {
+                        r.checkpointed = true;
+                        batch.mark_checkpointed(*id, epoch);
+                    }
+                }
+                if let Some(writer) = state.writer.as_mut() {
+                    writer.commit(batch, epoch, pending.log_position, pending.began);
+                }
             }
             state.committed = epoch;
             self.committed_tx.send_replace(epoch);
@@ -246,6 +352,11 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// The schema of relation `id`'s rows.
+    pub fn schema(&self, id: u32) -> Option<SchemaRef> {
+        self.lock().relations.get(&id).map(|r| r.schema.clone())
+    }
+
     /// The failure of relation `id`, if it failed.
     pub fn failure(&self, id: u32) -> Option<String> {
         self.lock()
@@ -257,15 +368,25 @@ impl Coordinator {
 
 /// Adds `delta` into `into`, dropping rows whose multiplicity becomes zero.
 fn merge(into: &mut Delta, delta: Delta) {
+    merge_counts(into, delta, |_, _| {});
+}
+
+/// [`merge`], telling `changed` each changed row's new multiplicity.
+fn merge_counts(into: &mut Delta, delta: Delta, mut changed: impl FnMut(&[u8], i64)) {
     for (row, change) in delta {
+        if change == 0 {
+            continue;
+        }
         match into.entry(row) {
             Entry::Occupied(mut e) => {
                 *e.get_mut() += change;
+                changed(e.key(), *e.get());
                 if *e.get() == 0 {
                     e.remove();
                 }
             }
             Entry::Vacant(e) => {
+                changed(e.key(), change);
                 e.insert(change);
             }
         }

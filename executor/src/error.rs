@@ -20,6 +20,12 @@ pub enum ExecutorError {
     /// `EMIT ON WINDOW CLOSE` (or another windowing rule) cannot apply.
     #[error("{0}")]
     Windowing(String),
+    /// Checkpointed state cannot be read back: a damaged data directory or a bug.
+    #[error("checkpointed state is unreadable: {0}")]
+    CorruptState(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] eddy_storage::StorageError),
     /// A broken invariant: this is a bug in Eddy.
     #[error("internal error (this is a bug in Eddy): {0}")]
     Internal(String),

@@ -10,11 +10,16 @@
 //! same way, each operator translating them for its output. If an operator fails, the
 //! fragment reports the failure for its relation and from then on forwards
 //! barriers only, so every other pipeline keeps committing epochs.
+//!
+//! After a barrier ran through the chain, every operator's changed state
+//! goes to the coordinator for the epoch's checkpoint before the barrier is
+//! forwarded (see [`crate::checkpoint`]).
 
 use std::sync::Arc;
 
 use tracing::warn;
 
+use crate::checkpoint::FragmentCheckpoint;
 use crate::coordinator::Coordinator;
 use crate::dispatch::Output;
 use crate::error::Result;
@@ -97,6 +102,17 @@ fn watermark(
 }
 
 impl Fragment {
+    /// Hands the state every operator changed during `epoch` to the coordinator.
+    fn checkpoint(&mut self, epoch: u64) {
+        let mut checkpoint = FragmentCheckpoint::default();
+        for (i, op) in self.ops.iter_mut().enumerate() {
+            op.checkpoint(&mut checkpoint.scope(self.index as u32, i as u16));
+        }
+        if !checkpoint.is_empty() {
+            self.coordinator.stage(self.relation, epoch, checkpoint);
+        }
+    }
+
     fn report_state(&self) {
         let sizes: Vec<StateSize> = self.ops.iter().filter_map(|op| op.state_size()).collect();
         if !sizes.is_empty() {
@@ -124,6 +140,9 @@ impl Fragment {
                         Ok(())
                     } else {
                         let done = barrier(&mut self.ops, b, &mut out);
+                        if done.is_ok() {
+                            self.checkpoint(b.epoch);
+                        }
                         self.report_state();
                         done
                     }

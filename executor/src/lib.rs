@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 mod build;
+pub mod checkpoint;
 mod codec;
 mod coordinator;
 mod dispatch;
@@ -33,7 +34,7 @@ mod top_n;
 mod watermark;
 
 pub use build::batch_schema;
-pub use codec::RowCodec;
+pub use codec::{RowCodec, encode_change};
 pub use coordinator::Coordinator;
 pub use error::{ExecutorError, Result};
 pub use eval::ErrorStats;

@@ -1,8 +1,8 @@
 //! The last operator of every table and view pipeline.
 //!
 //! It consolidates the epoch's changes into a [`Delta`] (encoded row ->
-//! net multiplicity change) and hands it to the [`Coordinator`] at the
-//! barrier. Chunks pass through unchanged (conformed to the relation's
+//! net multiplicity change) and hands it to the checkpoint at the barrier:
+//! that is the relation's ack to the coordinator. Chunks pass through unchanged (conformed to the relation's
 //! schema) so views defined on this relation receive them.
 
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
+use crate::checkpoint::StateWriter;
 use crate::codec::RowCodec;
-use crate::coordinator::{Coordinator, Delta, add_change};
+use crate::coordinator::{Delta, add_change};
 use crate::error::Result;
-use crate::message::{Barrier, StreamChunk, Watermark};
+use crate::message::{StreamChunk, Watermark};
 use crate::operator::Operator;
 use crate::progress::Progress;
 
@@ -23,25 +24,18 @@ pub struct Materialize {
     relation: u32,
     schema: SchemaRef,
     codec: RowCodec,
-    coordinator: Arc<Coordinator>,
     progress: Arc<Progress>,
     delta: Delta,
 }
 
 impl Materialize {
     /// Materializes relation `relation` with rows of `schema`.
-    pub fn new(
-        relation: u32,
-        schema: SchemaRef,
-        coordinator: Arc<Coordinator>,
-        progress: Arc<Progress>,
-    ) -> Result<Self> {
+    pub fn new(relation: u32, schema: SchemaRef, progress: Arc<Progress>) -> Result<Self> {
         let codec = RowCodec::for_schema(&schema)?;
         Ok(Self {
             relation,
             schema,
             codec,
-            coordinator,
             progress,
             delta: Delta::default(),
         })
@@ -67,13 +61,8 @@ impl Operator for Materialize {
         Ok(())
     }
 
-    fn on_barrier(&mut self, barrier: Barrier, _out: &mut Vec<StreamChunk>) -> Result<()> {
-        self.coordinator.ack(
-            self.relation,
-            barrier.epoch,
-            std::mem::take(&mut self.delta),
-        );
-        Ok(())
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        state.rows(std::mem::take(&mut self.delta));
     }
 
     fn on_watermark(

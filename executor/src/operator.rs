@@ -5,7 +5,9 @@
 //! ([`Operator::on_barrier`]), so a view sees one consolidated change per
 //! key per epoch. Watermarks pass through [`Operator::on_watermark`], which
 //! says what the input's event-time progress means for the output (and may
-//! release rows that became final).
+//! release rows that became final). Stateful operators write what they
+//! changed to every checkpoint and can be rebuilt from it
+//! ([`Operator::checkpoint`], [`Operator::restore`]).
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
+use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
@@ -38,6 +41,16 @@ pub trait Operator: Send + std::fmt::Debug {
     /// What this operator holds in state, if it holds any.
     fn state_size(&self) -> Option<StateSize> {
         None
+    }
+
+    /// Writes the state changed since the last checkpoint (called after
+    /// [`Operator::on_barrier`] of every barrier; see [`crate::checkpoint`]).
+    fn checkpoint(&mut self, _state: &mut StateWriter<'_>) {}
+
+    /// Replaces the state with what the checkpoints wrote (called once,
+    /// before any input, when the pipeline recovers).
+    fn restore(&mut self, _entries: StateEntries) -> Result<()> {
+        Ok(())
     }
 
     /// Called when input `port`'s watermark advances; returns the output's

@@ -10,8 +10,17 @@
 //!   them (backfill) and subscribe to what comes next with no gap and no
 //!   duplicate. Source readers take no write lock, so quiescing also closes
 //!   the source gate they produce under (see [`crate::source`]).
+//!
+//! Recovery (a durable runtime, [`Runtime::durable`]): tables and views
+//! are created again in catalog order; each one a checkpoint holds starts
+//! from its checkpointed rows and state (its readers at their positions),
+//! any other view backfills as when it was created. Sources are not read
+//! meanwhile. Then [`Runtime::recovered`] publishes the table changes the
+//! checkpoint does not hold yet, in their original order, and lets sources
+//! be read.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
@@ -19,8 +28,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 
 use eddy_planner::StreamNode;
+use eddy_storage::Store;
 
 use crate::build::{PipelineBuilder, Upstream};
+use crate::checkpoint::RestoredState;
+use crate::codec::decode_change;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -30,7 +42,7 @@ use crate::input::{AlignedInput, InputChannel};
 use crate::materialize::Materialize;
 use crate::message::{Barrier, Message, StreamChunk};
 use crate::progress::{Progress, RelationProgress};
-use crate::source::SourceSpec;
+use crate::source::{SourceSpec, SplitClocks};
 
 /// Proof that the caller holds the write lock.
 pub type WriteGuard<'a> = MutexGuard<'a, ()>;
@@ -63,13 +75,37 @@ pub struct Runtime {
     source_gate: Arc<RwLock<()>>,
     progress: Arc<Progress>,
     parallelism: usize,
+    /// The last table change published (its position in the store's log).
+    published: AtomicU64,
+    /// False while recovering: readers forward barriers but read no rows,
+    /// so no pipeline moves past the checkpoint before all are rebuilt.
+    running: tokio::sync::watch::Sender<bool>,
+    /// Where barriers cut each split being read.
+    clocks: Arc<SplitClocks>,
 }
 
 impl Runtime {
-    /// A runtime running keyed operators as `parallelism` partitions.
+    /// A runtime running keyed operators as `parallelism` partitions, in memory only.
     pub fn new(parallelism: usize) -> Arc<Self> {
+        let runtime = Self::with_coordinator(parallelism, Coordinator::default(), 0);
+        runtime.running.send_replace(true);
+        runtime
+    }
+
+    /// A runtime checkpointing every epoch into `store`, recovering from
+    /// its last checkpoint: no source is read until [`Runtime::recovered`].
+    pub fn durable(parallelism: usize, store: Arc<Store>) -> Result<Arc<Self>> {
+        let published = store.meta()?.log_position;
+        let coordinator = Coordinator::durable(store, parallelism)?;
+        Ok(Self::with_coordinator(parallelism, coordinator, published))
+    }
+
+    fn with_coordinator(parallelism: usize, coordinator: Coordinator, published: u64) -> Arc<Self> {
         Arc::new(Self {
-            coordinator: Arc::new(Coordinator::default()),
+            published: AtomicU64::new(published),
+            running: tokio::sync::watch::channel(false).0,
+            clocks: Arc::new(SplitClocks::default()),
+            coordinator: Arc::new(coordinator),
             errors: Arc::new(ErrorLog::default()),
             subscribers: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashSet::new()),
@@ -139,7 +175,16 @@ impl Runtime {
         }
     }
 
-    /// Starts table `id` holding `rows` (its stored rows, on start).
+    /// Whether a checkpoint holds relation `id` (so it recovers from it).
+    fn is_checkpointed(&self, id: u32) -> Result<bool> {
+        match self.coordinator.store() {
+            Some(store) => Ok(store.is_checkpointed(id)?),
+            None => Ok(false),
+        }
+    }
+
+    /// Starts table `id` holding `rows`, or, when a checkpoint holds it, its
+    /// checkpointed rows.
     pub fn create_table(
         &self,
         _guard: &WriteGuard<'_>,
@@ -147,7 +192,9 @@ impl Runtime {
         schema: SchemaRef,
         rows: Vec<RecordBatch>,
     ) -> Result<()> {
-        self.coordinator.add_relation(id, schema.clone())?;
+        let restore = self.is_checkpointed(id)?;
+        let rows = if restore { vec![] } else { rows };
+        self.coordinator.add_relation(id, schema.clone(), restore)?;
         let subscribers = Arc::new(Subscribers::default());
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         subscribers.add(id, tx);
@@ -161,7 +208,6 @@ impl Runtime {
             ops: vec![Box::new(Materialize::new(
                 id,
                 schema,
-                self.coordinator.clone(),
                 self.progress.clone(),
             )?)],
             output: Output::Subscribers(Arc::new(Subscribers::default())),
@@ -181,16 +227,44 @@ impl Runtime {
         Ok(())
     }
 
-    /// Sends table `id`'s changes to everything that reads it.
-    pub async fn publish(&self, _guard: &WriteGuard<'_>, id: u32, chunk: StreamChunk) {
+    /// Sends table `id`'s changes to everything that reads it; `seq` is
+    /// the change's position in the store's log (0 when not logged).
+    pub async fn publish(&self, _guard: &WriteGuard<'_>, id: u32, chunk: StreamChunk, seq: u64) {
         if let Some(subs) = self.subscribers_of(id) {
             subs.send(Message::Chunk(chunk)).await;
         }
+        self.published.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Ends recovery: publishes the logged table changes no checkpoint
+    /// holds yet, then lets sources be read. Returns the changes replayed.
+    pub async fn recovered(&self, guard: &WriteGuard<'_>) -> Result<usize> {
+        let replayed = self.replay_log(guard).await?;
+        self.running.send_replace(true);
+        Ok(replayed)
+    }
+
+    async fn replay_log(&self, guard: &WriteGuard<'_>) -> Result<usize> {
+        let Some(store) = self.coordinator.store() else {
+            return Ok(0);
+        };
+        let changes = store.logged_after(self.published.load(Ordering::SeqCst))?;
+        let count = changes.len();
+        for logged in changes {
+            let Some(schema) = self.coordinator.schema(logged.table) else {
+                continue;
+            };
+            let chunk = decode_change(&schema, &logged.change)?;
+            self.publish(guard, logged.table, chunk, logged.seq).await;
+        }
+        Ok(count)
     }
 
     /// Ends the current epoch: a barrier into every source. Returns the epoch.
     pub async fn inject_barrier(&self, _guard: &WriteGuard<'_>) -> u64 {
-        let epoch = self.coordinator.begin_epoch();
+        let epoch = self
+            .coordinator
+            .begin_epoch(self.published.load(Ordering::SeqCst));
         let barrier = Message::Barrier(Barrier { epoch });
         // Table changelogs are the sources; views forward barriers themselves.
         let tables: Vec<Arc<Subscribers>> = {
@@ -234,7 +308,8 @@ impl Runtime {
         paused
     }
 
-    /// Starts view `id` maintaining `plan`. Must be called quiesced.
+    /// Starts view `id` maintaining `plan`: from a checkpoint when one
+    /// holds it, else backfilled from its inputs. Must be called quiesced.
     pub fn create_view(
         &self,
         _quiesced: &Quiesced<'_>,
@@ -257,6 +332,7 @@ impl Runtime {
                 ))),
             }
         };
+        let restore = self.is_checkpointed(id)?;
         let mut builder = PipelineBuilder {
             relation: id,
             parallelism: self.parallelism,
@@ -265,8 +341,11 @@ impl Runtime {
             ticks: self.ticks.clone(),
             resolve: &resolve_source,
             gate: self.source_gate.clone(),
+            running: self.running.subscribe(),
+            clocks: self.clocks.clone(),
             progress: self.progress.clone(),
             emit_on_window_close,
+            backfill: !restore,
             fragments: Vec::new(),
             subscriptions: Vec::new(),
             reader_outputs: HashMap::new(),
@@ -275,8 +354,19 @@ impl Runtime {
         };
         let output = Arc::new(Subscribers::default());
         builder.build_root(plan, output.clone())?;
+        if let Some(store) = self.coordinator.store().filter(|_| restore) {
+            let mut state = RestoredState::new(store.state(id)?)?;
+            for f in &mut builder.fragments {
+                for (i, op) in f.ops.iter_mut().enumerate() {
+                    op.restore(state.take(f.index as u32, i as u16))?;
+                }
+            }
+            for reader in &mut builder.readers {
+                reader.restore(state.take(reader.scope, 0))?;
+            }
+        }
         let schema = crate::build::batch_schema(plan.schema());
-        self.coordinator.add_relation(id, schema)?;
+        self.coordinator.add_relation(id, schema, restore)?;
         for (subs, tx) in builder.subscriptions {
             subs.add(id, tx);
         }

@@ -17,6 +17,10 @@
 //! late (dropped and counted), and every later output row has
 //! `window_end > w`, so `w` is the output's watermark on `window_end`.
 //! `window_start` and the time column get none: a merge re-emits old rows.
+//!
+//! Checkpoints hold the rows (`r <partition> <time> <row>` -> multiplicity)
+//! and the watermark (`w`); sessions follow from the rows' times and are
+//! computed again on recovery.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -28,8 +32,11 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::{SessionBound, nanos_to_time, same_session, scalar_nanos, time_nanos};
 
+use crate::checkpoint::{
+    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
+};
 use crate::codec::RowCodec;
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::key::KeyEncoder;
@@ -90,6 +97,18 @@ pub struct SessionWindow {
     touched: HashMap<Encoded, Touched>,
     /// Net change this epoch of rows with a NULL time (they have no session).
     untimed: HashMap<Encoded, i64>,
+    /// (partition, time, row) changed since the last checkpoint.
+    dirty: Dirty<(Encoded, i64, Encoded)>,
+}
+
+/// State key of a stored row.
+fn row_state_key(partition: &[u8], time: i64, row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13 + partition.len() + row.len());
+    k.push(b'r');
+    push_part(&mut k, partition);
+    k.extend_from_slice(&time.to_be_bytes());
+    k.extend_from_slice(row);
+    k
 }
 
 /// One partition's changes this epoch.
@@ -108,6 +127,10 @@ fn containing(sessions: &BTreeMap<i64, i64>, t: i64) -> Option<Span> {
         .next_back()
         .filter(|(_, last)| **last >= t)
         .map(|(f, l)| (*f, *l))
+}
+
+fn corrupt_key() -> ExecutorError {
+    ExecutorError::CorruptState("a session window's state key is unknown".into())
 }
 
 /// Sessions of `a` that `b` does not have, bounds and all.
@@ -160,6 +183,7 @@ impl SessionWindow {
             closed_below: None,
             touched: HashMap::default(),
             untimed: HashMap::default(),
+            dirty: Dirty::default(),
         })
     }
 
@@ -291,6 +315,9 @@ impl SessionWindow {
                 for t in times {
                     if let Some(rows) = partition.rows.remove(&t) {
                         self.stored -= rows.len() as u64;
+                        for row in rows.into_keys() {
+                            self.dirty.push((key.clone(), t, row));
+                        }
                     }
                 }
             }
@@ -442,6 +469,9 @@ impl Operator for SessionWindow {
                 }
                 Op::Delete => self.delete(&key, &row, t),
             };
+            if applied {
+                self.dirty.push((key.clone(), t, row.clone()));
+            }
             if applied && let Some(touched) = self.touched.get_mut(&key) {
                 *touched.delta.entry(t).or_default().entry(row).or_insert(0) += op.sign();
             }
@@ -452,6 +482,69 @@ impl Operator for SessionWindow {
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
         self.flush(out)
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for (partition, t, row) in self.dirty.take() {
+            let state_key = row_state_key(&partition, t, &row);
+            let count = self
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.rows.get(&t))
+                .and_then(|rows| rows.get(&row));
+            match count {
+                Some(n) => state.put(&state_key, ValueWriter::new().i64(*n).finish()),
+                None => state.delete(&state_key),
+            }
+        }
+        if let Some(w) = self.closed_below {
+            state.put(b"w", ValueWriter::new().i64(w).finish());
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.partitions.clear();
+        self.by_end.clear();
+        self.touched.clear();
+        self.stored = 0;
+        for (key, value) in entries {
+            let mut value = ValueReader::new(&value);
+            match key.split_first() {
+                Some((b'r', rest)) => {
+                    let (partition, rest) = split_part(rest)?;
+                    let (time, row) = rest.split_at_checked(8).ok_or_else(corrupt_key)?;
+                    let time = i64::from_be_bytes(time.try_into().map_err(|_| corrupt_key())?);
+                    self.partitions
+                        .entry(partition.into())
+                        .or_default()
+                        .rows
+                        .entry(time)
+                        .or_default()
+                        .insert(row.into(), value.i64()?);
+                    self.stored += 1;
+                }
+                Some((b'w', [])) => self.closed_below = Some(value.i64()?),
+                _ => return Err(corrupt_key()),
+            }
+        }
+        let gap = self.gap;
+        let mut sessions = Vec::new();
+        for (key, partition) in &mut self.partitions {
+            let (Some(first), Some(last)) = (
+                partition.rows.keys().next().copied(),
+                partition.rows.keys().next_back().copied(),
+            ) else {
+                continue;
+            };
+            for span in partition.split((first, last), gap) {
+                partition.sessions.insert(span.0, span.1);
+                sessions.push((key.clone(), span));
+            }
+        }
+        for (key, span) in sessions {
+            self.by_end.insert((self.end(span), key, span.0));
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> Option<StateSize> {

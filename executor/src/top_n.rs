@@ -8,6 +8,10 @@
 //! whose row changed are emitted (`delete (old row, i)` + `insert (new row,
 //! i)`). Every row must be kept, not only the first N: a deleted winner is
 //! replaced by the next one.
+//!
+//! Checkpoints hold every stored row (`<partition> <order key> <row>` ->
+//! multiplicity); the numbering last emitted is the numbering of those rows,
+//! so recovery computes it again.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -18,6 +22,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalSortExpr;
 
+use crate::checkpoint::{
+    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
+};
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
@@ -51,6 +58,17 @@ pub struct TopN {
     touched: HashSet<Box<[u8]>>,
     /// Distinct (order key, row) entries over all partitions.
     stored: u64,
+    /// (partition, order key, row) changed since the last checkpoint.
+    dirty: Dirty<(Encoded, Encoded, Encoded)>,
+}
+
+/// State key of a stored row.
+fn row_state_key(partition: &[u8], order: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + partition.len() + order.len() + row.len());
+    push_part(&mut k, partition);
+    push_part(&mut k, order);
+    k.extend_from_slice(row);
+    k
 }
 
 impl TopN {
@@ -83,6 +101,7 @@ impl TopN {
             partitions: HashMap::default(),
             touched: HashSet::default(),
             stored: 0,
+            dirty: Dirty::default(),
         })
     }
 
@@ -141,8 +160,10 @@ impl Operator for TopN {
             if !self.touched.contains(&key) {
                 self.touched.insert(key.clone());
             }
+            let row: Encoded = rows.row(i).as_ref().into();
+            self.dirty.push((key.clone(), order.clone(), row.clone()));
             let partition = self.partitions.entry(key).or_default();
-            match partition.rows.entry((order, rows.row(i).as_ref().into())) {
+            match partition.rows.entry((order, row)) {
                 Entry::Occupied(mut o) => {
                     *o.get_mut() += sign;
                     if *o.get() <= 0 {
@@ -167,6 +188,48 @@ impl Operator for TopN {
             keys: self.partitions.len() as u64,
             rows: self.stored,
         })
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for (partition, order, row) in self.dirty.take() {
+            let state_key = row_state_key(&partition, &order, &row);
+            let count = self
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.rows.get(&(order, row)));
+            match count {
+                Some(n) => state.put(&state_key, ValueWriter::new().i64(*n).finish()),
+                None => state.delete(&state_key),
+            }
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.partitions.clear();
+        self.touched.clear();
+        self.stored = 0;
+        for (key, value) in entries {
+            let (partition, rest) = split_part(&key)?;
+            let (order, row) = split_part(rest)?;
+            let count = ValueReader::new(&value).i64()?;
+            self.partitions
+                .entry(partition.into())
+                .or_default()
+                .rows
+                .insert((order.into(), row.into()), count);
+            self.stored += 1;
+        }
+        let numbered: Vec<(Box<[u8]>, Vec<Box<[u8]>>)> = self
+            .partitions
+            .iter()
+            .map(|(key, p)| (key.clone(), self.numbered(p)))
+            .collect();
+        for (key, emitted) in numbered {
+            if let Some(p) = self.partitions.get_mut(&key) {
+                p.emitted = emitted;
+            }
+        }
+        Ok(())
     }
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {

@@ -79,7 +79,7 @@ async fn create_view(runtime: &Runtime, ctx: &SessionContext, id: u32, sql: &str
 
 async fn publish(runtime: &Runtime, table: u32, chunk: StreamChunk) {
     let guard = runtime.write_lock().await;
-    runtime.publish(&guard, table, chunk).await;
+    runtime.publish(&guard, table, chunk, 0).await;
 }
 
 /// Committed rows of relation `id`, as sorted text.

@@ -174,7 +174,7 @@ impl PartitionStream for SourceSplit {
         &self.spec.schema
     }
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let mut split = self.spec.split(self.index, self.count);
+        let mut split = self.spec.split(self.index, self.count, 0);
         let batches = std::iter::from_fn(move || {
             split
                 .next_batch(CHUNK_ROWS)

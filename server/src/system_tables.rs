@@ -5,14 +5,19 @@
 //!   the late rows dropped;
 //! - `source_readers`: per view and source, splits, finished splits, rows read;
 //! - `operator_state`: per view, fragment and stateful operator, its keys and
-//!   stored rows as of the fragment's last barrier.
+//!   stored rows as of the fragment's last barrier;
+//! - `checkpoints`: the last checkpoints written (epoch, when, how long,
+//!   bytes, error) and whether each is durable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
 
@@ -33,7 +38,14 @@ const VIEW_ERRORS: &str = "view_errors";
 const WATERMARKS: &str = "watermarks";
 const SOURCE_READERS: &str = "source_readers";
 const OPERATOR_STATE: &str = "operator_state";
-const TABLES: [&str; 4] = [VIEW_ERRORS, WATERMARKS, SOURCE_READERS, OPERATOR_STATE];
+const CHECKPOINTS: &str = "checkpoints";
+const TABLES: [&str; 5] = [
+    VIEW_ERRORS,
+    WATERMARKS,
+    SOURCE_READERS,
+    OPERATOR_STATE,
+    CHECKPOINTS,
+];
 
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -164,6 +176,55 @@ impl SystemSchema {
         )
     }
 
+    /// The last checkpoints, oldest first.
+    fn checkpoints(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let (history, durable) = self.runtime.coordinator().checkpoints();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("epoch", DataType::UInt64, false),
+            Field::new(
+                "finished_at",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("duration_ms", DataType::Float64, false),
+            Field::new("write_ms", DataType::Float64, false),
+            Field::new("bytes", DataType::UInt64, false),
+            Field::new("durable", DataType::Boolean, false),
+            Field::new("error", DataType::Utf8, true),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(
+                    history.iter().map(|c| c.epoch),
+                )),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    history.iter().map(|c| {
+                        c.finished_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64)
+                    }),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    history.iter().map(|c| ms(c.duration)),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    history.iter().map(|c| ms(c.write)),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    history.iter().map(|c| c.bytes),
+                )),
+                Arc::new(BooleanArray::from_iter(
+                    history.iter().map(|c| Some(c.epoch <= durable)),
+                )),
+                Arc::new(StringArray::from_iter(
+                    history.iter().map(|c| c.error.clone()),
+                )),
+            ],
+        )
+    }
+
     /// Each view's readers of each source: splits, finished splits, rows read.
     fn source_readers(&self) -> DfResult<Arc<dyn TableProvider>> {
         let names = self.names();
@@ -221,6 +282,7 @@ impl SchemaProvider for SystemSchema {
             WATERMARKS => self.watermarks(),
             SOURCE_READERS => self.source_readers(),
             OPERATOR_STATE => self.operator_state(),
+            CHECKPOINTS => self.checkpoints(),
             _ => return Ok(None),
         };
         table.map(Some)

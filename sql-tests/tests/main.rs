@@ -5,5 +5,6 @@ mod extended;
 mod nexmark;
 mod oracle;
 mod psql;
+mod recovery;
 mod restart;
 mod slt;

@@ -20,6 +20,7 @@ use datafusion::scalar::ScalarValue;
 
 use eddy_planner::AggregateKind;
 
+use crate::checkpoint::{ValueReader, ValueWriter};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 
@@ -153,6 +154,61 @@ impl Accumulator {
                 }
             }
         }
+    }
+
+    /// Writes this state to a checkpoint value.
+    pub fn encode(&self, out: &mut ValueWriter) {
+        match self {
+            Self::Count(n) => {
+                out.i64(*n);
+            }
+            Self::Int { sum, n } | Self::Decimal { sum, n } => {
+                out.i128(*sum).i64(*n);
+            }
+            Self::Float { sum, n } => {
+                out.f64(*sum).i64(*n);
+            }
+            Self::Bool { trues, falses } => {
+                out.i64(*trues).i64(*falses);
+            }
+            Self::Multiset(set) => {
+                out.u32(set.len() as u32);
+                for (value, n) in set {
+                    out.bytes(value).i64(*n);
+                }
+            }
+        }
+    }
+
+    /// Reads a state of `kind` that [`Accumulator::encode`] wrote.
+    pub fn decode(kind: &ValueKind, input: &mut ValueReader<'_>) -> Result<Self> {
+        Ok(match kind {
+            ValueKind::Counted => Self::Count(input.i64()?),
+            ValueKind::Int => Self::Int {
+                sum: input.i128()?,
+                n: input.i64()?,
+            },
+            ValueKind::Decimal { .. } => Self::Decimal {
+                sum: input.i128()?,
+                n: input.i64()?,
+            },
+            ValueKind::Float => Self::Float {
+                sum: input.f64()?,
+                n: input.i64()?,
+            },
+            ValueKind::Bool => Self::Bool {
+                trues: input.i64()?,
+                falses: input.i64()?,
+            },
+            ValueKind::Multiset => {
+                let mut set = BTreeMap::new();
+                for _ in 0..input.u32()? {
+                    let value: Box<[u8]> = input.bytes()?.into();
+                    set.insert(value, input.i64()?);
+                }
+                Self::Multiset(set)
+            }
+        })
     }
 
     /// The aggregate's current value.

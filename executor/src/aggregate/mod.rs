@@ -27,8 +27,9 @@ use datafusion::scalar::ScalarValue;
 
 pub use accumulator::{Accumulator, CallShape, ValueKind};
 
+use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
@@ -79,6 +80,8 @@ struct Group {
     accumulators: Vec<Accumulator>,
     /// Encoded window value, for windowed aggregates.
     window: Option<Box<[u8]>>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
 }
 
 fn new_group(calls: &[AggregateSpec]) -> Group {
@@ -89,7 +92,43 @@ fn new_group(calls: &[AggregateSpec]) -> Group {
             .map(|c| Accumulator::new(&c.value_kind))
             .collect(),
         window: None,
+        dirty: true,
     }
+}
+
+impl Group {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = ValueWriter::new();
+        out.i64(self.rows).opt_bytes(self.window.as_deref());
+        for acc in &self.accumulators {
+            acc.encode(&mut out);
+        }
+        out.finish()
+    }
+
+    fn decode(calls: &[AggregateSpec], value: &[u8]) -> Result<Self> {
+        let mut input = ValueReader::new(value);
+        let rows = input.i64()?;
+        let window = input.opt_bytes()?.map(Box::from);
+        let accumulators = calls
+            .iter()
+            .map(|c| Accumulator::decode(&c.value_kind, &mut input))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            rows,
+            accumulators,
+            window,
+            dirty: false,
+        })
+    }
+}
+
+/// State key of group `key`.
+fn group_state_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(b'g');
+    k.extend_from_slice(key);
+    k
 }
 
 /// An encoded value (Arrow row format): a group key or a window value.
@@ -113,6 +152,8 @@ pub struct HashAggregate {
     groups: HashMap<Box<[u8]>, Group>,
     /// Groups touched this epoch -> their output row before the epoch.
     touched: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>>,
+    /// Groups changed or removed since the last checkpoint.
+    dirty: Dirty<Box<[u8]>>,
 }
 
 impl HashAggregate {
@@ -154,12 +195,14 @@ impl HashAggregate {
             windows,
             groups: HashMap::default(),
             touched: HashMap::default(),
+            dirty: Dirty::default(),
         };
         if global {
             // The one row of a global aggregate exists before any input.
             let key: Box<[u8]> = Box::new([]);
             let group = new_group(&this.calls);
             this.groups.insert(key.clone(), group);
+            this.dirty.push(key.clone());
             this.touched.insert(key, None);
         }
         Ok(this)
@@ -236,9 +279,11 @@ impl HashAggregate {
     }
 
     fn remove_group(&mut self, key: &[u8]) {
-        if let Some(group) = self.groups.remove(key)
-            && let (Some(window), Some(w)) = (group.window, self.windows.as_mut())
-        {
+        let Some(group) = self.groups.remove(key) else {
+            return;
+        };
+        self.dirty.push(key.into());
+        if let (Some(window), Some(w)) = (group.window, self.windows.as_mut()) {
             w.open.remove(&(window, key.into()));
         }
     }
@@ -319,8 +364,15 @@ impl Operator for HashAggregate {
                 self.touched.insert(key.clone(), before);
             }
             let group = match self.groups.get_mut(&key) {
-                Some(g) => g,
+                Some(g) => {
+                    if !g.dirty {
+                        g.dirty = true;
+                        self.dirty.push(key);
+                    }
+                    g
+                }
                 None => {
+                    self.dirty.push(key.clone());
                     let mut group = new_group(&self.calls);
                     if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
                         group.window = Some(window.clone());
@@ -350,6 +402,55 @@ impl Operator for HashAggregate {
             keys: groups,
             rows: groups,
         })
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for key in self.dirty.take() {
+            let state_key = group_state_key(&key);
+            match self.groups.get_mut(&key) {
+                Some(group) => {
+                    group.dirty = false;
+                    state.put(&state_key, group.encode());
+                }
+                None => state.delete(&state_key),
+            }
+        }
+        if let Some(closed) = self.windows.as_ref().and_then(|w| w.closed_below.as_ref()) {
+            state.put(b"w", closed.to_vec());
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.groups.clear();
+        self.touched.clear();
+        if let Some(w) = self.windows.as_mut() {
+            w.open.clear();
+        }
+        for (key, value) in entries {
+            match key.split_first() {
+                Some((b'g', group_key)) => {
+                    let group = Group::decode(&self.calls, &value)?;
+                    if let (Some(window), Some(w)) = (&group.window, self.windows.as_mut()) {
+                        w.open.insert((window.clone(), group_key.into()));
+                    }
+                    self.groups.insert(group_key.into(), group);
+                }
+                Some((b'w', [])) => {
+                    if let Some(w) = self.windows.as_mut() {
+                        w.closed_below = Some(value);
+                    }
+                }
+                _ => {
+                    return Err(ExecutorError::CorruptState(
+                        "an aggregate's state key is unknown".into(),
+                    ));
+                }
+            }
+        }
+        if self.is_global() && self.groups.is_empty() {
+            self.groups.insert(Box::new([]), new_group(&self.calls));
+        }
+        Ok(())
     }
 
     fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {

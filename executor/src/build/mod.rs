@@ -25,6 +25,7 @@ use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
+use crate::checkpoint::READER_SCOPE;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -35,7 +36,7 @@ use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
 use crate::progress::Progress;
-use crate::source::{Reader, SourceSpec};
+use crate::source::{Reader, SourceSpec, SplitClocks};
 use crate::watermark::is_monotone_in;
 
 mod aggregate;
@@ -99,8 +100,13 @@ pub(crate) struct PipelineBuilder<'a> {
     pub ticks: Arc<Subscribers>,
     pub resolve: &'a dyn Fn(&str) -> Result<Upstream>,
     pub gate: Arc<RwLock<()>>,
+    pub running: tokio::sync::watch::Receiver<bool>,
+    pub clocks: Arc<SplitClocks>,
     pub progress: Arc<Progress>,
     pub emit_on_window_close: bool,
+    /// Whether inputs start with what they hold now (a new view), or the
+    /// pipeline's state comes from a checkpoint (recovery).
+    pub backfill: bool,
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
     /// Outputs of this pipeline's readers, per source id.
@@ -149,12 +155,7 @@ impl PipelineBuilder<'_> {
             .connect(pending, 1, Dispatch::Broadcast)
             .pop()
             .unwrap_or_default();
-        let materialize = Materialize::new(
-            self.relation,
-            schema,
-            self.coordinator.clone(),
-            self.progress.clone(),
-        )?;
+        let materialize = Materialize::new(self.relation, schema, self.progress.clone())?;
         self.spawnable(
             Instance {
                 ports: vec![0; inputs.len()],
@@ -215,16 +216,19 @@ impl PipelineBuilder<'_> {
         match node {
             StreamNode::Source { relation, .. } => match (self.resolve)(relation)? {
                 Upstream::Changelog { id, subscribers } => {
-                    let backfill = self.coordinator.read(&[id])?;
-                    let prefix = backfill
-                        .get(&id)
-                        .map(|batches| {
-                            batches
-                                .iter()
-                                .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let prefix = if self.backfill {
+                        let rows = self.coordinator.read(&[id])?;
+                        rows.get(&id)
+                            .map(|batches| {
+                                batches
+                                    .iter()
+                                    .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        vec![]
+                    };
                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                     self.subscriptions.push((subscribers, tx));
                     Ok(Built::plain(vec![Instance {
@@ -278,7 +282,7 @@ impl PipelineBuilder<'_> {
                             .with_row_count(Some(1)),
                     )?);
                 }
-                let prefix = if batches.is_empty() {
+                let prefix = if batches.is_empty() || !self.backfill {
                     vec![]
                 } else {
                     vec![Message::Chunk(StreamChunk::inserts(
@@ -406,11 +410,17 @@ impl PipelineBuilder<'_> {
             self.readers.push(Reader {
                 relation: self.relation,
                 spec: spec.clone(),
-                split: spec.split(index, splits),
+                scope: READER_SCOPE + self.readers.len() as u32,
+                index,
+                split: spec.split(index, splits, 0),
                 splits,
+                clock: self.clocks.get(spec.id, index, splits),
+                position: 0,
+                watermark: None,
                 ticks: rx,
                 output: output.clone(),
                 gate: self.gate.clone(),
+                running: self.running.clone(),
                 evaluator: self.evaluator.clone(),
                 progress: self.progress.clone(),
                 coordinator: self.coordinator.clone(),

@@ -204,6 +204,19 @@ impl Expiry {
         used
     }
 
+    /// Every watermark recorded: (side, column, nanoseconds).
+    pub fn watermarks(&self) -> Vec<(usize, usize, i64)> {
+        let mut out: Vec<_> = (0..2)
+            .flat_map(|side| {
+                self.watermarks[side]
+                    .iter()
+                    .map(move |(column, w)| (side, *column, *w))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Rows of `side` below this time have expired.
     fn threshold(&self, side: usize) -> Option<i64> {
         self.rules[side]

@@ -19,6 +19,11 @@
 //! An interval join (time columns of both sides related by constants in the
 //! residual filter) also drops rows no later change can meet, by watermark:
 //! see [`expiry`].
+//!
+//! Checkpoints hold every stored row (`r <side> <key> <row>` -> copies and
+//! time) and the interval join's watermarks (`x`). Degrees are not written:
+//! they follow from the two sides' rows and are computed again on recovery
+//! (only outer, semi and anti joins read them).
 
 mod expiry;
 
@@ -35,8 +40,11 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
+use crate::checkpoint::{
+    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
+};
 use crate::codec::RowCodec;
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::message::{Op, StreamChunk, Watermark};
@@ -81,6 +89,18 @@ pub struct HashJoin {
     /// Rows stored per side (distinct rows; for state size).
     rows: [u64; 2],
     expiry: Option<Expiry>,
+    /// (side, key, row) of stored rows changed since the last checkpoint.
+    dirty: Dirty<(u8, Box<[u8]>, Box<[u8]>)>,
+}
+
+/// State key of a stored row.
+fn row_state_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + key.len() + row.len());
+    k.push(b'r');
+    k.push(side);
+    push_part(&mut k, key);
+    k.extend_from_slice(row);
+    k
 }
 
 /// One output row: left and right encoded rows (None = this side absent).
@@ -115,7 +135,51 @@ impl HashJoin {
             state: [HashMap::default(), HashMap::default()],
             rows: [0, 0],
             expiry,
+            dirty: Dirty::default(),
         })
+    }
+
+    /// Whether degrees matter: only outer, semi and anti joins read them.
+    fn reads_degrees(&self) -> bool {
+        self.filtered_side().is_some() || self.pads(0) || self.pads(1)
+    }
+
+    /// Computes every stored row's degree from the two sides (recovery).
+    fn compute_degrees(&mut self) -> Result<()> {
+        let keys: Vec<Box<[u8]>> = self.state[0]
+            .keys()
+            .filter(|k| self.state[1].contains_key(*k))
+            .cloned()
+            .collect();
+        for key in keys {
+            let (left, right) = (&self.state[0][&key], &self.state[1][&key]);
+            let mut lefts: Vec<&[u8]> = Vec::new();
+            let mut rights: Vec<&[u8]> = Vec::new();
+            for l in left.keys() {
+                for r in right.keys() {
+                    lefts.push(l);
+                    rights.push(r);
+                }
+            }
+            let passes = self.filter_pairs(0, &lefts, &rights)?;
+            let mut degrees: Vec<(Box<[u8]>, Box<[u8]>)> = Vec::new();
+            for (i, pass) in passes.iter().enumerate() {
+                if *pass {
+                    degrees.push((lefts[i].into(), rights[i].into()));
+                }
+            }
+            for (l, r) in degrees {
+                let left_copies = self.state[0][&key][&l].copies;
+                let right_copies = self.state[1][&key][&r].copies;
+                if let Some(e) = self.state[0].get_mut(&key).and_then(|b| b.get_mut(&l)) {
+                    e.degree += right_copies;
+                }
+                if let Some(e) = self.state[1].get_mut(&key).and_then(|b| b.get_mut(&r)) {
+                    e.degree += left_copies;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn pads(&self, side: usize) -> bool {
@@ -269,6 +333,10 @@ impl HashJoin {
     }
 }
 
+fn corrupt_key() -> ExecutorError {
+    ExecutorError::CorruptState("a join's state key is unknown".into())
+}
+
 /// An output row holding only `row`, on `side`.
 fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
     if side == 0 {
@@ -285,6 +353,71 @@ impl Operator for HashJoin {
             keys: self.state.iter().map(|s| s.len() as u64).sum(),
             rows: self.rows.iter().sum(),
         })
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for (side, key, row) in self.dirty.take() {
+            let state_key = row_state_key(side, &key, &row);
+            let entry = self.state[side as usize]
+                .get(&key)
+                .and_then(|b| b.get(&row));
+            match entry {
+                Some(e) => state.put(
+                    &state_key,
+                    ValueWriter::new().i64(e.copies).opt_i64(e.time).finish(),
+                ),
+                None => state.delete(&state_key),
+            }
+        }
+        if let Some(expiry) = &self.expiry {
+            let mut value = ValueWriter::new();
+            for (side, column, w) in expiry.watermarks() {
+                value.u8(side as u8).u32(column as u32).i64(w);
+            }
+            state.put(b"x", value.finish());
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.state = [HashMap::default(), HashMap::default()];
+        self.rows = [0, 0];
+        for (key, value) in entries {
+            match key.split_first() {
+                Some((b'r', rest)) => {
+                    let (&side, rest) = rest.split_first().ok_or_else(|| corrupt_key())?;
+                    let side = usize::from(side).min(1);
+                    let (join_key, row) = split_part(rest)?;
+                    let mut value = ValueReader::new(&value);
+                    let entry = Entry {
+                        copies: value.i64()?,
+                        degree: 0,
+                        time: value.opt_i64()?,
+                    };
+                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), entry.time) {
+                        expiry.stored(side, t, join_key);
+                    }
+                    self.state[side]
+                        .entry(join_key.into())
+                        .or_default()
+                        .insert(row.into(), entry);
+                    self.rows[side] += 1;
+                }
+                Some((b'x', [])) => {
+                    let mut value = ValueReader::new(&value);
+                    while !value.rest().is_empty() {
+                        let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
+                        if let Some(expiry) = self.expiry.as_mut() {
+                            expiry.observe(usize::from(side).min(1), column as usize, w);
+                        }
+                    }
+                }
+                _ => return Err(corrupt_key()),
+            }
+        }
+        if self.reads_degrees() {
+            self.compute_degrees()?;
+        }
+        Ok(())
     }
 
     fn process(
@@ -381,6 +514,7 @@ impl Operator for HashJoin {
                 }
                 entry.copies += sign;
                 entry.degree = matched;
+                self.dirty.push((side as u8, key.clone(), my_row.into()));
                 if entry.copies == 0 {
                     bucket.remove(my_row);
                     self.rows[side] -= 1;
@@ -420,7 +554,14 @@ impl Operator for HashJoin {
                     continue;
                 };
                 let before = bucket.len();
-                bucket.retain(|_, e| e.time.is_none_or(|t| t >= threshold));
+                let dirty = &mut self.dirty;
+                bucket.retain(|row, e| {
+                    let keep = e.time.is_none_or(|t| t >= threshold);
+                    if !keep {
+                        dirty.push((side as u8, key.clone(), row.clone()));
+                    }
+                    keep
+                });
                 self.rows[side] -= (before - bucket.len()) as u64;
                 if bucket.is_empty() {
                     self.state[side].remove(&key);

@@ -204,11 +204,11 @@ impl DatagenSource {
         })
     }
 
-    /// Split `index` of `count`.
-    pub fn split(&self, index: usize, count: usize) -> Box<dyn SplitReader> {
+    /// Split `index` of `count`, from its row `start` on.
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
         Box::new(DatagenSplit {
             source: self.clone(),
-            next: index as u64,
+            next: index as u64 + start * count as u64,
             step: count as u64,
         })
     }

@@ -15,33 +15,34 @@
 //! Readers produce only while holding the runtime's source gate for reading;
 //! DDL closes the gate to quiesce, so nothing is in flight while a pipeline
 //! is created or dropped.
+//!
+//! Barriers cut every split at one position for all of its readers (see
+//! [`clock`]), so all views are at one point of every stream at every
+//! epoch. When a reader forwards a barrier it hands the checkpoint its
+//! split's position (rows read) and watermark. A recovered reader starts
+//! its split at that position and sends that watermark before any row.
 
+mod clock;
 mod datagen;
 mod nexmark;
+mod reader;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
-use tokio::sync::RwLock;
-use tokio::sync::mpsc::Receiver;
-use tokio::sync::mpsc::error::TryRecvError;
 
+pub use clock::{SplitClock, SplitClocks};
 pub use datagen::DatagenSource;
 use datagen::pin_defaults as pin_datagen_defaults;
 pub use nexmark::NexmarkSource;
+pub(crate) use reader::Reader;
 
-use crate::coordinator::Coordinator;
-use crate::dispatch::Subscribers;
 use crate::error::{ExecutorError, Result};
-use crate::eval::Evaluator;
-use crate::message::{Message, StreamChunk, Watermark};
-use crate::progress::Progress;
 
 /// Rows per generated chunk.
 pub const CHUNK_ROWS: usize = 4096;
@@ -213,11 +214,11 @@ impl SourceSpec {
         self.splits.unwrap_or(parallelism).max(1)
     }
 
-    /// Split `index` of `count`.
-    pub fn split(&self, index: usize, count: usize) -> Box<dyn SplitReader> {
+    /// Split `index` of `count`, from its row `start` on.
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
         match &self.connector {
-            Connector::Nexmark(n) => n.split(index, count),
-            Connector::Datagen(d) => d.split(index, count),
+            Connector::Nexmark(n) => n.split(index, count, start),
+            Connector::Datagen(d) => d.split(index, count, start),
         }
     }
 }
@@ -245,146 +246,4 @@ fn end_of_time(data_type: &DataType) -> Option<ScalarValue> {
         DataType::Date32 => ScalarValue::Date32(Some((SECONDS / 86_400) as i32)),
         _ => return None,
     })
-}
-
-/// One running split reader.
-pub(crate) struct Reader {
-    pub relation: u32,
-    pub spec: Arc<SourceSpec>,
-    pub split: Box<dyn SplitReader>,
-    pub splits: usize,
-    pub ticks: Receiver<Message>,
-    pub output: Arc<Subscribers>,
-    pub gate: Arc<RwLock<()>>,
-    pub evaluator: Evaluator,
-    pub progress: Arc<Progress>,
-    /// Told when the split fails, so the view reports it.
-    pub coordinator: Arc<Coordinator>,
-}
-
-impl Reader {
-    async fn emit_watermark(&self, current: &mut Option<ScalarValue>, candidate: ScalarValue) {
-        let Some(spec) = &self.spec.watermark else {
-            return;
-        };
-        if candidate.is_null() || current.as_ref().is_some_and(|c| *c >= candidate) {
-            return;
-        }
-        *current = Some(candidate.clone());
-        let name = self.spec.schema.field(spec.column).name().clone();
-        self.progress.watermark(self.spec.id, &name, &candidate);
-        self.output
-            .send(Message::Watermark(Watermark {
-                column: spec.column,
-                value: candidate,
-            }))
-            .await;
-    }
-
-    /// Runs until the view that owns it is dropped.
-    pub async fn run(mut self) {
-        let pace = self.spec.rows_per_second.map(|r| r / self.splits as f64);
-        let started = Instant::now();
-        let mut produced = 0u64;
-        let mut exhausted = false;
-        let mut watermark: Option<ScalarValue> = None;
-        self.progress.reader_started(self.relation, self.spec.id);
-        loop {
-            // Barriers first: an epoch never waits for generation.
-            match self.ticks.try_recv() {
-                Ok(msg) => {
-                    self.output.send(msg).await;
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {}
-            }
-            if self.output.is_empty() {
-                return;
-            }
-            let due = pace.map(|p| {
-                let ahead = produced as f64 / p - started.elapsed().as_secs_f64();
-                Duration::try_from_secs_f64(ahead.max(0.0)).unwrap_or(Duration::MAX)
-            });
-            if exhausted || due.is_some_and(|d| !d.is_zero()) {
-                let wait = due.unwrap_or(Duration::from_secs(3600));
-                tokio::select! {
-                    msg = self.ticks.recv() => match msg {
-                        Some(msg) => self.output.send(msg).await,
-                        None => return,
-                    },
-                    _ = tokio::time::sleep(wait), if !exhausted => {}
-                }
-                continue;
-            }
-            let rows = match pace {
-                Some(p) => ((p / 10.0) as usize).clamp(1, CHUNK_ROWS),
-                None => CHUNK_ROWS,
-            };
-            let gate = tokio::select! {
-                biased;
-                msg = self.ticks.recv() => {
-                    match msg {
-                        Some(msg) => self.output.send(msg).await,
-                        None => return,
-                    }
-                    continue;
-                }
-                guard = self.gate.read() => guard,
-            };
-            match self.split.next_batch(rows) {
-                Ok(Some(batch)) => {
-                    produced += batch.num_rows() as u64;
-                    self.progress
-                        .rows_read(self.relation, self.spec.id, batch.num_rows() as u64);
-                    let candidate = match &self.spec.watermark {
-                        Some(spec) => self
-                            .evaluator
-                            .eval(&spec.expr, &batch)
-                            .ok()
-                            .and_then(|a| max_value(&a)),
-                        None => None,
-                    };
-                    self.output
-                        .send(Message::Chunk(StreamChunk::inserts(batch)))
-                        .await;
-                    if let Some(candidate) = candidate {
-                        self.emit_watermark(&mut watermark, candidate).await;
-                    }
-                }
-                Ok(None) => {
-                    exhausted = true;
-                    self.progress.reader_finished(self.relation, self.spec.id);
-                    if let Some(end) = self
-                        .spec
-                        .watermark
-                        .as_ref()
-                        .and_then(|w| end_of_time(self.spec.schema.field(w.column).data_type()))
-                    {
-                        self.emit_watermark(&mut watermark, end).await;
-                    }
-                }
-                Err(e) => {
-                    // The view fails visibly (queries on it say why); its
-                    // pipeline keeps forwarding barriers for everyone else.
-                    tracing::warn!(relation = self.relation, error = %e, "source split failed");
-                    self.coordinator
-                        .fail(self.relation, format!("reading the source failed: {e}"));
-                    exhausted = true;
-                }
-            }
-            drop(gate);
-        }
-    }
-}
-
-/// The largest non-NULL value of `array` (a time column).
-fn max_value(array: &datafusion::arrow::array::ArrayRef) -> Option<ScalarValue> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::Int64Type;
-    let ints = datafusion::arrow::compute::cast(array, &DataType::Int64).ok()?;
-    let max = datafusion::arrow::compute::max(ints.as_primitive::<Int64Type>())?;
-    ScalarValue::Int64(Some(max))
-        .cast_to(array.data_type())
-        .ok()
 }

@@ -144,11 +144,11 @@ impl NexmarkSource {
         })
     }
 
-    /// Split `index` of `count`.
-    pub fn split(&self, index: usize, count: usize) -> Box<dyn SplitReader> {
+    /// Split `index` of `count`, from its row `start` on.
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
         let generator = EventGenerator::new(self.config.clone())
             .with_type_filter(self.kind)
-            .with_offset(index as u64)
+            .with_offset(index as u64 + start * count as u64)
             .with_step(count as u64);
         Box::new(NexmarkSplit {
             source: self.clone(),

@@ -146,9 +146,10 @@ impl Engine {
                 let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
                 let last_key = self.store.last_row_key(id)?;
                 let rows = TableRows::new(&schema, primary_key, last_key.as_deref())?;
-                let stored = self.load_rows(id, &schema, &rows)?;
+                // Its rows come back from the last checkpoint and the log
+                // of changes after it (see `Runtime::recovered`).
                 self.runtime
-                    .create_table(&guard, id, schema.clone(), stored)?;
+                    .create_table(&guard, id, schema.clone(), vec![])?;
                 (schema, Some(rows), None)
             }
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::View) => (
@@ -207,6 +208,13 @@ impl Engine {
             source: None,
         };
         self.catalog.insert(info);
+        drop(quiesced);
+        drop(guard);
+        if kind == RelationKind::MaterializedView {
+            // The statement returns once the view holds its backfill, so a
+            // query right after it sees the view at the same epoch as the rest.
+            self.runtime.flush().await;
+        }
         Ok(Outcome::command(tag))
     }
 
@@ -340,25 +348,6 @@ impl Engine {
             column: index,
             expr: physical,
         })
-    }
-
-    fn load_rows(
-        &self,
-        id: u32,
-        schema: &datafusion::arrow::datatypes::SchemaRef,
-        rows: &TableRows,
-    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
-        let mut values = Vec::new();
-        self.store.scan_rows(id, |_, v| values.push(v.to_vec()))?;
-        let mut batches = Vec::new();
-        for chunk in values.chunks(8192) {
-            let columns = rows.decode(chunk.iter().map(|v| v.as_slice()))?;
-            batches.push(datafusion::arrow::array::RecordBatch::try_new(
-                schema.clone(),
-                columns,
-            )?);
-        }
-        Ok(batches)
     }
 
     /// DROP TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] names [CASCADE].

@@ -153,8 +153,9 @@ impl Engine {
         writes: &[RowWrite],
     ) -> Result<()> {
         if let Some(change) = change {
-            self.store.write_rows(info.id, writes)?;
-            self.runtime.publish(guard, info.id, change).await;
+            let logged = eddy_executor::encode_change(&change)?;
+            let seq = self.store.write_rows(info.id, writes, &logged)?;
+            self.runtime.publish(guard, info.id, change, seq).await;
         }
         Ok(())
     }

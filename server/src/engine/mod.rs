@@ -114,7 +114,20 @@ impl Engine {
     pub async fn open(data_dir: &Path, parallelism: usize) -> Result<Arc<Self>> {
         let store = Arc::new(Store::open(data_dir)?);
         let catalog = Arc::new(Catalog::default());
-        let runtime = Runtime::new(parallelism);
+        // Checkpointed state is partitioned: pipelines recover with the
+        // parallelism they were checkpointed with.
+        let parallelism = match store.meta()?.parallelism {
+            Some(p) if p as usize != parallelism => {
+                tracing::warn!(
+                    configured = parallelism,
+                    checkpointed = p,
+                    "the data directory was checkpointed with another parallelism; keeping it"
+                );
+                p as usize
+            }
+            _ => parallelism,
+        };
+        let runtime = Runtime::durable(parallelism, store.clone())?;
 
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC)
@@ -184,16 +197,13 @@ impl Engine {
         &self.runtime
     }
 
+    /// Recovery: every relation of the catalog, in creation order, from
+    /// the last checkpoint; then the table changes logged after it.
     async fn replay(&self) -> Result<()> {
         let entries = self.store.catalog()?;
         let count = entries.len();
-        let mut tables_loaded = false;
+        let epoch = self.store.meta()?.epoch;
         for entry in entries {
-            if entry.kind != RelationKind::Table && !tables_loaded {
-                // Tables' stored rows must be committed before views backfill from them.
-                self.runtime.flush().await;
-                tables_loaded = true;
-            }
             let mut stmts = self.parse(&entry.sql)?;
             let (Some(stmt), true) = (stmts.pop(), stmts.is_empty()) else {
                 return Err(EddyError::Coded {
@@ -203,8 +213,17 @@ impl Engine {
             };
             self.create_statement(stmt, Some(entry.id)).await?;
         }
+        let replayed = {
+            let guard = self.runtime.write_lock().await;
+            self.runtime.recovered(&guard).await?
+        };
         self.runtime.flush().await;
-        info!(relations = count, "catalog replayed");
+        info!(
+            relations = count,
+            checkpoint = epoch,
+            table_changes_replayed = replayed,
+            "recovered"
+        );
         Ok(())
     }
 

@@ -1,0 +1,182 @@
+//! What pipelines hand to a checkpoint, and get back on recovery.
+//!
+//! At every barrier, after the barrier ran through its operator chain, a
+//! fragment asks each operator for the state it changed during the epoch
+//! ([`crate::operator::Operator::checkpoint`]) and hands the writes to the
+//! coordinator in one [`FragmentCheckpoint`]; source readers hand over their
+//! positions the same way when they forward the barrier. The materialize
+//! operator adds its relation's net change of rows: that is the relation's
+//! ack. Since every other fragment of a pipeline (and every reader) is
+//! upstream of the materialize fragment, their writes for epoch `e` are
+//! staged before the ack of `e`, so the epoch's checkpoint is complete when
+//! the last relation acks.
+//!
+//! Layout of a pipeline's state keys (after the storage's `s <relation>`):
+//!
+//! ```text
+//! <scope:u32be> <operator:u16be> <operator's own key>
+//! ```
+//!
+//! `scope` is the fragment's index in its pipeline, or [`READER_SCOPE`] +
+//! the reader's index; both are assigned in plan order, so a pipeline built
+//! again from the same plan finds its state under the same keys.
+//!
+//! Invariant: an operator's checkpoint writes, applied to what it restored,
+//! give exactly its state at the barrier — what it would have produced
+//! from then on is what it produces after recovery.
+
+mod bytes;
+mod writer;
+
+use std::collections::BTreeMap;
+
+pub use bytes::{ValueReader, ValueWriter};
+pub use writer::{CheckpointStats, CheckpointWriter};
+
+use crate::coordinator::Delta;
+use crate::error::{ExecutorError, Result};
+
+/// Scopes of source readers start here.
+pub const READER_SCOPE: u32 = 0x8000_0000;
+
+/// A state key or value.
+pub type Bytes = Box<[u8]>;
+
+/// One state write: put a value, or delete the key (`None`).
+pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// One fragment's (or reader's) contribution to an epoch's checkpoint.
+#[derive(Debug, Default)]
+pub struct FragmentCheckpoint {
+    pub(crate) writes: Vec<StateWrite>,
+    /// The relation's net change of rows: set by the materialize operator.
+    pub(crate) rows: Option<Delta>,
+}
+
+impl FragmentCheckpoint {
+    /// A writer for operator `operator` of scope `scope`.
+    pub fn scope(&mut self, scope: u32, operator: u16) -> StateWriter<'_> {
+        let mut prefix = [0u8; 6];
+        prefix[..4].copy_from_slice(&scope.to_be_bytes());
+        prefix[4..].copy_from_slice(&operator.to_be_bytes());
+        StateWriter {
+            prefix,
+            checkpoint: self,
+        }
+    }
+
+    /// Whether there is nothing to hand over.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.rows.is_none()
+    }
+}
+
+/// Where one operator writes its changed state.
+#[derive(Debug)]
+pub struct StateWriter<'a> {
+    prefix: [u8; 6],
+    checkpoint: &'a mut FragmentCheckpoint,
+}
+
+impl StateWriter<'_> {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(6 + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        let key = self.key(key);
+        self.checkpoint.writes.push((key, Some(value)));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        let key = self.key(key);
+        self.checkpoint.writes.push((key, None));
+    }
+
+    /// The relation's net change of rows this epoch (its ack).
+    pub fn rows(&mut self, delta: Delta) {
+        self.checkpoint.rows = Some(delta);
+    }
+}
+
+/// One operator's restored entries, in key order, its prefix removed.
+pub type StateEntries = Vec<(Bytes, Bytes)>;
+
+/// A relation's checkpointed state, split by scope and operator.
+#[derive(Debug, Default)]
+pub struct RestoredState {
+    by_operator: BTreeMap<(u32, u16), StateEntries>,
+}
+
+impl RestoredState {
+    /// Splits stored `entries` (keys as laid out above).
+    pub fn new(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self> {
+        let mut by_operator: BTreeMap<(u32, u16), StateEntries> = BTreeMap::new();
+        for (key, value) in entries {
+            let (Some(scope), Some(operator)) = (
+                key.get(..4).and_then(|b| b.try_into().ok()),
+                key.get(4..6).and_then(|b| b.try_into().ok()),
+            ) else {
+                return Err(ExecutorError::CorruptState(
+                    "a state key is shorter than its scope".into(),
+                ));
+            };
+            by_operator
+                .entry((u32::from_be_bytes(scope), u16::from_be_bytes(operator)))
+                .or_default()
+                .push((key[6..].into(), value.into()));
+        }
+        Ok(Self { by_operator })
+    }
+
+    /// The entries of operator `operator` of scope `scope`.
+    pub fn take(&mut self, scope: u32, operator: u16) -> StateEntries {
+        self.by_operator
+            .remove(&(scope, operator))
+            .unwrap_or_default()
+    }
+}
+
+/// Keys changed since the last checkpoint. Pushing is cheap (duplicates
+/// allowed); they are sorted and deduplicated when the checkpoint is taken.
+#[derive(Debug)]
+pub struct Dirty<K>(Vec<K>);
+
+impl<K> Default for Dirty<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord> Dirty<K> {
+    /// Marks `key` changed.
+    pub fn push(&mut self, key: K) {
+        self.0.push(key);
+    }
+
+    /// Every key changed since the last call, once each.
+    pub fn take(&mut self) -> Vec<K> {
+        let mut keys = std::mem::take(&mut self.0);
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Appends `part` to `key`, length first, so concatenated parts split back unambiguously.
+pub fn push_part(key: &mut Vec<u8>, part: &[u8]) {
+    key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    key.extend_from_slice(part);
+}
+
+/// Splits a length-prefixed part (see [`push_part`]) off the front of `key`.
+pub fn split_part(key: &[u8]) -> Result<(&[u8], &[u8])> {
+    let mut reader = ValueReader::new(key);
+    let part = reader.bytes()?;
+    Ok((part, reader.rest()))
+}

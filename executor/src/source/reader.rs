@@ -1,0 +1,268 @@
+//! One view's reader of one split of a source.
+//!
+//! It interleaves generated chunks (paced if the source says so),
+//! watermarks, and barriers forwarded from the runtime's ticks. Barriers
+//! cut the split where the split's [`SplitClock`] says, so every view is at
+//! the same position of the split at every epoch; forwarding one hands the
+//! checkpoint this reader's position and watermark.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::scalar::ScalarValue;
+use tokio::sync::RwLock;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::{CHUNK_ROWS, SourceSpec, SplitClock, SplitReader, end_of_time};
+use crate::checkpoint::{FragmentCheckpoint, StateEntries, ValueReader, ValueWriter};
+use crate::coordinator::Coordinator;
+use crate::dispatch::Subscribers;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::message::{Barrier, Message, StreamChunk, Watermark};
+use crate::progress::Progress;
+
+/// One running split reader.
+pub(crate) struct Reader {
+    pub relation: u32,
+    pub spec: Arc<SourceSpec>,
+    /// Its checkpoint scope (see [`crate::checkpoint`]).
+    pub scope: u32,
+    /// Which split.
+    pub index: usize,
+    pub split: Box<dyn SplitReader>,
+    pub splits: usize,
+    pub clock: Arc<SplitClock>,
+    /// Rows of the split read so far (from a checkpoint, on recovery).
+    pub position: u64,
+    /// The last watermark sent (from a checkpoint, on recovery).
+    pub watermark: Option<ScalarValue>,
+    pub ticks: Receiver<Message>,
+    pub output: Arc<Subscribers>,
+    pub gate: Arc<RwLock<()>>,
+    /// False while the runtime recovers: barriers pass, no rows are read
+    /// beyond the barriers' positions.
+    pub running: tokio::sync::watch::Receiver<bool>,
+    pub evaluator: Evaluator,
+    pub progress: Arc<Progress>,
+    /// Told when the split fails, so the view reports it.
+    pub coordinator: Arc<Coordinator>,
+}
+
+/// Unregisters a reader from its split's clock when it ends.
+struct Registration(Arc<SplitClock>, u64);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.unregister(self.1);
+    }
+}
+
+impl Reader {
+    /// Takes up the position a checkpoint recorded for this reader.
+    pub fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        let Some((_, value)) = entries.first() else {
+            return Ok(());
+        };
+        let mut value = ValueReader::new(value);
+        self.position = value.i64()? as u64;
+        let watermark = value.opt_i64()?;
+        self.split = self.spec.split(self.index, self.splits, self.position);
+        if let (Some(w), Some(spec)) = (watermark, &self.spec.watermark) {
+            let data_type = self.spec.schema.field(spec.column).data_type();
+            self.watermark = Some(ScalarValue::Int64(Some(w)).cast_to(data_type)?);
+        }
+        Ok(())
+    }
+
+    /// Sends `candidate` as the watermark if it raises it (or `force`).
+    async fn emit_watermark(&mut self, candidate: ScalarValue, force: bool) {
+        let Some(spec) = &self.spec.watermark else {
+            return;
+        };
+        let raises = !candidate.is_null() && self.watermark.as_ref().is_none_or(|c| *c < candidate);
+        if !raises && !force {
+            return;
+        }
+        self.watermark = Some(candidate.clone());
+        let name = self.spec.schema.field(spec.column).name().clone();
+        self.progress.watermark(self.spec.id, &name, &candidate);
+        self.output
+            .send(Message::Watermark(Watermark {
+                column: spec.column,
+                value: candidate,
+            }))
+            .await;
+    }
+
+    /// Reads and sends up to `rows` rows; false once the split is done.
+    async fn read_chunk(&mut self, rows: usize) -> bool {
+        match self.split.next_batch(rows) {
+            Ok(Some(batch)) => {
+                let n = batch.num_rows() as u64;
+                self.position += n;
+                self.progress.rows_read(self.relation, self.spec.id, n);
+                let candidate = match &self.spec.watermark {
+                    Some(spec) => self
+                        .evaluator
+                        .eval(&spec.expr, &batch)
+                        .ok()
+                        .and_then(|a| max_value(&a)),
+                    None => None,
+                };
+                self.output
+                    .send(Message::Chunk(StreamChunk::inserts(batch)))
+                    .await;
+                if let Some(candidate) = candidate {
+                    self.emit_watermark(candidate, false).await;
+                }
+                true
+            }
+            Ok(None) => {
+                self.progress.reader_finished(self.relation, self.spec.id);
+                if let Some(end) = self
+                    .spec
+                    .watermark
+                    .as_ref()
+                    .and_then(|w| end_of_time(self.spec.schema.field(w.column).data_type()))
+                {
+                    self.emit_watermark(end, false).await;
+                }
+                false
+            }
+            Err(e) => {
+                // The view fails visibly (queries on it say why); its
+                // pipeline keeps forwarding barriers for everyone else.
+                tracing::warn!(relation = self.relation, error = %e, "source split failed");
+                self.coordinator
+                    .fail(self.relation, format!("reading the source failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Forwards a message from the runtime's ticks. A barrier goes out at
+    /// its boundary (reading up to it first), after handing the checkpoint
+    /// this reader's position and watermark.
+    async fn forward(&mut self, msg: Message, id: u64, exhausted: &mut bool) {
+        let Message::Barrier(Barrier { epoch }) = &msg else {
+            self.output.send(msg).await;
+            return;
+        };
+        let epoch = *epoch;
+        let boundary = self.clock.boundary(epoch, self.position);
+        // Catching up takes no gate: these rows belong to the epoch the
+        // barrier ends, which a quiescing DDL statement waits for anyway.
+        while !*exhausted && self.position < boundary {
+            let rows = (boundary - self.position).min(CHUNK_ROWS as u64) as usize;
+            *exhausted = !self.read_chunk(rows).await;
+        }
+        let raw = self
+            .watermark
+            .as_ref()
+            .and_then(|w| w.cast_to(&DataType::Int64).ok())
+            .and_then(|w| match w {
+                ScalarValue::Int64(v) => v,
+                _ => None,
+            });
+        let mut checkpoint = FragmentCheckpoint::default();
+        checkpoint.scope(self.scope, 0).put(
+            &[],
+            ValueWriter::new()
+                .i64(self.position as i64)
+                .opt_i64(raw)
+                .finish(),
+        );
+        self.coordinator.stage(self.relation, epoch, checkpoint);
+        self.output.send(msg).await;
+        self.clock.forwarded(id, epoch);
+    }
+
+    /// Runs until the view that owns it is dropped.
+    pub async fn run(mut self) {
+        let id = self.clock.register(self.position);
+        let _registration = Registration(self.clock.clone(), id);
+        let pace = self.spec.rows_per_second.map(|r| r / self.splits as f64);
+        let started = Instant::now();
+        let start = self.position;
+        let mut exhausted = false;
+        self.progress.reader_started(self.relation, self.spec.id);
+        if let Some(restored) = self.watermark.clone() {
+            self.emit_watermark(restored, true).await;
+        }
+        loop {
+            // Barriers first: an epoch never waits for generation.
+            match self.ticks.try_recv() {
+                Ok(msg) => {
+                    self.forward(msg, id, &mut exhausted).await;
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+            }
+            if self.output.is_empty() {
+                return;
+            }
+            let paused = !*self.running.borrow();
+            let produced = self.position - start;
+            let pacing = pace
+                .map(|p| {
+                    let ahead = produced as f64 / p - started.elapsed().as_secs_f64();
+                    Duration::try_from_secs_f64(ahead.max(0.0)).unwrap_or(Duration::MAX)
+                })
+                .filter(|d| !d.is_zero());
+            let blocked = exhausted || paused;
+            let mut rows = match pace {
+                Some(p) => ((p / 10.0) as usize).clamp(1, CHUNK_ROWS),
+                None => CHUNK_ROWS,
+            };
+            if !blocked && pacing.is_none() {
+                rows = self.clock.claim(id, self.position, rows);
+            }
+            if blocked || pacing.is_some() || rows == 0 {
+                // Wait for the next barrier (or the pace, or the end of recovery).
+                let wait = match pacing {
+                    Some(d) if !blocked => d,
+                    _ => Duration::from_secs(3600),
+                };
+                tokio::select! {
+                    msg = self.ticks.recv() => match msg {
+                        Some(msg) => self.forward(msg, id, &mut exhausted).await,
+                        None => return,
+                    },
+                    _ = self.running.changed(), if paused => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let gate = self.gate.clone();
+            let guard = tokio::select! {
+                biased;
+                msg = self.ticks.recv() => {
+                    match msg {
+                        Some(msg) => self.forward(msg, id, &mut exhausted).await,
+                        None => return,
+                    }
+                    continue;
+                }
+                guard = gate.read() => guard,
+            };
+            exhausted = !self.read_chunk(rows).await;
+            drop(guard);
+        }
+    }
+}
+
+/// The largest non-NULL value of `array` (a time column).
+fn max_value(array: &ArrayRef) -> Option<ScalarValue> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let ints = datafusion::arrow::compute::cast(array, &DataType::Int64).ok()?;
+    let max = datafusion::arrow::compute::max(ints.as_primitive::<Int64Type>())?;
+    ScalarValue::Int64(Some(max))
+        .cast_to(array.data_type())
+        .ok()
+}

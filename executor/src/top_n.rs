@@ -44,6 +44,21 @@ struct Partition {
     emitted: Vec<Box<[u8]>>,
 }
 
+/// The rows of `partition` in order, numbered from 1, up to `limit`.
+fn numbered(partition: &Partition, limit: Option<usize>) -> Vec<Box<[u8]>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for ((_, row), count) in &partition.rows {
+        for _ in 0..*count {
+            if out.len() >= limit {
+                return out;
+            }
+            out.push(row.clone());
+        }
+    }
+    out
+}
+
 /// The top-N / row-number operator.
 #[derive(Debug)]
 pub struct TopN {
@@ -103,20 +118,6 @@ impl TopN {
             stored: 0,
             dirty: Dirty::default(),
         })
-    }
-
-    fn numbered(&self, partition: &Partition) -> Vec<Box<[u8]>> {
-        let limit = self.limit.unwrap_or(usize::MAX);
-        let mut out = Vec::new();
-        for ((_, row), count) in &partition.rows {
-            for _ in 0..*count {
-                if out.len() >= limit {
-                    return out;
-                }
-                out.push(row.clone());
-            }
-        }
-        out
     }
 
     fn build_output(&self, rows: Vec<(Op, &[u8], u64)>) -> Result<StreamChunk> {
@@ -219,15 +220,9 @@ impl Operator for TopN {
                 .insert((order.into(), row.into()), count);
             self.stored += 1;
         }
-        let numbered: Vec<(Box<[u8]>, Vec<Box<[u8]>>)> = self
-            .partitions
-            .iter()
-            .map(|(key, p)| (key.clone(), self.numbered(p)))
-            .collect();
-        for (key, emitted) in numbered {
-            if let Some(p) = self.partitions.get_mut(&key) {
-                p.emitted = emitted;
-            }
+        let limit = self.limit;
+        for partition in self.partitions.values_mut() {
+            partition.emitted = numbered(partition, limit);
         }
         Ok(())
     }
@@ -239,7 +234,7 @@ impl Operator for TopN {
             let Some(partition) = self.partitions.get(&key) else {
                 continue;
             };
-            let new = self.numbered(partition);
+            let new = numbered(partition, self.limit);
             if new != partition.emitted {
                 renumbered.push((key, new));
             } else if partition.rows.is_empty() {

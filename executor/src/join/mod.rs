@@ -89,9 +89,12 @@ pub struct HashJoin {
     /// Rows stored per side (distinct rows; for state size).
     rows: [u64; 2],
     expiry: Option<Expiry>,
-    /// (side, key, row) of stored rows changed since the last checkpoint.
-    dirty: Dirty<(u8, Box<[u8]>, Box<[u8]>)>,
+    /// Stored rows changed since the last checkpoint.
+    dirty: Dirty<StoredRow>,
 }
+
+/// A stored row: (side, join key, row).
+type StoredRow = (u8, Box<[u8]>, Box<[u8]>);
 
 /// State key of a stored row.
 fn row_state_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
@@ -162,13 +165,13 @@ impl HashJoin {
                 }
             }
             let passes = self.filter_pairs(0, &lefts, &rights)?;
-            let mut degrees: Vec<(Box<[u8]>, Box<[u8]>)> = Vec::new();
-            for (i, pass) in passes.iter().enumerate() {
-                if *pass {
-                    degrees.push((lefts[i].into(), rights[i].into()));
-                }
-            }
-            for (l, r) in degrees {
+            let pairs: Vec<[Box<[u8]>; 2]> = passes
+                .iter()
+                .enumerate()
+                .filter(|(_, pass)| **pass)
+                .map(|(i, _)| [lefts[i].into(), rights[i].into()])
+                .collect();
+            for [l, r] in pairs {
                 let left_copies = self.state[0][&key][&l].copies;
                 let right_copies = self.state[1][&key][&r].copies;
                 if let Some(e) = self.state[0].get_mut(&key).and_then(|b| b.get_mut(&l)) {
@@ -384,7 +387,7 @@ impl Operator for HashJoin {
         for (key, value) in entries {
             match key.split_first() {
                 Some((b'r', rest)) => {
-                    let (&side, rest) = rest.split_first().ok_or_else(|| corrupt_key())?;
+                    let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;
                     let side = usize::from(side).min(1);
                     let (join_key, row) = split_part(rest)?;
                     let mut value = ValueReader::new(&value);

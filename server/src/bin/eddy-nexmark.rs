@@ -3,7 +3,7 @@
 //! (so peak memory is the query's own).
 //!
 //! ```text
-//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...]
+//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off]
 //! ```
 //!
 //! Prints, per query: seconds from the view's creation until its readers
@@ -135,13 +135,13 @@ fn sources(events: u64) -> String {
 }
 
 /// Runs one query in this process and prints its result line.
-async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize) {
+async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize, checkpoints: bool) {
     let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
         fail(format!("unknown query {name}"));
     };
     let dir = std::env::temp_dir().join(format!("eddy-nexmark-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open(&dir, parallelism)
+    let engine = Engine::open_with(&dir, parallelism, checkpoints)
         .await
         .unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
@@ -222,15 +222,23 @@ async fn main() {
                 .unwrap_or_else(|_| fail("--parallelism takes a number"))
         })
         .unwrap_or(cores);
+    let checkpoints = match arg("--checkpoints").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => fail(format!("--checkpoints takes on or off, not {other}")),
+    };
     if let Some(one) = arg("--run-one") {
-        run_one(&one, events, parallelism, cores).await;
+        run_one(&one, events, parallelism, cores, checkpoints).await;
         return;
     }
     let selected: Vec<String> = match arg("--queries") {
         Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
         None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
     };
-    println!("eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores");
+    println!(
+        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}",
+        if checkpoints { "on (1 s)" } else { "off" }
+    );
     println!(
         "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11} {:>11}",
         "query",
@@ -253,6 +261,8 @@ async fn main() {
                 &events.to_string(),
                 "--parallelism",
                 &parallelism.to_string(),
+                "--checkpoints",
+                if checkpoints { "on" } else { "off" },
             ])
             .status()
             .unwrap_or_else(|e| fail(e));

@@ -5,23 +5,26 @@
 //! query run as a batch query over the same inputs — what an uninterrupted
 //! run produces.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use eddy_sql_tests::{EddyServer, rows_sorted};
 
+use crate::nexmark::wait_for_sources;
+
 const BIDS: u64 = 100_000;
 
-fn setup() -> String {
+/// Sources paced at `rate` events per second, and a table.
+fn setup(rate: u64) -> String {
     format!(
         "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP,
              WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
            WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '{BIDS}',
-                 nexmark.events.per.second = '20000', nexmark.base.time = '1700000000000');
+                 nexmark.events.per.second = '{rate}', nexmark.base.time = '1700000000000');
          CREATE SOURCE auction (id BIGINT, seller BIGINT, category BIGINT, date_time TIMESTAMP)
            WITH (connector = 'nexmark', nexmark.table.type = 'auction', nexmark.event.num = '{BIDS}',
-                 nexmark.events.per.second = '20000', nexmark.base.time = '1700000000000');
+                 nexmark.events.per.second = '{rate}', nexmark.base.time = '1700000000000');
          CREATE TABLE category_names (category BIGINT PRIMARY KEY, name TEXT);
          INSERT INTO category_names VALUES (10, 'ten'), (11, 'eleven');"
     )
@@ -82,15 +85,6 @@ async fn sources_pending(client: &tokio_postgres::Client) -> bool {
     .is_empty()
 }
 
-async fn wait_for_sources(client: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while sources_pending(client).await {
-        assert!(Instant::now() < deadline, "sources not read to the end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    client.batch_execute("FLUSH").await.expect("flush");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
     let seed: u64 = std::env::var("RECOVERY_SEED")
@@ -100,7 +94,9 @@ async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut server = EddyServer::start("recovery");
     let client = server.client().await;
-    client.batch_execute(&setup()).await.expect("setup");
+    // At 10,000 rows/s the sources take 10 s, longer than the kills below:
+    // the last kill always lands mid-stream.
+    client.batch_execute(&setup(10_000)).await.expect("setup");
     for (name, query, on_close) in VIEWS {
         let emit = if *on_close {
             " EMIT ON WINDOW CLOSE"
@@ -113,12 +109,14 @@ async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
             .expect("create view");
     }
 
-    let mut killed_mid_stream = false;
     for dml in DML {
         let client = server.client().await;
         client.batch_execute(dml).await.expect("dml");
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
-        killed_mid_stream = sources_pending(&client).await;
+        assert!(
+            sources_pending(&client).await,
+            "the sources ended before the kill (seed {seed})"
+        );
         drop(client);
         server.restart_after_kill9();
     }
@@ -152,26 +150,24 @@ async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
 
     // Killed mid-stream, the last process resumed its readers where the
     // checkpoint left them instead of reading the sources again.
-    if killed_mid_stream {
-        let read = rows_sorted(
-            &client,
-            "SELECT sum(rows_read) FROM eddy_catalog.source_readers
-             WHERE relation = 'per_auction' AND source = 'bid'",
-        )
+    let read = rows_sorted(
+        &client,
+        "SELECT sum(rows_read) FROM eddy_catalog.source_readers
+         WHERE relation = 'per_auction' AND source = 'bid'",
+    )
+    .await
+    .expect("rows read");
+    let total = rows_sorted(&client, "SELECT count(*) FROM bid")
         .await
-        .expect("rows read");
-        let total = rows_sorted(&client, "SELECT count(*) FROM bid")
-            .await
-            .expect("count");
-        let (read, total): (u64, u64) = (
-            read[0].parse().unwrap_or(u64::MAX),
-            total[0].parse().unwrap_or(0),
-        );
-        assert!(
-            read < total,
-            "the restarted readers read {read} of {total} bids again (seed {seed})"
-        );
-    }
+        .expect("count");
+    let (read, total): (u64, u64) = (
+        read[0].parse().unwrap_or(u64::MAX),
+        total[0].parse().unwrap_or(0),
+    );
+    assert!(
+        read < total,
+        "the restarted readers read {read} of {total} bids again (seed {seed})"
+    );
     let checkpoints = rows_sorted(
         &client,
         "SELECT count(*) > 0, bool_and(error IS NULL) FROM eddy_catalog.checkpoints",
@@ -187,7 +183,7 @@ async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
 async fn views_over_one_source_always_agree() {
     let server = EddyServer::start("consistent_reads");
     let client = server.client().await;
-    client.batch_execute(&setup()).await.expect("setup");
+    client.batch_execute(&setup(20_000)).await.expect("setup");
     client
         .batch_execute(
             "CREATE MATERIALIZED VIEW counts AS SELECT auction, count(*) AS n FROM bid GROUP BY auction;

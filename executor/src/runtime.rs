@@ -23,7 +23,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 
@@ -183,28 +182,18 @@ impl Runtime {
         }
     }
 
-    /// Starts table `id` holding `rows`, or, when a checkpoint holds it, its
-    /// checkpointed rows.
-    pub fn create_table(
-        &self,
-        _guard: &WriteGuard<'_>,
-        id: u32,
-        schema: SchemaRef,
-        rows: Vec<RecordBatch>,
-    ) -> Result<()> {
+    /// Starts table `id`: empty, or, when a checkpoint holds it, with its
+    /// checkpointed rows. Its later changes come through [`Runtime::publish`]
+    /// (and, on recovery, [`Runtime::recovered`]).
+    pub fn create_table(&self, _guard: &WriteGuard<'_>, id: u32, schema: SchemaRef) -> Result<()> {
         let restore = self.is_checkpointed(id)?;
-        let rows = if restore { vec![] } else { rows };
         self.coordinator.add_relation(id, schema.clone(), restore)?;
         let subscribers = Arc::new(Subscribers::default());
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         subscribers.add(id, tx);
-        let prefix = rows
-            .into_iter()
-            .map(|b| Message::Chunk(StreamChunk::inserts(b)))
-            .collect();
         let fragment = Fragment {
             relation: id,
-            input: AlignedInput::new(vec![InputChannel::with_prefix(prefix, rx)]),
+            input: AlignedInput::new(vec![InputChannel::new(rx)]),
             ops: vec![Box::new(Materialize::new(
                 id,
                 schema,

@@ -49,12 +49,8 @@ async fn setup() -> (Arc<Runtime>, SessionContext, SchemaRef, SchemaRef) {
     )
     .expect("register");
     let guard = runtime.write_lock().await;
-    runtime
-        .create_table(&guard, 1, l.clone(), vec![])
-        .expect("l");
-    runtime
-        .create_table(&guard, 2, r.clone(), vec![])
-        .expect("r");
+    runtime.create_table(&guard, 1, l.clone()).expect("l");
+    runtime.create_table(&guard, 2, r.clone()).expect("r");
     drop(guard);
     (runtime, ctx, l, r)
 }

@@ -148,8 +148,7 @@ impl Engine {
                 let rows = TableRows::new(&schema, primary_key, last_key.as_deref())?;
                 // Its rows come back from the last checkpoint and the log
                 // of changes after it (see `Runtime::recovered`).
-                self.runtime
-                    .create_table(&guard, id, schema.clone(), vec![])?;
+                self.runtime.create_table(&guard, id, schema.clone())?;
                 (schema, Some(rows), None)
             }
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::View) => (

@@ -70,9 +70,9 @@ impl RowCodec {
     }
 }
 
-/// Encodes a changelog chunk as bytes: per row, its op and its encoded row.
-pub fn encode_change(chunk: &StreamChunk) -> Result<Vec<u8>> {
-    let codec = RowCodec::for_schema(chunk.batch.schema_ref())?;
+/// Encodes a changelog chunk as bytes: per row, its op and its row as
+/// `codec` (a codec for the chunk's columns) encodes it.
+pub fn encode_change(codec: &RowCodec, chunk: &StreamChunk) -> Result<Vec<u8>> {
     let rows = codec.encode(chunk.batch.columns())?;
     let mut out = Vec::new();
     for (row, op) in rows.iter().zip(chunk.ops.iter()) {
@@ -82,9 +82,8 @@ pub fn encode_change(chunk: &StreamChunk) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes what [`encode_change`] wrote, as rows of `schema`.
-pub fn decode_change(schema: &SchemaRef, bytes: &[u8]) -> Result<StreamChunk> {
-    let codec = RowCodec::for_schema(schema)?;
+/// Decodes what [`encode_change`] wrote, as rows of `schema` (`codec` its codec).
+pub fn decode_change(schema: &SchemaRef, codec: &RowCodec, bytes: &[u8]) -> Result<StreamChunk> {
     let mut ops = Vec::new();
     let mut rows: Vec<&[u8]> = Vec::new();
     let mut rest = bytes;

@@ -31,7 +31,7 @@ use eddy_storage::Store;
 
 use crate::build::{PipelineBuilder, Upstream};
 use crate::checkpoint::RestoredState;
-use crate::codec::decode_change;
+use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -239,11 +239,20 @@ impl Runtime {
         };
         let changes = store.logged_after(self.published.load(Ordering::SeqCst))?;
         let count = changes.len();
+        let mut codecs: HashMap<u32, (SchemaRef, RowCodec)> = HashMap::new();
         for logged in changes {
-            let Some(schema) = self.coordinator.schema(logged.table) else {
-                continue;
+            let (schema, codec) = match codecs.entry(logged.table) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    // A change to a table dropped since is not replayed.
+                    let Some(schema) = self.coordinator.schema(logged.table) else {
+                        continue;
+                    };
+                    let codec = RowCodec::for_schema(&schema)?;
+                    e.insert((schema, codec))
+                }
             };
-            let chunk = decode_change(&schema, &logged.change)?;
+            let chunk = decode_change(schema, codec, &logged.change)?;
             self.publish(guard, logged.table, chunk, logged.seq).await;
         }
         Ok(count)

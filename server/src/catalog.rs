@@ -91,6 +91,11 @@ impl TableRows {
             .collect())
     }
 
+    /// The codec of the table's rows.
+    pub fn codec(&self) -> &RowCodec {
+        &self.value_codec
+    }
+
     /// Decodes stored rows into columns.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         Ok(self.value_codec.decode(rows)?)

@@ -153,7 +153,7 @@ impl Engine {
         writes: &[RowWrite],
     ) -> Result<()> {
         if let Some(change) = change {
-            let logged = eddy_executor::encode_change(&change)?;
+            let logged = eddy_executor::encode_change(info.table_rows()?.codec(), &change)?;
             let seq = self.store.write_rows(info.id, writes, &logged)?;
             self.runtime.publish(guard, info.id, change, seq).await;
         }

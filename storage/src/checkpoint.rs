@@ -81,6 +81,8 @@ pub struct CheckpointBatch {
     pub(crate) batch: WriteBatch,
     /// The epoch, once [`CheckpointBatch::finish`] was called.
     pub(crate) epoch: u64,
+    /// Reused to build keys: a batch holds one write per changed row.
+    key: Vec<u8>,
 }
 
 impl std::fmt::Debug for CheckpointBatch {
@@ -93,23 +95,26 @@ impl std::fmt::Debug for CheckpointBatch {
 }
 
 impl CheckpointBatch {
+    /// Sets (`Some`) or removes (`None`) `rest` under relation `id`'s `tag`.
+    fn set(&mut self, tag: u8, id: u32, rest: &[u8], value: Option<&[u8]>) {
+        self.key.clear();
+        self.key.extend_from_slice(&relation_prefix(tag, id));
+        self.key.extend_from_slice(rest);
+        match value {
+            Some(v) => self.batch.put(&self.key, v),
+            None => self.batch.delete(&self.key),
+        }
+    }
+
     /// Sets the multiplicity of `row` in relation `id` (0 removes it).
     pub fn set_row(&mut self, id: u32, row: &[u8], count: i64) {
-        let key = relation_key(VIEW_ROWS, id, row);
-        if count == 0 {
-            self.batch.delete(key);
-        } else {
-            self.batch.put(key, count.to_be_bytes());
-        }
+        let count = count.to_be_bytes();
+        self.set(VIEW_ROWS, id, row, (count != [0; 8]).then_some(&count[..]));
     }
 
     /// Sets (`Some`) or removes (`None`) the state entry `key` of relation `id`.
     pub fn set_state(&mut self, id: u32, key: &[u8], value: Option<&[u8]>) {
-        let key = relation_key(STATE, id, key);
-        match value {
-            Some(v) => self.batch.put(key, v),
-            None => self.batch.delete(key),
-        }
+        self.set(STATE, id, key, value);
     }
 
     /// Records that relation `id` is held by checkpoints from `epoch` on.

@@ -33,19 +33,20 @@ use crate::key::KeyEncoder;
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::{Operator, StateSize};
 
-/// An encoded value (Arrow row format).
-type Encoded = Box<[u8]>;
+/// An encoded value (Arrow row format), shared by the state and its
+/// changed-row list.
+type Encoded = Arc<[u8]>;
 
 #[derive(Debug, Default)]
 struct Partition {
     /// (order key, row) -> multiplicity.
     rows: BTreeMap<(Encoded, Encoded), i64>,
     /// Rows numbered 1.. as last emitted.
-    emitted: Vec<Box<[u8]>>,
+    emitted: Vec<Encoded>,
 }
 
 /// The rows of `partition` in order, numbered from 1, up to `limit`.
-fn numbered(partition: &Partition, limit: Option<usize>) -> Vec<Box<[u8]>> {
+fn numbered(partition: &Partition, limit: Option<usize>) -> Vec<Encoded> {
     let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     for ((_, row), count) in &partition.rows {
@@ -69,8 +70,8 @@ pub struct TopN {
     limit: Option<usize>,
     schema: SchemaRef,
     evaluator: Evaluator,
-    partitions: HashMap<Box<[u8]>, Partition>,
-    touched: HashSet<Box<[u8]>>,
+    partitions: HashMap<Encoded, Partition>,
+    touched: HashSet<Encoded>,
     /// Distinct (order key, row) entries over all partitions.
     stored: u64,
     /// (partition, order key, row) changed since the last checkpoint.
@@ -143,9 +144,9 @@ impl Operator for TopN {
         let batch = &chunk.batch;
         let n = batch.num_rows();
         // No PARTITION BY (or no ORDER BY): one empty key for every row.
-        let partitions: Vec<Box<[u8]>> = self.partitions_of.keys(&self.evaluator, batch)?;
-        let orders: Vec<Box<[u8]>> = if self.order_by.is_empty() {
-            vec![Box::new([]); n]
+        let partitions: Vec<Encoded> = self.partitions_of.keys(&self.evaluator, batch)?;
+        let orders: Vec<Encoded> = if self.order_by.is_empty() {
+            vec![Encoded::from(&[][..]); n]
         } else {
             let columns = self
                 .order_by

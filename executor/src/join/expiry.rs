@@ -17,6 +17,7 @@
 //! and counted, as windowed operators do.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
@@ -150,7 +151,7 @@ pub struct Expiry {
     /// Per side: time -> join keys under which a row of that time was
     /// stored. Entries of rows retracted since are left to expire with the
     /// rest (the join's own state says which rows are still there).
-    stored: [BTreeMap<i64, Vec<Box<[u8]>>>; 2],
+    stored: [BTreeMap<i64, Vec<Arc<[u8]>>>; 2],
     late: LateRows,
 }
 
@@ -230,17 +231,17 @@ impl Expiry {
     }
 
     /// A row of `side` at `time` entered state under `key`.
-    pub fn stored(&mut self, side: usize, time: i64, key: &[u8]) {
-        self.stored[side].entry(time).or_default().push(key.into());
+    pub fn stored(&mut self, side: usize, time: i64, key: &Arc<[u8]>) {
+        self.stored[side].entry(time).or_default().push(key.clone());
     }
 
     /// Takes the expiry threshold of `side` (rows with an earlier time have
     /// expired) and the distinct keys holding such rows.
-    pub fn expired(&mut self, side: usize) -> Option<(i64, Vec<Box<[u8]>>)> {
+    pub fn expired(&mut self, side: usize) -> Option<(i64, Vec<Arc<[u8]>>)> {
         let threshold = self.threshold(side)?;
         let later = self.stored[side].split_off(&threshold);
         let expired = std::mem::replace(&mut self.stored[side], later);
-        let mut keys: Vec<Box<[u8]>> = expired.into_values().flatten().collect();
+        let mut keys: Vec<Arc<[u8]>> = expired.into_values().flatten().collect();
         keys.sort_unstable();
         keys.dedup();
         Some((threshold, keys))

@@ -58,7 +58,11 @@ struct Entry {
     time: Option<i64>,
 }
 
-type SideState = HashMap<Box<[u8]>, HashMap<Box<[u8]>, Entry>>;
+/// An encoded row or join key, shared (not copied) by the state, the
+/// probe's candidates, the expiry index and the changed-row list.
+type Encoded = Arc<[u8]>;
+
+type SideState = HashMap<Encoded, HashMap<Encoded, Entry>>;
 
 /// Fixed description of one join input.
 #[derive(Debug)]
@@ -94,7 +98,7 @@ pub struct HashJoin {
 }
 
 /// A stored row: (side, join key, row).
-type StoredRow = (u8, Box<[u8]>, Box<[u8]>);
+type StoredRow = (u8, Encoded, Encoded);
 
 /// State key of a stored row.
 fn row_state_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
@@ -149,35 +153,32 @@ impl HashJoin {
 
     /// Computes every stored row's degree from the two sides (recovery).
     fn compute_degrees(&mut self) -> Result<()> {
-        let keys: Vec<Box<[u8]>> = self.state[0]
+        let keys: Vec<Encoded> = self.state[0]
             .keys()
             .filter(|k| self.state[1].contains_key(*k))
             .cloned()
             .collect();
         for key in keys {
             let (left, right) = (&self.state[0][&key], &self.state[1][&key]);
-            let mut lefts: Vec<&[u8]> = Vec::new();
-            let mut rights: Vec<&[u8]> = Vec::new();
-            for l in left.keys() {
-                for r in right.keys() {
-                    lefts.push(l);
-                    rights.push(r);
-                }
-            }
-            let passes = self.filter_pairs(0, &lefts, &rights)?;
-            let pairs: Vec<[Box<[u8]>; 2]> = passes
-                .iter()
-                .enumerate()
-                .filter(|(_, pass)| **pass)
-                .map(|(i, _)| [lefts[i].into(), rights[i].into()])
+            let pairs: Vec<[Encoded; 2]> = left
+                .keys()
+                .flat_map(|l| right.keys().map(move |r| [l.clone(), r.clone()]))
                 .collect();
-            for [l, r] in pairs {
-                let left_copies = self.state[0][&key][&l].copies;
-                let right_copies = self.state[1][&key][&r].copies;
-                if let Some(e) = self.state[0].get_mut(&key).and_then(|b| b.get_mut(&l)) {
+            let lefts: Vec<&[u8]> = pairs.iter().map(|[l, _]| l.as_ref()).collect();
+            let rights: Vec<&[u8]> = pairs.iter().map(|[_, r]| r.as_ref()).collect();
+            let passes = self.filter_pairs(0, &lefts, &rights)?;
+            let matched: Vec<&[Encoded; 2]> = pairs
+                .iter()
+                .zip(passes)
+                .filter_map(|(pair, pass)| pass.then_some(pair))
+                .collect();
+            for [l, r] in matched {
+                let left_copies = self.state[0][&key][l].copies;
+                let right_copies = self.state[1][&key][r].copies;
+                if let Some(e) = self.state[0].get_mut(&key).and_then(|b| b.get_mut(l)) {
                     e.degree += right_copies;
                 }
-                if let Some(e) = self.state[1].get_mut(&key).and_then(|b| b.get_mut(&r)) {
+                if let Some(e) = self.state[1].get_mut(&key).and_then(|b| b.get_mut(r)) {
                     e.degree += left_copies;
                 }
             }
@@ -214,10 +215,10 @@ impl HashJoin {
     }
 
     /// Encoded keys of `batch` on `side`; None where a key is NULL and NULLs don't match.
-    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<Vec<Option<Box<[u8]>>>> {
+    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<Vec<Option<Encoded>>> {
         if self.key_types.is_empty() {
             // A cross join: every row has the same (empty) key.
-            return Ok(vec![Some(Box::new([])); batch.num_rows()]);
+            return Ok(vec![Some(Encoded::from(&[][..])); batch.num_rows()]);
         }
         let columns = self.evaluator.eval_all(&self.sides[side].keys, batch)?;
         let columns: Vec<ArrayRef> = columns
@@ -396,11 +397,12 @@ impl Operator for HashJoin {
                         degree: 0,
                         time: value.opt_i64()?,
                     };
+                    let join_key = Encoded::from(join_key);
                     if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), entry.time) {
-                        expiry.stored(side, t, join_key);
+                        expiry.stored(side, t, &join_key);
                     }
                     self.state[side]
-                        .entry(join_key.into())
+                        .entry(join_key)
                         .or_default()
                         .insert(row.into(), entry);
                     self.rows[side] += 1;
@@ -438,7 +440,7 @@ impl Operator for HashJoin {
         // (rows of one chunk are all on one side, so they never meet each other).
         let mut pair_row = Vec::new();
         let mut mine: Vec<&[u8]> = Vec::new();
-        let mut theirs: Vec<Box<[u8]>> = Vec::new();
+        let mut theirs: Vec<Encoded> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(bucket) = key.as_ref().and_then(|k| self.state[other].get(k)) else {
                 continue;
@@ -506,8 +508,10 @@ impl Operator for HashJoin {
             // Store or retract the row itself.
             if let Some(key) = key {
                 let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
+                let row = Encoded::from(my_row);
+                self.dirty.push((side as u8, key.clone(), row.clone()));
                 let bucket = self.state[side].entry(key.clone()).or_default();
-                let entry = bucket.entry(my_row.into()).or_default();
+                let entry = bucket.entry(row).or_default();
                 if entry.copies == 0 {
                     entry.time = time;
                     self.rows[side] += 1;
@@ -517,7 +521,6 @@ impl Operator for HashJoin {
                 }
                 entry.copies += sign;
                 entry.degree = matched;
-                self.dirty.push((side as u8, key.clone(), my_row.into()));
                 if entry.copies == 0 {
                     bucket.remove(my_row);
                     self.rows[side] -= 1;

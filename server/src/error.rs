@@ -157,6 +157,8 @@ impl EddyError {
             EddyError::Executor(eddy_executor::ExecutorError::Unsupported(_)) => "0A000",
             EddyError::Executor(eddy_executor::ExecutorError::InvalidOption(_)) => "22023",
             EddyError::Executor(eddy_executor::ExecutorError::Windowing(_)) => "42P20",
+            EddyError::Executor(eddy_executor::ExecutorError::Storage(_)) => "58030",
+            EddyError::Executor(eddy_executor::ExecutorError::CorruptState(_)) => "XX001",
             EddyError::Executor(eddy_executor::ExecutorError::DataFusion(e)) => {
                 datafusion_sqlstate(e)
             }

@@ -137,11 +137,10 @@ impl Coordinator {
     }
 
     /// A coordinator checkpointing into `store`, continuing after its last
-    /// committed epoch; pipelines run `parallelism` partitions.
-    pub fn durable(store: Arc<Store>, parallelism: usize) -> Result<Self> {
-        let committed = store.meta()?.epoch;
+    /// committed epoch `committed`; pipelines run `parallelism` partitions.
+    pub fn durable(store: Arc<Store>, committed: u64, parallelism: usize) -> Self {
         let writer = CheckpointWriter::new(store, committed, parallelism as u64);
-        Ok(Self::with_writer(Some(writer), committed))
+        Self::with_writer(Some(writer), committed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -94,9 +94,13 @@ impl Runtime {
     /// A runtime checkpointing every epoch into `store`, recovering from
     /// its last checkpoint: no source is read until [`Runtime::recovered`].
     pub fn durable(parallelism: usize, store: Arc<Store>) -> Result<Arc<Self>> {
-        let published = store.meta()?.log_position;
-        let coordinator = Coordinator::durable(store, parallelism)?;
-        Ok(Self::with_coordinator(parallelism, coordinator, published))
+        let meta = store.meta()?;
+        let coordinator = Coordinator::durable(store, meta.epoch, parallelism);
+        Ok(Self::with_coordinator(
+            parallelism,
+            coordinator,
+            meta.log_position,
+        ))
     }
 
     fn with_coordinator(parallelism: usize, coordinator: Coordinator, published: u64) -> Arc<Self> {

@@ -243,11 +243,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The last table change logged.
-    pub fn last_logged(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
-    }
-
     fn scan_prefix(&self, prefix: &[u8], mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
         let iter = self
             .db

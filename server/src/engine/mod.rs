@@ -218,7 +218,7 @@ impl Engine {
     async fn replay(&self) -> Result<()> {
         let entries = self.store.catalog()?;
         let count = entries.len();
-        let epoch = self.store.meta()?.epoch;
+        let (_, epoch) = self.runtime.coordinator().checkpoints();
         for entry in entries {
             let mut stmts = self.parse(&entry.sql)?;
             let (Some(stmt), true) = (stmts.pop(), stmts.is_empty()) else {

@@ -17,6 +17,12 @@ pub enum ExecutorError {
     /// A source's `WITH (...)` options are wrong; the text says how.
     #[error("{0}")]
     InvalidOption(String),
+    /// An external system (a Kafka broker) cannot be reached or refused.
+    #[error("{0}")]
+    Connector(String),
+    /// A Kafka topic the broker does not have.
+    #[error("Kafka topic \"{0}\" does not exist")]
+    UnknownTopic(String),
     /// `EMIT ON WINDOW CLOSE` (or another windowing rule) cannot apply.
     #[error("{0}")]
     Windowing(String),

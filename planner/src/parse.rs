@@ -131,31 +131,34 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
     }
     parser.expect_token(&Token::RParen)?;
     let mut options = Vec::new();
+    // `INCLUDE partition [AS name]`: message metadata as a column.
+    while parser.parse_keyword(Keyword::INCLUDE) {
+        let kind = parser.parse_identifier()?.value.to_lowercase();
+        let column = if parser.parse_keyword(Keyword::AS) {
+            parser.parse_identifier()?.value.to_lowercase()
+        } else {
+            format!("_{kind}")
+        };
+        options.push((format!("include.{kind}"), column));
+    }
     if parser.parse_keyword(Keyword::WITH) {
-        parser.expect_token(&Token::LParen)?;
-        loop {
-            let mut key = match parser.next_token().token {
-                Token::Word(w) => w.value.to_lowercase(),
-                Token::SingleQuotedString(s) => s,
-                _ => return parser.expected("an option name", parser.peek_token()),
-            };
-            while parser.consume_token(&Token::Period) {
-                key.push('.');
-                key.push_str(&parser.parse_identifier()?.value.to_lowercase());
+        options.extend(parse_option_list(parser)?);
+    }
+    // `FORMAT PLAIN ENCODE CSV (delimiter = ';')`: options `format`,
+    // `encode` and `csv.delimiter`.
+    if parser.parse_keyword(Keyword::FORMAT) {
+        let format = parser.parse_identifier()?.value.to_lowercase();
+        options.push(("format".into(), format));
+        if peek_words(parser, &["ENCODE"]) {
+            parser.next_token();
+            let encode = parser.parse_identifier()?.value.to_lowercase();
+            if parser.peek_token().token == Token::LParen {
+                for (key, value) in parse_option_list(parser)? {
+                    options.push((format!("{encode}.{key}"), value));
+                }
             }
-            parser.expect_token(&Token::Eq)?;
-            let value = match parser.parse_value()?.value {
-                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
-                Value::Number(n, _) => n,
-                Value::Boolean(b) => b.to_string(),
-                other => other.to_string(),
-            };
-            options.push((key, value));
-            if !parser.consume_token(&Token::Comma) {
-                break;
-            }
+            options.push(("encode".into(), encode));
         }
-        parser.expect_token(&Token::RParen)?;
     }
     Ok(CreateSource {
         name,
@@ -164,6 +167,36 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
         watermark,
         options,
     })
+}
+
+/// `(key = value, ...)`; keys lower-cased, dotted keys kept whole.
+fn parse_option_list(parser: &mut Parser) -> Result<Vec<(String, String)>, ParserError> {
+    let mut options = Vec::new();
+    parser.expect_token(&Token::LParen)?;
+    loop {
+        let mut key = match parser.next_token().token {
+            Token::Word(w) => w.value.to_lowercase(),
+            Token::SingleQuotedString(s) => s,
+            _ => return parser.expected("an option name", parser.peek_token()),
+        };
+        while parser.consume_token(&Token::Period) {
+            key.push('.');
+            key.push_str(&parser.parse_identifier()?.value.to_lowercase());
+        }
+        parser.expect_token(&Token::Eq)?;
+        let value = match parser.parse_value()?.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+            Value::Number(n, _) => n,
+            Value::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        options.push((key, value));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen)?;
+    Ok(options)
 }
 
 fn parse_drop_source(parser: &mut Parser) -> Result<EddyStatement, ParserError> {

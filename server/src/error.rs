@@ -158,6 +158,9 @@ impl EddyError {
             EddyError::Executor(eddy_executor::ExecutorError::InvalidOption(_)) => "22023",
             EddyError::Executor(eddy_executor::ExecutorError::Windowing(_)) => "42P20",
             EddyError::Executor(eddy_executor::ExecutorError::Storage(_)) => "58030",
+            // As postgres_fdw reports a foreign server it cannot reach.
+            EddyError::Executor(eddy_executor::ExecutorError::Connector(_)) => "08001",
+            EddyError::Executor(eddy_executor::ExecutorError::UnknownTopic(_)) => "42704",
             EddyError::Executor(eddy_executor::ExecutorError::CorruptState(_)) => "XX001",
             EddyError::Executor(eddy_executor::ExecutorError::DataFusion(e)) => {
                 datafusion_sqlstate(e)

@@ -174,16 +174,23 @@ impl PartitionStream for SourceSplit {
         &self.spec.schema
     }
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let mut split = self.spec.split(self.index, self.count, 0);
-        let batches = std::iter::from_fn(move || {
-            split
-                .next_batch(CHUNK_ROWS)
-                .map_err(|e| DataFusionError::External(Box::new(e)))
-                .transpose()
+        let split = self.spec.split(self.index, self.count, 0);
+        // (split, position), until the split ends or fails.
+        let batches = futures::stream::unfold(Some((split, 0)), |state| async move {
+            let (mut split, position) = state?;
+            let read = match split.available(position, CHUNK_ROWS).await {
+                Ok(None) => return None,
+                Ok(Some(end)) => split.read(position, end).map(|batch| (batch, end)),
+                Err(e) => Err(e),
+            };
+            Some(match read {
+                Ok((batch, end)) => (Ok(batch), Some((split, end))),
+                Err(e) => (Err(DataFusionError::External(Box::new(e))), None),
+            })
         });
         Box::pin(RecordBatchStreamAdapter::new(
             self.spec.schema.clone(),
-            futures::stream::iter(batches),
+            batches,
         ))
     }
 }

@@ -7,15 +7,17 @@
 //! - `operator_state`: per view, fragment and stateful operator, its keys and
 //!   stored rows as of the fragment's last barrier;
 //! - `checkpoints`: the last checkpoints written (epoch, when, how long,
-//!   bytes, error) and whether each is durable.
+//!   bytes, error) and whether each is durable;
+//! - `source_errors`: the last malformed messages of each source (where,
+//!   why, the start of the payload) with the source's total since start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
@@ -39,12 +41,14 @@ const WATERMARKS: &str = "watermarks";
 const SOURCE_READERS: &str = "source_readers";
 const OPERATOR_STATE: &str = "operator_state";
 const CHECKPOINTS: &str = "checkpoints";
-const TABLES: [&str; 5] = [
+const SOURCE_ERRORS: &str = "source_errors";
+const TABLES: [&str; 6] = [
     VIEW_ERRORS,
     WATERMARKS,
     SOURCE_READERS,
     OPERATOR_STATE,
     CHECKPOINTS,
+    SOURCE_ERRORS,
 ];
 
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
@@ -260,6 +264,48 @@ impl SystemSchema {
             ],
         )
     }
+
+    /// The last malformed messages of every source that decodes messages.
+    fn source_errors(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let (mut source, mut total, mut topic, mut partition, mut offset, mut reason, mut payload) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for info in self.catalog.all() {
+            let Some(malformed) = info.source.as_ref().and_then(|s| s.malformed()) else {
+                continue;
+            };
+            let count = malformed.count();
+            for message in malformed.recent() {
+                source.push(info.name.clone());
+                total.push(count);
+                topic.push(message.topic);
+                partition.push(message.partition);
+                offset.push(message.offset);
+                reason.push(message.reason);
+                payload.push(String::from_utf8_lossy(&message.payload).into_owned());
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("source_total", DataType::UInt64, false),
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("payload_prefix", DataType::Utf8, false),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(source)),
+                Arc::new(UInt64Array::from(total)),
+                Arc::new(StringArray::from(topic)),
+                Arc::new(Int32Array::from(partition)),
+                Arc::new(Int64Array::from(offset)),
+                Arc::new(StringArray::from(reason)),
+                Arc::new(StringArray::from(payload)),
+            ],
+        )
+    }
 }
 
 /// A value as the batch engine would print it.
@@ -283,6 +329,7 @@ impl SchemaProvider for SystemSchema {
             SOURCE_READERS => self.source_readers(),
             OPERATOR_STATE => self.operator_state(),
             CHECKPOINTS => self.checkpoints(),
+            SOURCE_ERRORS => self.source_errors(),
             _ => return Ok(None),
         };
         table.map(Some)

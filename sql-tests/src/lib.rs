@@ -4,6 +4,8 @@
 //! free loopback port with its own data directory, and can `kill -9` and
 //! restart it. [`PgDb`] plays `.slt` files through `tokio-postgres`.
 
+pub mod kafka;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

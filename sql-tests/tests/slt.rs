@@ -1,5 +1,7 @@
-//! Plays every `sql-tests/slt/*.slt` file against its own fresh server.
+//! Plays every `sql-tests/slt/*.slt` file against its own fresh server,
+//! with a Kafka broker holding the topics in `slt/topics/`.
 
+use eddy_sql_tests::kafka::KafkaBroker;
 use eddy_sql_tests::{EddyServer, PgDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,6 +15,10 @@ async fn slt_files() {
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     let only = std::env::var("SLT").ok();
+    // Topics the files read (`slt/topics/<topic>.txt`), on a broker they
+    // reach as `${KAFKA_BROKER}` (with `control substitution on`).
+    let kafka = KafkaBroker::start();
+    kafka.seed(&dir.join("topics"));
     let mut failures = Vec::new();
     for file in &files {
         let name = file
@@ -29,6 +35,7 @@ async fn slt_files() {
             let conn = conn.clone();
             async move { PgDb::connect(&conn).await }
         });
+        runner.set_var("KAFKA_BROKER".into(), kafka.bootstrap());
         match runner.run_file_async(file).await {
             Ok(()) => eprintln!("ok   {name}"),
             Err(e) => {

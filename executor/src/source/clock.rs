@@ -11,7 +11,8 @@
 //! - a reader forwards barrier `e` exactly at that boundary: one that is
 //!   behind reads up to it first;
 //! - no reader reads past the boundary of a barrier it has not forwarded,
-//!   and a reader claims rows (moving the frontier) before it reads them.
+//!   and a reader claims positions (moving the frontier) before it reads
+//!   them.
 //!
 //! So no reader is ever past a boundary when it learns of it. A view created
 //! later starts at position 0 and catches up at its first barrier.
@@ -59,18 +60,18 @@ impl SplitClock {
         Self::collect(&mut state);
     }
 
-    /// Reader `id`, at `position`, wants to read `rows` more rows: returns
-    /// how many it may read (none past the boundary of the next barrier it
-    /// has not forwarded) and moves the frontier past them, so a barrier
-    /// fixed from now on lies at or beyond them.
-    pub fn claim(&self, id: u64, position: u64, rows: usize) -> usize {
+    /// Reader `id`, at `position`, wants to read up to position `end`:
+    /// returns how far it may read (not past the boundary of the next
+    /// barrier it has not forwarded) and moves the frontier there, so a
+    /// barrier fixed from now on lies at or beyond what it reads.
+    pub fn claim(&self, id: u64, position: u64, end: u64) -> u64 {
         let mut state = self.lock();
         let last = state.readers.get(&id).copied().unwrap_or(0);
         let allowed = match state.boundaries.range(last + 1..).next() {
-            Some((_, boundary)) => (boundary.saturating_sub(position) as usize).min(rows),
-            None => rows,
+            Some((_, &boundary)) => end.min(boundary.max(position)),
+            None => end,
         };
-        state.frontier = state.frontier.max(position + allowed as u64);
+        state.frontier = state.frontier.max(allowed);
         allowed
     }
 

@@ -28,7 +28,7 @@ use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::temporal_conversions::timestamp_ns_to_datetime;
 
-use super::{Options, SplitReader};
+use super::{BatchGenerator, Options};
 use crate::error::{ExecutorError, Result};
 
 #[derive(Debug, Clone)]
@@ -205,7 +205,7 @@ impl DatagenSource {
     }
 
     /// Split `index` of `count`, from its row `start` on.
-    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn BatchGenerator> {
         Box::new(DatagenSplit {
             source: self.clone(),
             next: index as u64 + start * count as u64,
@@ -292,7 +292,7 @@ fn generate(c: &ColumnGen, column: usize, rows: &[u64]) -> ArrayRef {
     }
 }
 
-impl SplitReader for DatagenSplit {
+impl BatchGenerator for DatagenSplit {
     fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>> {
         let mut rows = Vec::with_capacity(max);
         while rows.len() < max && self.source.total.is_none_or(|t| self.next < t) {

@@ -24,6 +24,9 @@
 
 mod clock;
 mod datagen;
+mod decode;
+mod kafka;
+mod malformed;
 mod nexmark;
 mod reader;
 
@@ -31,6 +34,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
@@ -39,6 +43,9 @@ use datafusion::scalar::ScalarValue;
 pub use clock::{SplitClock, SplitClocks};
 pub use datagen::DatagenSource;
 use datagen::pin_defaults as pin_datagen_defaults;
+pub use decode::{Decoded, Encoding, PayloadDecoder};
+pub use kafka::KafkaSource;
+pub use malformed::{MalformedMessage, MalformedMessages};
 pub use nexmark::NexmarkSource;
 pub(crate) use reader::Reader;
 
@@ -48,9 +55,70 @@ use crate::error::{ExecutorError, Result};
 pub const CHUNK_ROWS: usize = 4096;
 
 /// Reads one split of a source.
-pub trait SplitReader: Send + Sync {
+///
+/// A split's *position* is a `u64` that only grows: rows generated so far
+/// for a generator, the next offset for a Kafka partition. Positions may
+/// skip (Kafka offsets have gaps), so readers agree on where a barrier cuts
+/// a split by position, not by row count.
+#[async_trait]
+pub trait SplitReader: Send {
+    /// Waits until rows at `position` or later are readable and returns the
+    /// position reading at most `max` of them reaches; `None` once the split
+    /// is exhausted. Cancel-safe: dropping the future loses no row.
+    async fn available(&mut self, position: u64, max: usize) -> Result<Option<u64>>;
+
+    /// The rows from `position` up to `end`, which is at most what
+    /// [`SplitReader::available`] last returned; afterwards the split is at `end`.
+    fn read(&mut self, position: u64, end: u64) -> Result<RecordBatch>;
+}
+
+/// A deterministic generator of one split's rows.
+pub trait BatchGenerator: Send {
     /// Up to `max` rows; `None` once the split is exhausted.
     fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>>;
+}
+
+/// A generator as a [`SplitReader`]: a position counts generated rows; a
+/// batch generated but not yet read waits in `pending`.
+struct GeneratedSplit {
+    generator: Box<dyn BatchGenerator>,
+    pending: Option<RecordBatch>,
+}
+
+impl GeneratedSplit {
+    fn boxed(generator: Box<dyn BatchGenerator>) -> Box<dyn SplitReader> {
+        Box::new(Self {
+            generator,
+            pending: None,
+        })
+    }
+}
+
+#[async_trait]
+impl SplitReader for GeneratedSplit {
+    async fn available(&mut self, position: u64, max: usize) -> Result<Option<u64>> {
+        if self.pending.is_none() {
+            self.pending = self.generator.next_batch(max)?;
+        }
+        Ok(self
+            .pending
+            .as_ref()
+            .map(|b| position + b.num_rows().min(max) as u64))
+    }
+
+    fn read(&mut self, position: u64, end: u64) -> Result<RecordBatch> {
+        let wanted = (end - position) as usize;
+        let Some(batch) = self.pending.take() else {
+            return Err(ExecutorError::Internal(
+                "a generated split was read before rows were available".into(),
+            ));
+        };
+        if wanted >= batch.num_rows() {
+            return Ok(batch);
+        }
+        self.pending = Some(batch.slice(wanted, batch.num_rows() - wanted));
+        Ok(batch.slice(0, wanted))
+    }
 }
 
 /// `WITH (...)` options, consumed as they are understood; whatever is left
@@ -80,6 +148,15 @@ impl Options {
             .transpose()
     }
 
+    /// The option keys starting with `prefix`.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.0
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     fn reject_unknown(&self) -> Result<()> {
         match self.0.keys().next() {
             None => Ok(()),
@@ -97,6 +174,8 @@ pub enum Connector {
     Nexmark(Box<NexmarkSource>),
     /// Per-column generators.
     Datagen(DatagenSource),
+    /// A Kafka topic.
+    Kafka(Box<KafkaSource>),
 }
 
 /// Event-time declaration: `WATERMARK FOR column AS expr`.
@@ -146,9 +225,21 @@ impl SourceSpec {
                 "datagen.rows.per.second",
                 "datagen.split.num",
             ),
+            Some("kafka") => {
+                let kafka = KafkaSource::new(schema.clone(), &mut options)?;
+                options.reject_unknown()?;
+                return Ok(Self {
+                    id,
+                    schema,
+                    splits: Some(kafka.partitions()),
+                    connector: Connector::Kafka(Box::new(kafka)),
+                    watermark,
+                    rows_per_second: None,
+                });
+            }
             Some(other) => {
                 return Err(ExecutorError::InvalidOption(format!(
-                    "unknown connector '{other}' (built in: datagen, nexmark)"
+                    "unknown connector '{other}' (datagen, nexmark, kafka)"
                 )));
             }
             None => {
@@ -201,11 +292,40 @@ impl SourceSpec {
         }
     }
 
+    /// Columns the connector adds to the declared ones (Kafka's `INCLUDE`d
+    /// message metadata), in schema order.
+    pub fn extra_fields(options: &[(String, String)]) -> Vec<datafusion::arrow::datatypes::Field> {
+        let connector = options.iter().find(|(k, _)| k == "connector");
+        match connector.map(|(_, v)| v.as_str()) {
+            Some("kafka") => kafka::metadata_fields(options),
+            _ => vec![],
+        }
+    }
+
+    /// Fixes what the connector must learn from outside once, at creation,
+    /// in `options` (Kafka: the partitions and where each starts). Blocking.
+    pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
+        let connector = options.iter().find(|(k, _)| k == "connector");
+        match connector.map(|(_, v)| v.as_str()) {
+            Some("kafka") => kafka::resolve(options),
+            _ => Ok(()),
+        }
+    }
+
+    /// Messages the source could not decode, if it decodes messages.
+    pub fn malformed(&self) -> Option<&Arc<MalformedMessages>> {
+        match &self.connector {
+            Connector::Kafka(k) => Some(k.malformed()),
+            _ => None,
+        }
+    }
+
     /// Whether the stream ends (then it can also be read as a batch).
     pub fn is_bounded(&self) -> bool {
         match &self.connector {
             Connector::Nexmark(n) => n.is_bounded(),
             Connector::Datagen(d) => d.is_bounded(),
+            Connector::Kafka(_) => false,
         }
     }
 
@@ -217,8 +337,9 @@ impl SourceSpec {
     /// Split `index` of `count`, from its row `start` on.
     pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
         match &self.connector {
-            Connector::Nexmark(n) => n.split(index, count, start),
-            Connector::Datagen(d) => d.split(index, count, start),
+            Connector::Nexmark(n) => GeneratedSplit::boxed(n.split(index, count, start)),
+            Connector::Datagen(d) => GeneratedSplit::boxed(d.split(index, count, start)),
+            Connector::Kafka(k) => k.split(index, start),
         }
     }
 }

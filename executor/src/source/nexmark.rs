@@ -24,7 +24,7 @@ use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
 use nexmark::event::{Event, EventType};
 
-use super::{Options, SplitReader};
+use super::{BatchGenerator, Options};
 use crate::error::{ExecutorError, Result};
 
 /// Fields of each event type with the type they are generated as.
@@ -145,7 +145,7 @@ impl NexmarkSource {
     }
 
     /// Split `index` of `count`, from its row `start` on.
-    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn BatchGenerator> {
         let generator = EventGenerator::new(self.config.clone())
             .with_type_filter(self.kind)
             .with_offset(index as u64 + start * count as u64)
@@ -235,7 +235,7 @@ fn append(column: &mut Column, event: &Event, field: usize) {
     }
 }
 
-impl SplitReader for NexmarkSplit {
+impl BatchGenerator for NexmarkSplit {
     fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>> {
         let generated = fields(self.source.kind);
         let mut columns: Vec<Column> = self

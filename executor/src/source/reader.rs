@@ -98,29 +98,12 @@ impl Reader {
             .await;
     }
 
-    /// Reads and sends up to `rows` rows; false once the split is done.
-    async fn read_chunk(&mut self, rows: usize) -> bool {
-        match self.split.next_batch(rows) {
-            Ok(Some(batch)) => {
-                let n = batch.num_rows() as u64;
-                self.position += n;
-                self.progress.rows_read(self.relation, self.spec.id, n);
-                let candidate = match &self.spec.watermark {
-                    Some(spec) => self
-                        .evaluator
-                        .eval(&spec.expr, &batch)
-                        .ok()
-                        .and_then(|a| max_value(&a)),
-                    None => None,
-                };
-                self.output
-                    .send(Message::Chunk(StreamChunk::inserts(batch)))
-                    .await;
-                if let Some(candidate) = candidate {
-                    self.emit_watermark(candidate, false).await;
-                }
-                true
-            }
+    /// Takes what [`SplitReader::available`] said: the position readable
+    /// rows reach, or `None` once the split is done (reported here: the end
+    /// of time as watermark, or the failure).
+    async fn settle(&mut self, available: Result<Option<u64>>) -> Option<u64> {
+        match available {
+            Ok(Some(end)) => Some(end),
             Ok(None) => {
                 self.progress.reader_finished(self.relation, self.spec.id);
                 if let Some(end) = self
@@ -131,17 +114,53 @@ impl Reader {
                 {
                     self.emit_watermark(end, false).await;
                 }
-                false
+                None
             }
             Err(e) => {
-                // The view fails visibly (queries on it say why); its
-                // pipeline keeps forwarding barriers for everyone else.
-                tracing::warn!(relation = self.relation, error = %e, "source split failed");
-                self.coordinator
-                    .fail(self.relation, format!("reading the source failed: {e}"));
-                false
+                self.fail(e);
+                None
             }
         }
+    }
+
+    /// Fails the view visibly (queries on it say why); its pipeline keeps
+    /// forwarding barriers for everyone else.
+    fn fail(&self, e: crate::error::ExecutorError) {
+        tracing::warn!(relation = self.relation, error = %e, "source split failed");
+        self.coordinator
+            .fail(self.relation, format!("reading the source failed: {e}"));
+    }
+
+    /// Reads and sends the rows up to position `end`; false if the split failed.
+    async fn read_to(&mut self, end: u64) -> bool {
+        let batch = match self.split.read(self.position, end) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.fail(e);
+                return false;
+            }
+        };
+        self.position = end;
+        if batch.num_rows() == 0 {
+            return true;
+        }
+        self.progress
+            .rows_read(self.relation, self.spec.id, batch.num_rows() as u64);
+        let candidate = match &self.spec.watermark {
+            Some(spec) => self
+                .evaluator
+                .eval(&spec.expr, &batch)
+                .ok()
+                .and_then(|a| max_value(&a)),
+            None => None,
+        };
+        self.output
+            .send(Message::Chunk(StreamChunk::inserts(batch)))
+            .await;
+        if let Some(candidate) = candidate {
+            self.emit_watermark(candidate, false).await;
+        }
+        true
     }
 
     /// Forwards a message from the runtime's ticks. A barrier goes out at
@@ -157,8 +176,12 @@ impl Reader {
         // Catching up takes no gate: these rows belong to the epoch the
         // barrier ends, which a quiescing DDL statement waits for anyway.
         while !*exhausted && self.position < boundary {
-            let rows = (boundary - self.position).min(CHUNK_ROWS as u64) as usize;
-            *exhausted = !self.read_chunk(rows).await;
+            let max = (boundary - self.position).min(CHUNK_ROWS as u64) as usize;
+            let available = self.split.available(self.position, max).await;
+            *exhausted = match self.settle(available).await {
+                Some(end) => !self.read_to(end.min(boundary)).await,
+                None => true,
+            };
         }
         let raw = self
             .watermark
@@ -194,7 +217,7 @@ impl Reader {
             self.emit_watermark(restored, true).await;
         }
         loop {
-            // Barriers first: an epoch never waits for generation.
+            // Barriers first: an epoch never waits for reading.
             match self.ticks.try_recv() {
                 Ok(msg) => {
                     self.forward(msg, id, &mut exhausted).await;
@@ -215,14 +238,31 @@ impl Reader {
                 })
                 .filter(|d| !d.is_zero());
             let blocked = exhausted || paused;
-            let mut rows = match pace {
-                Some(p) => ((p / 10.0) as usize).clamp(1, CHUNK_ROWS),
-                None => CHUNK_ROWS,
-            };
+            let mut end = None;
             if !blocked && pacing.is_none() {
-                rows = self.clock.claim(id, self.position, rows);
+                let max = match pace {
+                    Some(p) => ((p / 10.0) as usize).clamp(1, CHUNK_ROWS),
+                    None => CHUNK_ROWS,
+                };
+                // Waiting for rows (a quiet Kafka partition) never holds up a barrier.
+                let available = tokio::select! {
+                    biased;
+                    msg = self.ticks.recv() => {
+                        match msg {
+                            Some(msg) => self.forward(msg, id, &mut exhausted).await,
+                            None => return,
+                        }
+                        continue;
+                    }
+                    available = self.split.available(self.position, max) => available,
+                };
+                let Some(readable) = self.settle(available).await else {
+                    exhausted = true;
+                    continue;
+                };
+                end = Some(self.clock.claim(id, self.position, readable));
             }
-            if blocked || pacing.is_some() || rows == 0 {
+            let Some(end) = end.filter(|&end| end > self.position) else {
                 // Wait for the next barrier (or the pace, or the end of recovery).
                 let wait = match pacing {
                     Some(d) if !blocked => d,
@@ -237,7 +277,7 @@ impl Reader {
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
-            }
+            };
             let gate = self.gate.clone();
             let guard = tokio::select! {
                 biased;
@@ -250,7 +290,7 @@ impl Reader {
                 }
                 guard = gate.read() => guard,
             };
-            exhausted = !self.read_chunk(rows).await;
+            exhausted = !self.read_to(end).await;
             drop(guard);
         }
     }

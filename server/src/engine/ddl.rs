@@ -255,17 +255,43 @@ impl Engine {
             }
             other => return Err(EddyError::Unsupported(format!("{}", other.display()))),
         };
+        let mut options = source.options.clone();
+        let extra = SourceSpec::extra_fields(&options);
+        let schema = if extra.is_empty() {
+            schema
+        } else {
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            for field in extra {
+                if schema.index_of(field.name()).is_ok() {
+                    return Err(EddyError::Coded {
+                        code: "42701",
+                        message: format!("column \"{}\" specified more than once", field.name()),
+                    });
+                }
+                fields.push(Arc::new(field));
+            }
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+        };
         let watermark = match &source.watermark {
             None => None,
             Some((column, expr)) => Some(self.watermark_spec(&schema, column, expr)?),
         };
-        let mut options = source.options.clone();
         let now_nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         SourceSpec::pin_defaults(&schema, &mut options, now_nanos);
         let replaying = id.is_some();
+        if !replaying {
+            options = tokio::task::spawn_blocking(move || {
+                SourceSpec::resolve(&mut options).map(|()| options)
+            })
+            .await
+            .map_err(|e| EddyError::Coded {
+                code: "XX000",
+                message: format!("resolving the source failed: {e}"),
+            })??;
+        }
         let guard = self.runtime.write_lock().await;
         let id = id.unwrap_or_else(|| self.catalog.next_id());
         let spec = SourceSpec::new(id, schema.clone(), options.clone(), watermark)?;

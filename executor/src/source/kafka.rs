@@ -1,0 +1,458 @@
+//! Kafka topics as sources (`connector = 'kafka'`).
+//!
+//! Each partition is a split; a split's position is the next offset to
+//! read. Positions live in Eddy's checkpoints (no consumer-group commits),
+//! so a recovered reader seeks to exactly where its epoch ended.
+//!
+//! Where every view starts is fixed when the source is created
+//! ([`resolve`]): the startup mode (`earliest`, `latest`, `timestamp`) is
+//! turned into one offset per partition, pinned in the catalog as
+//! `scan.startup.offsets`. So every view over the source, created now or
+//! later, and every replay, reads the same messages.
+//!
+//! A split consumes its partition with a consumer of its own (assigned, not
+//! subscribed). The client reconnects by itself when a broker goes away;
+//! the split waits and logs until messages flow again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
+use futures::FutureExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+
+use super::decode::{Encoding, PayloadDecoder};
+use super::malformed::{MalformedMessage, MalformedMessages};
+use super::{Options, SplitReader};
+use crate::error::{ExecutorError, Result};
+
+/// How long creating a source waits for the broker.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Metadata of a message a source can expose as a column
+/// (`INCLUDE partition | offset | timestamp | key [AS name]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Metadata {
+    Partition,
+    Offset,
+    Timestamp,
+    Key,
+}
+
+impl Metadata {
+    /// In schema order, after the payload's columns.
+    const ALL: [Metadata; 4] = [
+        Metadata::Partition,
+        Metadata::Offset,
+        Metadata::Timestamp,
+        Metadata::Key,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Metadata::Partition => "partition",
+            Metadata::Offset => "offset",
+            Metadata::Timestamp => "timestamp",
+            Metadata::Key => "key",
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        match self {
+            Metadata::Partition => DataType::Int32,
+            Metadata::Offset => DataType::Int64,
+            Metadata::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+            Metadata::Key => DataType::Binary,
+        }
+    }
+
+    fn option(self) -> String {
+        format!("include.{}", self.name())
+    }
+}
+
+/// The metadata columns `options` ask for (`include.<kind> = 'column'`),
+/// to be appended to the declared columns.
+pub fn metadata_fields(options: &[(String, String)]) -> Vec<Field> {
+    Metadata::ALL
+        .iter()
+        .filter_map(|m| {
+            let key = m.option();
+            options
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, name)| Field::new(name.clone(), m.data_type(), true))
+        })
+        .collect()
+}
+
+/// A validated Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    topic: String,
+    /// librdkafka configuration: `properties.*` options and our defaults.
+    config: Vec<(String, String)>,
+    /// First offset of each partition (index = partition).
+    start: Vec<i64>,
+    decoder: PayloadDecoder,
+    metadata: Vec<Metadata>,
+    schema: SchemaRef,
+    malformed: Arc<MalformedMessages>,
+}
+
+/// Takes the broker address and `properties.*` from `options`.
+fn client_config(options: &mut Options) -> Result<(String, Vec<(String, String)>)> {
+    let topic = options
+        .take("topic")
+        .ok_or_else(|| ExecutorError::InvalidOption("topic is required".into()))?;
+    let servers = options
+        .take("properties.bootstrap.server")
+        .or_else(|| options.take("properties.bootstrap.servers"))
+        .ok_or_else(|| {
+            ExecutorError::InvalidOption("properties.bootstrap.server is required".into())
+        })?;
+    let mut config = vec![
+        ("bootstrap.servers".to_string(), servers),
+        ("group.id".to_string(), "eddy".to_string()),
+        ("enable.auto.commit".to_string(), "false".to_string()),
+        ("enable.auto.offset.store".to_string(), "false".to_string()),
+        ("enable.partition.eof".to_string(), "false".to_string()),
+        // Retention may have removed a checkpointed offset: go on from the oldest.
+        ("auto.offset.reset".to_string(), "earliest".to_string()),
+        ("isolation.level".to_string(), "read_committed".to_string()),
+    ];
+    for key in options.keys_with_prefix("properties.") {
+        if let Some(value) = options.take(&key) {
+            let name = key["properties.".len()..].to_string();
+            config.retain(|(k, _)| *k != name);
+            config.push((name, value));
+        }
+    }
+    Ok((topic, config))
+}
+
+fn client<T: rdkafka::config::FromClientConfig>(config: &[(String, String)]) -> Result<T> {
+    let mut client = ClientConfig::new();
+    for (k, v) in config {
+        client.set(k, v);
+    }
+    client
+        .create()
+        .map_err(|e| ExecutorError::InvalidOption(format!("Kafka client configuration: {e}")))
+}
+
+/// Pins where every view starts: turns the startup mode into
+/// `scan.startup.offsets` (one offset per partition), asking the broker.
+/// Blocking; a no-op if the offsets are pinned already.
+pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
+    if options.iter().any(|(k, _)| k == "scan.startup.offsets") {
+        return Ok(());
+    }
+    let mut parsed = Options::new(options.iter().cloned());
+    let (topic, config) = client_config(&mut parsed)?;
+    let consumer: BaseConsumer = client(&config)?;
+    let unreachable =
+        |e: rdkafka::error::KafkaError| ExecutorError::Connector(format!("Kafka broker: {e}"));
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+        .map_err(unreachable)?;
+    let partitions = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
+        _ => return Err(ExecutorError::UnknownTopic(topic)),
+    };
+    let mode = parsed
+        .take("scan.startup.mode")
+        .unwrap_or_else(|| "earliest".into());
+    let offsets: Vec<i64> = match mode.as_str() {
+        "earliest" | "latest" => (0..partitions as i32)
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, METADATA_TIMEOUT)
+                    .map_err(unreachable)?;
+                Ok(if mode == "earliest" { low } else { high })
+            })
+            .collect::<Result<_>>()?,
+        "timestamp" => {
+            let millis: i64 = parsed
+                .number("scan.startup.timestamp.millis")?
+                .ok_or_else(|| {
+                    ExecutorError::InvalidOption(
+                        "scan.startup.mode = 'timestamp' needs scan.startup.timestamp.millis"
+                            .into(),
+                    )
+                })?;
+            let mut list = TopicPartitionList::new();
+            for p in 0..partitions as i32 {
+                list.add_partition_offset(&topic, p, Offset::Offset(millis))
+                    .map_err(unreachable)?;
+            }
+            let found = consumer
+                .offsets_for_times(list, METADATA_TIMEOUT)
+                .map_err(unreachable)?;
+            (0..partitions as i32)
+                .map(|p| {
+                    let offset = found
+                        .find_partition(&topic, p)
+                        .map(|e| e.offset())
+                        .unwrap_or(Offset::End);
+                    match offset {
+                        Offset::Offset(o) => Ok(o),
+                        // No message that late: start at the end.
+                        _ => Ok(consumer
+                            .fetch_watermarks(&topic, p, METADATA_TIMEOUT)
+                            .map_err(unreachable)?
+                            .1),
+                    }
+                })
+                .collect::<Result<_>>()?
+        }
+        other => {
+            return Err(ExecutorError::InvalidOption(format!(
+                "scan.startup.mode must be earliest, latest or timestamp, got '{other}'"
+            )));
+        }
+    };
+    let pinned: Vec<String> = offsets.iter().map(|o| o.to_string()).collect();
+    options.push(("scan.startup.offsets".into(), pinned.join(",")));
+    Ok(())
+}
+
+impl KafkaSource {
+    /// A source of `schema` rows (declared columns, then the metadata
+    /// columns [`metadata_fields`] gave) from `options`.
+    pub fn new(schema: SchemaRef, options: &mut Options) -> Result<Self> {
+        let (topic, config) = client_config(options)?;
+        let mode = options.take("scan.startup.mode");
+        if !matches!(
+            mode.as_deref(),
+            None | Some("earliest" | "latest" | "timestamp")
+        ) {
+            return Err(ExecutorError::InvalidOption(format!(
+                "scan.startup.mode must be earliest, latest or timestamp, got '{}'",
+                mode.unwrap_or_default()
+            )));
+        }
+        options.take("scan.startup.timestamp.millis");
+        let start = match options.take("scan.startup.offsets") {
+            Some(list) => list
+                .split(',')
+                .map(|o| o.trim().parse::<i64>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    ExecutorError::InvalidOption(format!(
+                        "scan.startup.offsets must list one offset per partition, got '{list}'"
+                    ))
+                })?,
+            None => {
+                return Err(ExecutorError::Internal(
+                    "a Kafka source's start offsets were not resolved".into(),
+                ));
+            }
+        };
+        match options.take("format").as_deref() {
+            None | Some("plain") => {}
+            Some(other) => {
+                return Err(ExecutorError::Unsupported(format!(
+                    "FORMAT {} (supported: PLAIN)",
+                    other.to_uppercase()
+                )));
+            }
+        }
+        let encoding = Encoding::from_options(options)?;
+        let metadata: Vec<Metadata> = Metadata::ALL
+            .into_iter()
+            .filter(|m| options.take(&m.option()).is_some())
+            .collect();
+        let payload_columns = schema.fields().len() - metadata.len();
+        let payload = Arc::new(schema.project(&(0..payload_columns).collect::<Vec<_>>())?);
+        Ok(Self {
+            topic,
+            config,
+            start,
+            decoder: PayloadDecoder::new(payload, encoding),
+            metadata,
+            schema,
+            malformed: Arc::default(),
+        })
+    }
+
+    /// Partitions, one split each.
+    pub fn partitions(&self) -> usize {
+        self.start.len()
+    }
+
+    /// Messages that could not be decoded.
+    pub fn malformed(&self) -> &Arc<MalformedMessages> {
+        &self.malformed
+    }
+
+    /// The reader of partition `index`, from offset `start` (0 = where the
+    /// source starts).
+    pub fn split(&self, index: usize, start: u64) -> Box<dyn SplitReader> {
+        Box::new(KafkaSplit {
+            source: self.clone(),
+            partition: index as i32,
+            start,
+            consumer: None,
+            buffer: VecDeque::new(),
+            last_complaint: None,
+        })
+    }
+}
+
+/// A message copied out of the client, waiting to be read.
+struct Pending {
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+struct KafkaSplit {
+    source: KafkaSource,
+    partition: i32,
+    start: u64,
+    /// Created at the first read, so a source can be declared while its
+    /// broker is away.
+    consumer: Option<StreamConsumer>,
+    buffer: VecDeque<Pending>,
+    last_complaint: Option<Instant>,
+}
+
+impl KafkaSplit {
+    fn connect(&mut self) -> Result<()> {
+        if self.consumer.is_none() {
+            let consumer: StreamConsumer = client(&self.source.config)?;
+            let offset = match self.start {
+                0 => match self.source.start.get(self.partition as usize) {
+                    Some(&o) => Offset::Offset(o),
+                    None => Offset::Beginning,
+                },
+                position => Offset::Offset(position as i64),
+            };
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.source.topic, self.partition, offset)
+                .map_err(|e| ExecutorError::Connector(e.to_string()))?;
+            consumer
+                .assign(&assignment)
+                .map_err(|e| ExecutorError::Connector(e.to_string()))?;
+            self.consumer = Some(consumer);
+        }
+        Ok(())
+    }
+}
+
+/// Logs a consumer error at most every few seconds: the client retries by
+/// itself; an outage shows up as one line, not a flood.
+fn complain(
+    last: &mut Option<Instant>,
+    topic: &str,
+    partition: i32,
+    error: &rdkafka::error::KafkaError,
+) {
+    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+        *last = Some(Instant::now());
+        tracing::warn!(topic, partition, error = %error, "Kafka consumer error; retrying");
+    }
+}
+
+fn pending(message: &rdkafka::message::BorrowedMessage<'_>) -> Pending {
+    Pending {
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
+}
+
+#[async_trait]
+impl SplitReader for KafkaSplit {
+    async fn available(&mut self, position: u64, max: usize) -> Result<Option<u64>> {
+        self.buffer.retain(|m| m.offset as u64 >= position);
+        self.connect()?;
+        let Some(consumer) = &self.consumer else {
+            return Ok(None);
+        };
+        if self.buffer.is_empty() {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let received = consumer.recv().await.map(|m| pending(&m));
+                match received {
+                    Ok(m) => {
+                        if m.offset as u64 >= position {
+                            self.buffer.push_back(m);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        complain(
+                            &mut self.last_complaint,
+                            &self.source.topic,
+                            self.partition,
+                            &e,
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        while self.buffer.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => self.buffer.push_back(pending(&m)),
+                _ => break,
+            }
+        }
+        let last = &self.buffer[self.buffer.len().min(max) - 1];
+        Ok(Some(last.offset as u64 + 1))
+    }
+
+    fn read(&mut self, _position: u64, end: u64) -> Result<RecordBatch> {
+        let count = self
+            .buffer
+            .iter()
+            .take_while(|m| (m.offset as u64) < end)
+            .count();
+        let messages: Vec<Pending> = self.buffer.drain(..count).collect();
+        let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload.as_deref()).collect();
+        let decoded = self.source.decoder.decode(&payloads)?;
+        for (index, reason) in decoded.rejected {
+            let message = &messages[index];
+            self.source.malformed.record(MalformedMessage {
+                topic: self.source.topic.clone(),
+                partition: self.partition,
+                offset: message.offset,
+                reason,
+                payload: message.payload.clone().unwrap_or_default(),
+            });
+        }
+        let kept = || decoded.kept.iter().map(|&i| &messages[i]);
+        let mut columns = decoded.batch.columns().to_vec();
+        for metadata in &self.source.metadata {
+            let column: ArrayRef = match metadata {
+                Metadata::Partition => {
+                    Arc::new(Int32Array::from(vec![self.partition; decoded.kept.len()]))
+                }
+                Metadata::Offset => {
+                    Arc::new(Int64Array::from_iter_values(kept().map(|m| m.offset)))
+                }
+                Metadata::Timestamp => Arc::new(TimestampMillisecondArray::from_iter(
+                    kept().map(|m| m.timestamp),
+                )),
+                Metadata::Key => Arc::new(BinaryArray::from_iter(kept().map(|m| m.key.as_deref()))),
+            };
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(self.source.schema.clone(), columns)?)
+    }
+}

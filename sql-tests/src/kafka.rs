@@ -1,0 +1,112 @@
+//! A Kafka-protocol broker for tests: librdkafka's mock cluster, in the
+//! test process, reachable by `eddy` processes over loopback.
+//!
+//! The mock cluster supports producing, consuming, idempotent and
+//! transactional producers; it does not answer CreateTopics, so topics are
+//! created here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// A running mock Kafka cluster with a producer into it.
+pub struct KafkaBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl KafkaBroker {
+    /// Starts a cluster of one broker.
+    pub fn start() -> Self {
+        let cluster = MockCluster::new(1).expect("mock Kafka cluster");
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()
+            .expect("Kafka producer");
+        Self { cluster, producer }
+    }
+
+    /// Where clients connect (`properties.bootstrap.server`).
+    pub fn bootstrap(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .expect("create topic");
+    }
+
+    /// Produces one message (`None` payload = a message without a value)
+    /// and waits until the broker has it.
+    pub fn produce(&self, topic: &str, partition: i32, key: Option<&str>, payload: Option<&[u8]>) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
+        if let Some(key) = key {
+            record = record.key(key.as_bytes());
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        self.flush();
+    }
+
+    /// Waits until every produced message is acknowledged.
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .expect("flush producer");
+    }
+
+    /// Takes a broker down (connections refused) or brings it back.
+    pub fn set_up(&self, up: bool) {
+        let result = if up {
+            self.cluster.broker_up(1)
+        } else {
+            self.cluster.broker_down(1)
+        };
+        result.expect("broker up/down");
+    }
+
+    /// Creates a topic per file in `dir` (`<topic>.txt`) and produces its
+    /// lines, each `partition|key|payload` (empty key = none; payload
+    /// `<none>` = a message without a value; `\n` in a payload = a newline).
+    pub fn seed(&self, dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let Some(topic) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).expect("topic file");
+            let messages: Vec<(i32, &str, &str)> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|line| {
+                    let mut parts = line.splitn(3, '|');
+                    let partition = parts.next().and_then(|p| p.parse().ok());
+                    match (partition, parts.next(), parts.next()) {
+                        (Some(p), Some(k), Some(v)) => (p, k, v),
+                        _ => panic!("{}: bad line '{line}'", path.display()),
+                    }
+                })
+                .collect();
+            let partitions = messages.iter().map(|m| m.0).max().unwrap_or(0) + 1;
+            self.create_topic(topic, partitions);
+            for (partition, key, payload) in messages {
+                let key = (!key.is_empty()).then_some(key);
+                let payload = (payload != "<none>").then(|| payload.replace("\\n", "\n"));
+                self.produce(topic, partition, key, payload.as_deref().map(str::as_bytes));
+            }
+        }
+    }
+}

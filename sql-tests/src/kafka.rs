@@ -8,9 +8,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// A running mock Kafka cluster with a producer into it.
 pub struct KafkaBroker {
@@ -74,6 +75,49 @@ impl KafkaBroker {
             self.cluster.broker_down(1)
         };
         result.expect("broker up/down");
+    }
+
+    /// Every committed message of `topic`'s `partitions` partitions, read
+    /// back: (partition, offset, payload).
+    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<(i32, i64, Vec<u8>)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", "eddy-tests")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("Kafka consumer");
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.push(high);
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut messages = Vec::new();
+        let mut next = vec![0i64; partitions as usize];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while (0..partitions as usize).any(|p| next[p] < ends[p]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic} back timed out"
+            );
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            next[m.partition() as usize] = m.offset() + 1;
+            messages.push((
+                m.partition(),
+                m.offset(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+        messages
     }
 
     /// Creates a topic per file in `dir` (`<topic>.txt`) and produces its

@@ -2,6 +2,7 @@
 //! the Postgres protocol. One test binary, one module per area.
 
 mod extended;
+mod kafka;
 mod nexmark;
 mod oracle;
 mod psql;

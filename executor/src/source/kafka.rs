@@ -15,7 +15,7 @@
 //! the split waits and logs until messages flow again.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,11 +24,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use futures::FutureExt;
-use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use super::decode::{Encoding, PayloadDecoder};
 use super::malformed::{MalformedMessage, MalformedMessages};
@@ -140,14 +139,16 @@ fn client_config(options: &mut Options) -> Result<(String, Vec<(String, String)>
     Ok((topic, config))
 }
 
-fn client<T: rdkafka::config::FromClientConfig>(config: &[(String, String)]) -> Result<T> {
+fn client_config_of(config: &[(String, String)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (k, v) in config {
         client.set(k, v);
     }
     client
-        .create()
-        .map_err(|e| ExecutorError::InvalidOption(format!("Kafka client configuration: {e}")))
+}
+
+fn invalid_config(e: KafkaError) -> ExecutorError {
+    ExecutorError::InvalidOption(format!("Kafka client configuration: {e}"))
 }
 
 /// Pins where every view starts: turns the startup mode into
@@ -159,9 +160,15 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
     }
     let mut parsed = Options::new(options.iter().cloned());
     let (topic, config) = client_config(&mut parsed)?;
-    let consumer: BaseConsumer = client(&config)?;
-    let unreachable =
-        |e: rdkafka::error::KafkaError| ExecutorError::Connector(format!("Kafka broker: {e}"));
+    let context = ThrottledContext {
+        topic: topic.clone(),
+        partition: -1,
+        last_complaint: Mutex::new(None),
+    };
+    let consumer: BaseConsumer<ThrottledContext> = client_config_of(&config)
+        .create_with_context(context)
+        .map_err(invalid_config)?;
+    let unreachable = |e: KafkaError| ExecutorError::Connector(format!("Kafka broker: {e}"));
     let metadata = consumer
         .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
         .map_err(unreachable)?;
@@ -304,7 +311,6 @@ impl KafkaSource {
             start,
             consumer: None,
             buffer: VecDeque::new(),
-            last_complaint: None,
         })
     }
 }
@@ -323,15 +329,21 @@ struct KafkaSplit {
     start: u64,
     /// Created at the first read, so a source can be declared while its
     /// broker is away.
-    consumer: Option<StreamConsumer>,
+    consumer: Option<StreamConsumer<ThrottledContext>>,
     buffer: VecDeque<Pending>,
-    last_complaint: Option<Instant>,
 }
 
 impl KafkaSplit {
     fn connect(&mut self) -> Result<()> {
         if self.consumer.is_none() {
-            let consumer: StreamConsumer = client(&self.source.config)?;
+            let context = ThrottledContext {
+                topic: self.source.topic.clone(),
+                partition: self.partition,
+                last_complaint: Mutex::new(None),
+            };
+            let consumer: StreamConsumer<ThrottledContext> = client_config_of(&self.source.config)
+                .create_with_context(context)
+                .map_err(invalid_config)?;
             let offset = match self.start {
                 0 => match self.source.start.get(self.partition as usize) {
                     Some(&o) => Offset::Offset(o),
@@ -352,19 +364,44 @@ impl KafkaSplit {
     }
 }
 
-/// Logs a consumer error at most every few seconds: the client retries by
-/// itself; an outage shows up as one line, not a flood.
-fn complain(
-    last: &mut Option<Instant>,
-    topic: &str,
+/// A client context whose logs and errors (the client reconnects by
+/// itself) become at most one warning every few seconds, so an outage shows
+/// up as a line per split, not a flood.
+struct ThrottledContext {
+    topic: String,
     partition: i32,
-    error: &rdkafka::error::KafkaError,
-) {
-    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-        *last = Some(Instant::now());
-        tracing::warn!(topic, partition, error = %error, "Kafka consumer error; retrying");
+    last_complaint: Mutex<Option<Instant>>,
+}
+
+impl ThrottledContext {
+    fn complain(&self, message: &str) {
+        let mut last = self
+            .last_complaint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            *last = Some(Instant::now());
+            tracing::warn!(topic = %self.topic, partition = self.partition,
+                "Kafka: {message} (retrying)");
+        }
     }
 }
+
+impl ClientContext for ThrottledContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if (level as i32) <= RDKafkaLogLevel::Warning as i32 {
+            self.complain(message);
+        } else {
+            tracing::debug!(facility, "{message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.complain(&format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ThrottledContext {}
 
 fn pending(message: &rdkafka::message::BorrowedMessage<'_>) -> Pending {
     Pending {
@@ -395,12 +432,7 @@ impl SplitReader for KafkaSplit {
                         }
                     }
                     Err(e) => {
-                        complain(
-                            &mut self.last_complaint,
-                            &self.source.topic,
-                            self.partition,
-                            &e,
-                        );
+                        consumer.context().complain(&e.to_string());
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }

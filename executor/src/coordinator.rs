@@ -325,6 +325,11 @@ impl Coordinator {
         }
     }
 
+    /// Follows the committed epoch.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed_tx.subscribe()
+    }
+
     /// Waits until `epoch` is committed.
     pub async fn wait_committed(&self, epoch: u64) {
         let mut rx = self.committed_tx.subscribe();

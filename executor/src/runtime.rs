@@ -40,7 +40,9 @@ use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
 use crate::materialize::Materialize;
 use crate::message::{Barrier, Message, StreamChunk};
+use crate::operator::Operator;
 use crate::progress::{Progress, RelationProgress};
+use crate::sink::{DeliveryStatus, SinkSpec, SinkWriter};
 use crate::source::{SourceSpec, SplitClocks};
 
 /// Proof that the caller holds the write lock.
@@ -314,10 +316,46 @@ impl Runtime {
     /// holds it, else backfilled from its inputs. Must be called quiesced.
     pub fn create_view(
         &self,
+        quiesced: &Quiesced<'_>,
+        id: u32,
+        plan: &StreamNode,
+        emit_on_window_close: bool,
+        resolve: &dyn Fn(&str) -> Option<ReadTarget>,
+    ) -> Result<()> {
+        self.start_pipeline(quiesced, id, plan, emit_on_window_close, None, resolve)
+    }
+
+    /// Starts sink `spec` writing `plan`'s changes: from a checkpoint when
+    /// one holds it (delivering what it holds undelivered), else from the
+    /// inputs' current rows. Must be called quiesced.
+    pub fn create_sink(
+        &self,
+        quiesced: &Quiesced<'_>,
+        spec: Arc<SinkSpec>,
+        plan: &StreamNode,
+        emit_on_window_close: bool,
+        resolve: &dyn Fn(&str) -> Option<ReadTarget>,
+    ) -> Result<Arc<DeliveryStatus>> {
+        let status = Arc::new(DeliveryStatus::default());
+        let writer = SinkWriter::new(spec.clone(), self.coordinator.committed(), status.clone());
+        self.start_pipeline(
+            quiesced,
+            spec.id,
+            plan,
+            emit_on_window_close,
+            Some(Box::new(writer)),
+            resolve,
+        )?;
+        Ok(status)
+    }
+
+    fn start_pipeline(
+        &self,
         _quiesced: &Quiesced<'_>,
         id: u32,
         plan: &StreamNode,
         emit_on_window_close: bool,
+        terminal: Option<Box<dyn Operator>>,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
         let resolve_source = |name: &str| -> Result<Upstream> {
@@ -355,7 +393,7 @@ impl Runtime {
             windowed_aggregates: 0,
         };
         let output = Arc::new(Subscribers::default());
-        builder.build_root(plan, output.clone())?;
+        builder.build_root(plan, output.clone(), terminal)?;
         if let Some(store) = self.coordinator.store().filter(|_| restore) {
             let mut state = RestoredState::new(store.state(id)?)?;
             for f in &mut builder.fragments {

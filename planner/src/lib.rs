@@ -7,6 +7,7 @@
 //! incrementally is rejected here with [`PlanError::Unsupported`], before any
 //! state exists.
 
+mod create_sink;
 mod error;
 mod parse;
 mod session;
@@ -14,6 +15,7 @@ mod stream_plan;
 mod time;
 mod window;
 
+pub use create_sink::{CreateSink, SinkInput};
 pub use error::{PlanError, Result};
 pub use parse::{CreateSource, EddyStatement, parse_sql};
 pub use session::{SessionBound, same_session, session_window_functions};

@@ -2,7 +2,8 @@
 //!
 //! sqlparser's PostgreSQL dialect parses almost everything. Eddy adds
 //! `FLUSH`, `CREATE SOURCE ... WITH (...)` (with `WATERMARK FOR`),
-//! `DROP SOURCE`, `SHOW SOURCES` and a trailing `EMIT ON WINDOW CLOSE` on
+//! `DROP SOURCE`, `SHOW SOURCES`, `CREATE SINK` (see [`crate::create_sink`]),
+//! `DROP SINK`, `SHOW SINKS` and a trailing `EMIT ON WINDOW CLOSE` on
 //! `CREATE MATERIALIZED VIEW`, recognised by their leading keywords before
 //! the generic parser runs. Window table functions are rewritten afterwards
 //! (see [`crate::window`]).
@@ -15,6 +16,8 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::create_sink::{CreateSink, parse_create_sink};
 
 /// One statement of a query string.
 #[derive(Debug, Clone)]
@@ -34,6 +37,17 @@ pub enum EddyStatement {
     },
     /// `SHOW SOURCES`.
     ShowSources,
+    /// `CREATE SINK`.
+    CreateSink(Box<CreateSink>),
+    /// `DROP SINK [IF EXISTS] names`.
+    DropSink {
+        /// Sink names.
+        names: Vec<ObjectName>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `SHOW SINKS`.
+    ShowSinks,
     /// `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE`.
     EmitOnWindowClose(Box<Statement>),
     /// Any statement sqlparser understands.
@@ -96,6 +110,13 @@ impl fmt::Display for EddyStatement {
                 )
             }
             EddyStatement::ShowSources => write!(f, "SHOW SOURCES"),
+            EddyStatement::CreateSink(c) => write!(f, "{c}"),
+            EddyStatement::DropSink { names, if_exists } => {
+                let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                let if_exists = if *if_exists { "IF EXISTS " } else { "" };
+                write!(f, "DROP SINK {if_exists}{}", names.join(", "))
+            }
+            EddyStatement::ShowSinks => write!(f, "SHOW SINKS"),
             EddyStatement::EmitOnWindowClose(s) => write!(f, "{s} EMIT ON WINDOW CLOSE"),
             EddyStatement::Sql(s) => write!(f, "{s}"),
         }
@@ -144,8 +165,20 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
     if parser.parse_keyword(Keyword::WITH) {
         options.extend(parse_option_list(parser)?);
     }
-    // `FORMAT PLAIN ENCODE CSV (delimiter = ';')`: options `format`,
-    // `encode` and `csv.delimiter`.
+    options.extend(parse_format(parser)?);
+    Ok(CreateSource {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    })
+}
+
+/// `FORMAT PLAIN ENCODE CSV (delimiter = ';')`, if there: as options
+/// `format`, `encode` and `csv.delimiter`.
+pub(crate) fn parse_format(parser: &mut Parser) -> Result<Vec<(String, String)>, ParserError> {
+    let mut options = Vec::new();
     if parser.parse_keyword(Keyword::FORMAT) {
         let format = parser.parse_identifier()?.value.to_lowercase();
         options.push(("format".into(), format));
@@ -160,17 +193,11 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
             options.push(("encode".into(), encode));
         }
     }
-    Ok(CreateSource {
-        name,
-        if_not_exists,
-        columns,
-        watermark,
-        options,
-    })
+    Ok(options)
 }
 
 /// `(key = value, ...)`; keys lower-cased, dotted keys kept whole.
-fn parse_option_list(parser: &mut Parser) -> Result<Vec<(String, String)>, ParserError> {
+pub(crate) fn parse_option_list(parser: &mut Parser) -> Result<Vec<(String, String)>, ParserError> {
     let mut options = Vec::new();
     parser.expect_token(&Token::LParen)?;
     loop {
@@ -237,6 +264,25 @@ fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
         parser.next_token();
         parser.next_token();
         return Ok(EddyStatement::ShowSources);
+    }
+    if peek_words(parser, &["CREATE", "SINK"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(EddyStatement::CreateSink(Box::new(parse_create_sink(
+            parser,
+        )?)));
+    }
+    if peek_words(parser, &["DROP", "SINK"]) {
+        parser.next_token();
+        parser.next_token();
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let names = parser.parse_comma_separated(|p| p.parse_object_name(false))?;
+        return Ok(EddyStatement::DropSink { names, if_exists });
+    }
+    if peek_words(parser, &["SHOW", "SINKS"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(EddyStatement::ShowSinks);
     }
     Ok(EddyStatement::Sql(Box::new(parser.parse_statement()?)))
 }

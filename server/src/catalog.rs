@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::LogicalPlan;
 
 use eddy_executor::RowCodec;
+use eddy_executor::sink::DeliveryStatus;
 use eddy_executor::source::SourceSpec;
 use eddy_storage::RelationKind;
 
@@ -123,6 +124,8 @@ pub struct RelationInfo {
     pub view_plan: Option<LogicalPlan>,
     /// Sources: what generates the rows.
     pub source: Option<Arc<SourceSpec>>,
+    /// Sinks: how far delivery got.
+    pub sink: Option<Arc<DeliveryStatus>>,
 }
 
 impl RelationInfo {
@@ -149,6 +152,7 @@ pub fn kind_name(kind: RelationKind) -> &'static str {
         RelationKind::View => "view",
         RelationKind::MaterializedView => "materialized view",
         RelationKind::Source => "source",
+        RelationKind::Sink => "sink",
     }
 }
 

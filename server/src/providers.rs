@@ -257,17 +257,26 @@ fn provider_for(info: Arc<RelationInfo>, splits: usize) -> DfResult<Arc<dyn Tabl
 
 #[async_trait]
 impl SchemaProvider for PublicSchema {
+    // Sinks hold no rows: they are not tables.
     fn table_names(&self) -> Vec<String> {
-        self.catalog.all().iter().map(|r| r.name.clone()).collect()
+        self.catalog
+            .all()
+            .iter()
+            .filter(|r| r.kind != RelationKind::Sink)
+            .map(|r| r.name.clone())
+            .collect()
     }
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         self.catalog
             .get(name)
+            .filter(|r| r.kind != RelationKind::Sink)
             .map(|info| provider_for(info, self.parallelism))
             .transpose()
     }
     fn table_exist(&self, name: &str) -> bool {
-        self.catalog.get(name).is_some()
+        self.catalog
+            .get(name)
+            .is_some_and(|r| r.kind != RelationKind::Sink)
     }
 }
 

@@ -9,7 +9,9 @@
 //! - `checkpoints`: the last checkpoints written (epoch, when, how long,
 //!   bytes, error) and whether each is durable;
 //! - `source_errors`: the last malformed messages of each source (where,
-//!   why, the start of the payload) with the source's total since start.
+//!   why, the start of the payload) with the source's total since start;
+//! - `sinks`: per sink, the last epoch Kafka holds and the last delivery
+//!   error (while delivery is failing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,13 +44,15 @@ const SOURCE_READERS: &str = "source_readers";
 const OPERATOR_STATE: &str = "operator_state";
 const CHECKPOINTS: &str = "checkpoints";
 const SOURCE_ERRORS: &str = "source_errors";
-const TABLES: [&str; 6] = [
+const SINKS: &str = "sinks";
+const TABLES: [&str; 7] = [
     VIEW_ERRORS,
     WATERMARKS,
     SOURCE_READERS,
     OPERATOR_STATE,
     CHECKPOINTS,
     SOURCE_ERRORS,
+    SINKS,
 ];
 
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
@@ -265,6 +269,31 @@ impl SystemSchema {
         )
     }
 
+    /// Every sink's delivery.
+    fn sinks(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let (mut name, mut delivered, mut error) = (vec![], vec![], vec![]);
+        for info in self.catalog.all() {
+            if let Some(status) = &info.sink {
+                name.push(info.name.clone());
+                delivered.push(status.delivered());
+                error.push(status.last_error());
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sink", DataType::Utf8, false),
+            Field::new("delivered_epoch", DataType::UInt64, false),
+            Field::new("last_error", DataType::Utf8, true),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(name)),
+                Arc::new(UInt64Array::from(delivered)),
+                Arc::new(StringArray::from(error)),
+            ],
+        )
+    }
+
     /// The last malformed messages of every source that decodes messages.
     fn source_errors(&self) -> DfResult<Arc<dyn TableProvider>> {
         let (mut source, mut total, mut topic, mut partition, mut offset, mut reason, mut payload) =
@@ -330,6 +359,7 @@ impl SchemaProvider for SystemSchema {
             OPERATOR_STATE => self.operator_state(),
             CHECKPOINTS => self.checkpoints(),
             SOURCE_ERRORS => self.source_errors(),
+            SINKS => self.sinks(),
             _ => return Ok(None),
         };
         table.map(Some)

@@ -13,6 +13,8 @@ pub enum RelationKind {
     MaterializedView,
     /// A source: an append-only stream from a connector; no stored rows.
     Source,
+    /// A sink: a query's changes written to a connector; no stored rows.
+    Sink,
 }
 
 /// One relation as persisted: its id, name and the statement that created it.

@@ -142,8 +142,13 @@ fn cast_to(
 
 impl PipelineBuilder<'_> {
     /// Builds `root` ending in relation `self.relation`'s materialize
-    /// fragment, whose output goes to `output`.
-    pub fn build_root(&mut self, root: &StreamNode, output: Arc<Subscribers>) -> Result<()> {
+    /// fragment (or `terminal`, for a sink), whose output goes to `output`.
+    pub fn build_root(
+        &mut self,
+        root: &StreamNode,
+        output: Arc<Subscribers>,
+        terminal: Option<Box<dyn Operator>>,
+    ) -> Result<()> {
         let schema = batch_schema(root.schema());
         let pending = self.build(root)?.instances;
         if self.emit_on_window_close && self.windowed_aggregates == 0 {
@@ -155,12 +160,19 @@ impl PipelineBuilder<'_> {
             .connect(pending, 1, Dispatch::Broadcast)
             .pop()
             .unwrap_or_default();
-        let materialize = Materialize::new(self.relation, schema, self.progress.clone())?;
+        let terminal = match terminal {
+            Some(terminal) => terminal,
+            None => Box::new(Materialize::new(
+                self.relation,
+                schema,
+                self.progress.clone(),
+            )?),
+        };
         self.spawnable(
             Instance {
                 ports: vec![0; inputs.len()],
                 inputs,
-                ops: vec![Box::new(materialize)],
+                ops: vec![terminal],
             },
             Output::Subscribers(output),
         );

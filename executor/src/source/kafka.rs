@@ -15,8 +15,8 @@
 //! the split waits and logs until messages flow again.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -24,15 +24,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use futures::FutureExt;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::decode::{Encoding, PayloadDecoder};
 use super::malformed::{MalformedMessage, MalformedMessages};
 use super::{Options, SplitReader};
 use crate::error::{ExecutorError, Result};
+use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
 
 /// How long creating a source waits for the broker.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,7 +109,7 @@ pub struct KafkaSource {
 }
 
 /// Takes the broker address and `properties.*` from `options`.
-fn client_config(options: &mut Options) -> Result<(String, Vec<(String, String)>)> {
+fn connection_options(options: &mut Options) -> Result<(String, Vec<(String, String)>)> {
     let topic = options
         .take("topic")
         .ok_or_else(|| ExecutorError::InvalidOption("topic is required".into()))?;
@@ -139,18 +139,6 @@ fn client_config(options: &mut Options) -> Result<(String, Vec<(String, String)>
     Ok((topic, config))
 }
 
-fn client_config_of(config: &[(String, String)]) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    for (k, v) in config {
-        client.set(k, v);
-    }
-    client
-}
-
-fn invalid_config(e: KafkaError) -> ExecutorError {
-    ExecutorError::InvalidOption(format!("Kafka client configuration: {e}"))
-}
-
 /// Pins where every view starts: turns the startup mode into
 /// `scan.startup.offsets` (one offset per partition), asking the broker.
 /// Blocking; a no-op if the offsets are pinned already.
@@ -159,13 +147,9 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
         return Ok(());
     }
     let mut parsed = Options::new(options.iter().cloned());
-    let (topic, config) = client_config(&mut parsed)?;
-    let context = ThrottledContext {
-        topic: topic.clone(),
-        partition: -1,
-        last_complaint: Mutex::new(None),
-    };
-    let consumer: BaseConsumer<ThrottledContext> = client_config_of(&config)
+    let (topic, config) = connection_options(&mut parsed)?;
+    let context = ThrottledContext::new(&topic, -1);
+    let consumer: BaseConsumer<ThrottledContext> = client_config(&config)
         .create_with_context(context)
         .map_err(invalid_config)?;
     let unreachable = |e: KafkaError| ExecutorError::Connector(format!("Kafka broker: {e}"));
@@ -237,7 +221,7 @@ impl KafkaSource {
     /// A source of `schema` rows (declared columns, then the metadata
     /// columns [`metadata_fields`] gave) from `options`.
     pub fn new(schema: SchemaRef, options: &mut Options) -> Result<Self> {
-        let (topic, config) = client_config(options)?;
+        let (topic, config) = connection_options(options)?;
         let mode = options.take("scan.startup.mode");
         if !matches!(
             mode.as_deref(),
@@ -336,12 +320,8 @@ struct KafkaSplit {
 impl KafkaSplit {
     fn connect(&mut self) -> Result<()> {
         if self.consumer.is_none() {
-            let context = ThrottledContext {
-                topic: self.source.topic.clone(),
-                partition: self.partition,
-                last_complaint: Mutex::new(None),
-            };
-            let consumer: StreamConsumer<ThrottledContext> = client_config_of(&self.source.config)
+            let context = ThrottledContext::new(&self.source.topic, self.partition);
+            let consumer: StreamConsumer<ThrottledContext> = client_config(&self.source.config)
                 .create_with_context(context)
                 .map_err(invalid_config)?;
             let offset = match self.start {
@@ -363,45 +343,6 @@ impl KafkaSplit {
         Ok(())
     }
 }
-
-/// A client context whose logs and errors (the client reconnects by
-/// itself) become at most one warning every few seconds, so an outage shows
-/// up as a line per split, not a flood.
-struct ThrottledContext {
-    topic: String,
-    partition: i32,
-    last_complaint: Mutex<Option<Instant>>,
-}
-
-impl ThrottledContext {
-    fn complain(&self, message: &str) {
-        let mut last = self
-            .last_complaint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-            *last = Some(Instant::now());
-            tracing::warn!(topic = %self.topic, partition = self.partition,
-                "Kafka: {message} (retrying)");
-        }
-    }
-}
-
-impl ClientContext for ThrottledContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        if (level as i32) <= RDKafkaLogLevel::Warning as i32 {
-            self.complain(message);
-        } else {
-            tracing::debug!(facility, "{message}");
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.complain(&format!("{error}: {reason}"));
-    }
-}
-
-impl ConsumerContext for ThrottledContext {}
 
 fn pending(message: &rdkafka::message::BorrowedMessage<'_>) -> Pending {
     Pending {

@@ -157,11 +157,12 @@ impl Options {
             .collect()
     }
 
-    fn reject_unknown(&self) -> Result<()> {
+    /// Fails if an option is left that nothing understood.
+    pub fn reject_unknown(&self) -> Result<()> {
         match self.0.keys().next() {
             None => Ok(()),
             Some(key) => Err(ExecutorError::InvalidOption(format!(
-                "unknown source option '{key}'"
+                "unknown option '{key}'"
             ))),
         }
     }

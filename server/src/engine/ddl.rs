@@ -97,6 +97,7 @@ impl Engine {
             RelationKind::View => "CREATE VIEW",
             RelationKind::MaterializedView => "CREATE MATERIALIZED VIEW",
             RelationKind::Source => "CREATE SOURCE",
+            RelationKind::Sink => "CREATE SINK",
         };
         if self.catalog.get(&name).is_some() {
             if if_not_exists {
@@ -205,6 +206,7 @@ impl Engine {
             rows,
             view_plan,
             source: None,
+            sink: None,
         };
         self.catalog.insert(info);
         drop(quiesced);
@@ -319,6 +321,7 @@ impl Engine {
             rows: None,
             view_plan: None,
             source: Some(Arc::new(spec)),
+            sink: None,
         });
         Ok(Outcome::command("CREATE SOURCE"))
     }

@@ -9,6 +9,7 @@
 mod ddl;
 mod dml;
 mod show;
+mod sink;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -248,6 +249,7 @@ impl Engine {
         let sql = stmt.to_string();
         match stmt {
             EddyStatement::CreateSource(source) => self.create_source(&source, id).await,
+            EddyStatement::CreateSink(sink) => self.create_sink(&sink, id).await,
             EddyStatement::EmitOnWindowClose(view) => self.create(&view, id, &sql, true).await,
             EddyStatement::Sql(s) => self.create(&s, id, &sql, false).await,
             other => Err(EddyError::Unsupported(format!("{other}"))),
@@ -391,6 +393,14 @@ impl Engine {
                     .await
             }
             Prepared::Statement(EddyStatement::ShowSources) => Ok(self.list(RelationKind::Source)),
+            Prepared::Statement(stmt @ EddyStatement::CreateSink(_)) => {
+                self.create_statement(stmt, None).await
+            }
+            Prepared::Statement(EddyStatement::DropSink { names, if_exists }) => {
+                self.drop_relations(RelationKind::Sink, &names, if_exists, false)
+                    .await
+            }
+            Prepared::Statement(EddyStatement::ShowSinks) => Ok(self.show_sinks()),
         }
     }
 

@@ -1,0 +1,84 @@
+//! What Kafka sources and sinks share: client configuration and a client
+//! context that keeps the client's logs readable.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::error::ExecutorError;
+
+/// A client configuration from `key = value` pairs.
+pub(crate) fn client_config(config: &[(String, String)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (k, v) in config {
+        client.set(k, v);
+    }
+    client
+}
+
+/// A client the configuration does not allow.
+pub(crate) fn invalid_config(e: KafkaError) -> ExecutorError {
+    ExecutorError::InvalidOption(format!("Kafka client configuration: {e}"))
+}
+
+/// A client context whose logs and errors (the client reconnects by
+/// itself) become at most one warning every few seconds, so an outage shows
+/// up as a line per client, not a flood.
+pub(crate) struct ThrottledContext {
+    topic: String,
+    /// The partition a source split reads; -1 for other clients.
+    partition: i32,
+    last_complaint: Mutex<Option<Instant>>,
+}
+
+impl ThrottledContext {
+    pub(crate) fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+            last_complaint: Mutex::new(None),
+        }
+    }
+
+    /// Logs `message` unless this client logged one in the last 5 seconds.
+    pub(crate) fn complain(&self, message: &str) {
+        let mut last = self
+            .last_complaint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            *last = Some(Instant::now());
+            tracing::warn!(topic = %self.topic, partition = self.partition,
+                "Kafka: {message} (retrying)");
+        }
+    }
+}
+
+impl ClientContext for ThrottledContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if (level as i32) <= RDKafkaLogLevel::Warning as i32 {
+            self.complain(message);
+        } else {
+            tracing::debug!(facility, "{message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.complain(&format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ThrottledContext {}
+
+impl ProducerContext for ThrottledContext {
+    type DeliveryOpaque = ();
+
+    /// Failed deliveries fail the transaction's commit, which is retried;
+    /// there is nothing to do per message.
+    fn delivery(&self, _result: &DeliveryResult<'_>, _opaque: ()) {}
+}

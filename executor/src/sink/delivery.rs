@@ -1,0 +1,209 @@
+//! Sends committed epochs to Kafka, one transaction per epoch, in order.
+//!
+//! Runs on a thread of its own: the producer's transaction calls block.
+//! Each epoch waits until the checkpoint holding it is committed, then goes
+//! out in a transaction that also commits the epoch as the offset of the
+//! sink's consumer group; an epoch the group's offset already covers was
+//! delivered before a crash and is skipped. Any failure (a broker away, a
+//! fenced or broken producer) aborts the transaction and retries the epoch
+//! with backoff, on a new producer if needed; nothing is lost meanwhile,
+//! since the epoch stays in the sink's checkpointed state until delivered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::{SinkRecord, SinkSpec};
+use crate::kafka_client::{ThrottledContext, client_config};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How far a sink's delivery got, for the writer (which then forgets
+/// delivered epochs) and for `SHOW SINKS`.
+#[derive(Debug, Default)]
+pub struct DeliveryStatus {
+    delivered: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl DeliveryStatus {
+    /// The last epoch Kafka holds.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// The last failure, until the next epoch is delivered.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
+/// An epoch's records, to be sent once the epoch commits.
+pub(crate) type EpochRecords = (u64, Arc<Vec<SinkRecord>>);
+
+/// Starts delivering for `spec`; epochs arrive on the returned sender, in
+/// order. The thread ends when the sender is dropped.
+pub(crate) fn start(
+    spec: Arc<SinkSpec>,
+    committed: watch::Receiver<u64>,
+    status: Arc<DeliveryStatus>,
+) -> mpsc::Sender<EpochRecords> {
+    let (tx, rx) = mpsc::channel::<EpochRecords>();
+    let name = format!("eddy-sink-{}", spec.id);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let mut delivery = Delivery {
+            spec,
+            status,
+            producer: None,
+        };
+        while let Ok((epoch, records)) = rx.recv() {
+            let mut committed = committed.clone();
+            // The runtime outlives its sinks; an error means it is shutting down.
+            if futures::executor::block_on(committed.wait_for(|c| *c >= epoch)).is_err() {
+                return;
+            }
+            delivery.deliver(epoch, &records);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a sink's delivery thread");
+    }
+    tx
+}
+
+struct Delivery {
+    spec: Arc<SinkSpec>,
+    status: Arc<DeliveryStatus>,
+    /// With its transactions initialised, and the last epoch Kafka held then.
+    producer: Option<(ThreadedProducer<ThrottledContext>, u64)>,
+}
+
+impl Delivery {
+    fn group(&self) -> String {
+        format!("eddy-sink-{}", self.spec.id)
+    }
+
+    /// Delivers `epoch`, retrying until it is in Kafka.
+    fn deliver(&mut self, epoch: u64, records: &[SinkRecord]) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_deliver(epoch, records) {
+                Ok(()) => {
+                    self.status.delivered.fetch_max(epoch, Ordering::AcqRel);
+                    self.status.set_error(None);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(sink = self.spec.id, epoch, error = %e,
+                        "delivering to Kafka failed; retrying");
+                    self.status.set_error(Some(e.to_string()));
+                    // A producer whose transaction aborts cleanly goes on;
+                    // any other is replaced.
+                    let reusable = self
+                        .producer
+                        .as_ref()
+                        .is_some_and(|(p, _)| p.abort_transaction(TIMEOUT).is_ok());
+                    if !reusable {
+                        self.producer = None;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn try_deliver(&mut self, epoch: u64, records: &[SinkRecord]) -> Result<(), KafkaError> {
+        if self.producer.is_none() {
+            self.producer = Some(self.connect()?);
+        }
+        let Some((producer, held)) = &self.producer else {
+            return Ok(());
+        };
+        if epoch <= *held || records.is_empty() {
+            return Ok(());
+        }
+        producer.begin_transaction()?;
+        for record in records {
+            let mut message = BaseRecord::<[u8], [u8]>::to(&self.spec.topic);
+            if let Some(key) = &record.key {
+                message = message.key(key);
+            }
+            if let Some(value) = &record.value {
+                message = message.payload(value);
+            }
+            let mut message = Some(message);
+            while let Some(m) = message.take() {
+                if let Err((e, m)) = producer.send(m) {
+                    match e {
+                        KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ) => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            message = Some(m);
+                        }
+                        e => return Err(e),
+                    }
+                }
+            }
+        }
+        let consumer = self.group_consumer()?;
+        let metadata = consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        producer.send_offsets_to_transaction(&self.epoch_offset(epoch)?, &metadata, TIMEOUT)?;
+        producer.commit_transaction(TIMEOUT)?;
+        Ok(())
+    }
+
+    /// The epoch as the offset of the sink's group.
+    fn epoch_offset(&self, epoch: u64) -> Result<TopicPartitionList, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.spec.topic, 0, Offset::Offset(epoch as i64))?;
+        Ok(list)
+    }
+
+    fn group_consumer(&self) -> Result<BaseConsumer<ThrottledContext>, KafkaError> {
+        let mut config = client_config(&self.spec.config);
+        config
+            .set("group.id", self.group())
+            .set("enable.auto.commit", "false");
+        config.create_with_context(ThrottledContext::new(&self.spec.topic, -1))
+    }
+
+    /// A transactional producer that took over the sink's transactional id
+    /// (aborting whatever a crashed predecessor left open), and the last
+    /// epoch Kafka holds.
+    fn connect(&self) -> Result<(ThreadedProducer<ThrottledContext>, u64), KafkaError> {
+        let mut config = client_config(&self.spec.config);
+        config
+            .set("transactional.id", self.group())
+            .set("enable.idempotence", "true");
+        let producer: ThreadedProducer<ThrottledContext> =
+            config.create_with_context(ThrottledContext::new(&self.spec.topic, -1))?;
+        producer.init_transactions(TIMEOUT)?;
+        let committed = self
+            .group_consumer()?
+            .committed_offsets(self.epoch_offset(0)?, TIMEOUT)?;
+        let held = match committed
+            .find_partition(&self.spec.topic, 0)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(epoch)) => epoch.max(0) as u64,
+            _ => 0,
+        };
+        self.status.delivered.fetch_max(held, Ordering::AcqRel);
+        Ok((producer, held))
+    }
+}

@@ -13,6 +13,19 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub payload: Option<Vec<u8>>,
+}
+
 /// A running mock Kafka cluster with a producer into it.
 pub struct KafkaBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
@@ -78,8 +91,8 @@ impl KafkaBroker {
     }
 
     /// Every committed message of `topic`'s `partitions` partitions, read
-    /// back: (partition, offset, payload).
-    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<(i32, i64, Vec<u8>)> {
+    /// back in order per partition.
+    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<ReadMessage> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("group.id", "eddy-tests")
@@ -100,9 +113,20 @@ impl KafkaBroker {
         }
         consumer.assign(&assignment).expect("assign");
         let mut messages = Vec::new();
-        let mut next = vec![0i64; partitions as usize];
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while (0..partitions as usize).any(|p| next[p] < ends[p]) {
+        // Done when the position of every partition reached its end: the
+        // position moves past transaction markers and aborted messages too.
+        let done = |consumer: &BaseConsumer| {
+            let Ok(position) = consumer.position() else {
+                return false;
+            };
+            (0..partitions).all(|p| {
+                matches!(position.find_partition(topic, p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= ends[p as usize])
+                    || ends[p as usize] == 0
+            })
+        };
+        while !done(&consumer) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "reading {topic} back timed out"
@@ -110,12 +134,12 @@ impl KafkaBroker {
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
                 continue;
             };
-            next[m.partition() as usize] = m.offset() + 1;
-            messages.push((
-                m.partition(),
-                m.offset(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
+            messages.push(ReadMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            });
         }
         messages
     }

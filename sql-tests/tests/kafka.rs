@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use eddy_sql_tests::kafka::KafkaBroker;
+use eddy_sql_tests::kafka::{KafkaBroker, ReadMessage};
 use eddy_sql_tests::{EddyServer, rows_sorted};
 
 const TOPIC: &str = "events";
@@ -57,19 +57,14 @@ fn produce_until(bootstrap: String, rate: u64, seed: u64, stop: Arc<AtomicBool>)
 }
 
 /// What the views must hold, computed from the topic's messages.
-fn expected(messages: &[(i32, i64, Vec<u8>)]) -> (Vec<String>, Vec<String>) {
+fn expected(messages: &[ReadMessage]) -> (Vec<String>, Vec<String>) {
     let mut per_key: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     let mut per_partition: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for (partition, offset, payload) in messages {
-        let text = String::from_utf8_lossy(payload);
-        let number = |field: &str| -> i64 {
-            let start = text.find(&format!("\"{field}\": ")).expect("field") + field.len() + 4;
-            let end = text[start..]
-                .find([',', '}'])
-                .map(|e| start + e)
-                .expect("end");
-            text[start..end].trim().parse().expect("number")
-        };
+    for m in messages {
+        let (partition, offset) = (&m.partition, &m.offset);
+        let value: serde_json::Value =
+            serde_json::from_slice(m.payload.as_deref().unwrap_or_default()).expect("JSON");
+        let number = |field: &str| value[field].as_i64().expect("number");
         let entry = per_key.entry(number("k")).or_default();
         entry.0 += 1;
         entry.1 += number("v");
@@ -161,4 +156,138 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
         .await
         .expect("per_key");
     assert_eq!(got, per_key, "per_key equals its query over the topic");
+}
+
+/// Applies Debezium events in order: each event's `before` must be the
+/// key's current row (a duplicate or lost event breaks the chain). Returns
+/// the rows at the end as `k|n|total`.
+fn replay_changes(messages: &[ReadMessage]) -> Vec<String> {
+    let mut rows: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    for m in messages {
+        let event: serde_json::Value =
+            serde_json::from_slice(m.payload.as_deref().expect("a value")).expect("JSON");
+        let key = event["after"]["k"]
+            .as_i64()
+            .or(event["before"]["k"].as_i64())
+            .expect("k");
+        let current = rows.get(&key).cloned().unwrap_or(serde_json::Value::Null);
+        assert_eq!(
+            event["before"], current,
+            "event {event} at {}:{} does not follow the key's last event",
+            m.partition, m.offset
+        );
+        match &event["after"] {
+            serde_json::Value::Null => rows.remove(&key),
+            after => rows.insert(key, after.clone()),
+        };
+    }
+    let mut out: Vec<String> = rows
+        .values()
+        .map(|r| format!("{}|{}|{}", r["k"], r["n"], r["total"]))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_deliver_exactly_once_across_kill9() {
+    let seed: u64 = std::env::var("KAFKA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("KAFKA_SEED={seed}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let broker = KafkaBroker::start();
+    broker.create_topic("appended", PARTITIONS);
+    broker.create_topic("changes", PARTITIONS);
+    let mut server = EddyServer::start("kafka-sinks");
+    let client = server.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT, v BIGINT);
+             CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS total FROM t GROUP BY k;
+             CREATE SINK appended AS SELECT id, k FROM t
+               WITH (connector = 'kafka', topic = 'appended', properties.bootstrap.server = '{0}');
+             CREATE SINK changes FROM per_k
+               WITH (connector = 'kafka', topic = 'changes', properties.bootstrap.server = '{0}',
+                     type = 'debezium', primary_key = 'k');",
+            broker.bootstrap()
+        ))
+        .await
+        .expect("setup");
+    let mut inserted = Vec::new();
+    let mut next_id = 0i64;
+    for round in 0..5 {
+        let client = server.client().await;
+        for _ in 0..40 {
+            next_id += 1;
+            let (k, v) = (rng.random_range(0..8), rng.random_range(0..100));
+            client
+                .batch_execute(&format!("INSERT INTO t VALUES ({next_id}, {k}, {v})"))
+                .await
+                .expect("insert");
+            inserted.push(next_id);
+        }
+        // Changes the aggregate; the append-only sink, which does not
+        // show v, sees an update cancel out.
+        client
+            .batch_execute(
+                &format!("UPDATE per_k_input SET v = v + 1 WHERE id % 7 = {round}")
+                    .replace("per_k_input", "t"),
+            )
+            .await
+            .ok();
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
+        server.restart_after_kill9();
+    }
+    let client = server.client().await;
+    client.batch_execute("FLUSH").await.expect("flush");
+    let expected_changes = rows_sorted(&client, "SELECT k, n, total FROM per_k")
+        .await
+        .expect("per_k");
+    // Delivery follows the commit: wait until Kafka holds the last epoch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let messages = broker.read_all("changes", PARTITIONS);
+        let got = replay_changes(&messages);
+        if got == expected_changes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changes topic never reached the view: {got:?} vs {expected_changes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ids = loop {
+        let mut ids: Vec<i64> = broker
+            .read_all("appended", PARTITIONS)
+            .iter()
+            .map(|m| {
+                let row: serde_json::Value =
+                    serde_json::from_slice(m.payload.as_deref().expect("a value")).expect("JSON");
+                row["id"].as_i64().expect("id")
+            })
+            .collect();
+        ids.sort();
+        if ids.len() >= inserted.len() || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let twice: Vec<&i64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    let missing: Vec<&i64> = inserted
+        .iter()
+        .filter(|i| ids.binary_search(i).is_err())
+        .collect();
+    assert!(
+        twice.is_empty() && missing.is_empty(),
+        "every inserted row is in the topic exactly once: twice {twice:?}, missing {missing:?}"
+    );
+    assert_eq!(ids, inserted);
 }

@@ -2,9 +2,11 @@
 //!
 //! Runs on a thread of its own: the producer's transaction calls block.
 //! Each epoch waits until the checkpoint holding it is committed, then goes
-//! out in a transaction that also commits the epoch as the offset of the
-//! sink's consumer group; an epoch the group's offset already covers was
-//! delivered before a crash and is skipped. Any failure (a broker away, a
+//! out in one transaction, every record carrying the epoch in a header
+//! (`eddy.sink.<id>.epoch`). When a producer takes over the sink's
+//! transactional id it reads the newest committed records of each
+//! partition: the largest epoch among them is the last one Kafka holds, and
+//! epochs up to it were delivered before a crash and are skipped. Any failure (a broker away, a
 //! fenced or broken producer) aborts the transaction and retries the epoch
 //! with backoff, on a new producer if needed; nothing is lost meanwhile,
 //! since the epoch stays in the sink's checkpointed state until delivered.
@@ -15,8 +17,9 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::{SinkRecord, SinkSpec};
@@ -92,6 +95,7 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// The producer's transactional id (and the group id of its reads).
     fn group(&self) -> String {
         format!("eddy-sink-{}", self.spec.id)
     }
@@ -136,6 +140,8 @@ impl Delivery {
         if epoch <= *held || records.is_empty() {
             return Ok(());
         }
+        let header = self.epoch_header();
+        let epoch_bytes = epoch.to_be_bytes();
         producer.begin_transaction()?;
         for record in records {
             let mut message = BaseRecord::<[u8], [u8]>::to(&self.spec.topic);
@@ -145,6 +151,10 @@ impl Delivery {
             if let Some(value) = &record.value {
                 message = message.payload(value);
             }
+            message = message.headers(OwnedHeaders::new().insert(Header {
+                key: &header,
+                value: Some(&epoch_bytes),
+            }));
             let mut message = Some(message);
             while let Some(m) = message.take() {
                 if let Err((e, m)) = producer.send(m) {
@@ -160,26 +170,12 @@ impl Delivery {
                 }
             }
         }
-        let consumer = self.group_consumer()?;
-        let metadata = consumer.group_metadata().ok_or(KafkaError::Canceled)?;
-        producer.send_offsets_to_transaction(&self.epoch_offset(epoch)?, &metadata, TIMEOUT)?;
         producer.commit_transaction(TIMEOUT)?;
         Ok(())
     }
 
-    /// The epoch as the offset of the sink's group.
-    fn epoch_offset(&self, epoch: u64) -> Result<TopicPartitionList, KafkaError> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.spec.topic, 0, Offset::Offset(epoch as i64))?;
-        Ok(list)
-    }
-
-    fn group_consumer(&self) -> Result<BaseConsumer<ThrottledContext>, KafkaError> {
-        let mut config = client_config(&self.spec.config);
-        config
-            .set("group.id", self.group())
-            .set("enable.auto.commit", "false");
-        config.create_with_context(ThrottledContext::new(&self.spec.topic, -1))
+    fn epoch_header(&self) -> String {
+        format!("eddy.sink.{}.epoch", self.spec.id)
     }
 
     /// A transactional producer that took over the sink's transactional id
@@ -193,17 +189,93 @@ impl Delivery {
         let producer: ThreadedProducer<ThrottledContext> =
             config.create_with_context(ThrottledContext::new(&self.spec.topic, -1))?;
         producer.init_transactions(TIMEOUT)?;
-        let committed = self
-            .group_consumer()?
-            .committed_offsets(self.epoch_offset(0)?, TIMEOUT)?;
-        let held = match committed
-            .find_partition(&self.spec.topic, 0)
-            .map(|e| e.offset())
-        {
-            Some(Offset::Offset(epoch)) => epoch.max(0) as u64,
-            _ => 0,
-        };
+        let held = self.last_epoch_held()?;
         self.status.delivered.fetch_max(held, Ordering::AcqRel);
         Ok((producer, held))
+    }
+
+    /// The largest epoch among the sink's committed records: per partition,
+    /// the newest records are read (further back until one of the sink's is
+    /// found, or the partition's start).
+    fn last_epoch_held(&self) -> Result<u64, KafkaError> {
+        let mut config = client_config(&self.spec.config);
+        config
+            .set("group.id", self.group())
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer<ThrottledContext> =
+            config.create_with_context(ThrottledContext::new(&self.spec.topic, -1))?;
+        let topic = &self.spec.topic;
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str())
+            .map_or(0, |t| t.partitions().len() as i32);
+        let header = self.epoch_header();
+        let mut held = 0;
+        for partition in 0..partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            let mut span = 64;
+            loop {
+                let start = (high - span).max(low);
+                let found = newest_epoch(&consumer, topic, partition, start, high, &header)?;
+                if found.is_some() || start == low {
+                    held = held.max(found.unwrap_or(0));
+                    break;
+                }
+                span *= 8;
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// The largest epoch header among `partition`'s committed records in
+/// `start..end`.
+fn newest_epoch(
+    consumer: &BaseConsumer<ThrottledContext>,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+    header: &str,
+) -> Result<Option<u64>, KafkaError> {
+    if start >= end {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut newest = None;
+    loop {
+        // The position passes transaction markers and aborted records too.
+        let position = consumer
+            .position()?
+            .find_partition(topic, partition)
+            .map(|e| e.offset());
+        if matches!(position, Some(Offset::Offset(p)) if p >= end) {
+            return Ok(newest);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::Canceled);
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        let epoch = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == header)
+                .and_then(|h| h.value)
+                .and_then(|v| v.try_into().ok())
+                .map(u64::from_be_bytes)
+        });
+        if let Some(epoch) = epoch {
+            newest = Some(newest.unwrap_or(0).max(epoch));
+        }
     }
 }

@@ -7,15 +7,17 @@
 //!   barrier the writer encodes the epoch's changes into Kafka records
 //!   ([`encode`]) and writes them into its checkpointed state, in the same
 //!   atomic write as the rest of the epoch.
-//! - **Kafka remembers the last epoch it holds.** Once the epoch commits,
-//!   its records go out in one Kafka transaction, which also commits the
-//!   epoch number as the offset of the sink's consumer group
-//!   (`eddy-sink-<id>`). A transaction is all or nothing, so the group's
-//!   offset is exactly the last epoch delivered.
+//! - **Kafka tells the last epoch it holds.** Once the epoch commits, its
+//!   records go out in one Kafka transaction, each with the epoch in a
+//!   header. A transaction is all or nothing, so the largest epoch among
+//!   the topic's committed records is exactly the last epoch delivered.
+//!   (Committing the epoch as a consumer group's offset inside the
+//!   transaction would be cheaper to read back, but the mock broker the
+//!   tests run against acknowledges such commits without storing them.)
 //!
 //! After a crash, the writer's state holds every epoch that was committed
-//! but maybe not delivered; delivery asks Kafka for the last epoch it holds
-//! and sends only the later ones. An unfinished transaction of the crashed
+//! but maybe not delivered; delivery reads the newest records of each
+//! partition for the last epoch Kafka holds and sends only the later ones. An unfinished transaction of the crashed
 //! process is aborted when the new producer takes over its transactional
 //! id. A delivered epoch leaves the state at the next checkpoint.
 

@@ -3,8 +3,13 @@
 //! (so peak memory is the query's own).
 //!
 //! ```text
-//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off]
+//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--source nexmark|kafka]
 //! ```
+//!
+//! With `--source kafka`, the events are first generated, encoded as JSON
+//! and produced into topics of an in-process Kafka mock broker (one
+//! partition per core); the sources then read those topics, so the numbers
+//! include consuming and decoding. Producing is not timed.
 //!
 //! Prints, per query: seconds from the view's creation until its readers
 //! reached the end of the bounded sources and every change was committed;
@@ -18,6 +23,10 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::arrow::json::LineDelimitedWriter;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use eddy_server::{Engine, Outcome, Settings};
 
 const QUERIES: &[(&str, &str)] = &[
@@ -118,24 +127,111 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn sources(events: u64) -> String {
-    let with = |kind: &str| {
+const KINDS: [(&str, &str); 3] = [
+    (
+        "person",
+        "id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR",
+    ),
+    (
+        "auction",
+        "id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR",
+    ),
+    (
+        "bid",
+        "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP, extra VARCHAR",
+    ),
+];
+
+/// `person`, `auction` and `bid` as sources named `{prefix}{kind}`, with
+/// options `with(kind)`.
+fn sources(prefix: &str, watermark: bool, with: impl Fn(&str) -> String) -> String {
+    KINDS
+        .iter()
+        .map(|(kind, columns)| {
+            let watermark = if watermark {
+                ", WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND"
+            } else {
+                ""
+            };
+            format!(
+                "CREATE SOURCE {prefix}{kind} ({columns}{watermark}) {};",
+                with(kind)
+            )
+        })
+        .collect()
+}
+
+fn nexmark_options(events: u64) -> impl Fn(&str) -> String {
+    move |kind| {
         format!(
             "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.event.num = '{events}', nexmark.base.time = '1767225600000')"
         )
-    };
-    format!(
-        "CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
-         CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
-         CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};",
-        with("person"),
-        with("auction"),
-        with("bid")
-    )
+    }
+}
+
+/// Produces the events of bounded sources `gen_<kind>` as JSON into topics
+/// `<kind>` of a mock broker with `partitions` partitions each; returns the
+/// broker and how many messages each topic got.
+async fn fill_topics(
+    engine: &Engine,
+    events: u64,
+    partitions: usize,
+) -> (MockCluster<'static, DefaultProducerContext>, Vec<(String, u64)>) {
+    let broker = MockCluster::new(1).unwrap_or_else(|e| fail(e));
+    sql(engine, &sources("gen_", false, nexmark_options(events))).await;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap_or_else(|e| fail(e));
+    let mut counts = Vec::new();
+    for (kind, _) in KINDS {
+        broker
+            .create_topic(kind, partitions as i32, 1)
+            .unwrap_or_else(|e| fail(e));
+        let mut sent = 0u64;
+        for outcome in sql(engine, &format!("SELECT * FROM gen_{kind}")).await {
+            let Outcome::Rows { batches, .. } = outcome else {
+                continue;
+            };
+            for batch in batches {
+                let mut writer = LineDelimitedWriter::new(Vec::new());
+                writer.write(&batch).unwrap_or_else(|e| fail(e));
+                writer.finish().unwrap_or_else(|e| fail(e));
+                for line in writer.into_inner().split(|&b| b == b'\n') {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let partition = (sent % partitions as u64) as i32;
+                    let mut record = Some(BaseRecord::<(), [u8]>::to(kind).partition(partition).payload(line));
+                    while let Some(r) = record.take() {
+                        if let Err((_, r)) = producer.send(r) {
+                            std::thread::sleep(Duration::from_millis(5));
+                            record = Some(r);
+                        }
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        counts.push((kind.to_string(), sent));
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .unwrap_or_else(|e| fail(e));
+    (broker, counts)
 }
 
 /// Runs one query in this process and prints its result line.
-async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize, checkpoints: bool) {
+async fn run_one(
+    name: &str,
+    events: u64,
+    parallelism: usize,
+    cores: usize,
+    checkpoints: bool,
+    kafka: bool,
+) {
     let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
         fail(format!("unknown query {name}"));
     };
@@ -153,7 +249,37 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize, chec
             ticker.runtime().inject_barrier(&guard).await;
         }
     });
-    sql(&engine, &sources(events)).await;
+    // Kafka: the broker lives as long as the run; every source's reader
+    // is done when it read as many rows as its topic holds.
+    let (_broker, expected) = if kafka {
+        let (broker, counts) = fill_topics(&engine, events, parallelism).await;
+        let bootstrap = broker.bootstrap_servers();
+        sql(
+            &engine,
+            &sources("", true, |kind| {
+                format!(
+                    "WITH (connector = 'kafka', topic = '{kind}', properties.bootstrap.server = '{bootstrap}') FORMAT PLAIN ENCODE JSON"
+                )
+            }),
+        )
+        .await;
+        (Some(broker), counts)
+    } else {
+        sql(&engine, &sources("", true, nexmark_options(events))).await;
+        (None, vec![])
+    };
+    let pending_readers = if kafka {
+        let expected: Vec<String> = expected
+            .iter()
+            .map(|(kind, n)| format!("(source = '{kind}' AND rows_read < {n})"))
+            .collect();
+        format!(
+            "SELECT count(*) FROM eddy_catalog.source_readers WHERE {}",
+            expected.join(" OR ")
+        )
+    } else {
+        "SELECT count(*) FROM eddy_catalog.source_readers WHERE finished_splits < splits".into()
+    };
     let (base, emit) = match query.strip_suffix(" EMIT ON WINDOW CLOSE") {
         Some(base) => (base, " EMIT ON WINDOW CLOSE"),
         None => (*query, ""),
@@ -170,11 +296,7 @@ async fn run_one(name: &str, events: u64, parallelism: usize, cores: usize, chec
     let mut peak_state = 0;
     let mut polls = 0u64;
     loop {
-        let pending = scalar(
-            &engine,
-            "SELECT count(*) FROM eddy_catalog.source_readers WHERE finished_splits < splits",
-        )
-        .await;
+        let pending = scalar(&engine, &pending_readers).await;
         if pending == 0 {
             break;
         }
@@ -227,8 +349,13 @@ async fn main() {
         Some("off") => false,
         Some(other) => fail(format!("--checkpoints takes on or off, not {other}")),
     };
+    let kafka = match arg("--source").as_deref() {
+        None | Some("nexmark") => false,
+        Some("kafka") => true,
+        Some(other) => fail(format!("--source takes nexmark or kafka, not {other}")),
+    };
     if let Some(one) = arg("--run-one") {
-        run_one(&one, events, parallelism, cores, checkpoints).await;
+        run_one(&one, events, parallelism, cores, checkpoints, kafka).await;
         return;
     }
     let selected: Vec<String> = match arg("--queries") {
@@ -236,8 +363,9 @@ async fn main() {
         None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
     };
     println!(
-        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}",
-        if checkpoints { "on (1 s)" } else { "off" }
+        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, source {}",
+        if checkpoints { "on (1 s)" } else { "off" },
+        if kafka { "kafka (JSON)" } else { "nexmark (in-process)" }
     );
     println!(
         "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11} {:>11}",
@@ -263,6 +391,8 @@ async fn main() {
                 &parallelism.to_string(),
                 "--checkpoints",
                 if checkpoints { "on" } else { "off" },
+                "--source",
+                if kafka { "kafka" } else { "nexmark" },
             ])
             .status()
             .unwrap_or_else(|e| fail(e));

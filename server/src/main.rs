@@ -28,7 +28,8 @@ struct Config {
     /// Partitions per keyed operator (default: number of cores).
     #[arg(long, env = "EDDY_PARALLELISM")]
     parallelism: Option<usize>,
-    /// How often epochs end (barriers), in milliseconds.
+    /// How often epochs end (barriers), in milliseconds; `SET
+    /// checkpoint_interval = '...'` overrides it and persists.
     #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     checkpoint_interval_ms: u64,
 }
@@ -73,13 +74,21 @@ async fn run(config: Config) -> Result<(), String> {
     );
 
     let ticker = engine.clone();
-    let interval = Duration::from_millis(config.checkpoint_interval_ms.max(10));
+    let mut interval =
+        engine.checkpoint_interval(Duration::from_millis(config.checkpoint_interval_ms));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(*interval.borrow_and_update());
         loop {
-            tick.tick().await;
-            let guard = ticker.runtime().write_lock().await;
-            ticker.runtime().inject_barrier(&guard).await;
+            tokio::select! {
+                _ = tick.tick() => {
+                    let guard = ticker.runtime().write_lock().await;
+                    ticker.runtime().inject_barrier(&guard).await;
+                }
+                // `SET checkpoint_interval` takes effect at once.
+                Ok(()) = interval.changed() => {
+                    tick = tokio::time::interval(*interval.borrow_and_update());
+                }
+            }
         }
     });
 

@@ -31,6 +31,7 @@ async fn kill9_and_restart_keeps_everything() {
              CREATE MATERIALIZED VIEW big AS SELECT customer, total FROM revenue WHERE total > 5;
              CREATE MATERIALIZED VIEW joined AS SELECT o.id, p.note FROM orders o LEFT JOIN plain p ON o.id = p.k;
              UPDATE orders SET amount = 1 WHERE id = 1; DELETE FROM orders WHERE id = 2; DELETE FROM plain WHERE note IS NULL;
+             SET checkpoint_interval = '250ms';
              FLUSH;",
         )
         .await
@@ -40,6 +41,13 @@ async fn kill9_and_restart_keeps_everything() {
 
     server.restart_after_kill9();
     let client = server.client().await;
+    assert_eq!(
+        rows_sorted(&client, "SHOW checkpoint_interval")
+            .await
+            .expect("show"),
+        vec!["250ms"],
+        "a system parameter outlives the process (and overrides the flag)"
+    );
     assert_eq!(
         everything(&client).await,
         before,

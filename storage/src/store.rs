@@ -14,6 +14,8 @@ use crate::error::{Result, StorageError};
 
 const CATALOG: u8 = b'c';
 const ROWS: u8 = b'r';
+/// `p<name>` -> value: system parameters set with `ALTER SYSTEM SET`.
+const PARAMETER: u8 = b'p';
 
 /// One change to a table's rows, applied atomically with the others of a statement.
 #[derive(Debug)]
@@ -109,6 +111,34 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put(catalog_key(entry.id), value);
         self.write_synced(batch)
+    }
+
+    /// Persists system parameter `name` (durable when this returns).
+    pub fn put_parameter(&self, name: &str, value: &str) -> Result<()> {
+        let mut key = vec![PARAMETER];
+        key.extend_from_slice(name.as_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put(key, value.as_bytes());
+        self.write_synced(batch)
+    }
+
+    /// Every stored system parameter.
+    pub fn parameters(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(&[PARAMETER], Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if key.first() != Some(&PARAMETER) {
+                break;
+            }
+            out.push((
+                String::from_utf8_lossy(&key[1..]).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Removes a relation: its catalog entry, rows and checkpointed state, atomically.

@@ -98,7 +98,29 @@ impl SinkSpec {
                 config.push((key["properties.".len()..].to_string(), value));
             }
         }
-        let sink_type = match options.take("type").as_deref() {
+        // `FORMAT UPSERT | DEBEZIUM` names the type too.
+        let format = options.take("format");
+        let implied = match format.as_deref() {
+            None | Some("plain") => None,
+            Some("upsert") => Some("upsert"),
+            Some("debezium") => Some("debezium"),
+            Some(other) => {
+                return Err(ExecutorError::Unsupported(format!(
+                    "FORMAT {} for a sink",
+                    other.to_uppercase()
+                )));
+            }
+        };
+        let declared = options.take("type");
+        if let (Some(implied), Some(declared)) = (implied, declared.as_deref())
+            && implied != declared
+        {
+            return Err(ExecutorError::InvalidOption(format!(
+                "FORMAT {} contradicts type = '{declared}'",
+                implied.to_uppercase()
+            )));
+        }
+        let sink_type = match declared.as_deref().or(implied) {
             None | Some("append-only") => SinkType::AppendOnly,
             Some("upsert") => SinkType::Upsert,
             Some("debezium") => SinkType::Debezium,
@@ -126,15 +148,6 @@ impl SinkSpec {
             return Err(ExecutorError::InvalidOption(
                 "an upsert sink needs primary_key = 'column, ...'".into(),
             ));
-        }
-        match options.take("format").as_deref() {
-            None | Some("plain" | "upsert" | "debezium") => {}
-            Some(other) => {
-                return Err(ExecutorError::Unsupported(format!(
-                    "FORMAT {} for a sink",
-                    other.to_uppercase()
-                )));
-            }
         }
         match options.take("encode").as_deref() {
             None | Some("json") => {}

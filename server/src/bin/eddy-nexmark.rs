@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::arrow::json::LineDelimitedWriter;
+use eddy_server::{Engine, Outcome, Settings};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use eddy_server::{Engine, Outcome, Settings};
 
 const QUERIES: &[(&str, &str)] = &[
     ("q0", "SELECT auction, bidder, price, date_time FROM bid"),
@@ -176,7 +176,10 @@ async fn fill_topics(
     engine: &Engine,
     events: u64,
     partitions: usize,
-) -> (MockCluster<'static, DefaultProducerContext>, Vec<(String, u64)>) {
+) -> (
+    MockCluster<'static, DefaultProducerContext>,
+    Vec<(String, u64)>,
+) {
     let broker = MockCluster::new(1).unwrap_or_else(|e| fail(e));
     sql(engine, &sources("gen_", false, nexmark_options(events))).await;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -204,7 +207,11 @@ async fn fill_topics(
                         continue;
                     }
                     let partition = (sent % partitions as u64) as i32;
-                    let mut record = Some(BaseRecord::<(), [u8]>::to(kind).partition(partition).payload(line));
+                    let mut record = Some(
+                        BaseRecord::<(), [u8]>::to(kind)
+                            .partition(partition)
+                            .payload(line),
+                    );
                     while let Some(r) = record.take() {
                         if let Err((_, r)) = producer.send(r) {
                             std::thread::sleep(Duration::from_millis(5));
@@ -365,7 +372,11 @@ async fn main() {
     println!(
         "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, source {}",
         if checkpoints { "on (1 s)" } else { "off" },
-        if kafka { "kafka (JSON)" } else { "nexmark (in-process)" }
+        if kafka {
+            "kafka (JSON)"
+        } else {
+            "nexmark (in-process)"
+        }
     );
     println!(
         "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11} {:>11}",

@@ -8,12 +8,14 @@
 
 mod ddl;
 mod dml;
+mod parameters;
 mod show;
 mod sink;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -28,6 +30,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use tokio::sync::watch;
 use tracing::info;
 
 use eddy_executor::Runtime;
@@ -100,6 +103,7 @@ pub struct Engine {
     store: Arc<Store>,
     runtime: Arc<Runtime>,
     compat: PostgresCompatibilityParser,
+    parameters: parameters::SystemParameters,
 }
 
 impl std::fmt::Debug for Engine {
@@ -198,12 +202,14 @@ impl Engine {
             ctx.register_udwf(function);
         }
 
+        let parameters = parameters::SystemParameters::load(&store)?;
         let engine = Arc::new(Self {
             ctx,
             catalog,
             store,
             runtime,
             compat: PostgresCompatibilityParser::new(),
+            parameters,
         });
         engine.replay().await?;
         Ok(engine)
@@ -212,6 +218,13 @@ impl Engine {
     /// The runtime (for periodic barriers).
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Follows how often epochs end: `interval` (the server's flag) unless
+    /// `SET checkpoint_interval` stored another value.
+    pub fn checkpoint_interval(&self, interval: Duration) -> watch::Receiver<Duration> {
+        self.parameters.default_checkpoint_interval(interval);
+        self.parameters.checkpoint_interval()
     }
 
     /// Recovery: every relation of the catalog, in creation order, from

@@ -80,7 +80,10 @@ impl Engine {
                 variable, values, ..
             }) => {
                 let name = variable.to_string().to_lowercase();
-                settings.insert(name, setting_value(&values));
+                let value = setting_value(&values);
+                if !self.parameters.set(&self.store, &name, &value)? {
+                    settings.insert(name, value);
+                }
                 Ok(Outcome::command("SET"))
             }
             Statement::Set(Set::SetTimeZone { value, .. }) => {
@@ -100,9 +103,10 @@ impl Engine {
                 if name == "materialized views" {
                     return Ok(self.list(RelationKind::MaterializedView));
                 }
-                let value = settings
-                    .get(&name)
-                    .cloned()
+                let value = self
+                    .parameters
+                    .show(&name)
+                    .or_else(|| settings.get(&name).cloned())
                     .or_else(|| {
                         DEFAULTS
                             .iter()

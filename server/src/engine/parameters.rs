@@ -1,0 +1,105 @@
+//! System parameters: server-wide settings that persist, changed with
+//! `SET name = value` (or `ALTER SYSTEM SET`) and read with `SHOW name`.
+//! Today there is one: `checkpoint_interval`, how often epochs end.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use eddy_storage::Store;
+
+use crate::error::{EddyError, Result};
+
+/// Name of the checkpoint interval parameter.
+pub const CHECKPOINT_INTERVAL: &str = "checkpoint_interval";
+
+const SHORTEST: Duration = Duration::from_millis(10);
+const LONGEST: Duration = Duration::from_secs(3600);
+
+/// The server's system parameters.
+#[derive(Debug)]
+pub struct SystemParameters {
+    checkpoint_interval: watch::Sender<Duration>,
+    /// Whether a stored value overrides the server's flag.
+    stored: bool,
+}
+
+/// `1s`, `500ms`, `2 seconds`, `1 minute`, or a number of milliseconds.
+fn parse_interval(value: &str) -> Result<Duration> {
+    let value = value.trim();
+    let number = |text: &str| text.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+    let seconds = if let Some(ms) = number(value) {
+        ms / 1000.0
+    } else if let Some(ms) = value.strip_suffix("ms").and_then(number) {
+        ms / 1000.0
+    } else if let Some(s) = value.strip_suffix('s').and_then(number) {
+        s
+    } else {
+        let nanos = eddy_planner::interval_text_nanos(value).map_err(|e| invalid(value, &e))?;
+        nanos as f64 / 1e9
+    };
+    let interval = Duration::try_from_secs_f64(seconds)
+        .map_err(|_| invalid(value, "it must be between 10ms and 1 hour"))?;
+    if !(SHORTEST..=LONGEST).contains(&interval) {
+        return Err(invalid(value, "it must be between 10ms and 1 hour"));
+    }
+    Ok(interval)
+}
+
+fn invalid(value: &str, why: &str) -> EddyError {
+    EddyError::Coded {
+        code: "22023",
+        message: format!("invalid value for {CHECKPOINT_INTERVAL}: \"{value}\": {why}"),
+    }
+}
+
+fn display(interval: Duration) -> String {
+    format!("{}ms", interval.as_millis())
+}
+
+impl SystemParameters {
+    /// The parameters `store` holds, defaults for the rest.
+    pub fn load(store: &Store) -> Result<Self> {
+        let mut interval = Duration::from_secs(1);
+        let mut stored = false;
+        for (name, value) in store.parameters()? {
+            if name == CHECKPOINT_INTERVAL {
+                interval = parse_interval(&value)?;
+                stored = true;
+            }
+        }
+        Ok(Self {
+            checkpoint_interval: watch::channel(interval).0,
+            stored,
+        })
+    }
+
+    /// Uses `interval` (the server's flag) unless a value was set with SQL.
+    pub fn default_checkpoint_interval(&self, interval: Duration) {
+        if !self.stored {
+            self.checkpoint_interval
+                .send_replace(interval.clamp(SHORTEST, LONGEST));
+        }
+    }
+
+    /// Follows the checkpoint interval.
+    pub fn checkpoint_interval(&self) -> watch::Receiver<Duration> {
+        self.checkpoint_interval.subscribe()
+    }
+
+    /// Sets parameter `name` if it is one; false if it is not.
+    pub fn set(&self, store: &Store, name: &str, value: &str) -> Result<bool> {
+        if name != CHECKPOINT_INTERVAL {
+            return Ok(false);
+        }
+        let interval = parse_interval(value)?;
+        store.put_parameter(name, &display(interval))?;
+        self.checkpoint_interval.send_replace(interval);
+        Ok(true)
+    }
+
+    /// The value of parameter `name`, if it is one.
+    pub fn show(&self, name: &str) -> Option<String> {
+        (name == CHECKPOINT_INTERVAL).then(|| display(*self.checkpoint_interval.borrow()))
+    }
+}

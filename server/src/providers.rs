@@ -180,7 +180,8 @@ impl PartitionStream for SourceSplit {
             let (mut split, position) = state?;
             let read = match split.available(position, CHUNK_ROWS).await {
                 Ok(None) => return None,
-                Ok(Some(end)) => split.read(position, end).map(|batch| (batch, end)),
+                // A bounded source is a generator: its chunks are inserts.
+                Ok(Some(end)) => split.read(position, end).map(|chunk| (chunk.batch, end)),
                 Err(e) => Err(e),
             };
             Some(match read {

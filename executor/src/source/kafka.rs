@@ -10,6 +10,9 @@
 //! `scan.startup.offsets`. So every view over the source, created now or
 //! later, and every replay, reads the same messages.
 //!
+//! `FORMAT PLAIN` payloads are rows (inserted); `FORMAT DEBEZIUM` payloads
+//! are change events, so the source is a changelog (see [`super::envelope`]).
+//!
 //! A split consumes its partition with a consumer of its own (assigned, not
 //! subscribed). The client reconnects by itself when a broker goes away;
 //! the split waits and logs until messages flow again.
@@ -29,10 +32,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::decode::{Encoding, PayloadDecoder};
+use super::envelope::Envelope;
 use super::malformed::{MalformedMessage, MalformedMessages};
 use super::{Options, SplitReader};
 use crate::error::{ExecutorError, Result};
 use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
+use crate::message::StreamChunk;
 
 /// How long creating a source waits for the broker.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +108,9 @@ pub struct KafkaSource {
     /// First offset of each partition (index = partition).
     start: Vec<i64>,
     decoder: PayloadDecoder,
+    envelope: Envelope,
+    /// The payload's columns (the schema without metadata columns).
+    rows: SchemaRef,
     metadata: Vec<Metadata>,
     schema: SchemaRef,
     malformed: Arc<MalformedMessages>,
@@ -249,27 +257,35 @@ impl KafkaSource {
                 ));
             }
         };
-        match options.take("format").as_deref() {
-            None | Some("plain") => {}
+        let envelope = match options.take("format").as_deref() {
+            None | Some("plain") => Envelope::Plain,
+            Some("debezium") => Envelope::Debezium,
             Some(other) => {
                 return Err(ExecutorError::Unsupported(format!(
-                    "FORMAT {} (supported: PLAIN)",
+                    "FORMAT {} (supported: PLAIN, DEBEZIUM)",
                     other.to_uppercase()
                 )));
             }
-        }
+        };
         let encoding = Encoding::from_options(options)?;
+        if envelope == Envelope::Debezium && encoding != Encoding::Json {
+            return Err(ExecutorError::Unsupported(
+                "FORMAT DEBEZIUM with an encoding other than JSON".into(),
+            ));
+        }
         let metadata: Vec<Metadata> = Metadata::ALL
             .into_iter()
             .filter(|m| options.take(&m.option()).is_some())
             .collect();
         let payload_columns = schema.fields().len() - metadata.len();
-        let payload = Arc::new(schema.project(&(0..payload_columns).collect::<Vec<_>>())?);
+        let rows = Arc::new(schema.project(&(0..payload_columns).collect::<Vec<_>>())?);
         Ok(Self {
             topic,
             config,
             start,
-            decoder: PayloadDecoder::new(payload, encoding),
+            decoder: PayloadDecoder::new(envelope.payload_schema(&rows), encoding),
+            envelope,
+            rows,
             metadata,
             schema,
             malformed: Arc::default(),
@@ -390,16 +406,34 @@ impl SplitReader for KafkaSplit {
         Ok(Some(last.offset as u64 + 1))
     }
 
-    fn read(&mut self, _position: u64, end: u64) -> Result<RecordBatch> {
+    fn read(&mut self, _position: u64, end: u64) -> Result<StreamChunk> {
         let count = self
             .buffer
             .iter()
             .take_while(|m| (m.offset as u64) < end)
             .count();
-        let messages: Vec<Pending> = self.buffer.drain(..count).collect();
+        let mut messages: Vec<Pending> = self.buffer.drain(..count).collect();
+        if self.source.envelope == Envelope::Debezium {
+            // Debezium follows a delete with a tombstone (no value) so that
+            // compaction can drop the key: nothing to apply.
+            messages.retain(|m| m.payload.is_some());
+        }
         let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload.as_deref()).collect();
         let decoded = self.source.decoder.decode(&payloads)?;
-        for (index, reason) in decoded.rejected {
+        let changes = self
+            .source
+            .envelope
+            .changes(decoded.batch, &self.source.rows)?;
+        // In offset order: the record keeps one entry per offset.
+        let mut rejected: Vec<(usize, String)> = decoded.rejected;
+        rejected.extend(
+            changes
+                .rejected
+                .into_iter()
+                .map(|(i, reason)| (decoded.kept[i], reason)),
+        );
+        rejected.sort_by_key(|(index, _)| *index);
+        for (index, reason) in rejected {
             let message = &messages[index];
             self.source.malformed.record(MalformedMessage {
                 topic: self.source.topic.clone(),
@@ -409,23 +443,29 @@ impl SplitReader for KafkaSplit {
                 payload: message.payload.clone().unwrap_or_default(),
             });
         }
-        let kept = || decoded.kept.iter().map(|&i| &messages[i]);
-        let mut columns = decoded.batch.columns().to_vec();
+        // The message each row came from.
+        let origin = || changes.payload.iter().map(|&p| &messages[decoded.kept[p]]);
+        let mut columns = changes.batch.columns().to_vec();
         for metadata in &self.source.metadata {
             let column: ArrayRef = match metadata {
                 Metadata::Partition => {
-                    Arc::new(Int32Array::from(vec![self.partition; decoded.kept.len()]))
+                    Arc::new(Int32Array::from(vec![self.partition; changes.ops.len()]))
                 }
                 Metadata::Offset => {
-                    Arc::new(Int64Array::from_iter_values(kept().map(|m| m.offset)))
+                    Arc::new(Int64Array::from_iter_values(origin().map(|m| m.offset)))
                 }
                 Metadata::Timestamp => Arc::new(TimestampMillisecondArray::from_iter(
-                    kept().map(|m| m.timestamp),
+                    origin().map(|m| m.timestamp),
                 )),
-                Metadata::Key => Arc::new(BinaryArray::from_iter(kept().map(|m| m.key.as_deref()))),
+                Metadata::Key => {
+                    Arc::new(BinaryArray::from_iter(origin().map(|m| m.key.as_deref())))
+                }
             };
             columns.push(column);
         }
-        Ok(RecordBatch::try_new(self.source.schema.clone(), columns)?)
+        Ok(StreamChunk {
+            batch: RecordBatch::try_new(self.source.schema.clone(), columns)?,
+            ops: changes.ops.into(),
+        })
     }
 }

@@ -1,5 +1,6 @@
-//! Streaming sources: append-only streams read by the pipelines of the
-//! materialized views defined on them.
+//! Streaming sources: append-only streams (or, for Debezium topics,
+//! changelogs) read by the pipelines of the materialized views defined on
+//! them.
 //!
 //! A source has no stored rows. Every view reading it runs its own readers,
 //! one per split, each starting at the beginning of the stream; generators
@@ -25,6 +26,7 @@
 mod clock;
 mod datagen;
 mod decode;
+mod envelope;
 mod kafka;
 mod malformed;
 mod nexmark;
@@ -50,6 +52,7 @@ pub use nexmark::NexmarkSource;
 pub(crate) use reader::Reader;
 
 use crate::error::{ExecutorError, Result};
+use crate::message::StreamChunk;
 
 /// Rows per generated chunk.
 pub const CHUNK_ROWS: usize = 4096;
@@ -67,9 +70,10 @@ pub trait SplitReader: Send {
     /// is exhausted. Cancel-safe: dropping the future loses no row.
     async fn available(&mut self, position: u64, max: usize) -> Result<Option<u64>>;
 
-    /// The rows from `position` up to `end`, which is at most what
-    /// [`SplitReader::available`] last returned; afterwards the split is at `end`.
-    fn read(&mut self, position: u64, end: u64) -> Result<RecordBatch>;
+    /// The changes from `position` up to `end`, which is at most what
+    /// [`SplitReader::available`] last returned; afterwards the split is at
+    /// `end`. Inserts only, but for changelog sources (Debezium).
+    fn read(&mut self, position: u64, end: u64) -> Result<StreamChunk>;
 }
 
 /// A deterministic generator of one split's rows.
@@ -106,7 +110,7 @@ impl SplitReader for GeneratedSplit {
             .map(|b| position + b.num_rows().min(max) as u64))
     }
 
-    fn read(&mut self, position: u64, end: u64) -> Result<RecordBatch> {
+    fn read(&mut self, position: u64, end: u64) -> Result<StreamChunk> {
         let wanted = (end - position) as usize;
         let Some(batch) = self.pending.take() else {
             return Err(ExecutorError::Internal(
@@ -114,10 +118,10 @@ impl SplitReader for GeneratedSplit {
             ));
         };
         if wanted >= batch.num_rows() {
-            return Ok(batch);
+            return Ok(StreamChunk::inserts(batch));
         }
         self.pending = Some(batch.slice(wanted, batch.num_rows() - wanted));
-        Ok(batch.slice(0, wanted))
+        Ok(StreamChunk::inserts(batch.slice(0, wanted)))
     }
 }
 

@@ -22,7 +22,7 @@ use crate::coordinator::Coordinator;
 use crate::dispatch::Subscribers;
 use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::message::{Barrier, Message, StreamChunk, Watermark};
+use crate::message::{Barrier, Message, Watermark};
 use crate::progress::Progress;
 
 /// One running split reader.
@@ -133,30 +133,28 @@ impl Reader {
 
     /// Reads and sends the rows up to position `end`; false if the split failed.
     async fn read_to(&mut self, end: u64) -> bool {
-        let batch = match self.split.read(self.position, end) {
-            Ok(batch) => batch,
+        let chunk = match self.split.read(self.position, end) {
+            Ok(chunk) => chunk,
             Err(e) => {
                 self.fail(e);
                 return false;
             }
         };
         self.position = end;
-        if batch.num_rows() == 0 {
+        if chunk.is_empty() {
             return true;
         }
         self.progress
-            .rows_read(self.relation, self.spec.id, batch.num_rows() as u64);
+            .rows_read(self.relation, self.spec.id, chunk.len() as u64);
         let candidate = match &self.spec.watermark {
             Some(spec) => self
                 .evaluator
-                .eval(&spec.expr, &batch)
+                .eval(&spec.expr, &chunk.batch)
                 .ok()
                 .and_then(|a| max_value(&a)),
             None => None,
         };
-        self.output
-            .send(Message::Chunk(StreamChunk::inserts(batch)))
-            .await;
+        self.output.send(Message::Chunk(chunk)).await;
         if let Some(candidate) = candidate {
             self.emit_watermark(candidate, false).await;
         }

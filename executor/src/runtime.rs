@@ -403,6 +403,7 @@ impl Runtime {
             }
             for reader in &mut builder.readers {
                 reader.restore(state.take(reader.scope, 0))?;
+                reader.restore_split(state.take(reader.scope, 1))?;
             }
         }
         let schema = crate::build::batch_schema(plan.schema());

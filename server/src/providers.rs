@@ -174,7 +174,20 @@ impl PartitionStream for SourceSplit {
         &self.spec.schema
     }
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let split = self.spec.split(self.index, self.count, 0);
+        use futures::StreamExt;
+        let split = match self.spec.split(self.index, self.count, 0) {
+            Ok(split) => split,
+            Err(e) => {
+                let failed =
+                    futures::stream::once(
+                        async move { Err(DataFusionError::External(Box::new(e))) },
+                    );
+                return Box::pin(RecordBatchStreamAdapter::new(
+                    self.spec.schema.clone(),
+                    failed,
+                ));
+            }
+        };
         // (split, position), until the split ends or fails.
         let batches = futures::stream::unfold(Some((split, 0)), |state| async move {
             let (mut split, position) = state?;
@@ -188,7 +201,8 @@ impl PartitionStream for SourceSplit {
                 Ok((batch, end)) => (Ok(batch), Some((split, end))),
                 Err(e) => (Err(DataFusionError::External(Box::new(e))), None),
             })
-        });
+        })
+        .boxed();
         Box::pin(RecordBatchStreamAdapter::new(
             self.spec.schema.clone(),
             batches,

@@ -39,6 +39,8 @@ impl KafkaBroker {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("linger.ms", "0")
+            // Ordered per partition, each message once, whatever retries.
+            .set("enable.idempotence", "true")
             .create()
             .expect("Kafka producer");
         Self { cluster, producer }
@@ -56,8 +58,8 @@ impl KafkaBroker {
             .expect("create topic");
     }
 
-    /// Produces one message (`None` payload = a message without a value)
-    /// and waits until the broker has it.
+    /// Produces one message (`None` payload = a message without a value);
+    /// [`KafkaBroker::flush`] waits until the broker has it.
     pub fn produce(&self, topic: &str, partition: i32, key: Option<&str>, payload: Option<&[u8]>) {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
         if let Some(key) = key {
@@ -66,11 +68,22 @@ impl KafkaBroker {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| e)
-            .expect("produce");
-        self.flush();
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = self.producer.send(r) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "produce: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+                record = Some(r);
+            }
+        }
     }
 
     /// Waits until every produced message is acknowledged.
@@ -176,5 +189,6 @@ impl KafkaBroker {
                 self.produce(topic, partition, key, payload.as_deref().map(str::as_bytes));
             }
         }
+        self.flush();
     }
 }

@@ -291,3 +291,71 @@ async fn sinks_deliver_exactly_once_across_kill9() {
     );
     assert_eq!(ids, inserted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_state_survives_kill9() {
+    let seed: u64 = std::env::var("KAFKA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("KAFKA_SEED={seed}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let broker = KafkaBroker::start();
+    broker.create_topic("upserts", 2);
+    let mut server = EddyServer::start("kafka-upserts");
+    let client = server.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE upserts (k BIGINT, v BIGINT)
+               WITH (connector = 'kafka', topic = 'upserts', properties.bootstrap.server = '{}')
+               FORMAT UPSERT ENCODE JSON;
+             CREATE MATERIALIZED VIEW latest AS SELECT k, v FROM upserts;",
+            broker.bootstrap()
+        ))
+        .await
+        .expect("setup");
+    drop(client);
+    // Key -> its value after the last message (None: deleted).
+    let mut expected: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    for _ in 0..4 {
+        for _ in 0..150 {
+            let k: i64 = rng.random_range(0..20);
+            let key = k.to_string();
+            if rng.random_range(0..10) == 0 {
+                broker.produce("upserts", (k % 2) as i32, Some(&key), None);
+                expected.insert(k, None);
+            } else {
+                let v: i64 = rng.random_range(0..1000);
+                let payload = format!(r#"{{"k": {k}, "v": {v}}}"#);
+                broker.produce(
+                    "upserts",
+                    (k % 2) as i32,
+                    Some(&key),
+                    Some(payload.as_bytes()),
+                );
+                expected.insert(k, Some(v));
+            }
+        }
+        broker.flush();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        server.restart_after_kill9();
+    }
+    let mut want: Vec<String> = expected
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}|{v}")))
+        .collect();
+    want.sort();
+    let client = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = rows_sorted(&client, "SELECT k, v FROM latest").await;
+        if got.as_ref().ok() == Some(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "latest never reached each key's last value: {got:?} vs {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

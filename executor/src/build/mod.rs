@@ -250,7 +250,7 @@ impl PipelineBuilder<'_> {
                     }]))
                 }
                 Upstream::Stream(spec) => {
-                    let outputs = self.reader_outputs_of(&spec);
+                    let outputs = self.reader_outputs_of(&spec)?;
                     let instances = outputs
                         .into_iter()
                         .map(|output| {
@@ -409,9 +409,9 @@ impl PipelineBuilder<'_> {
 
     /// The outputs of this pipeline's readers of `spec`, one per split,
     /// creating the readers at the first scan of the source.
-    fn reader_outputs_of(&mut self, spec: &Arc<SourceSpec>) -> Vec<Arc<Subscribers>> {
+    fn reader_outputs_of(&mut self, spec: &Arc<SourceSpec>) -> Result<Vec<Arc<Subscribers>>> {
         if let Some(outputs) = self.reader_outputs.get(&spec.id) {
-            return outputs.clone();
+            return Ok(outputs.clone());
         }
         let splits = spec.split_count(self.parallelism);
         let mut outputs = Vec::with_capacity(splits);
@@ -424,7 +424,7 @@ impl PipelineBuilder<'_> {
                 spec: spec.clone(),
                 scope: READER_SCOPE + self.readers.len() as u32,
                 index,
-                split: spec.split(index, splits, 0),
+                split: spec.split(index, splits, 0)?,
                 splits,
                 clock: self.clocks.get(spec.id, index, splits),
                 position: 0,
@@ -440,6 +440,6 @@ impl PipelineBuilder<'_> {
             outputs.push(output);
         }
         self.reader_outputs.insert(spec.id, outputs.clone());
-        outputs
+        Ok(outputs)
     }
 }

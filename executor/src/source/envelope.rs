@@ -21,6 +21,8 @@ pub enum Envelope {
     Plain,
     /// A Debezium change event around rows.
     Debezium,
+    /// A key's new row (see [`super::upsert`]; decoded as plain rows).
+    Upsert,
 }
 
 /// Changes from decoded payloads.
@@ -40,7 +42,7 @@ impl Envelope {
     /// What payloads decode into, for rows of `rows`.
     pub fn payload_schema(self, rows: &SchemaRef) -> SchemaRef {
         match self {
-            Envelope::Plain => rows.clone(),
+            Envelope::Plain | Envelope::Upsert => rows.clone(),
             Envelope::Debezium => {
                 let row = DataType::Struct(rows.fields().clone());
                 Arc::new(Schema::new(vec![
@@ -54,7 +56,7 @@ impl Envelope {
 
     /// The changes `decoded` payloads (of [`Envelope::payload_schema`]) hold.
     pub fn changes(self, decoded: RecordBatch, rows: &SchemaRef) -> Result<Changes> {
-        if self == Envelope::Plain {
+        if self != Envelope::Debezium {
             let n = decoded.num_rows();
             return Ok(Changes {
                 batch: decoded,

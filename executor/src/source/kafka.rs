@@ -11,7 +11,9 @@
 //! later, and every replay, reads the same messages.
 //!
 //! `FORMAT PLAIN` payloads are rows (inserted); `FORMAT DEBEZIUM` payloads
-//! are change events, so the source is a changelog (see [`super::envelope`]).
+//! are change events and `FORMAT UPSERT` messages set or (without a value)
+//! delete their key's row, so those sources are changelogs (see
+//! [`super::envelope`], [`super::upsert`]).
 //!
 //! A split consumes its partition with a consumer of its own (assigned, not
 //! subscribed). The client reconnects by itself when a broker goes away;
@@ -34,10 +36,12 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::decode::{Encoding, PayloadDecoder};
 use super::envelope::Envelope;
 use super::malformed::{MalformedMessage, MalformedMessages};
+use super::upsert::{Upsert, UpsertState};
 use super::{Options, SplitReader};
+use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::{ExecutorError, Result};
 use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
-use crate::message::StreamChunk;
+use crate::message::{Op, StreamChunk};
 
 /// How long creating a source waits for the broker.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -260,18 +264,20 @@ impl KafkaSource {
         let envelope = match options.take("format").as_deref() {
             None | Some("plain") => Envelope::Plain,
             Some("debezium") => Envelope::Debezium,
+            Some("upsert") => Envelope::Upsert,
             Some(other) => {
                 return Err(ExecutorError::Unsupported(format!(
-                    "FORMAT {} (supported: PLAIN, DEBEZIUM)",
+                    "FORMAT {} (supported: PLAIN, UPSERT, DEBEZIUM)",
                     other.to_uppercase()
                 )));
             }
         };
         let encoding = Encoding::from_options(options)?;
-        if envelope == Envelope::Debezium && encoding != Encoding::Json {
-            return Err(ExecutorError::Unsupported(
-                "FORMAT DEBEZIUM with an encoding other than JSON".into(),
-            ));
+        if envelope != Envelope::Plain && encoding != Encoding::Json {
+            return Err(ExecutorError::Unsupported(format!(
+                "FORMAT {} with an encoding other than JSON",
+                format!("{envelope:?}").to_uppercase()
+            )));
         }
         let metadata: Vec<Metadata> = Metadata::ALL
             .into_iter()
@@ -304,14 +310,19 @@ impl KafkaSource {
 
     /// The reader of partition `index`, from offset `start` (0 = where the
     /// source starts).
-    pub fn split(&self, index: usize, start: u64) -> Box<dyn SplitReader> {
-        Box::new(KafkaSplit {
+    pub fn split(&self, index: usize, start: u64) -> Result<Box<dyn SplitReader>> {
+        let upserts = match self.envelope {
+            Envelope::Upsert => Some(UpsertState::new(&self.rows)?),
+            _ => None,
+        };
+        Ok(Box::new(KafkaSplit {
             source: self.clone(),
             partition: index as i32,
             start,
             consumer: None,
             buffer: VecDeque::new(),
-        })
+            upserts,
+        }))
     }
 }
 
@@ -331,6 +342,8 @@ struct KafkaSplit {
     /// broker is away.
     consumer: Option<StreamConsumer<ThrottledContext>>,
     buffer: VecDeque<Pending>,
+    /// `FORMAT UPSERT`: every key's current row.
+    upserts: Option<UpsertState>,
 }
 
 impl KafkaSplit {
@@ -418,20 +431,17 @@ impl SplitReader for KafkaSplit {
             // compaction can drop the key: nothing to apply.
             messages.retain(|m| m.payload.is_some());
         }
-        let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload.as_deref()).collect();
-        let decoded = self.source.decoder.decode(&payloads)?;
-        let changes = self
-            .source
-            .envelope
-            .changes(decoded.batch, &self.source.rows)?;
+        let decoded = match &mut self.upserts {
+            Some(state) => decode_upserts(&self.source, state, &messages)?,
+            None => decode_changes(&self.source, &messages)?,
+        };
+        let Decoded {
+            mut columns,
+            ops,
+            origin,
+            mut rejected,
+        } = decoded;
         // In offset order: the record keeps one entry per offset.
-        let mut rejected: Vec<(usize, String)> = decoded.rejected;
-        rejected.extend(
-            changes
-                .rejected
-                .into_iter()
-                .map(|(i, reason)| (decoded.kept[i], reason)),
-        );
         rejected.sort_by_key(|(index, _)| *index);
         for (index, reason) in rejected {
             let message = &messages[index];
@@ -443,14 +453,10 @@ impl SplitReader for KafkaSplit {
                 payload: message.payload.clone().unwrap_or_default(),
             });
         }
-        // The message each row came from.
-        let origin = || changes.payload.iter().map(|&p| &messages[decoded.kept[p]]);
-        let mut columns = changes.batch.columns().to_vec();
+        let origin = || origin.iter().map(|&i| &messages[i]);
         for metadata in &self.source.metadata {
             let column: ArrayRef = match metadata {
-                Metadata::Partition => {
-                    Arc::new(Int32Array::from(vec![self.partition; changes.ops.len()]))
-                }
+                Metadata::Partition => Arc::new(Int32Array::from(vec![self.partition; ops.len()])),
                 Metadata::Offset => {
                     Arc::new(Int64Array::from_iter_values(origin().map(|m| m.offset)))
                 }
@@ -465,7 +471,108 @@ impl SplitReader for KafkaSplit {
         }
         Ok(StreamChunk {
             batch: RecordBatch::try_new(self.source.schema.clone(), columns)?,
-            ops: changes.ops.into(),
+            ops: ops.into(),
         })
     }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if let Some(upserts) = &mut self.upserts {
+            upserts.checkpoint(state);
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        if let Some(upserts) = &mut self.upserts {
+            upserts.restore(entries);
+        }
+        Ok(())
+    }
+}
+
+/// Rows decoded from a batch of messages.
+struct Decoded {
+    /// The payload's columns.
+    columns: Vec<ArrayRef>,
+    ops: Vec<Op>,
+    /// The message each row came from.
+    origin: Vec<usize>,
+    /// Messages skipped: index and reason.
+    rejected: Vec<(usize, String)>,
+}
+
+/// Plain rows or Debezium events.
+fn decode_changes(source: &KafkaSource, messages: &[Pending]) -> Result<Decoded> {
+    let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload.as_deref()).collect();
+    let decoded = source.decoder.decode(&payloads)?;
+    let changes = source.envelope.changes(decoded.batch, &source.rows)?;
+    let mut rejected = decoded.rejected;
+    rejected.extend(
+        changes
+            .rejected
+            .into_iter()
+            .map(|(i, reason)| (decoded.kept[i], reason)),
+    );
+    Ok(Decoded {
+        columns: changes.batch.columns().to_vec(),
+        ops: changes.ops,
+        origin: changes.payload.iter().map(|&p| decoded.kept[p]).collect(),
+        rejected,
+    })
+}
+
+/// Upserts, against the split's state.
+fn decode_upserts(
+    source: &KafkaSource,
+    state: &mut UpsertState,
+    messages: &[Pending],
+) -> Result<Decoded> {
+    let mut rejected = Vec::new();
+    // Per message with a key: the index of its value among `values`.
+    let mut keyed: Vec<(usize, &[u8], Option<usize>)> = Vec::new();
+    let mut values: Vec<Option<&[u8]>> = Vec::new();
+    let mut value_message = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(key) = m.key.as_deref() else {
+            rejected.push((i, "an upsert message needs a key".to_string()));
+            continue;
+        };
+        let value = m.payload.as_deref().map(|p| {
+            values.push(Some(p));
+            value_message.push(i);
+            values.len() - 1
+        });
+        keyed.push((i, key, value));
+    }
+    let decoded = source.decoder.decode(&values)?;
+    rejected.extend(
+        decoded
+            .rejected
+            .iter()
+            .map(|(v, reason)| (value_message[*v], reason.clone())),
+    );
+    let mut row_of = vec![None; values.len()];
+    for (row, &value) in decoded.kept.iter().enumerate() {
+        row_of[value] = Some(row);
+    }
+    let mut upserts = Vec::with_capacity(keyed.len());
+    let mut upsert_message = Vec::with_capacity(keyed.len());
+    for (message, key, value) in keyed {
+        let upsert = match value {
+            None => Upsert::Delete { key },
+            Some(value) => match row_of[value] {
+                Some(row) => Upsert::Put { key, row },
+                // Rejected above; the key keeps its row.
+                None => continue,
+            },
+        };
+        upserts.push(upsert);
+        upsert_message.push(message);
+    }
+    let changes = state.apply(&upserts, &decoded.batch)?;
+    Ok(Decoded {
+        columns: changes.columns,
+        ops: changes.ops,
+        origin: changes.origin.iter().map(|&u| upsert_message[u]).collect(),
+        rejected,
+    })
 }

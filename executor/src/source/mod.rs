@@ -31,6 +31,7 @@ mod kafka;
 mod malformed;
 mod nexmark;
 mod reader;
+mod upsert;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -51,6 +52,7 @@ pub use malformed::{MalformedMessage, MalformedMessages};
 pub use nexmark::NexmarkSource;
 pub(crate) use reader::Reader;
 
+use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::{ExecutorError, Result};
 use crate::message::StreamChunk;
 
@@ -72,8 +74,17 @@ pub trait SplitReader: Send {
 
     /// The changes from `position` up to `end`, which is at most what
     /// [`SplitReader::available`] last returned; afterwards the split is at
-    /// `end`. Inserts only, but for changelog sources (Debezium).
+    /// `end`. Inserts only, but for changelog sources (Debezium, upsert).
     fn read(&mut self, position: u64, end: u64) -> Result<StreamChunk>;
+
+    /// Writes the state the split changed since the last checkpoint (an
+    /// upsert source's rows), at a barrier.
+    fn checkpoint(&mut self, _state: &mut StateWriter<'_>) {}
+
+    /// Takes up checkpointed state, right after the split is created.
+    fn restore(&mut self, _entries: StateEntries) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A deterministic generator of one split's rows.
@@ -339,13 +350,13 @@ impl SourceSpec {
         self.splits.unwrap_or(parallelism).max(1)
     }
 
-    /// Split `index` of `count`, from its row `start` on.
-    pub fn split(&self, index: usize, count: usize, start: u64) -> Box<dyn SplitReader> {
-        match &self.connector {
+    /// Split `index` of `count`, from position `start` on.
+    pub fn split(&self, index: usize, count: usize, start: u64) -> Result<Box<dyn SplitReader>> {
+        Ok(match &self.connector {
             Connector::Nexmark(n) => GeneratedSplit::boxed(n.split(index, count, start)),
             Connector::Datagen(d) => GeneratedSplit::boxed(d.split(index, count, start)),
-            Connector::Kafka(k) => k.split(index, start),
-        }
+            Connector::Kafka(k) => k.split(index, start)?,
+        })
     }
 }
 

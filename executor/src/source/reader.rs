@@ -70,12 +70,17 @@ impl Reader {
         let mut value = ValueReader::new(value);
         self.position = value.i64()? as u64;
         let watermark = value.opt_i64()?;
-        self.split = self.spec.split(self.index, self.splits, self.position);
+        self.split = self.spec.split(self.index, self.splits, self.position)?;
         if let (Some(w), Some(spec)) = (watermark, &self.spec.watermark) {
             let data_type = self.spec.schema.field(spec.column).data_type();
             self.watermark = Some(ScalarValue::Int64(Some(w)).cast_to(data_type)?);
         }
         Ok(())
+    }
+
+    /// Takes up the split's own checkpointed state (after [`Reader::restore`]).
+    pub fn restore_split(&mut self, entries: StateEntries) -> Result<()> {
+        self.split.restore(entries)
     }
 
     /// Sends `candidate` as the watermark if it raises it (or `force`).
@@ -190,6 +195,7 @@ impl Reader {
                 _ => None,
             });
         let mut checkpoint = FragmentCheckpoint::default();
+        self.split.checkpoint(&mut checkpoint.scope(self.scope, 1));
         checkpoint.scope(self.scope, 0).put(
             &[],
             ValueWriter::new()

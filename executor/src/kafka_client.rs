@@ -10,7 +10,29 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 
-use crate::error::ExecutorError;
+use crate::error::{ExecutorError, Result};
+use crate::source::Options;
+
+/// Takes `topic`, the broker address and `properties.*` (passed to the
+/// client as they are) from `options`.
+pub(crate) fn connection_options(options: &mut Options) -> Result<(String, Vec<(String, String)>)> {
+    let topic = options
+        .take("topic")
+        .ok_or_else(|| ExecutorError::InvalidOption("topic is required".into()))?;
+    let servers = options
+        .take("properties.bootstrap.server")
+        .or_else(|| options.take("properties.bootstrap.servers"))
+        .ok_or_else(|| {
+            ExecutorError::InvalidOption("properties.bootstrap.server is required".into())
+        })?;
+    let mut config = vec![("bootstrap.servers".to_string(), servers)];
+    for key in options.keys_with_prefix("properties.") {
+        if let Some(value) = options.take(&key) {
+            config.push((key["properties.".len()..].to_string(), value));
+        }
+    }
+    Ok((topic, config))
+}
 
 /// A client configuration from `key = value` pairs.
 pub(crate) fn client_config(config: &[(String, String)]) -> ClientConfig {

@@ -17,6 +17,34 @@ use eddy_sql_tests::kafka::{KafkaBroker, ReadMessage};
 use eddy_sql_tests::{EddyServer, rows_sorted};
 
 const TOPIC: &str = "events";
+
+/// A random generator seeded from `KAFKA_SEED` (or at random), said on
+/// stderr so a failing run can be repeated.
+fn seeded_rng() -> SmallRng {
+    let seed: u64 = std::env::var("KAFKA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("KAFKA_SEED={seed}");
+    SmallRng::seed_from_u64(seed)
+}
+
+/// Waits (up to a minute) until `sql` answers `want`: the views follow the
+/// topic's messages asynchronously.
+async fn wait_for_rows(client: &tokio_postgres::Client, sql: &str, want: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = rows_sorted(client, sql).await;
+        if got.as_deref().ok() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql} never answered {want:?}; last: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 const PARTITIONS: i32 = 3;
 
 /// Produces `{"k": .., "v": ..}` messages at about `rate` per second until
@@ -87,12 +115,8 @@ fn expected(messages: &[ReadMessage]) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_views_survive_kill9_and_broker_outage() {
-    let seed: u64 = std::env::var("KAFKA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("KAFKA_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut rng = seeded_rng();
+    let seed: u64 = rng.random();
     let broker = KafkaBroker::start();
     broker.create_topic(TOPIC, PARTITIONS);
     let mut server = EddyServer::start("kafka");
@@ -140,18 +164,7 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
     let (per_key, per_partition) = expected(&messages);
 
     let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = rows_sorted(&client, "SELECT * FROM per_partition").await;
-        if got.as_ref().ok() == Some(&per_partition) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "per_partition never reached the topic's contents: {got:?} vs {per_partition:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_rows(&client, "SELECT * FROM per_partition", &per_partition).await;
     let got = rows_sorted(&client, "SELECT * FROM per_key")
         .await
         .expect("per_key");
@@ -191,12 +204,7 @@ fn replay_changes(messages: &[ReadMessage]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_deliver_exactly_once_across_kill9() {
-    let seed: u64 = std::env::var("KAFKA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("KAFKA_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut rng = seeded_rng();
     let broker = KafkaBroker::start();
     broker.create_topic("appended", PARTITIONS);
     broker.create_topic("changes", PARTITIONS);
@@ -294,12 +302,7 @@ async fn sinks_deliver_exactly_once_across_kill9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upsert_state_survives_kill9() {
-    let seed: u64 = std::env::var("KAFKA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("KAFKA_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut rng = seeded_rng();
     let broker = KafkaBroker::start();
     broker.create_topic("upserts", 2);
     let mut server = EddyServer::start("kafka-upserts");
@@ -346,16 +349,5 @@ async fn upsert_state_survives_kill9() {
         .collect();
     want.sort();
     let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = rows_sorted(&client, "SELECT k, v FROM latest").await;
-        if got.as_ref().ok() == Some(&want) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "latest never reached each key's last value: {got:?} vs {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_rows(&client, "SELECT k, v FROM latest", &want).await;
 }

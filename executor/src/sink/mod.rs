@@ -83,21 +83,7 @@ impl SinkSpec {
                 ));
             }
         }
-        let topic = options
-            .take("topic")
-            .ok_or_else(|| ExecutorError::InvalidOption("topic is required".into()))?;
-        let servers = options
-            .take("properties.bootstrap.server")
-            .or_else(|| options.take("properties.bootstrap.servers"))
-            .ok_or_else(|| {
-                ExecutorError::InvalidOption("properties.bootstrap.server is required".into())
-            })?;
-        let mut config = vec![("bootstrap.servers".to_string(), servers)];
-        for key in options.keys_with_prefix("properties.") {
-            if let Some(value) = options.take(&key) {
-                config.push((key["properties.".len()..].to_string(), value));
-            }
-        }
+        let (topic, config) = crate::kafka_client::connection_options(&mut options)?;
         // `FORMAT UPSERT | DEBEZIUM` names the type too.
         let format = options.take("format");
         let implied = match format.as_deref() {

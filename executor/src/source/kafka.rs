@@ -40,7 +40,7 @@ use super::upsert::{Upsert, UpsertState};
 use super::{Options, SplitReader};
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::{ExecutorError, Result};
-use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
+use crate::kafka_client::{self, ThrottledContext, client_config, invalid_config};
 use crate::message::{Op, StreamChunk};
 
 /// How long creating a source waits for the broker.
@@ -120,34 +120,24 @@ pub struct KafkaSource {
     malformed: Arc<MalformedMessages>,
 }
 
-/// Takes the broker address and `properties.*` from `options`.
+/// The topic and client configuration in `options`: a consumer's defaults
+/// for reading by position, under the `properties.*` the user gave.
 fn connection_options(options: &mut Options) -> Result<(String, Vec<(String, String)>)> {
-    let topic = options
-        .take("topic")
-        .ok_or_else(|| ExecutorError::InvalidOption("topic is required".into()))?;
-    let servers = options
-        .take("properties.bootstrap.server")
-        .or_else(|| options.take("properties.bootstrap.servers"))
-        .ok_or_else(|| {
-            ExecutorError::InvalidOption("properties.bootstrap.server is required".into())
-        })?;
-    let mut config = vec![
-        ("bootstrap.servers".to_string(), servers),
-        ("group.id".to_string(), "eddy".to_string()),
-        ("enable.auto.commit".to_string(), "false".to_string()),
-        ("enable.auto.offset.store".to_string(), "false".to_string()),
-        ("enable.partition.eof".to_string(), "false".to_string()),
+    let (topic, given) = kafka_client::connection_options(options)?;
+    let mut config: Vec<(String, String)> = [
+        ("group.id", "eddy"),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "false"),
         // Retention may have removed a checkpointed offset: go on from the oldest.
-        ("auto.offset.reset".to_string(), "earliest".to_string()),
-        ("isolation.level".to_string(), "read_committed".to_string()),
-    ];
-    for key in options.keys_with_prefix("properties.") {
-        if let Some(value) = options.take(&key) {
-            let name = key["properties.".len()..].to_string();
-            config.retain(|(k, _)| *k != name);
-            config.push((name, value));
-        }
-    }
+        ("auto.offset.reset", "earliest"),
+        ("isolation.level", "read_committed"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .filter(|(k, _)| !given.iter().any(|(g, _)| g == k))
+    .collect();
+    config.extend(given);
     Ok((topic, config))
 }
 

@@ -111,7 +111,7 @@ impl PayloadDecoder {
         for (index, payload) in payloads.iter().enumerate() {
             let outcome = match payload {
                 None => Err("the message has no value".to_string()),
-                Some(p) if p.is_empty() => Err("the message is empty".to_string()),
+                Some([]) => Err("the message is empty".to_string()),
                 Some(p) => match self.decode_all(std::iter::once(*p)) {
                     Ok(batch) if batch.num_rows() == 1 => Ok(batch),
                     Ok(batch) => Err(format!(

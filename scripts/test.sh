@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and the end-to-end tests (.slt files, the
-# randomized oracle, kill -9 restart, psql, extended protocol) against a
-# real eddy process.
+# randomized oracle, kill -9 restart, Kafka sources and sinks against
+# librdkafka's mock broker, psql, extended protocol) against a real eddy
+# process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -48,6 +48,41 @@ pub(crate) fn invalid_config(e: KafkaError) -> ExecutorError {
     ExecutorError::InvalidOption(format!("Kafka client configuration: {e}"))
 }
 
+/// The last connection problem of a source's clients, until messages flow
+/// again (`eddy_catalog.sources`).
+#[derive(Debug, Default)]
+pub struct ConnectionStatus {
+    problem: Mutex<Option<(std::time::SystemTime, String)>>,
+    has_problem: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionStatus {
+    /// The last problem and when it happened, if the clients have one.
+    pub fn problem(&self) -> Option<(std::time::SystemTime, String)> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn report(&self, message: &str) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::SystemTime::now(), message.to_string()));
+        self.has_problem
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Messages flow: the problem is over.
+    pub(crate) fn clear(&self) {
+        if self
+            .has_problem
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
 /// A client context whose logs and errors (the client reconnects by
 /// itself) become at most one warning every few seconds, so an outage shows
 /// up as a line per client, not a flood.
@@ -56,6 +91,7 @@ pub(crate) struct ThrottledContext {
     /// The partition a source split reads; -1 for other clients.
     partition: i32,
     last_complaint: Mutex<Option<Instant>>,
+    status: Option<std::sync::Arc<ConnectionStatus>>,
 }
 
 impl ThrottledContext {
@@ -64,11 +100,21 @@ impl ThrottledContext {
             topic: topic.to_string(),
             partition,
             last_complaint: Mutex::new(None),
+            status: None,
         }
+    }
+
+    /// Also reports every problem to `status`.
+    pub(crate) fn reporting_to(mut self, status: std::sync::Arc<ConnectionStatus>) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Logs `message` unless this client logged one in the last 5 seconds.
     pub(crate) fn complain(&self, message: &str) {
+        if let Some(status) = &self.status {
+            status.report(message);
+        }
         let mut last = self
             .last_complaint
             .lock()

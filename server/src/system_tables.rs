@@ -10,6 +10,9 @@
 //!   bytes, error) and whether each is durable;
 //! - `source_errors`: the last malformed messages of each source (where,
 //!   why, the start of the payload) with the source's total since start;
+//! - `sources`: per source, its connector, splits, malformed messages since
+//!   start and its clients' current connection problem (until messages
+//!   flow again);
 //! - `sinks`: per sink, the last epoch Kafka holds and the last delivery
 //!   error (while delivery is failing).
 
@@ -45,7 +48,8 @@ const OPERATOR_STATE: &str = "operator_state";
 const CHECKPOINTS: &str = "checkpoints";
 const SOURCE_ERRORS: &str = "source_errors";
 const SINKS: &str = "sinks";
-const TABLES: [&str; 7] = [
+const SOURCES: &str = "sources";
+const TABLES: [&str; 8] = [
     VIEW_ERRORS,
     WATERMARKS,
     SOURCE_READERS,
@@ -53,6 +57,7 @@ const TABLES: [&str; 7] = [
     CHECKPOINTS,
     SOURCE_ERRORS,
     SINKS,
+    SOURCES,
 ];
 
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
@@ -269,6 +274,50 @@ impl SystemSchema {
         )
     }
 
+    /// Every source: connector, splits, malformed messages, connection.
+    fn sources(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let (mut name, mut connector, mut splits, mut malformed, mut problem, mut since) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for info in self.catalog.all() {
+            let Some(spec) = &info.source else {
+                continue;
+            };
+            let connection = spec.connection().and_then(|c| c.problem());
+            name.push(info.name.clone());
+            connector.push(spec.connector_name());
+            splits.push(spec.splits.map(|s| s as u64));
+            malformed.push(spec.malformed().map_or(0, |m| m.count()));
+            since.push(connection.as_ref().map(|(at, _)| {
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            }));
+            problem.push(connection.map(|(_, message)| message));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("connector", DataType::Utf8, false),
+            Field::new("splits", DataType::UInt64, true),
+            Field::new("malformed_messages", DataType::UInt64, false),
+            Field::new("connection_problem", DataType::Utf8, true),
+            Field::new(
+                "problem_since",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+        ]));
+        mem_table(
+            schema,
+            vec![
+                Arc::new(StringArray::from(name)),
+                Arc::new(StringArray::from(connector)),
+                Arc::new(UInt64Array::from(splits)),
+                Arc::new(UInt64Array::from(malformed)),
+                Arc::new(StringArray::from(problem)),
+                Arc::new(TimestampMillisecondArray::from(since)),
+            ],
+        )
+    }
+
     /// Every sink's delivery.
     fn sinks(&self) -> DfResult<Arc<dyn TableProvider>> {
         let (mut name, mut delivered, mut error) = (vec![], vec![], vec![]);
@@ -360,6 +409,7 @@ impl SchemaProvider for SystemSchema {
             CHECKPOINTS => self.checkpoints(),
             SOURCE_ERRORS => self.source_errors(),
             SINKS => self.sinks(),
+            SOURCES => self.sources(),
             _ => return Ok(None),
         };
         table.map(Some)

@@ -145,9 +145,28 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
     for round in 0..4 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         if round == 2 {
-            // The broker goes away for a while, with eddy running.
+            // The broker goes away for a while, with eddy running: the
+            // source says so.
             broker.set_up(false);
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let client = server.client().await;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let problems = rows_sorted(
+                    &client,
+                    "SELECT source FROM eddy_catalog.sources WHERE connection_problem IS NOT NULL",
+                )
+                .await
+                .expect("sources");
+                if problems == ["events"] {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the outage never showed: {problems:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
             broker.set_up(true);
         }
         server.restart_after_kill9();
@@ -169,6 +188,13 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
         .await
         .expect("per_key");
     assert_eq!(got, per_key, "per_key equals its query over the topic");
+    let status = rows_sorted(
+        &client,
+        "SELECT source, connector, splits, malformed_messages, connection_problem FROM eddy_catalog.sources",
+    )
+    .await
+    .expect("sources");
+    assert_eq!(status, ["events|kafka|3|0|NULL"], "the outage is over");
 }
 
 /// Applies Debezium events in order: each event's `before` must be the

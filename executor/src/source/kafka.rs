@@ -40,7 +40,9 @@ use super::upsert::{Upsert, UpsertState};
 use super::{Options, SplitReader};
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::{ExecutorError, Result};
-use crate::kafka_client::{self, ThrottledContext, client_config, invalid_config};
+use crate::kafka_client::{
+    self, ConnectionStatus, ThrottledContext, client_config, invalid_config,
+};
 use crate::message::{Op, StreamChunk};
 
 /// How long creating a source waits for the broker.
@@ -118,6 +120,7 @@ pub struct KafkaSource {
     metadata: Vec<Metadata>,
     schema: SchemaRef,
     malformed: Arc<MalformedMessages>,
+    connection: Arc<ConnectionStatus>,
 }
 
 /// The topic and client configuration in `options`: a consumer's defaults
@@ -285,6 +288,7 @@ impl KafkaSource {
             metadata,
             schema,
             malformed: Arc::default(),
+            connection: Arc::default(),
         })
     }
 
@@ -296,6 +300,11 @@ impl KafkaSource {
     /// Messages that could not be decoded.
     pub fn malformed(&self) -> &Arc<MalformedMessages> {
         &self.malformed
+    }
+
+    /// The clients' last connection problem.
+    pub fn connection(&self) -> &Arc<ConnectionStatus> {
+        &self.connection
     }
 
     /// The reader of partition `index`, from offset `start` (0 = where the
@@ -339,7 +348,8 @@ struct KafkaSplit {
 impl KafkaSplit {
     fn connect(&mut self) -> Result<()> {
         if self.consumer.is_none() {
-            let context = ThrottledContext::new(&self.source.topic, self.partition);
+            let context = ThrottledContext::new(&self.source.topic, self.partition)
+                .reporting_to(self.source.connection.clone());
             let consumer: StreamConsumer<ThrottledContext> = client_config(&self.source.config)
                 .create_with_context(context)
                 .map_err(invalid_config)?;
@@ -386,6 +396,7 @@ impl SplitReader for KafkaSplit {
                 let received = consumer.recv().await.map(|m| pending(&m));
                 match received {
                     Ok(m) => {
+                        self.source.connection.clear();
                         if m.offset as u64 >= position {
                             self.buffer.push_back(m);
                             break;

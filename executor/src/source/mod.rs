@@ -54,6 +54,7 @@ pub(crate) use reader::Reader;
 
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::{ExecutorError, Result};
+pub use crate::kafka_client::ConnectionStatus;
 use crate::message::StreamChunk;
 
 /// Rows per generated chunk.
@@ -325,6 +326,23 @@ impl SourceSpec {
         match connector.map(|(_, v)| v.as_str()) {
             Some("kafka") => kafka::resolve(options),
             _ => Ok(()),
+        }
+    }
+
+    /// The connector's name, as in `WITH (connector = ...)`.
+    pub fn connector_name(&self) -> &'static str {
+        match &self.connector {
+            Connector::Nexmark(_) => "nexmark",
+            Connector::Datagen(_) => "datagen",
+            Connector::Kafka(_) => "kafka",
+        }
+    }
+
+    /// The last connection problem of the source's clients, if it has clients.
+    pub fn connection(&self) -> Option<&Arc<ConnectionStatus>> {
+        match &self.connector {
+            Connector::Kafka(k) => Some(k.connection()),
+            _ => None,
         }
     }
 

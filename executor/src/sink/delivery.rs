@@ -11,7 +11,7 @@
 //! with backoff, on a new producer if needed; nothing is lost meanwhile,
 //! since the epoch stays in the sink's checkpointed state until delivered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -57,20 +57,43 @@ impl DeliveryStatus {
 /// An epoch's records, to be sent once the epoch commits.
 pub(crate) type EpochRecords = (u64, Arc<Vec<SinkRecord>>);
 
-/// Starts delivering for `spec`; epochs arrive on the returned sender, in
-/// order. The thread ends when the sender is dropped.
+/// The writer's end of a delivery thread: epochs go in, in order. Dropping
+/// it (the sink is dropped) ends the thread, even mid-retry.
+pub(crate) struct DeliveryHandle {
+    epochs: mpsc::Sender<EpochRecords>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DeliveryHandle {
+    /// Queues `epoch` for delivery once it commits.
+    pub(crate) fn send(&self, epoch: EpochRecords) {
+        // A closed channel means the thread could not start; it was logged.
+        let _ = self.epochs.send(epoch);
+    }
+}
+
+impl Drop for DeliveryHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Starts delivering for `spec`.
 pub(crate) fn start(
     spec: Arc<SinkSpec>,
     committed: watch::Receiver<u64>,
     status: Arc<DeliveryStatus>,
-) -> mpsc::Sender<EpochRecords> {
+) -> DeliveryHandle {
     let (tx, rx) = mpsc::channel::<EpochRecords>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     let name = format!("eddy-sink-{}", spec.id);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let mut delivery = Delivery {
             spec,
             status,
             producer: None,
+            stop: stopped,
         };
         while let Ok((epoch, records)) = rx.recv() {
             let mut committed = committed.clone();
@@ -84,7 +107,7 @@ pub(crate) fn start(
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a sink's delivery thread");
     }
-    tx
+    DeliveryHandle { epochs: tx, stop }
 }
 
 struct Delivery {
@@ -92,6 +115,8 @@ struct Delivery {
     status: Arc<DeliveryStatus>,
     /// With its transactions initialised, and the last epoch Kafka held then.
     producer: Option<(ThreadedProducer<ThrottledContext>, u64)>,
+    /// Set when the sink is dropped.
+    stop: Arc<AtomicBool>,
 }
 
 impl Delivery {
@@ -103,7 +128,7 @@ impl Delivery {
     /// Delivers `epoch`, retrying until it is in Kafka.
     fn deliver(&mut self, epoch: u64, records: &[SinkRecord]) {
         let mut backoff = Duration::from_millis(100);
-        loop {
+        while !self.stop.load(Ordering::Acquire) {
             match self.try_deliver(epoch, records) {
                 Ok(()) => {
                     self.status.delivered.fetch_max(epoch, Ordering::AcqRel);

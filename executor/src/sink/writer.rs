@@ -6,11 +6,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 
 use tokio::sync::watch;
 
-use super::delivery::{self, DeliveryStatus, EpochRecords};
+use super::delivery::{self, DeliveryHandle, DeliveryStatus, EpochRecords};
 use super::{EpochEncoder, SinkRecord, SinkSpec};
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::coordinator::Delta;
@@ -31,7 +30,7 @@ pub struct SinkWriter {
     committed: watch::Receiver<u64>,
     status: Arc<DeliveryStatus>,
     /// Started at the first barrier, after any restore.
-    delivery: Option<Sender<EpochRecords>>,
+    delivery: Option<DeliveryHandle>,
 }
 
 impl std::fmt::Debug for SinkWriter {
@@ -76,8 +75,7 @@ impl SinkWriter {
                 self.status.clone(),
             )
         });
-        // A closed channel means the thread could not start; it was logged.
-        let _ = delivery.send(records);
+        delivery.send(records);
     }
 }
 

@@ -28,6 +28,9 @@ struct Config {
     /// Partitions per keyed operator (default: number of cores).
     #[arg(long, env = "EDDY_PARALLELISM")]
     parallelism: Option<usize>,
+    /// Where Prometheus scrapes metrics (`/metrics`): checkpoints and more.
+    #[arg(long, env = "EDDY_METRICS_LISTEN", default_value = "127.0.0.1:9466")]
+    metrics_listen: SocketAddr,
     /// How often epochs end (barriers), in milliseconds; `SET
     /// checkpoint_interval = '...'` overrides it and persists.
     #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
@@ -60,6 +63,10 @@ async fn run(config: Config) -> Result<(), String> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(config.metrics_listen)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {}: {e}", config.metrics_listen))?;
     let engine = Engine::open(&config.data_dir, parallelism)
         .await
         .map_err(|e| e.to_string())?;

@@ -18,6 +18,8 @@ pub struct EddyServer {
     child: Option<Child>,
     /// Port it listens on.
     pub port: u16,
+    /// Port of its Prometheus endpoint.
+    pub metrics_port: u16,
     /// Its data directory.
     pub data_dir: PathBuf,
 }
@@ -62,6 +64,7 @@ impl EddyServer {
         let mut server = Self {
             child: None,
             port: free_port(),
+            metrics_port: free_port(),
             data_dir,
         };
         server.spawn();
@@ -77,6 +80,8 @@ impl EddyServer {
             .arg(&self.data_dir)
             .arg("--checkpoint-interval-ms")
             .arg("100")
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -117,6 +122,21 @@ impl EddyServer {
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// What its Prometheus endpoint serves (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: eddy\r\n\r\n")
+            .expect("metrics request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("metrics response");
+        response
     }
 
     /// A connection string for `tokio-postgres`.

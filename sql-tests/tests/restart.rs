@@ -38,6 +38,17 @@ async fn kill9_and_restart_keeps_everything() {
         .expect("setup");
     let before = everything(&client).await;
     assert_eq!(before[2], vec!["ann|2|8.25|1.00|7.25"]);
+    let metrics = server.metrics();
+    let checkpoints: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eddy_checkpoints_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no eddy_checkpoints_total in:\n{metrics}"));
+    assert!(checkpoints > 0.0, "checkpoints are counted");
+    assert!(
+        metrics.contains("eddy_checkpoint_duration_seconds"),
+        "{metrics}"
+    );
 
     server.restart_after_kill9();
     let client = server.client().await;

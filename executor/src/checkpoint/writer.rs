@@ -89,17 +89,19 @@ impl CheckpointWriter {
             }
             self.durable = next_epoch;
         }
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(CheckpointStats {
+        let stats = CheckpointStats {
             epoch,
             finished_at: SystemTime::now(),
             duration: began.elapsed(),
             write: started.elapsed(),
             bytes,
             error,
-        });
+        };
+        record_metrics(&stats, self.durable);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(stats);
     }
 
     /// The last epoch made durable.
@@ -111,4 +113,17 @@ impl CheckpointWriter {
     pub fn history(&self) -> Vec<CheckpointStats> {
         self.history.iter().cloned().collect()
     }
+}
+
+/// Checkpoint metrics, for the server's Prometheus endpoint (no-ops when
+/// nothing collects them).
+fn record_metrics(stats: &CheckpointStats, durable: u64) {
+    metrics::counter!("eddy_checkpoints_total").increment(1);
+    if stats.error.is_some() {
+        metrics::counter!("eddy_checkpoint_failures_total").increment(1);
+    }
+    metrics::counter!("eddy_checkpoint_bytes_total").increment(stats.bytes);
+    metrics::gauge!("eddy_checkpoint_durable_epoch").set(durable as f64);
+    metrics::histogram!("eddy_checkpoint_duration_seconds").record(stats.duration.as_secs_f64());
+    metrics::histogram!("eddy_checkpoint_write_seconds").record(stats.write.as_secs_f64());
 }

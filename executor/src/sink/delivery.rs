@@ -132,6 +132,8 @@ impl Delivery {
             match self.try_deliver(epoch, records) {
                 Ok(()) => {
                     self.status.delivered.fetch_max(epoch, Ordering::AcqRel);
+                    metrics::gauge!("eddy_sink_delivered_epoch", "sink" => self.spec.id.to_string())
+                        .set(epoch as f64);
                     self.status.set_error(None);
                     return;
                 }

@@ -60,6 +60,8 @@ impl MalformedMessages {
             "malformed message skipped"
         );
         message.payload.truncate(PAYLOAD_PREFIX);
+        metrics::counter!("eddy_malformed_messages_total", "topic" => message.topic.clone())
+            .increment(1);
         record.count += 1;
         if record.recent.len() == RECENT {
             record.recent.pop_front();

@@ -9,9 +9,9 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::LogicalPlan;
 
-use eddy_executor::RowCodec;
 use eddy_executor::sink::DeliveryStatus;
 use eddy_executor::source::SourceSpec;
+use eddy_executor::{ReadTarget, RowCodec};
 use eddy_storage::RelationKind;
 
 use crate::error::{EddyError, Result};
@@ -210,6 +210,19 @@ impl Catalog {
             .into_iter()
             .filter(|r| r.depends_on.iter().any(|d| d == name))
             .collect()
+    }
+
+    /// What a pipeline reads for relation `name`: a source's stream, or a
+    /// table's or materialized view's changelog.
+    pub fn read_target(&self, name: &str) -> Option<ReadTarget> {
+        let r = self.get(name)?;
+        match (&r.kind, &r.source) {
+            (RelationKind::Source, Some(spec)) => Some(ReadTarget::Source(spec.clone())),
+            (RelationKind::Table | RelationKind::MaterializedView, _) => {
+                Some(ReadTarget::Relation(r.id))
+            }
+            _ => None,
+        }
     }
 
     /// The next free relation id.

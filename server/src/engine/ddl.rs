@@ -8,7 +8,6 @@ use datafusion::common::Constraint;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, ObjectType, Statement, visit_relations};
 
-use eddy_executor::ReadTarget;
 use eddy_executor::batch_schema;
 use eddy_executor::source::{SourceSpec, WatermarkSpec};
 use eddy_planner::CreateSource;
@@ -20,7 +19,10 @@ use crate::error::{EddyError, Result};
 
 /// Names of the catalog relations `stmt` mentions. Read from the AST:
 /// DataFusion inlines views while planning, and a view is a dependency too.
-fn referenced_relations(stmt: &Statement, catalog: &crate::catalog::Catalog) -> Vec<String> {
+pub(super) fn referenced_relations(
+    stmt: &Statement,
+    catalog: &crate::catalog::Catalog,
+) -> Vec<String> {
     let mut names = Vec::new();
     let _ = visit_relations(stmt, |name| {
         let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
@@ -160,25 +162,12 @@ impl Engine {
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
                 let optimized = self.ctx.state().optimize(&v.input)?;
                 let stream_plan = eddy_planner::lower(&optimized)?;
-                let catalog = self.catalog.clone();
-                let resolve = move |n: &str| {
-                    let r = catalog.get(n)?;
-                    match (&r.kind, &r.source) {
-                        (RelationKind::Source, Some(spec)) => {
-                            Some(ReadTarget::Source(spec.clone()))
-                        }
-                        (RelationKind::Table | RelationKind::MaterializedView, _) => {
-                            Some(ReadTarget::Relation(r.id))
-                        }
-                        _ => None,
-                    }
-                };
                 self.runtime.create_view(
                     &quiesced,
                     id,
                     &stream_plan,
                     emit_on_window_close,
-                    &resolve,
+                    &|n| self.catalog.read_target(n),
                 )?;
                 (batch_schema(stream_plan.schema()), None, None)
             }
@@ -219,26 +208,32 @@ impl Engine {
         Ok(Outcome::command(tag))
     }
 
+    /// The normalized name of a relation to create; `None` if it exists and
+    /// `if_not_exists` (nothing to do), 42P07 if it exists otherwise.
+    pub(super) fn fresh_name(
+        &self,
+        name: &datafusion::sql::sqlparser::ast::ObjectName,
+        if_not_exists: bool,
+    ) -> Result<Option<String>> {
+        let name = crate::functions::normalize_ident(
+            &name.0.last().map(|p| p.to_string()).unwrap_or_default(),
+        );
+        match self.catalog.get(&name) {
+            None => Ok(Some(name)),
+            Some(_) if if_not_exists => Ok(None),
+            Some(_) => Err(EddyError::DuplicateTable(name)),
+        }
+    }
+
     /// CREATE SOURCE. `id` is set when replaying the stored catalog.
     pub(super) async fn create_source(
         &self,
         source: &CreateSource,
         id: Option<u32>,
     ) -> Result<Outcome> {
-        let name = crate::functions::normalize_ident(
-            &source
-                .name
-                .0
-                .last()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-        );
-        if self.catalog.get(&name).is_some() {
-            if source.if_not_exists {
-                return Ok(Outcome::command("CREATE SOURCE"));
-            }
-            return Err(EddyError::DuplicateTable(name));
-        }
+        let Some(name) = self.fresh_name(&source.name, source.if_not_exists)? else {
+            return Ok(Outcome::command("CREATE SOURCE"));
+        };
         // The columns are bound as a table's would be.
         let columns: Vec<String> = source.columns.iter().map(|c| c.to_string()).collect();
         let table = format!("CREATE TABLE \"{name}\" ({})", columns.join(", "));

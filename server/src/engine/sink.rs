@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
+use datafusion::sql::sqlparser::ast::Statement;
 
-use eddy_executor::ReadTarget;
 use eddy_executor::batch_schema;
 use eddy_executor::sink::SinkSpec;
 use eddy_planner::{CreateSink, SinkInput};
 use eddy_storage::{CatalogEntry, RelationKind};
 
+use super::ddl::referenced_relations;
 use super::show::text_rows;
 use super::{Engine, Outcome};
 use crate::catalog::RelationInfo;
@@ -18,20 +18,9 @@ use crate::error::{EddyError, Result};
 impl Engine {
     /// CREATE SINK. `id` is set when replaying the stored catalog.
     pub(super) async fn create_sink(&self, sink: &CreateSink, id: Option<u32>) -> Result<Outcome> {
-        let name = crate::functions::normalize_ident(
-            &sink
-                .name
-                .0
-                .last()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-        );
-        if self.catalog.get(&name).is_some() {
-            if sink.if_not_exists {
-                return Ok(Outcome::command("CREATE SINK"));
-            }
-            return Err(EddyError::DuplicateTable(name));
-        }
+        let Some(name) = self.fresh_name(&sink.name, sink.if_not_exists)? else {
+            return Ok(Outcome::command("CREATE SINK"));
+        };
         let query = match &sink.input {
             SinkInput::Relation(relation) => {
                 let sql = format!("SELECT * FROM {relation}");
@@ -42,17 +31,7 @@ impl Engine {
             }
             SinkInput::Query(query) => Statement::Query(query.clone()),
         };
-        let mut depends_on = Vec::new();
-        let _ = visit_relations(&query, |relation| {
-            let last = relation.0.last().map(|p| p.to_string()).unwrap_or_default();
-            let normalized = crate::functions::normalize_ident(&last);
-            if self.catalog.get(&normalized).is_some() {
-                depends_on.push(normalized);
-            }
-            std::ops::ControlFlow::<()>::Continue(())
-        });
-        depends_on.sort();
-        depends_on.dedup();
+        let depends_on = referenced_relations(&query, &self.catalog);
         let plan = self.bind(query).await?;
         let optimized = self.ctx.state().optimize(&plan)?;
         let stream_plan = eddy_planner::lower(&optimized)?;
@@ -62,20 +41,11 @@ impl Engine {
         let replaying = id.is_some();
         let id = id.unwrap_or_else(|| self.catalog.next_id());
         let spec = Arc::new(SinkSpec::new(id, schema.clone(), sink.options.clone())?);
-        let catalog = self.catalog.clone();
-        let resolve = move |n: &str| {
-            let r = catalog.get(n)?;
-            match (&r.kind, &r.source) {
-                (RelationKind::Source, Some(spec)) => Some(ReadTarget::Source(spec.clone())),
-                (RelationKind::Table | RelationKind::MaterializedView, _) => {
-                    Some(ReadTarget::Relation(r.id))
-                }
-                _ => None,
-            }
-        };
         let status = self
             .runtime
-            .create_sink(&quiesced, spec, &stream_plan, false, &resolve)?;
+            .create_sink(&quiesced, spec, &stream_plan, false, &|n| {
+                self.catalog.read_target(n)
+            })?;
         let sql = sink.to_string();
         if !replaying {
             let entry = CatalogEntry {

@@ -436,6 +436,7 @@ impl PipelineBuilder<'_> {
                 evaluator: self.evaluator.clone(),
                 progress: self.progress.clone(),
                 coordinator: self.coordinator.clone(),
+                exhausted: false,
             });
             outputs.push(output);
         }

@@ -416,7 +416,8 @@ impl SplitReader for KafkaSplit {
                 _ => break,
             }
         }
-        let last = &self.buffer[self.buffer.len().min(max) - 1];
+        // At least one message is buffered here; `max` 0 still reads one.
+        let last = &self.buffer[self.buffer.len().min(max.max(1)) - 1];
         Ok(Some(last.offset as u64 + 1))
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct Reader {
     pub progress: Arc<Progress>,
     /// Told when the split fails, so the view reports it.
     pub coordinator: Arc<Coordinator>,
+    /// The split ended (or failed): only barriers pass from now on.
+    pub exhausted: bool,
 }
 
 /// Unregisters a reader from its split's clock when it ends.
@@ -169,7 +171,7 @@ impl Reader {
     /// Forwards a message from the runtime's ticks. A barrier goes out at
     /// its boundary (reading up to it first), after handing the checkpoint
     /// this reader's position and watermark.
-    async fn forward(&mut self, msg: Message, id: u64, exhausted: &mut bool) {
+    async fn forward(&mut self, msg: Message, id: u64) {
         let Message::Barrier(Barrier { epoch }) = &msg else {
             self.output.send(msg).await;
             return;
@@ -178,10 +180,10 @@ impl Reader {
         let boundary = self.clock.boundary(epoch, self.position);
         // Catching up takes no gate: these rows belong to the epoch the
         // barrier ends, which a quiescing DDL statement waits for anyway.
-        while !*exhausted && self.position < boundary {
+        while !self.exhausted && self.position < boundary {
             let max = (boundary - self.position).min(CHUNK_ROWS as u64) as usize;
             let available = self.split.available(self.position, max).await;
-            *exhausted = match self.settle(available).await {
+            self.exhausted = match self.settle(available).await {
                 Some(end) => !self.read_to(end.min(boundary)).await,
                 None => true,
             };
@@ -208,6 +210,18 @@ impl Reader {
         self.clock.forwarded(id, epoch);
     }
 
+    /// Forwards what the ticks channel gave; false once it is closed (the
+    /// view is dropped).
+    async fn tick(&mut self, msg: Option<Message>, id: u64) -> bool {
+        match msg {
+            Some(msg) => {
+                self.forward(msg, id).await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Runs until the view that owns it is dropped.
     pub async fn run(mut self) {
         let id = self.clock.register(self.position);
@@ -215,7 +229,6 @@ impl Reader {
         let pace = self.spec.rows_per_second.map(|r| r / self.splits as f64);
         let started = Instant::now();
         let start = self.position;
-        let mut exhausted = false;
         self.progress.reader_started(self.relation, self.spec.id);
         if let Some(restored) = self.watermark.clone() {
             self.emit_watermark(restored, true).await;
@@ -224,7 +237,7 @@ impl Reader {
             // Barriers first: an epoch never waits for reading.
             match self.ticks.try_recv() {
                 Ok(msg) => {
-                    self.forward(msg, id, &mut exhausted).await;
+                    self.forward(msg, id).await;
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return,
@@ -241,7 +254,7 @@ impl Reader {
                     Duration::try_from_secs_f64(ahead.max(0.0)).unwrap_or(Duration::MAX)
                 })
                 .filter(|d| !d.is_zero());
-            let blocked = exhausted || paused;
+            let blocked = self.exhausted || paused;
             let mut end = None;
             if !blocked && pacing.is_none() {
                 let max = match pace {
@@ -252,16 +265,15 @@ impl Reader {
                 let available = tokio::select! {
                     biased;
                     msg = self.ticks.recv() => {
-                        match msg {
-                            Some(msg) => self.forward(msg, id, &mut exhausted).await,
-                            None => return,
+                        if !self.tick(msg, id).await {
+                            return;
                         }
                         continue;
                     }
                     available = self.split.available(self.position, max) => available,
                 };
                 let Some(readable) = self.settle(available).await else {
-                    exhausted = true;
+                    self.exhausted = true;
                     continue;
                 };
                 end = Some(self.clock.claim(id, self.position, readable));
@@ -273,9 +285,8 @@ impl Reader {
                     _ => Duration::from_secs(3600),
                 };
                 tokio::select! {
-                    msg = self.ticks.recv() => match msg {
-                        Some(msg) => self.forward(msg, id, &mut exhausted).await,
-                        None => return,
+                    msg = self.ticks.recv() => if !self.tick(msg, id).await {
+                        return;
                     },
                     _ = self.running.changed(), if paused => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -286,15 +297,14 @@ impl Reader {
             let guard = tokio::select! {
                 biased;
                 msg = self.ticks.recv() => {
-                    match msg {
-                        Some(msg) => self.forward(msg, id, &mut exhausted).await,
-                        None => return,
+                    if !self.tick(msg, id).await {
+                        return;
                     }
                     continue;
                 }
                 guard = gate.read() => guard,
             };
-            exhausted = !self.read_to(end).await;
+            self.exhausted = !self.read_to(end).await;
             drop(guard);
         }
     }

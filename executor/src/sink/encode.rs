@@ -10,13 +10,12 @@
 //! - upsert: the key's new row, or a tombstone (no value) if it is gone;
 //! - debezium: `{"before": .., "after": .., "op": "c" | "u" | "d"}`.
 
-use std::collections::HashMap;
-
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
 
 use super::SinkType;
 use crate::error::{ExecutorError, Result};
+use crate::hash::HashMap;
 use crate::message::StreamChunk;
 
 /// One Kafka message.
@@ -28,8 +27,9 @@ pub struct SinkRecord {
     pub value: Option<Vec<u8>>,
 }
 
-/// Rows of one key with their net count this epoch.
-type KeyedRows = (Vec<u8>, Vec<(Vec<u8>, i64)>);
+/// Rows of one key with their net count this epoch. Without key columns
+/// the key is the row itself, and its one entry's row is `None`.
+type KeyedRows = (Vec<u8>, Vec<(Option<Vec<u8>>, i64)>);
 
 /// Accumulates one epoch's changes and turns them into records.
 #[derive(Debug)]
@@ -71,7 +71,7 @@ impl EpochEncoder {
             sink_type,
             key,
             keys: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 
@@ -81,12 +81,16 @@ impl EpochEncoder {
             return Ok(());
         }
         let rows = json_rows(&chunk.batch)?;
-        let keys = if self.key.is_empty() {
-            rows.clone()
+        let mut keys = if self.key.is_empty() {
+            None
         } else {
-            json_rows(&chunk.batch.project(&self.key)?)?
+            Some(json_rows(&chunk.batch.project(&self.key)?)?.into_iter())
         };
-        for ((row, key), op) in rows.into_iter().zip(keys).zip(chunk.ops.iter()) {
+        for (row, op) in rows.into_iter().zip(chunk.ops.iter()) {
+            let (key, row) = match keys.as_mut().and_then(Iterator::next) {
+                Some(key) => (key, Some(row)),
+                None => (row, None),
+            };
             let slot = match self.index.get(&key) {
                 Some(&i) => i,
                 None => {
@@ -111,16 +115,15 @@ impl EpochEncoder {
         let mut records = Vec::new();
         for (key, rows) in std::mem::take(&mut self.keys) {
             let message_key = keyed.then(|| key.clone());
-            let before: Vec<&Vec<u8>> = rows
-                .iter()
-                .filter(|(_, c)| *c < 0)
-                .flat_map(|(r, c)| std::iter::repeat_n(r, c.unsigned_abs() as usize))
-                .collect();
-            let after: Vec<&Vec<u8>> = rows
-                .iter()
-                .filter(|(_, c)| *c > 0)
-                .flat_map(|(r, c)| std::iter::repeat_n(r, *c as usize))
-                .collect();
+            let copies = |sign: i64| -> Vec<&Vec<u8>> {
+                rows.iter()
+                    .filter(|(_, c)| c.signum() == sign)
+                    .flat_map(|(r, c)| {
+                        std::iter::repeat_n(r.as_ref().unwrap_or(&key), c.unsigned_abs() as usize)
+                    })
+                    .collect()
+            };
+            let (before, after) = (copies(-1), copies(1));
             match self.sink_type {
                 SinkType::AppendOnly => {
                     if !before.is_empty() {

@@ -231,29 +231,21 @@ impl SourceSpec {
         watermark: Option<WatermarkSpec>,
     ) -> Result<Self> {
         let mut options = Options::new(options);
-        let (connector, rate_key, split_key) = match options.take("connector").as_deref() {
+        // Generators are paced and split by options; a Kafka source reads
+        // as fast as messages come, one split per partition.
+        let (connector, generator_keys) = match options.take("connector").as_deref() {
             Some("nexmark") => (
                 Connector::Nexmark(Box::new(NexmarkSource::new(schema.clone(), &mut options)?)),
-                "nexmark.events.per.second",
-                "nexmark.split.num",
+                Some(("nexmark.events.per.second", "nexmark.split.num")),
             ),
             Some("datagen") => (
                 Connector::Datagen(DatagenSource::new(schema.clone(), &mut options)?),
-                "datagen.rows.per.second",
-                "datagen.split.num",
+                Some(("datagen.rows.per.second", "datagen.split.num")),
             ),
-            Some("kafka") => {
-                let kafka = KafkaSource::new(schema.clone(), &mut options)?;
-                options.reject_unknown()?;
-                return Ok(Self {
-                    id,
-                    schema,
-                    splits: Some(kafka.partitions()),
-                    connector: Connector::Kafka(Box::new(kafka)),
-                    watermark,
-                    rows_per_second: None,
-                });
-            }
+            Some("kafka") => (
+                Connector::Kafka(Box::new(KafkaSource::new(schema.clone(), &mut options)?)),
+                None,
+            ),
             Some(other) => {
                 return Err(ExecutorError::InvalidOption(format!(
                     "unknown connector '{other}' (datagen, nexmark, kafka)"
@@ -265,18 +257,25 @@ impl SourceSpec {
                 ));
             }
         };
-        let rows_per_second: Option<f64> = options.number(rate_key)?;
-        if rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-            return Err(ExecutorError::InvalidOption(format!(
-                "{rate_key} must be positive"
-            )));
-        }
-        let splits: Option<usize> = options.number(split_key)?;
-        if splits == Some(0) {
-            return Err(ExecutorError::InvalidOption(format!(
-                "{split_key} must be positive"
-            )));
-        }
+        let (rows_per_second, splits) = match (&connector, generator_keys) {
+            (Connector::Kafka(kafka), _) => (None, Some(kafka.partitions())),
+            (_, Some((rate_key, split_key))) => {
+                let rows_per_second: Option<f64> = options.number(rate_key)?;
+                if rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                    return Err(ExecutorError::InvalidOption(format!(
+                        "{rate_key} must be positive"
+                    )));
+                }
+                let splits: Option<usize> = options.number(split_key)?;
+                if splits == Some(0) {
+                    return Err(ExecutorError::InvalidOption(format!(
+                        "{split_key} must be positive"
+                    )));
+                }
+                (rows_per_second, splits)
+            }
+            (_, None) => (None, None),
+        };
         options.reject_unknown()?;
         Ok(Self {
             id,

@@ -27,6 +27,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
 
 use eddy_executor::source::{CHUNK_ROWS, SourceSpec};
 use eddy_storage::{RelationKind, Store};
@@ -174,7 +175,6 @@ impl PartitionStream for SourceSplit {
         &self.spec.schema
     }
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        use futures::StreamExt;
         let split = match self.spec.split(self.index, self.count, 0) {
             Ok(split) => split,
             Err(e) => {

@@ -214,6 +214,25 @@ pub fn interval_text_nanos(text: &str) -> std::result::Result<i64, String> {
         .ok_or_else(|| format!("interval '{text}' is too long"))
 }
 
+/// A duration as settings spell it: `500ms`, `10s`, `2 seconds`,
+/// `1 minute`, or a bare number of milliseconds.
+pub fn duration_text(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let number = |t: &str| t.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+    let seconds = if let Some(ms) = number(text) {
+        ms / 1000.0
+    } else if let Some(ms) = text.strip_suffix("ms").and_then(number) {
+        ms / 1000.0
+    } else if let Some(s) = text.strip_suffix('s').and_then(number) {
+        s
+    } else {
+        let not_one = |_| format!("'{text}' is not a duration (say 500ms, 10s or 1 minute)");
+        interval_text_nanos(text).map_err(not_one)? as f64 / 1e9
+    };
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' is not a duration of zero or more"))
+}
+
 /// An interval literal of `nanos`, in the coarsest exact unit.
 fn interval_sql(nanos: i64) -> String {
     let (n, unit) = [

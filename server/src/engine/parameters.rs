@@ -26,20 +26,7 @@ pub struct SystemParameters {
 
 /// `1s`, `500ms`, `2 seconds`, `1 minute`, or a number of milliseconds.
 fn parse_interval(value: &str) -> Result<Duration> {
-    let value = value.trim();
-    let number = |text: &str| text.trim().parse::<f64>().ok().filter(|n| n.is_finite());
-    let seconds = if let Some(ms) = number(value) {
-        ms / 1000.0
-    } else if let Some(ms) = value.strip_suffix("ms").and_then(number) {
-        ms / 1000.0
-    } else if let Some(s) = value.strip_suffix('s').and_then(number) {
-        s
-    } else {
-        let nanos = eddy_planner::interval_text_nanos(value).map_err(|e| invalid(value, &e))?;
-        nanos as f64 / 1e9
-    };
-    let interval = Duration::try_from_secs_f64(seconds)
-        .map_err(|_| invalid(value, "it must be between 10ms and 1 hour"))?;
+    let interval = eddy_planner::duration_text(value).map_err(|e| invalid(value, &e))?;
     if !(SHORTEST..=LONGEST).contains(&interval) {
         return Err(invalid(value, "it must be between 10ms and 1 hour"));
     }

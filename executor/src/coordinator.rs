@@ -172,7 +172,10 @@ impl Coordinator {
                 rows.insert(row.into(), count);
             })?;
         }
-        self.lock().relations.insert(
+        let mut state = self.lock();
+        // What a failed relation staged since it failed is not its state.
+        state.carried.remove(&id);
+        state.relations.insert(
             id,
             Relation {
                 schema,

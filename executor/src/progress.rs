@@ -83,6 +83,17 @@ impl Progress {
         self.reader(relation, source, |r| r.splits += 1);
     }
 
+    /// The relation's readers were stopped to start again: none is running
+    /// or finished (the rows they read still count).
+    pub fn readers_restarted(&self, relation: u32) {
+        self.with(relation, |p| {
+            for (_, r) in &mut p.readers {
+                r.splits = 0;
+                r.finished = 0;
+            }
+        });
+    }
+
     /// A reader read `rows` more rows.
     pub fn rows_read(&self, relation: u32, source: u32, rows: u64) {
         self.reader(relation, source, |r| r.rows += rows);

@@ -11,6 +11,13 @@
 //!   duplicate. Source readers take no write lock, so quiescing also closes
 //!   the source gate they produce under (see [`crate::source`]).
 //!
+//! Restart ([`Runtime::restart_pipeline`]): a view's or sink's pipeline
+//! is stopped and built again from its checkpoint, quiesced, so that
+//! checkpoint is its current state and its output goes on where it was,
+//! into the same subscribers: what reads it sees no gap and no repeat.
+//! A source that gains splits (new Kafka partitions) restarts the
+//! pipelines reading it this way.
+//!
 //! Recovery (a durable runtime, [`Runtime::durable`]): tables and views
 //! are created again in catalog order; each one a checkpoint holds starts
 //! from its checkpointed rows and state (its readers at their positions),
@@ -60,6 +67,17 @@ pub enum ReadTarget {
     Source(Arc<SourceSpec>),
 }
 
+/// What it takes to build a view's or sink's pipeline again.
+#[derive(Debug, Clone)]
+struct PipelineDef {
+    plan: StreamNode,
+    emit_on_window_close: bool,
+    /// A sink's spec and delivery status: its pipeline ends in a [`SinkWriter`].
+    sink: Option<(Arc<SinkSpec>, Arc<DeliveryStatus>)>,
+    /// The sources its readers read.
+    sources: Vec<u32>,
+}
+
 /// Owns every running pipeline.
 #[derive(Debug)]
 pub struct Runtime {
@@ -83,6 +101,8 @@ pub struct Runtime {
     running: tokio::sync::watch::Sender<bool>,
     /// Where barriers cut each split being read.
     clocks: Arc<SplitClocks>,
+    /// Views' and sinks' pipelines, to build them again.
+    pipelines: Mutex<HashMap<u32, PipelineDef>>,
 }
 
 impl Runtime {
@@ -110,6 +130,7 @@ impl Runtime {
             published: AtomicU64::new(published),
             running: tokio::sync::watch::channel(false).0,
             clocks: Arc::new(SplitClocks::default()),
+            pipelines: Mutex::new(HashMap::new()),
             coordinator: Arc::new(coordinator),
             errors: Arc::new(ErrorLog::default()),
             subscribers: Mutex::new(HashMap::new()),
@@ -322,7 +343,13 @@ impl Runtime {
         emit_on_window_close: bool,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
-        self.start_pipeline(quiesced, id, plan, emit_on_window_close, None, resolve)
+        let def = PipelineDef {
+            plan: plan.clone(),
+            emit_on_window_close,
+            sink: None,
+            sources: vec![],
+        };
+        self.start_pipeline(quiesced, id, def, resolve)
     }
 
     /// Starts sink `spec` writing `plan`'s changes: from a checkpoint when
@@ -337,27 +364,82 @@ impl Runtime {
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<Arc<DeliveryStatus>> {
         let status = Arc::new(DeliveryStatus::default());
-        let writer = SinkWriter::new(spec.clone(), self.coordinator.committed(), status.clone());
-        self.start_pipeline(
-            quiesced,
-            spec.id,
-            plan,
+        let def = PipelineDef {
+            plan: plan.clone(),
             emit_on_window_close,
-            Some(Box::new(writer)),
-            resolve,
-        )?;
+            sink: Some((spec.clone(), status.clone())),
+            sources: vec![],
+        };
+        self.start_pipeline(quiesced, spec.id, def, resolve)?;
         Ok(status)
+    }
+
+    /// The views and sinks whose pipelines read source `source`.
+    pub fn pipelines_reading(&self, source: u32) -> Vec<u32> {
+        let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<u32> = pipelines
+            .iter()
+            .filter(|(_, def)| def.sources.contains(&source))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stops pipeline `id` and builds it again from its checkpoint (with
+    /// as many splits as its sources have now). Must be called quiesced.
+    pub fn restart_pipeline(
+        &self,
+        quiesced: &Quiesced<'_>,
+        id: u32,
+        resolve: &dyn Fn(&str) -> Option<ReadTarget>,
+    ) -> Result<()> {
+        let def = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ExecutorError::Internal(format!("relation {id} has no pipeline")))?;
+        if !self.is_checkpointed(id)? {
+            return Err(ExecutorError::Unsupported(
+                "restarting a pipeline without a checkpoint (the server runs without a data directory)"
+                    .into(),
+            ));
+        }
+        self.stop_pipeline(id);
+        self.progress.readers_restarted(id);
+        self.start_pipeline(quiesced, id, def, resolve)
+    }
+
+    /// Disconnects pipeline `id` from its inputs and ticks: its tasks end.
+    /// What reads it stays subscribed to its output.
+    fn stop_pipeline(&self, id: u32) {
+        for s in self
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            s.remove_owner(id);
+        }
+        self.ticks.remove_owner(id);
     }
 
     fn start_pipeline(
         &self,
         _quiesced: &Quiesced<'_>,
         id: u32,
-        plan: &StreamNode,
-        emit_on_window_close: bool,
-        terminal: Option<Box<dyn Operator>>,
+        mut def: PipelineDef,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
+        let terminal = def.sink.as_ref().map(|(spec, status)| {
+            Box::new(SinkWriter::new(
+                spec.clone(),
+                self.coordinator.committed(),
+                status.clone(),
+            )) as Box<dyn Operator>
+        });
         let resolve_source = |name: &str| -> Result<Upstream> {
             match resolve(name) {
                 Some(ReadTarget::Relation(id)) => {
@@ -384,7 +466,7 @@ impl Runtime {
             running: self.running.subscribe(),
             clocks: self.clocks.clone(),
             progress: self.progress.clone(),
-            emit_on_window_close,
+            emit_on_window_close: def.emit_on_window_close,
             backfill: !restore,
             fragments: Vec::new(),
             subscriptions: Vec::new(),
@@ -392,8 +474,9 @@ impl Runtime {
             readers: Vec::new(),
             windowed_aggregates: 0,
         };
-        let output = Arc::new(Subscribers::default());
-        builder.build_root(plan, output.clone(), terminal)?;
+        // A restarted pipeline writes to the subscribers it had.
+        let output = self.subscribers_of(id).unwrap_or_default();
+        builder.build_root(&def.plan, output.clone(), terminal)?;
         if let Some(store) = self.coordinator.store().filter(|_| restore) {
             let mut state = RestoredState::new(store.state(id)?)?;
             for f in &mut builder.fragments {
@@ -406,8 +489,13 @@ impl Runtime {
                 reader.restore_split(state.take(reader.scope, 1))?;
             }
         }
-        let schema = crate::build::batch_schema(plan.schema());
+        let schema = crate::build::batch_schema(def.plan.schema());
         self.coordinator.add_relation(id, schema, restore)?;
+        def.sources = builder.reader_outputs.keys().copied().collect();
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, def);
         for (subs, tx) in builder.subscriptions {
             subs.add(id, tx);
         }
@@ -425,15 +513,17 @@ impl Runtime {
     /// Stops relation `id` (table, view or source) and forgets its rows.
     /// Must be called quiesced, after every view reading it was dropped.
     pub fn drop_relation(&self, _quiesced: &Quiesced<'_>, id: u32) {
-        let removed = {
-            let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-            for s in subs.values() {
-                s.remove_owner(id);
-            }
-            subs.remove(&id)
-        };
+        self.stop_pipeline(id);
+        let removed = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         drop(removed);
-        self.ticks.remove_owner(id);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         self.sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -414,6 +414,9 @@ impl PipelineBuilder<'_> {
             return Ok(outputs.clone());
         }
         let splits = spec.split_count(self.parallelism);
+        // A reader's scope names its source (by order of first scan) and
+        // split, so a source gaining splits moves no other reader's state.
+        let source_scope = READER_SCOPE + ((self.reader_outputs.len() as u32) << 16);
         let mut outputs = Vec::with_capacity(splits);
         for index in 0..splits {
             let output = Arc::new(Subscribers::default());
@@ -422,7 +425,7 @@ impl PipelineBuilder<'_> {
             self.readers.push(Reader {
                 relation: self.relation,
                 spec: spec.clone(),
-                scope: READER_SCOPE + self.readers.len() as u32,
+                scope: source_scope + index as u32,
                 index,
                 split: spec.split(index, splits, 0)?,
                 splits,

@@ -18,8 +18,9 @@
 //! ```
 //!
 //! `scope` is the fragment's index in its pipeline, or [`READER_SCOPE`] +
-//! the reader's index; both are assigned in plan order, so a pipeline built
-//! again from the same plan finds its state under the same keys.
+//! (the source's index in the pipeline << 16) + the split's index; both are
+//! assigned in plan order, so a pipeline built again from the same plan
+//! finds its state under the same keys, even with more splits than before.
 //!
 //! Invariant: an operator's checkpoint writes, applied to what it restored,
 //! give exactly its state at the barrier — what it would have produced

@@ -285,7 +285,7 @@ impl SystemSchema {
             let connection = spec.connection().and_then(|c| c.problem());
             name.push(info.name.clone());
             connector.push(spec.connector_name());
-            splits.push(spec.splits.map(|s| s as u64));
+            splits.push(spec.split_count(self.runtime.parallelism()) as u64);
             malformed.push(spec.malformed().map_or(0, |m| m.count()));
             since.push(connection.as_ref().map(|(at, _)| {
                 at.duration_since(std::time::UNIX_EPOCH)
@@ -296,7 +296,7 @@ impl SystemSchema {
         let schema = Arc::new(Schema::new(vec![
             Field::new("source", DataType::Utf8, false),
             Field::new("connector", DataType::Utf8, false),
-            Field::new("splits", DataType::UInt64, true),
+            Field::new("splits", DataType::UInt64, false),
             Field::new("malformed_messages", DataType::UInt64, false),
             Field::new("connection_problem", DataType::Utf8, true),
             Field::new(

@@ -119,18 +119,26 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
     let seed: u64 = rng.random();
     let broker = KafkaBroker::start();
     broker.create_topic(TOPIC, PARTITIONS);
+    broker.create_topic("copied", 1);
     let mut server = EddyServer::start("kafka");
     let client = server.client().await;
+    // The source starts knowing only partition 0 (its start offsets list
+    // one partition), so it finds partitions 1 and 2 while the test runs,
+    // as if the topic gained them: the mock broker cannot add partitions.
     client
         .batch_execute(&format!(
             "CREATE SOURCE events (k BIGINT, v BIGINT) INCLUDE partition AS p INCLUDE offset AS o
                WITH (connector = 'kafka', topic = '{TOPIC}',
-                     properties.bootstrap.server = '{}') FORMAT PLAIN ENCODE JSON;
+                     properties.bootstrap.server = '{0}',
+                     scan.startup.offsets = '0',
+                     scan.partition.discovery.interval = '300ms') FORMAT PLAIN ENCODE JSON;
              CREATE MATERIALIZED VIEW per_key AS
                SELECT k, count(*) AS n, sum(v) AS total FROM events GROUP BY k;
              CREATE MATERIALIZED VIEW per_partition AS
                SELECT p, count(*) AS n, count(DISTINCT o) AS offsets, max(o) AS last
-               FROM events GROUP BY p;",
+               FROM events GROUP BY p;
+             CREATE SINK copied AS SELECT p, o FROM events
+               WITH (connector = 'kafka', topic = 'copied', properties.bootstrap.server = '{0}');",
             broker.bootstrap()
         ))
         .await
@@ -188,6 +196,30 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
         .await
         .expect("per_key");
     assert_eq!(got, per_key, "per_key equals its query over the topic");
+    // The sink copied every message once, across crashes and new partitions.
+    let mut want: Vec<(i64, i64)> = messages
+        .iter()
+        .map(|m| (m.partition as i64, m.offset))
+        .collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut copied: Vec<(i64, i64)> = broker
+            .read_all("copied", 1)
+            .iter()
+            .map(|m| {
+                let row: serde_json::Value =
+                    serde_json::from_slice(m.payload.as_deref().unwrap_or_default()).expect("JSON");
+                (row["p"].as_i64().expect("p"), row["o"].as_i64().expect("o"))
+            })
+            .collect();
+        copied.sort();
+        if copied.len() >= want.len() || Instant::now() > deadline {
+            assert_eq!(copied, want, "the sink holds every message exactly once");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let status = rows_sorted(
         &client,
         "SELECT source, connector, splits, malformed_messages, connection_problem FROM eddy_catalog.sources",

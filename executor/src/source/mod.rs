@@ -217,7 +217,7 @@ pub struct SourceSpec {
     pub watermark: Option<WatermarkSpec>,
     /// Pacing over all splits; `None` = as fast as possible.
     pub rows_per_second: Option<f64>,
-    /// Splits; `None` = the runtime's parallelism.
+    /// Generators' splits; `None` = the runtime's parallelism.
     pub splits: Option<usize>,
 }
 
@@ -258,7 +258,8 @@ impl SourceSpec {
             }
         };
         let (rows_per_second, splits) = match (&connector, generator_keys) {
-            (Connector::Kafka(kafka), _) => (None, Some(kafka.partitions())),
+            // One split per partition, however many the topic has by now.
+            (Connector::Kafka(_), _) => (None, None),
             (_, Some((rate_key, split_key))) => {
                 let rows_per_second: Option<f64> = options.number(rate_key)?;
                 if rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -364,7 +365,18 @@ impl SourceSpec {
 
     /// Number of splits when the runtime runs `parallelism` partitions.
     pub fn split_count(&self, parallelism: usize) -> usize {
-        self.splits.unwrap_or(parallelism).max(1)
+        match &self.connector {
+            Connector::Kafka(k) => k.partitions(),
+            _ => self.splits.unwrap_or(parallelism).max(1),
+        }
+    }
+
+    /// The Kafka topic behind the source, if it reads one.
+    pub fn kafka(&self) -> Option<&KafkaSource> {
+        match &self.connector {
+            Connector::Kafka(k) => Some(k),
+            _ => None,
+        }
     }
 
     /// Split `index` of `count`, from position `start` on.

@@ -9,6 +9,7 @@
 mod ddl;
 mod dml;
 mod parameters;
+mod partitions;
 mod show;
 mod sink;
 
@@ -212,6 +213,7 @@ impl Engine {
             parameters,
         });
         engine.replay().await?;
+        tokio::spawn(partitions::watch(Arc::downgrade(&engine)));
         Ok(engine)
     }
 

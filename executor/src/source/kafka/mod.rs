@@ -15,6 +15,11 @@
 //! delete their key's row, so those sources are changelogs (see
 //! [`super::envelope`], [`super::upsert`]).
 //!
+//! Partitions added to the topic later are found by asking the broker every
+//! `scan.partition.discovery.interval` ([`KafkaSource::discover`]); the
+//! server then pins their first offsets in the catalog too and restarts
+//! the source's pipelines from their checkpoints with a split more.
+//!
 //! A split consumes its partition with a consumer of its own (assigned, not
 //! subscribed). The client reconnects by itself when a broker goes away;
 //! the split waits and logs until messages flow again.
@@ -22,7 +27,7 @@
 mod split;
 mod start;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
@@ -38,6 +43,12 @@ pub use start::resolve;
 
 /// How long creating a source waits for the broker.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The option pinning each partition's first offset.
+pub const START_OFFSETS: &str = "scan.startup.offsets";
+
+/// How often the topic is asked for new partitions unless the source says.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Metadata of a message a source can expose as a column
 /// (`INCLUDE partition | offset | timestamp | key [AS name]`).
@@ -102,8 +113,11 @@ pub struct KafkaSource {
     topic: String,
     /// librdkafka configuration: `properties.*` options and our defaults.
     config: Vec<(String, String)>,
-    /// First offset of each partition (index = partition).
-    start: Vec<i64>,
+    /// First offset of each partition known (index = partition); grows
+    /// as partitions are discovered, shared by every copy of the source.
+    start: Arc<RwLock<Vec<i64>>>,
+    /// How often to look for new partitions; `None` = never.
+    discovery: Option<Duration>,
     decoder: PayloadDecoder,
     envelope: Envelope,
     /// The payload's columns (the schema without metadata columns).
@@ -151,7 +165,16 @@ impl KafkaSource {
             )));
         }
         options.take("scan.startup.timestamp.millis");
-        let start = match options.take("scan.startup.offsets") {
+        let discovery = match options.take("scan.partition.discovery.interval") {
+            None => Some(DISCOVERY_INTERVAL),
+            Some(text) => {
+                let interval = eddy_planner::duration_text(&text).map_err(|e| {
+                    ExecutorError::InvalidOption(format!("scan.partition.discovery.interval: {e}"))
+                })?;
+                (!interval.is_zero()).then_some(interval)
+            }
+        };
+        let start = match options.take(START_OFFSETS) {
             Some(list) => list
                 .split(',')
                 .map(|o| o.trim().parse::<i64>())
@@ -194,7 +217,8 @@ impl KafkaSource {
         Ok(Self {
             topic,
             config,
-            start,
+            start: Arc::new(RwLock::new(start)),
+            discovery,
             decoder: PayloadDecoder::new(envelope.payload_schema(&rows), encoding),
             envelope,
             rows,
@@ -205,9 +229,45 @@ impl KafkaSource {
         })
     }
 
-    /// Partitions, one split each.
+    fn start(&self) -> std::sync::RwLockReadGuard<'_, Vec<i64>> {
+        self.start.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Partitions known, one split each.
     pub fn partitions(&self) -> usize {
-        self.start.len()
+        self.start().len()
+    }
+
+    /// Where partition `partition` starts, if it is known.
+    fn start_of(&self, partition: i32) -> Option<i64> {
+        self.start().get(partition as usize).copied()
+    }
+
+    /// How often to look for new partitions; `None` = never.
+    pub fn discovery_interval(&self) -> Option<Duration> {
+        self.discovery
+    }
+
+    /// The first offsets of partitions the topic gained since the source
+    /// learned of its partitions (none if it gained none). Blocking.
+    pub fn discover(&self) -> Result<Vec<i64>> {
+        start::new_partitions(&self.topic, &self.config, self.partitions())
+    }
+
+    /// The option pinning every partition's first offset, with partitions
+    /// starting at `offsets` added: what the catalog stores.
+    pub fn pinned_with(&self, offsets: &[i64]) -> (String, String) {
+        let mut all = self.start().clone();
+        all.extend_from_slice(offsets);
+        (START_OFFSETS.to_string(), start::pinned(&all))
+    }
+
+    /// Takes up partitions [`KafkaSource::discover`] found.
+    pub fn add_partitions(&self, offsets: &[i64]) {
+        self.start
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(offsets);
     }
 
     /// Messages that could not be decoded.

@@ -66,8 +66,8 @@ impl KafkaSplit {
                 .create_with_context(context)
                 .map_err(invalid_config)?;
             let offset = match self.start {
-                0 => match self.source.start.get(self.partition as usize) {
-                    Some(&o) => Offset::Offset(o),
+                0 => match self.source.start_of(self.partition) {
+                    Some(o) => Offset::Offset(o),
                     None => Offset::Beginning,
                 },
                 position => Offset::Offset(position as i64),

@@ -4,7 +4,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{METADATA_TIMEOUT, connection_options};
+use super::{METADATA_TIMEOUT, START_OFFSETS, connection_options};
 use crate::error::{ExecutorError, Result};
 use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
 use crate::source::Options;
@@ -13,23 +13,13 @@ use crate::source::Options;
 /// `scan.startup.offsets` (one offset per partition), asking the broker.
 /// Blocking; a no-op if the offsets are pinned already.
 pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
-    if options.iter().any(|(k, _)| k == "scan.startup.offsets") {
+    if options.iter().any(|(k, _)| k == START_OFFSETS) {
         return Ok(());
     }
     let mut parsed = Options::new(options.iter().cloned());
     let (topic, config) = connection_options(&mut parsed)?;
-    let context = ThrottledContext::new(&topic, -1);
-    let consumer: BaseConsumer<ThrottledContext> = client_config(&config)
-        .create_with_context(context)
-        .map_err(invalid_config)?;
-    let unreachable = |e: KafkaError| ExecutorError::Connector(format!("Kafka broker: {e}"));
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-        .map_err(unreachable)?;
-    let partitions = match metadata.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
-        _ => return Err(ExecutorError::UnknownTopic(topic)),
-    };
+    let consumer = metadata_client(&topic, &config)?;
+    let partitions = partition_count(&consumer, &topic)?;
     let mode = parsed
         .take("scan.startup.mode")
         .unwrap_or_else(|| "earliest".into());
@@ -38,7 +28,7 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
             .map(|p| {
                 let (low, high) = consumer
                     .fetch_watermarks(&topic, p, METADATA_TIMEOUT)
-                    .map_err(unreachable)?;
+                    .map_err(broker_error)?;
                 Ok(if mode == "earliest" { low } else { high })
             })
             .collect::<Result<_>>()?,
@@ -54,11 +44,11 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
             let mut list = TopicPartitionList::new();
             for p in 0..partitions as i32 {
                 list.add_partition_offset(&topic, p, Offset::Offset(millis))
-                    .map_err(unreachable)?;
+                    .map_err(broker_error)?;
             }
             let found = consumer
                 .offsets_for_times(list, METADATA_TIMEOUT)
-                .map_err(unreachable)?;
+                .map_err(broker_error)?;
             (0..partitions as i32)
                 .map(|p| {
                     let offset = found
@@ -70,7 +60,7 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
                         // No message that late: start at the end.
                         _ => Ok(consumer
                             .fetch_watermarks(&topic, p, METADATA_TIMEOUT)
-                            .map_err(unreachable)?
+                            .map_err(broker_error)?
                             .1),
                     }
                 })
@@ -82,7 +72,55 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
             )));
         }
     };
-    let pinned: Vec<String> = offsets.iter().map(|o| o.to_string()).collect();
-    options.push(("scan.startup.offsets".into(), pinned.join(",")));
+    options.push((START_OFFSETS.into(), pinned(&offsets)));
     Ok(())
+}
+
+/// Offsets as `scan.startup.offsets` lists them.
+pub(super) fn pinned(offsets: &[i64]) -> String {
+    let pinned: Vec<String> = offsets.iter().map(|o| o.to_string()).collect();
+    pinned.join(",")
+}
+
+/// The first offset of each partition of `topic` from `known` on: the
+/// partitions added since the source learned of its first `known`. Blocking.
+pub(super) fn new_partitions(
+    topic: &str,
+    config: &[(String, String)],
+    known: usize,
+) -> Result<Vec<i64>> {
+    let consumer = metadata_client(topic, config)?;
+    let partitions = partition_count(&consumer, topic)?;
+    // A new partition's messages all came after the source was created.
+    (known..partitions)
+        .map(|p| {
+            Ok(consumer
+                .fetch_watermarks(topic, p as i32, METADATA_TIMEOUT)
+                .map_err(broker_error)?
+                .0)
+        })
+        .collect()
+}
+
+fn broker_error(e: KafkaError) -> ExecutorError {
+    ExecutorError::Connector(format!("Kafka broker: {e}"))
+}
+
+fn metadata_client(
+    topic: &str,
+    config: &[(String, String)],
+) -> Result<BaseConsumer<ThrottledContext>> {
+    client_config(config)
+        .create_with_context(ThrottledContext::new(topic, -1))
+        .map_err(invalid_config)
+}
+
+fn partition_count(consumer: &BaseConsumer<ThrottledContext>, topic: &str) -> Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(broker_error)?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+        _ => Err(ExecutorError::UnknownTopic(topic.to_string())),
+    }
 }

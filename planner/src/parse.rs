@@ -3,7 +3,7 @@
 //! sqlparser's PostgreSQL dialect parses almost everything. Eddy adds
 //! `FLUSH`, `CREATE SOURCE ... WITH (...)` (with `WATERMARK FOR`),
 //! `DROP SOURCE`, `SHOW SOURCES`, `CREATE SINK` (see [`crate::create_sink`]),
-//! `DROP SINK`, `SHOW SINKS` and a trailing `EMIT ON WINDOW CLOSE` on
+//! `DROP SINK`, `SHOW SINKS`, `SHOW JOBS` and a trailing `EMIT ON WINDOW CLOSE` on
 //! `CREATE MATERIALIZED VIEW`, recognised by their leading keywords before
 //! the generic parser runs. Window table functions are rewritten afterwards
 //! (see [`crate::window`]).
@@ -48,6 +48,8 @@ pub enum EddyStatement {
     },
     /// `SHOW SINKS`.
     ShowSinks,
+    /// `SHOW JOBS`.
+    ShowJobs,
     /// `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE`.
     EmitOnWindowClose(Box<Statement>),
     /// Any statement sqlparser understands.
@@ -117,6 +119,7 @@ impl fmt::Display for EddyStatement {
                 write!(f, "DROP SINK {if_exists}{}", names.join(", "))
             }
             EddyStatement::ShowSinks => write!(f, "SHOW SINKS"),
+            EddyStatement::ShowJobs => write!(f, "SHOW JOBS"),
             EddyStatement::EmitOnWindowClose(s) => write!(f, "{s} EMIT ON WINDOW CLOSE"),
             EddyStatement::Sql(s) => write!(f, "{s}"),
         }
@@ -283,6 +286,11 @@ fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
         parser.next_token();
         parser.next_token();
         return Ok(EddyStatement::ShowSinks);
+    }
+    if peek_words(parser, &["SHOW", "JOBS"]) {
+        parser.next_token();
+        parser.next_token();
+        return Ok(EddyStatement::ShowJobs);
     }
     Ok(EddyStatement::Sql(Box::new(parser.parse_statement()?)))
 }

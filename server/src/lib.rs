@@ -12,6 +12,7 @@ mod catalog;
 mod engine;
 mod error;
 mod functions;
+mod jobs;
 mod pg;
 mod pg_class;
 mod providers;

@@ -14,7 +14,9 @@
 //!   start and its clients' current connection problem (until messages
 //!   flow again);
 //! - `sinks`: per sink, the last epoch Kafka holds and the last delivery
-//!   error (while delivery is failing).
+//!   error (while delivery is failing);
+//! - `jobs`: per view and sink, its pipeline's state (running, restarting,
+//!   failed), restarts, last failure and a source's connection problem.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use datafusion::error::Result as DfResult;
 use eddy_executor::Runtime;
 
 use crate::catalog::Catalog;
+use crate::jobs::Jobs;
 
 /// The `eddy_catalog` schema: system tables.
 #[derive(Debug)]
@@ -39,6 +42,8 @@ pub struct SystemSchema {
     pub catalog: Arc<Catalog>,
     /// The runtime.
     pub runtime: Arc<Runtime>,
+    /// Every pipeline's state and restarts.
+    pub jobs: Arc<Jobs>,
 }
 
 const VIEW_ERRORS: &str = "view_errors";
@@ -49,7 +54,8 @@ const CHECKPOINTS: &str = "checkpoints";
 const SOURCE_ERRORS: &str = "source_errors";
 const SINKS: &str = "sinks";
 const SOURCES: &str = "sources";
-const TABLES: [&str; 8] = [
+const JOBS: &str = "jobs";
+const TABLES: [&str; 9] = [
     VIEW_ERRORS,
     WATERMARKS,
     SOURCE_READERS,
@@ -58,6 +64,7 @@ const TABLES: [&str; 8] = [
     SOURCE_ERRORS,
     SINKS,
     SOURCES,
+    JOBS,
 ];
 
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
@@ -318,6 +325,41 @@ impl SystemSchema {
         )
     }
 
+    /// Every view's and sink's pipeline.
+    fn jobs(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let rows = self.jobs.rows(&self.catalog, &self.runtime);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("job", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("restarts", DataType::UInt64, false),
+            Field::new("last_error", DataType::Utf8, true),
+            Field::new(
+                "failed_at",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+            Field::new("connection_problem", DataType::Utf8, true),
+        ]));
+        let text = |f: fn(&crate::jobs::JobRow) -> Option<&str>| {
+            Arc::new(StringArray::from_iter(rows.iter().map(f))) as ArrayRef
+        };
+        mem_table(
+            schema,
+            vec![
+                text(|j| Some(&j.name)),
+                text(|j| Some(j.kind)),
+                text(|j| Some(j.state)),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|j| j.restarts))),
+                text(|j| j.last_error.as_deref()),
+                Arc::new(TimestampMillisecondArray::from_iter(
+                    rows.iter().map(|j| j.failed_at),
+                )),
+                text(|j| j.connection_problem.as_deref()),
+            ],
+        )
+    }
+
     /// Every sink's delivery.
     fn sinks(&self) -> DfResult<Arc<dyn TableProvider>> {
         let (mut name, mut delivered, mut error) = (vec![], vec![], vec![]);
@@ -410,6 +452,7 @@ impl SchemaProvider for SystemSchema {
             SOURCE_ERRORS => self.source_errors(),
             SINKS => self.sinks(),
             SOURCES => self.sources(),
+            JOBS => self.jobs(),
             _ => return Ok(None),
         };
         table.map(Some)

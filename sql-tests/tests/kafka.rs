@@ -165,12 +165,18 @@ async fn kafka_views_survive_kill9_and_broker_outage() {
                 )
                 .await
                 .expect("sources");
-                if problems == ["events"] {
+                let jobs = rows_sorted(
+                    &client,
+                    "SELECT job FROM eddy_catalog.jobs WHERE connection_problem IS NOT NULL",
+                )
+                .await
+                .expect("jobs");
+                if problems == ["events"] && jobs == ["copied", "per_key", "per_partition"] {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the outage never showed: {problems:?}"
+                    "the outage never showed: {problems:?} {jobs:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

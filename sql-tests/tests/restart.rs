@@ -32,6 +32,7 @@ async fn kill9_and_restart_keeps_everything() {
              CREATE MATERIALIZED VIEW joined AS SELECT o.id, p.note FROM orders o LEFT JOIN plain p ON o.id = p.k;
              UPDATE orders SET amount = 1 WHERE id = 1; DELETE FROM orders WHERE id = 2; DELETE FROM plain WHERE note IS NULL;
              SET checkpoint_interval = '250ms';
+             SET restart_strategy = 'failure-rate(max_failures = 5, interval = 10s, delay = 2s)';
              FLUSH;",
         )
         .await
@@ -58,6 +59,12 @@ async fn kill9_and_restart_keeps_everything() {
             .expect("show"),
         vec!["250ms"],
         "a system parameter outlives the process (and overrides the flag)"
+    );
+    assert_eq!(
+        rows_sorted(&client, "SHOW restart_strategy")
+            .await
+            .expect("show"),
+        vec!["failure-rate(max_failures = 5, interval = 10000ms, delay = 2000ms)"],
     );
     assert_eq!(
         everything(&client).await,

@@ -10,8 +10,10 @@ mod ddl;
 mod dml;
 mod parameters;
 mod partitions;
+mod restart;
 mod show;
 mod sink;
+mod supervisor;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,6 +42,7 @@ use eddy_storage::{RelationKind, Store};
 
 use crate::catalog::Catalog;
 use crate::error::{EddyError, Result};
+use crate::jobs::Jobs;
 use crate::providers::{DmlSchema, PublicSchema, ReadSnapshot, RelationTable};
 use crate::system_tables::SystemSchema;
 
@@ -105,6 +108,7 @@ pub struct Engine {
     runtime: Arc<Runtime>,
     compat: PostgresCompatibilityParser,
     parameters: parameters::SystemParameters,
+    jobs: Arc<Jobs>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,6 +149,7 @@ impl Engine {
             }
             _ => parallelism,
         };
+        let jobs = Arc::new(Jobs::default());
         let runtime = if checkpoints {
             Runtime::durable(parallelism, store.clone())?
         } else {
@@ -178,6 +183,7 @@ impl Engine {
             Arc::new(SystemSchema {
                 catalog: catalog.clone(),
                 runtime: runtime.clone(),
+                jobs: jobs.clone(),
             }),
         )?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(db));
@@ -211,9 +217,11 @@ impl Engine {
             runtime,
             compat: PostgresCompatibilityParser::new(),
             parameters,
+            jobs,
         });
         engine.replay().await?;
         tokio::spawn(partitions::watch(Arc::downgrade(&engine)));
+        tokio::spawn(supervisor::supervise(Arc::downgrade(&engine)));
         Ok(engine)
     }
 
@@ -416,6 +424,7 @@ impl Engine {
                     .await
             }
             Prepared::Statement(EddyStatement::ShowSinks) => Ok(self.show_sinks()),
+            Prepared::Statement(EddyStatement::ShowJobs) => Ok(self.show_jobs()),
         }
     }
 

@@ -1,17 +1,23 @@
 //! System parameters: server-wide settings that persist, changed with
-//! `SET name = value` (or `ALTER SYSTEM SET`) and read with `SHOW name`.
-//! Today there is one: `checkpoint_interval`, how often epochs end.
+//! `SET name = value` (or `ALTER SYSTEM SET`) and read with `SHOW name`:
+//! `checkpoint_interval`, how often epochs end, and `restart_strategy`,
+//! how failed pipelines restart (see [`super::restart`]).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use eddy_storage::Store;
 
+use super::restart::RestartStrategy;
 use crate::error::{EddyError, Result};
 
 /// Name of the checkpoint interval parameter.
 pub const CHECKPOINT_INTERVAL: &str = "checkpoint_interval";
+
+/// Name of the restart strategy parameter.
+pub const RESTART_STRATEGY: &str = "restart_strategy";
 
 const SHORTEST: Duration = Duration::from_millis(10);
 const LONGEST: Duration = Duration::from_secs(3600);
@@ -22,6 +28,7 @@ pub struct SystemParameters {
     checkpoint_interval: watch::Sender<Duration>,
     /// Whether a stored value overrides the server's flag.
     stored: bool,
+    restart_strategy: Mutex<RestartStrategy>,
 }
 
 /// `1s`, `500ms`, `2 seconds`, `1 minute`, or a number of milliseconds.
@@ -49,15 +56,21 @@ impl SystemParameters {
     pub fn load(store: &Store) -> Result<Self> {
         let mut interval = Duration::from_secs(1);
         let mut stored = false;
+        let mut restart_strategy = RestartStrategy::default();
         for (name, value) in store.parameters()? {
-            if name == CHECKPOINT_INTERVAL {
-                interval = parse_interval(&value)?;
-                stored = true;
+            match name.as_str() {
+                CHECKPOINT_INTERVAL => {
+                    interval = parse_interval(&value)?;
+                    stored = true;
+                }
+                RESTART_STRATEGY => restart_strategy = RestartStrategy::parse(&value)?,
+                _ => {}
             }
         }
         Ok(Self {
             checkpoint_interval: watch::channel(interval).0,
             stored,
+            restart_strategy: Mutex::new(restart_strategy),
         })
     }
 
@@ -74,19 +87,41 @@ impl SystemParameters {
         self.checkpoint_interval.subscribe()
     }
 
+    /// How failed pipelines restart.
+    pub fn restart_strategy(&self) -> RestartStrategy {
+        self.restart_strategy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Sets parameter `name` if it is one; false if it is not.
     pub fn set(&self, store: &Store, name: &str, value: &str) -> Result<bool> {
-        if name != CHECKPOINT_INTERVAL {
-            return Ok(false);
+        match name {
+            CHECKPOINT_INTERVAL => {
+                let interval = parse_interval(value)?;
+                store.put_parameter(name, &display(interval))?;
+                self.checkpoint_interval.send_replace(interval);
+            }
+            RESTART_STRATEGY => {
+                let strategy = RestartStrategy::parse(value)?;
+                store.put_parameter(name, &strategy.to_string())?;
+                *self
+                    .restart_strategy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = strategy;
+            }
+            _ => return Ok(false),
         }
-        let interval = parse_interval(value)?;
-        store.put_parameter(name, &display(interval))?;
-        self.checkpoint_interval.send_replace(interval);
         Ok(true)
     }
 
     /// The value of parameter `name`, if it is one.
     pub fn show(&self, name: &str) -> Option<String> {
-        (name == CHECKPOINT_INTERVAL).then(|| display(*self.checkpoint_interval.borrow()))
+        match name {
+            CHECKPOINT_INTERVAL => Some(display(*self.checkpoint_interval.borrow())),
+            RESTART_STRATEGY => Some(self.restart_strategy().to_string()),
+            _ => None,
+        }
     }
 }

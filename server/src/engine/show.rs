@@ -196,3 +196,35 @@ impl Engine {
         text_rows(&["Name"], rows)
     }
 }
+
+impl Engine {
+    /// SHOW JOBS: every view's and sink's pipeline and its restarts.
+    pub(super) fn show_jobs(&self) -> Outcome {
+        let rows = self
+            .jobs
+            .rows(&self.catalog, &self.runtime)
+            .into_iter()
+            .map(|j| {
+                vec![
+                    j.name,
+                    j.kind.to_string(),
+                    j.state.to_string(),
+                    j.restarts.to_string(),
+                    j.last_error.unwrap_or_default(),
+                    j.connection_problem.unwrap_or_default(),
+                ]
+            })
+            .collect();
+        text_rows(
+            &[
+                "Name",
+                "kind",
+                "state",
+                "restarts",
+                "last_error",
+                "connection_problem",
+            ],
+            rows,
+        )
+    }
+}

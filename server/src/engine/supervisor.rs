@@ -1,0 +1,142 @@
+//! The supervisor: restarts failed pipelines under the restart strategy.
+//!
+//! A pipeline fails when one of its operators or split readers errs; the
+//! coordinator records why and stops waiting for it, and every other
+//! pipeline goes on. The supervisor sees the failure, counts it, and asks
+//! the strategy (`SET restart_strategy`) for a delay; after it, the
+//! pipeline restarts from its last checkpoint (`Runtime::restart_pipeline`).
+//!
+//! A failed pipeline's checkpoint stays where its last good epoch left it,
+//! so a restart is exact only when
+//! - everything it reads is a source: its readers go back to their
+//!   checkpointed positions and read the stream again (a table's or
+//!   view's changes since that epoch could not be replayed to it), and
+//! - nothing reads it: what it emitted in the epoch it failed in is not
+//!   in its checkpoint, and a view reading it would get it twice.
+//!
+//! Other failures are final, and say so. Failures count "in a row": a
+//! pipeline that ran for [`STABLE`] since its last restart starts its
+//! count again.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use eddy_storage::RelationKind;
+
+use super::Engine;
+use crate::catalog::RelationInfo;
+use crate::jobs::JobState;
+
+/// How often the supervisor looks at the jobs.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long a restarted pipeline must run for its failures to be forgotten.
+const STABLE: Duration = Duration::from_secs(600);
+
+/// Watches every job for as long as the engine lives.
+pub(super) async fn supervise(engine: Weak<Engine>) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.check_jobs().await;
+    }
+}
+
+impl Engine {
+    async fn check_jobs(&self) {
+        let relations = self.catalog.all();
+        self.jobs
+            .retain(|id| relations.iter().any(|r| r.id == id));
+        let strategy = self.parameters.restart_strategy();
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for info in relations
+            .iter()
+            .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
+        {
+            let failure = self.runtime.coordinator().failure(info.id);
+            let restartable = self.restartable(info);
+            self.jobs.with(info.id, |job| match (job.state, failure) {
+                (JobState::Running, Some(reason)) => {
+                    if job.restarted_at.is_some_and(|t| now - t > STABLE) {
+                        job.failures.clear();
+                    }
+                    job.failures.push(now);
+                    let spread = rand::random_range(-1.0..=1.0);
+                    let (state, reason) = match restartable {
+                        Err(why) => (JobState::Failed, format!("{reason} ({why})")),
+                        Ok(()) => match strategy.delay(&job.failures, spread) {
+                            Some(delay) => (JobState::Restarting { at: now + delay }, reason),
+                            None => (
+                                JobState::Failed,
+                                format!("{reason} (restart strategy {strategy} gave up)"),
+                            ),
+                        },
+                    };
+                    warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
+                    job.state = state;
+                    job.last_error = Some((SystemTime::now(), reason));
+                }
+                (JobState::Restarting { at }, _) if at <= now => due.push(info.clone()),
+                _ => {}
+            });
+        }
+        for info in due {
+            self.restart_job(&info).await;
+        }
+    }
+
+    /// Why `info`'s pipeline cannot restart exactly, if it cannot.
+    fn restartable(&self, info: &RelationInfo) -> Result<(), String> {
+        let reads_relations = info.depends_on.iter().any(|d| {
+            self.catalog
+                .get(d)
+                .is_none_or(|r| r.kind != RelationKind::Source)
+        });
+        if reads_relations {
+            return Err(
+                "not restarted: it reads tables or views; drop it and create it again".into(),
+            );
+        }
+        if !self.catalog.dependents(&info.name).is_empty() {
+            return Err(
+                "not restarted: views read it; drop them and it, and create them again".into(),
+            );
+        }
+        match self.store.is_checkpointed(info.id) {
+            Ok(true) => Ok(()),
+            _ => Err("not restarted: it failed before its first checkpoint".into()),
+        }
+    }
+
+    async fn restart_job(&self, info: &Arc<RelationInfo>) {
+        let guard = self.runtime.write_lock().await;
+        let quiesced = self.runtime.quiesce(&guard).await;
+        // Dropped meanwhile: nothing to restart.
+        if self.catalog.get(&info.name).is_none_or(|r| r.id != info.id) {
+            return;
+        }
+        let restarted =
+            self.runtime
+                .restart_pipeline(&quiesced, info.id, &|n| self.catalog.read_target(n));
+        self.jobs.with(info.id, |job| {
+            job.state = JobState::Running;
+            if restarted.is_ok() {
+                job.restarts += 1;
+                job.restarted_at = Some(Instant::now());
+            }
+        });
+        match restarted {
+            Ok(()) => info!(job = %info.name, "restarted from the last checkpoint"),
+            // Seen as a new failure at the next look.
+            Err(e) => self
+                .runtime
+                .coordinator()
+                .fail(info.id, format!("restarting failed: {e}")),
+        }
+    }
+}

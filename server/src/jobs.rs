@@ -1,0 +1,140 @@
+//! Jobs: the pipeline of every materialized view and sink, as `SHOW JOBS`
+//! and `eddy_catalog.jobs` show it — running, restarting or failed, how
+//! often it restarted, why it last failed, and the connection problem of a
+//! source it reads.
+//!
+//! The registry only records; the engine's supervisor decides restarts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use eddy_executor::Runtime;
+use eddy_storage::RelationKind;
+
+use crate::catalog::Catalog;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JobState {
+    /// Maintained.
+    Running,
+    /// Failed; starts again from its last checkpoint at `at`.
+    Restarting {
+        /// When.
+        at: Instant,
+    },
+    /// Failed for good (the strategy gave up, or it cannot restart).
+    Failed,
+}
+
+/// A job's history.
+#[derive(Debug)]
+pub struct Job {
+    /// Where it is.
+    pub state: JobState,
+    /// Restarts since the server started.
+    pub restarts: u64,
+    /// Its failures in a row (see the supervisor), oldest first.
+    pub failures: Vec<Instant>,
+    /// When it last restarted.
+    pub restarted_at: Option<Instant>,
+    /// Why it last failed, and when.
+    pub last_error: Option<(SystemTime, String)>,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Self {
+            state: JobState::Running,
+            restarts: 0,
+            failures: Vec::new(),
+            restarted_at: None,
+            last_error: None,
+        }
+    }
+}
+
+/// One row of `SHOW JOBS`.
+#[derive(Debug)]
+pub struct JobRow {
+    /// The view's or sink's name.
+    pub name: String,
+    /// `materialized view` or `sink`.
+    pub kind: &'static str,
+    /// `running`, `restarting` or `failed`.
+    pub state: &'static str,
+    /// Restarts since the server started.
+    pub restarts: u64,
+    /// Why it last failed.
+    pub last_error: Option<String>,
+    /// When it last failed (ms since the epoch).
+    pub failed_at: Option<i64>,
+    /// The current connection problem of a source it reads.
+    pub connection_problem: Option<String>,
+}
+
+/// Every job's history, by relation id.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    jobs: Mutex<HashMap<u32, Job>>,
+}
+
+impl Jobs {
+    /// Runs `f` on the history of job `id` (created running).
+    pub fn with<T>(&self, id: u32, f: impl FnOnce(&mut Job) -> T) -> T {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        f(jobs.entry(id).or_default())
+    }
+
+    /// Forgets the jobs of relations that no longer exist.
+    pub fn retain(&self, live: impl Fn(u32) -> bool) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| live(*id));
+    }
+
+    /// Every view's and sink's job, by name.
+    pub fn rows(&self, catalog: &Catalog, runtime: &Runtime) -> Vec<JobRow> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        catalog
+            .all()
+            .into_iter()
+            .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
+            .map(|r| {
+                let job = jobs.get(&r.id);
+                let failure = runtime.coordinator().failure(r.id);
+                let state = match (job.map(|j| j.state), &failure) {
+                    (Some(JobState::Restarting { .. }), _) => "restarting",
+                    (Some(JobState::Failed), _) => "failed",
+                    // Failed a moment ago; the supervisor has yet to see it.
+                    (_, Some(_)) => "failed",
+                    _ => "running",
+                };
+                let last = job.and_then(|j| j.last_error.clone());
+                let connection_problem = r.depends_on.iter().find_map(|d| {
+                    catalog
+                        .get(d)?
+                        .source
+                        .as_ref()?
+                        .connection()?
+                        .problem()
+                        .map(|(_, message)| message)
+                });
+                JobRow {
+                    name: r.name.clone(),
+                    kind: r.kind_name(),
+                    state,
+                    restarts: job.map_or(0, |j| j.restarts),
+                    failed_at: last.as_ref().map(|(at, _)| {
+                        at.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64)
+                    }),
+                    last_error: last.map(|(_, e)| e).or(failure),
+                    connection_problem,
+                }
+            })
+            .collect()
+    }
+}

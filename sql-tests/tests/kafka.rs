@@ -1,6 +1,7 @@
 //! Kafka sources across crashes and broker outages: messages keep arriving
 //! while `eddy` is killed with `kill -9` at random moments and the broker
-//! goes away and comes back. At the end every view equals its query run
+//! goes away and comes back, and the source finds partitions it did not
+//! know. At the end every view equals its query run
 //! over the topic's messages, read back from the broker: nothing lost,
 //! nothing counted twice.
 

@@ -350,7 +350,9 @@ impl SystemSchema {
                 text(|j| Some(&j.name)),
                 text(|j| Some(j.kind)),
                 text(|j| Some(j.state)),
-                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|j| j.restarts))),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|j| j.restarts),
+                )),
                 text(|j| j.last_error.as_deref()),
                 Arc::new(TimestampMillisecondArray::from_iter(
                     rows.iter().map(|j| j.failed_at),

@@ -95,8 +95,8 @@ impl RestartStrategy {
                 jitter,
             } => {
                 let exponent = count.saturating_sub(1).min(1000) as i32;
-                let wait = (initial.as_secs_f64() * multiplier.powi(exponent))
-                    .min(max.as_secs_f64());
+                let wait =
+                    (initial.as_secs_f64() * multiplier.powi(exponent)).min(max.as_secs_f64());
                 let wait = wait * (1.0 + jitter * spread.clamp(-1.0, 1.0));
                 Some(Duration::from_secs_f64(wait.max(0.0)))
             }
@@ -204,7 +204,11 @@ impl fmt::Display for RestartStrategy {
         match self {
             RestartStrategy::None => write!(f, "none"),
             RestartStrategy::FixedDelay { attempts, delay } => {
-                write!(f, "fixed-delay(attempts = {attempts}, delay = {})", ms(delay))
+                write!(
+                    f,
+                    "fixed-delay(attempts = {attempts}, delay = {})",
+                    ms(delay)
+                )
             }
             RestartStrategy::FailureRate {
                 max_failures,
@@ -270,12 +274,12 @@ mod tests {
             "exponential-delay(initial = 100ms, max = 1s, multiplier = 3, jitter = 0.5)",
         )
         .unwrap();
-        let at = |n: usize, spread: f64| {
-            s.delay(&failures(&vec![0; n]), spread)
-                .unwrap()
-                .as_millis()
-        };
-        assert_eq!((at(1, 0.0), at(2, 0.0), at(3, 0.0), at(9, 0.0)), (100, 300, 900, 1000));
+        let at =
+            |n: usize, spread: f64| s.delay(&failures(&vec![0; n]), spread).unwrap().as_millis();
+        assert_eq!(
+            (at(1, 0.0), at(2, 0.0), at(3, 0.0), at(9, 0.0)),
+            (100, 300, 900, 1000)
+        );
         assert_eq!((at(2, -1.0), at(2, 1.0)), (150, 450));
     }
 

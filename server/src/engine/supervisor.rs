@@ -49,8 +49,7 @@ pub(super) async fn supervise(engine: Weak<Engine>) {
 impl Engine {
     async fn check_jobs(&self) {
         let relations = self.catalog.all();
-        self.jobs
-            .retain(|id| relations.iter().any(|r| r.id == id));
+        self.jobs.retain(|id| relations.iter().any(|r| r.id == id));
         let strategy = self.parameters.restart_strategy();
         let now = Instant::now();
         let mut due = Vec::new();
@@ -59,7 +58,7 @@ impl Engine {
             .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
         {
             let failure = self.runtime.coordinator().failure(info.id);
-            let restartable = self.restartable(info);
+            let restartable = failure.as_ref().map(|_| self.restartable(info));
             self.jobs.with(info.id, |job| match (job.state, failure) {
                 (JobState::Running, Some(reason)) => {
                     if job.restarted_at.is_some_and(|t| now - t > STABLE) {
@@ -67,7 +66,7 @@ impl Engine {
                     }
                     job.failures.push(now);
                     let spread = rand::random_range(-1.0..=1.0);
-                    let (state, reason) = match restartable {
+                    let (state, reason) = match restartable.unwrap_or(Ok(())) {
                         Err(why) => (JobState::Failed, format!("{reason} ({why})")),
                         Ok(()) => match strategy.delay(&job.failures, spread) {
                             Some(delay) => (JobState::Restarting { at: now + delay }, reason),
@@ -120,9 +119,9 @@ impl Engine {
         if self.catalog.get(&info.name).is_none_or(|r| r.id != info.id) {
             return;
         }
-        let restarted =
-            self.runtime
-                .restart_pipeline(&quiesced, info.id, &|n| self.catalog.read_target(n));
+        let restarted = self
+            .runtime
+            .restart_pipeline(&quiesced, info.id, &|n| self.catalog.read_target(n));
         self.jobs.with(info.id, |job| {
             job.state = JobState::Running;
             if restarted.is_ok() {

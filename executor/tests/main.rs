@@ -3,3 +3,4 @@
 
 mod input;
 mod pipelines;
+mod restart;

@@ -10,7 +10,6 @@ mod ddl;
 mod dml;
 mod parameters;
 mod partitions;
-mod restart;
 mod show;
 mod sink;
 mod supervisor;

@@ -1,7 +1,7 @@
 //! System parameters: server-wide settings that persist, changed with
 //! `SET name = value` (or `ALTER SYSTEM SET`) and read with `SHOW name`:
 //! `checkpoint_interval`, how often epochs end, and `restart_strategy`,
-//! how failed pipelines restart (see [`super::restart`]).
+//! how failed pipelines restart (see `eddy_executor::RestartStrategy`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use eddy_storage::Store;
 
-use super::restart::RestartStrategy;
 use crate::error::{EddyError, Result};
+use eddy_executor::RestartStrategy;
 
 /// Name of the checkpoint interval parameter.
 pub const CHECKPOINT_INTERVAL: &str = "checkpoint_interval";

@@ -173,7 +173,7 @@ impl Coordinator {
             })?;
         }
         let mut state = self.lock();
-        // What a failed relation staged since it failed is not its state.
+        // Anything carried is from a pipeline this one replaces.
         state.carried.remove(&id);
         state.relations.insert(
             id,
@@ -209,8 +209,14 @@ impl Coordinator {
         if let Some(r) = state.relations.get_mut(&id) {
             r.failed.get_or_insert(reason);
         }
+        // Its checkpoint stays at the last committed epoch: parts of later
+        // epochs (a reader's position past rows the failed operator never
+        // took in) would make a restart from it skip input.
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
+            pending.writes.retain(|(rel, _)| *rel != id);
+            pending.deltas.retain(|(rel, _)| *rel != id);
+            pending.acked.retain(|rel| *rel != id);
         }
         self.commit_ready(&mut state);
     }
@@ -254,6 +260,11 @@ impl Coordinator {
     pub fn stage(&self, id: u32, epoch: u64, checkpoint: FragmentCheckpoint) {
         let FragmentCheckpoint { writes, rows } = checkpoint;
         let mut state = self.lock();
+        // A failed relation's checkpoint stays at its last good epoch (a
+        // restart starts from there); what it stages since is dropped.
+        if state.relations.get(&id).is_some_and(|r| r.failed.is_some()) {
+            return;
+        }
         let waited = state
             .pending
             .get(&epoch)

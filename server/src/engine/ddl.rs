@@ -296,8 +296,24 @@ impl Engine {
             options,
             ..source.clone()
         };
+        self.register_source(id, name, schema, &stored, Arc::new(spec), !replaying)?;
+        drop(guard);
+        Ok(Outcome::command("CREATE SOURCE"))
+    }
+
+    /// Puts source `stored` (read by `spec`) in the catalog, and with
+    /// `persist` in the store's catalog too (under the write lock).
+    pub(super) fn register_source(
+        &self,
+        id: u32,
+        name: String,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        stored: &CreateSource,
+        spec: Arc<SourceSpec>,
+        persist: bool,
+    ) -> Result<()> {
         let sql = stored.to_string();
-        if !replaying {
+        if persist {
             self.store.put_catalog(&CatalogEntry {
                 id,
                 name: name.clone(),
@@ -305,7 +321,6 @@ impl Engine {
                 sql: sql.clone(),
             })?;
         }
-        drop(guard);
         self.catalog.insert(RelationInfo {
             id,
             name,
@@ -315,10 +330,10 @@ impl Engine {
             depends_on: vec![],
             rows: None,
             view_plan: None,
-            source: Some(Arc::new(spec)),
+            source: Some(spec),
             sink: None,
         });
-        Ok(Outcome::command("CREATE SOURCE"))
+        Ok(())
     }
 
     /// `WATERMARK FOR column AS expr`, checked: a time column, a time expression.

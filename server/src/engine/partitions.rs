@@ -20,7 +20,6 @@ use tracing::{info, warn};
 
 use eddy_executor::source::SourceSpec;
 use eddy_planner::{CreateSource, EddyStatement};
-use eddy_storage::{CatalogEntry, RelationKind};
 
 use super::Engine;
 use crate::catalog::RelationInfo;
@@ -101,26 +100,16 @@ impl Engine {
         let mut options = stored.options.clone();
         options.retain(|(k, _)| *k != key);
         options.push((key, value));
-        let sql = CreateSource { options, ..*stored }.to_string();
-        self.store.put_catalog(&CatalogEntry {
-            id: info.id,
-            name: info.name.clone(),
-            kind: RelationKind::Source,
-            sql: sql.clone(),
-        })?;
+        let stored = CreateSource { options, ..*stored };
+        self.register_source(
+            info.id,
+            info.name.clone(),
+            info.schema.clone(),
+            &stored,
+            spec.clone(),
+            true,
+        )?;
         kafka.add_partitions(offsets);
-        self.catalog.insert(RelationInfo {
-            id: info.id,
-            name: info.name.clone(),
-            kind: RelationKind::Source,
-            schema: info.schema.clone(),
-            sql,
-            depends_on: vec![],
-            rows: None,
-            view_plan: None,
-            source: Some(spec.clone()),
-            sink: None,
-        });
         let pipelines = self.runtime.pipelines_reading(info.id);
         for id in &pipelines {
             if let Err(e) = self

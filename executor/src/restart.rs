@@ -11,12 +11,15 @@
 //!   jitter = 0.1)`: restarts forever, the delay growing from `initial` by
 //!   `multiplier` per failure up to `max`, each spread by ±`jitter` of it.
 //!
-//! Omitted settings take the defaults above.
+//! Omitted settings take the defaults above; durations are at most a day.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::error::{ExecutorError, Result};
+
+/// The longest delay or interval a strategy may name.
+const LONGEST: Duration = Duration::from_secs(86_400);
 
 /// A restart strategy.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +101,7 @@ impl RestartStrategy {
                 let wait =
                     (initial.as_secs_f64() * multiplier.powi(exponent)).min(max.as_secs_f64());
                 let wait = wait * (1.0 + jitter * spread.clamp(-1.0, 1.0));
-                Some(Duration::from_secs_f64(wait.max(0.0)))
+                Some(Duration::try_from_secs_f64(wait.max(0.0)).unwrap_or(*max))
             }
         }
     }
@@ -135,7 +138,10 @@ impl RestartStrategy {
         };
         let duration = |value: Option<String>, default: Duration| match value {
             None => Ok(default),
-            Some(v) => eddy_planner::duration_text(&v).map_err(&invalid),
+            Some(v) => match eddy_planner::duration_text(&v).map_err(&invalid)? {
+                d if d > LONGEST => Err(invalid(format!("'{v}' is longer than a day"))),
+                d => Ok(d),
+            },
         };
         let number = |key: &str, value: Option<String>, default: f64| match value {
             None => Ok(default),

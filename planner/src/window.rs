@@ -230,7 +230,7 @@ pub fn duration_text(text: &str) -> std::result::Result<std::time::Duration, Str
         interval_text_nanos(text).map_err(not_one)? as f64 / 1e9
     };
     std::time::Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("'{text}' is not a duration of zero or more"))
+        .map_err(|_| format!("'{text}' is negative or too long"))
 }
 
 /// An interval literal of `nanos`, in the coarsest exact unit.

@@ -18,6 +18,7 @@
 //! pipeline that ran for [`STABLE`] since its last restart starts its
 //! count again.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,7 +50,8 @@ pub(super) async fn supervise(engine: Weak<Engine>) {
 impl Engine {
     async fn check_jobs(&self) {
         let relations = self.catalog.all();
-        self.jobs.retain(|id| relations.iter().any(|r| r.id == id));
+        let live: HashSet<u32> = relations.iter().map(|r| r.id).collect();
+        self.jobs.retain(|id| live.contains(&id));
         let strategy = self.parameters.restart_strategy();
         let now = Instant::now();
         let mut due = Vec::new();

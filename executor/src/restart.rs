@@ -57,13 +57,19 @@ pub enum RestartStrategy {
     },
 }
 
+/// The default strategy's settings (`exponential-delay`).
+const INITIAL: Duration = Duration::from_secs(1);
+const MAX: Duration = Duration::from_secs(60);
+const MULTIPLIER: f64 = 2.0;
+const JITTER: f64 = 0.1;
+
 impl Default for RestartStrategy {
     fn default() -> Self {
         RestartStrategy::ExponentialDelay {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-            multiplier: 2.0,
-            jitter: 0.1,
+            initial: INITIAL,
+            max: MAX,
+            multiplier: MULTIPLIER,
+            jitter: JITTER,
         }
     }
 }
@@ -163,25 +169,16 @@ impl RestartStrategy {
                 delay: duration(take("delay"), Duration::from_secs(1))?,
             },
             "exponential-delay" => {
-                let RestartStrategy::ExponentialDelay {
-                    initial,
-                    max,
-                    multiplier,
-                    jitter,
-                } = RestartStrategy::default()
-                else {
-                    unreachable!("the default is exponential")
-                };
-                let multiplier = number("multiplier", take("multiplier"), multiplier)?;
-                let jitter = number("jitter", take("jitter"), jitter)?;
+                let multiplier = number("multiplier", take("multiplier"), MULTIPLIER)?;
+                let jitter = number("jitter", take("jitter"), JITTER)?;
                 if multiplier < 1.0 || jitter > 1.0 {
                     return Err(invalid(
                         "multiplier must be at least 1 and jitter at most 1".into(),
                     ));
                 }
                 RestartStrategy::ExponentialDelay {
-                    initial: duration(take("initial"), initial)?,
-                    max: duration(take("max"), max)?,
+                    initial: duration(take("initial"), INITIAL)?,
+                    max: duration(take("max"), MAX)?,
                     multiplier,
                     jitter,
                 }

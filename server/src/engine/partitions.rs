@@ -37,7 +37,9 @@ pub(super) async fn watch(engine: Weak<Engine>) {
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        for info in engine.catalog.all() {
+        let sources = engine.catalog.all();
+        last.retain(|id, _| sources.iter().any(|r| r.id == *id));
+        for info in sources {
             let Some(spec) = info.source.clone() else {
                 continue;
             };

@@ -126,11 +126,19 @@ impl fmt::Display for EddyStatement {
     }
 }
 
-fn peek_words(parser: &Parser, words: &[&str]) -> bool {
-    words.iter().enumerate().all(|(i, w)| {
+/// Consumes `words` if they come next (not necessarily keywords to
+/// sqlparser); false, consuming nothing, otherwise.
+fn take_words(parser: &mut Parser, words: &[&str]) -> bool {
+    let next = words.iter().enumerate().all(|(i, w)| {
         matches!(&parser.peek_nth_token(i).token,
             Token::Word(t) if t.value.eq_ignore_ascii_case(w))
-    })
+    });
+    if next {
+        for _ in words {
+            parser.next_token();
+        }
+    }
+    next
 }
 
 fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError> {
@@ -140,9 +148,7 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
     let mut columns = Vec::new();
     let mut watermark = None;
     loop {
-        if peek_words(parser, &["WATERMARK", "FOR"]) {
-            parser.next_token();
-            parser.next_token();
+        if take_words(parser, &["WATERMARK", "FOR"]) {
             let column = parser.parse_identifier()?;
             parser.expect_keyword(Keyword::AS)?;
             watermark = Some((column, parser.parse_expr()?));
@@ -185,8 +191,7 @@ pub(crate) fn parse_format(parser: &mut Parser) -> Result<Vec<(String, String)>,
     if parser.parse_keyword(Keyword::FORMAT) {
         let format = parser.parse_identifier()?.value.to_lowercase();
         options.push(("format".into(), format));
-        if peek_words(parser, &["ENCODE"]) {
-            parser.next_token();
+        if take_words(parser, &["ENCODE"]) {
             let encode = parser.parse_identifier()?.value.to_lowercase();
             if parser.peek_token().token == Token::LParen {
                 for (key, value) in parse_option_list(parser)? {
@@ -247,49 +252,34 @@ fn parse_drop_source(parser: &mut Parser) -> Result<EddyStatement, ParserError> 
 }
 
 fn parse_statement(parser: &mut Parser) -> Result<EddyStatement, ParserError> {
-    if peek_words(parser, &["FLUSH"]) {
-        parser.next_token();
+    if take_words(parser, &["FLUSH"]) {
         return Ok(EddyStatement::Flush);
     }
-    if peek_words(parser, &["CREATE", "SOURCE"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["CREATE", "SOURCE"]) {
         return Ok(EddyStatement::CreateSource(Box::new(parse_create_source(
             parser,
         )?)));
     }
-    if peek_words(parser, &["DROP", "SOURCE"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["DROP", "SOURCE"]) {
         return parse_drop_source(parser);
     }
-    if peek_words(parser, &["SHOW", "SOURCES"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["SHOW", "SOURCES"]) {
         return Ok(EddyStatement::ShowSources);
     }
-    if peek_words(parser, &["CREATE", "SINK"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["CREATE", "SINK"]) {
         return Ok(EddyStatement::CreateSink(Box::new(parse_create_sink(
             parser,
         )?)));
     }
-    if peek_words(parser, &["DROP", "SINK"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["DROP", "SINK"]) {
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         let names = parser.parse_comma_separated(|p| p.parse_object_name(false))?;
         return Ok(EddyStatement::DropSink { names, if_exists });
     }
-    if peek_words(parser, &["SHOW", "SINKS"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["SHOW", "SINKS"]) {
         return Ok(EddyStatement::ShowSinks);
     }
-    if peek_words(parser, &["SHOW", "JOBS"]) {
-        parser.next_token();
-        parser.next_token();
+    if take_words(parser, &["SHOW", "JOBS"]) {
         return Ok(EddyStatement::ShowJobs);
     }
     Ok(EddyStatement::Sql(Box::new(parser.parse_statement()?)))

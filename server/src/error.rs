@@ -153,11 +153,11 @@ impl EddyError {
             EddyError::NotNullViolation { .. } => "23502",
             EddyError::Unsupported(_) => "0A000",
             EddyError::Coded { code, .. } => code,
-            EddyError::Storage(_) => "58030",
+            EddyError::Storage(e) => storage_sqlstate(e),
             EddyError::Executor(eddy_executor::ExecutorError::Unsupported(_)) => "0A000",
             EddyError::Executor(eddy_executor::ExecutorError::InvalidOption(_)) => "22023",
             EddyError::Executor(eddy_executor::ExecutorError::Windowing(_)) => "42P20",
-            EddyError::Executor(eddy_executor::ExecutorError::Storage(_)) => "58030",
+            EddyError::Executor(eddy_executor::ExecutorError::Storage(e)) => storage_sqlstate(e),
             // As postgres_fdw reports a foreign server it cannot reach.
             EddyError::Executor(eddy_executor::ExecutorError::Connector(_)) => "08001",
             EddyError::Executor(eddy_executor::ExecutorError::UnknownTopic(_)) => "42704",
@@ -196,6 +196,12 @@ impl EddyError {
             .sum();
         Some(before + column)
     }
+}
+
+/// `disk_full` when the disk is, else `io_error`: either way nothing was
+/// written, and the client should know whether waiting for space helps.
+fn storage_sqlstate(e: &eddy_storage::StorageError) -> &'static str {
+    if e.is_disk_full() { "53100" } else { "58030" }
 }
 
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {

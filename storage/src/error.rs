@@ -33,3 +33,19 @@ pub enum StorageError {
 
 /// Result alias for the storage crate.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl StorageError {
+    /// Whether the write failed because the disk (or the file system's
+    /// quota) is full. RocksDB reports ENOSPC as an `IO error` whose
+    /// sub-code text is the OS's; the data written before is intact.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::RocksDb(e) => {
+                e.kind() == rocksdb::ErrorKind::IOError
+                    && e.as_ref().contains("No space left on device")
+            }
+            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}

@@ -15,6 +15,10 @@ use eddy_storage::{CheckpointBatch, Store};
 /// Checkpoints remembered for `eddy_catalog.checkpoints`.
 const HISTORY: usize = 64;
 
+/// While checkpoints keep failing, the log repeats the error this often
+/// (every failure is in `eddy_catalog.checkpoints` and the metrics).
+const REPEAT_ERROR_LOG: Duration = Duration::from_secs(60);
+
 /// One checkpoint, as the system table shows it.
 #[derive(Debug, Clone)]
 pub struct CheckpointStats {
@@ -42,6 +46,9 @@ pub struct CheckpointWriter {
     history: VecDeque<CheckpointStats>,
     /// The last epoch made durable.
     durable: u64,
+    /// Failures since the last good write, and when one was last logged.
+    failures: u64,
+    last_logged: Option<Instant>,
 }
 
 impl CheckpointWriter {
@@ -54,6 +61,8 @@ impl CheckpointWriter {
             unsaved: VecDeque::new(),
             history: VecDeque::new(),
             durable,
+            failures: 0,
+            last_logged: None,
         }
     }
 
@@ -79,7 +88,20 @@ impl CheckpointWriter {
         while let Some(next) = self.unsaved.pop_front() {
             let next_epoch = next.epoch();
             if let Err(e) = self.store.commit_checkpoint(&next) {
-                tracing::error!(epoch, error = %e, "checkpoint failed; the last good one is kept");
+                self.failures += 1;
+                if self
+                    .last_logged
+                    .is_none_or(|at| at.elapsed() >= REPEAT_ERROR_LOG)
+                {
+                    self.last_logged = Some(Instant::now());
+                    tracing::error!(
+                        epoch,
+                        durable = self.durable,
+                        failures = self.failures,
+                        error = %e,
+                        "checkpoint failed; the last good one is kept"
+                    );
+                }
                 error = Some(format!(
                     "writing checkpoint {next_epoch} failed: {e}; the store keeps checkpoint {}",
                     self.durable
@@ -88,6 +110,11 @@ impl CheckpointWriter {
                 break;
             }
             self.durable = next_epoch;
+        }
+        if error.is_none() && self.failures > 0 {
+            tracing::info!(epoch, failures = self.failures, "checkpoints written again");
+            self.failures = 0;
+            self.last_logged = None;
         }
         let stats = CheckpointStats {
             epoch,

@@ -1,0 +1,185 @@
+//! A full disk: the data directory lives on a small tmpfs. A statement that
+//! cannot be written fails with `disk_full` (53100) and loses nothing,
+//! checkpoints fail while the server keeps running and keeps the last good
+//! one, and once there is room again checkpoints resume and a `kill -9`
+//! recovers every view exactly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use eddy_sql_tests::{EddyServer, fresh_dir, rows_sorted};
+use tokio_postgres::Client;
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (e.g. `48m`), or `None` when this process
+    /// may not mount (not root): the test cannot run there.
+    fn mount(size: &str) -> Option<Self> {
+        let dir = fresh_dir("disk_full");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        if status.success() {
+            return Some(Self(dir));
+        }
+        let uid = Command::new("id").arg("-u").output().expect("run id");
+        assert_ne!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "root could not mount a tmpfs"
+        );
+        None
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {size}");
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn one(client: &Client, sql: &str) -> String {
+    rows_sorted(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .remove(0)
+}
+
+/// Polls `sql` until it returns `t`.
+async fn wait_for(client: &Client, sql: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while one(client, sql).await != "t" {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `seq_stats` holds an exact prefix 1..=n of the sequence: nothing lost,
+/// nothing twice. Returns n.
+async fn sequence_prefix(client: &Client) -> u64 {
+    let row = one(client, "SELECT n, total, top FROM seq_stats").await;
+    let v: Vec<u64> = row.split('|').map(|f| f.parse().unwrap_or(0)).collect();
+    let n = v[0];
+    assert_eq!(v[1], n * (n + 1) / 2, "seq_stats is not a prefix: {row}");
+    assert_eq!(v[2], n, "seq_stats is not a prefix: {row}");
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_writes_cleanly_and_recovers() {
+    let Some(disk) = SmallDisk::mount("40m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut server = EddyServer::start_on(disk.path().join("data"));
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "SET checkpoint_interval = '200ms';
+             CREATE SOURCE seq (id BIGINT) WITH (connector = 'datagen',
+               fields.id.kind = 'sequence', fields.id.start = '1', datagen.rows.per.second = '2000');
+             CREATE MATERIALIZED VIEW seq_stats AS SELECT count(*) AS n, sum(id) AS total, max(id) AS top FROM seq;
+             CREATE TABLE blobs (id BIGINT PRIMARY KEY, pad TEXT);
+             CREATE MATERIALIZED VIEW blob_stats AS SELECT count(*) AS n, sum(length(pad)) AS bytes FROM blobs;",
+        )
+        .await
+        .expect("setup");
+
+    // Fill the disk with 1 MB rows until a statement cannot be written.
+    let mut written = 0u64;
+    let error = loop {
+        assert!(written < 200, "a 40 MB disk took 200 MB of rows");
+        let insert = format!("INSERT INTO blobs VALUES ({written}, repeat('x', 1000000))");
+        match client.batch_execute(&insert).await {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53100", "{db:?}");
+    assert!(db.message().contains("No space left on device"), "{db:?}");
+
+    // Checkpoints fail too, say why, and the server goes on from memory.
+    wait_for(
+        &client,
+        "SELECT count(*) > 0 FROM eddy_catalog.checkpoints
+         WHERE NOT durable AND error LIKE '%No space left on device%the store keeps checkpoint%'",
+        "a failed checkpoint",
+    )
+    .await;
+    let failed_epoch = one(
+        &client,
+        "SELECT max(epoch) FROM eddy_catalog.checkpoints WHERE error IS NOT NULL",
+    )
+    .await;
+    client.batch_execute("FLUSH").await.expect("flush");
+    assert_eq!(
+        one(&client, "SELECT count(*) FROM blobs").await,
+        written.to_string(),
+        "the failed INSERT is not in the table, and every earlier one is"
+    );
+    assert_eq!(
+        one(&client, "SELECT n, bytes FROM blob_stats").await,
+        format!("{written}|{}", written * 1_000_000)
+    );
+    let n_full = sequence_prefix(&client).await;
+
+    // Room again: the kept batches land, checkpoints resume, writes work.
+    disk.resize("400m");
+    wait_for(
+        &client,
+        &format!(
+            "SELECT count(*) > 0 FROM eddy_catalog.checkpoints
+             WHERE durable AND error IS NULL AND epoch > {failed_epoch}"
+        ),
+        "a good checkpoint after the disk grew",
+    )
+    .await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO blobs VALUES ({written}, 'small'); FLUSH;"
+        ))
+        .await
+        .expect("insert after the disk grew");
+
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert_eq!(
+        one(&client, "SELECT count(*), max(id) FROM blobs").await,
+        format!("{}|{written}", written + 1)
+    );
+    assert_eq!(
+        one(&client, "SELECT n, bytes FROM blob_stats").await,
+        one(&client, "SELECT count(*), sum(length(pad)) FROM blobs").await,
+        "blob_stats equals its batch query after recovery"
+    );
+    // The source view came back at a checkpoint past the full-disk episode
+    // and goes on from there, still an exact prefix of the sequence.
+    let n_recovered = sequence_prefix(&client).await;
+    assert!(n_recovered >= n_full, "{n_recovered} < {n_full}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sequence_prefix(&client).await <= n_recovered {
+        assert!(Instant::now() < deadline, "the source view stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    server.kill9();
+}

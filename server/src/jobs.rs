@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use eddy_executor::Runtime;
+use eddy_executor::{RestartStrategy, Runtime};
 use eddy_storage::RelationKind;
 
 use crate::catalog::Catalog;
@@ -41,6 +41,9 @@ pub struct Job {
     pub restarted_at: Option<Instant>,
     /// Why it last failed, and when.
     pub last_error: Option<(SystemTime, String)>,
+    /// Its own restart strategy (`WITH (restart_strategy = ...)`); the
+    /// server's when `None`.
+    pub restart_strategy: Option<RestartStrategy>,
 }
 
 impl Default for Job {
@@ -51,6 +54,7 @@ impl Default for Job {
             failures: Vec::new(),
             restarted_at: None,
             last_error: None,
+            restart_strategy: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct JobRow {
     pub failed_at: Option<i64>,
     /// The current connection problem of a source it reads.
     pub connection_problem: Option<String>,
+    /// The restart strategy it fails under.
+    pub restart_strategy: String,
 }
 
 /// Every job's history, by relation id.
@@ -95,8 +101,14 @@ impl Jobs {
             .retain(|id, _| live(*id));
     }
 
-    /// Every view's and sink's job, by name.
-    pub fn rows(&self, catalog: &Catalog, runtime: &Runtime) -> Vec<JobRow> {
+    /// Every view's and sink's job, by name; jobs without a strategy of
+    /// their own restart under `default`.
+    pub fn rows(
+        &self,
+        catalog: &Catalog,
+        runtime: &Runtime,
+        default: &RestartStrategy,
+    ) -> Vec<JobRow> {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         catalog
             .all()
@@ -133,6 +145,10 @@ impl Jobs {
                     }),
                     last_error: last.map(|(_, e)| e).or(failure),
                     connection_problem,
+                    restart_strategy: job
+                        .and_then(|j| j.restart_strategy.as_ref())
+                        .unwrap_or(default)
+                        .to_string(),
                 }
             })
             .collect()

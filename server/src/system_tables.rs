@@ -33,6 +33,7 @@ use datafusion::error::Result as DfResult;
 use eddy_executor::Runtime;
 
 use crate::catalog::Catalog;
+use crate::engine::SystemParameters;
 use crate::jobs::Jobs;
 
 /// The `eddy_catalog` schema: system tables.
@@ -44,6 +45,8 @@ pub struct SystemSchema {
     pub runtime: Arc<Runtime>,
     /// Every pipeline's state and restarts.
     pub jobs: Arc<Jobs>,
+    /// The server's system parameters (the default restart strategy).
+    pub parameters: Arc<SystemParameters>,
 }
 
 const VIEW_ERRORS: &str = "view_errors";
@@ -327,7 +330,11 @@ impl SystemSchema {
 
     /// Every view's and sink's pipeline.
     fn jobs(&self) -> DfResult<Arc<dyn TableProvider>> {
-        let rows = self.jobs.rows(&self.catalog, &self.runtime);
+        let rows = self.jobs.rows(
+            &self.catalog,
+            &self.runtime,
+            &self.parameters.restart_strategy(),
+        );
         let schema = Arc::new(Schema::new(vec![
             Field::new("job", DataType::Utf8, false),
             Field::new("kind", DataType::Utf8, false),
@@ -340,6 +347,7 @@ impl SystemSchema {
                 true,
             ),
             Field::new("connection_problem", DataType::Utf8, true),
+            Field::new("restart_strategy", DataType::Utf8, false),
         ]));
         let text = |f: fn(&crate::jobs::JobRow) -> Option<&str>| {
             Arc::new(StringArray::from_iter(rows.iter().map(f))) as ArrayRef
@@ -358,6 +366,7 @@ impl SystemSchema {
                     rows.iter().map(|j| j.failed_at),
                 )),
                 text(|j| j.connection_problem.as_deref()),
+                text(|j| Some(&j.restart_strategy)),
             ],
         )
     }

@@ -27,7 +27,7 @@ async fn kill9_and_restart_keeps_everything() {
              CREATE TABLE plain (k INT, note TEXT);
              INSERT INTO orders VALUES (1,'ann',10.50,'2026-01-01 10:00:00'), (2,'bob',3,'2026-01-01 10:01:00'), (3,'ann',7.25,'2026-01-02 09:00:00');
              INSERT INTO plain VALUES (1,'x'), (1,'x'), (2,NULL);
-             CREATE MATERIALIZED VIEW revenue AS SELECT customer, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi FROM orders GROUP BY customer;
+             CREATE MATERIALIZED VIEW revenue WITH (restart_strategy = 'fixed-delay(attempts = 3, delay = 1s)') AS SELECT customer, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi FROM orders GROUP BY customer;
              CREATE MATERIALIZED VIEW big AS SELECT customer, total FROM revenue WHERE total > 5;
              CREATE MATERIALIZED VIEW joined AS SELECT o.id, p.note FROM orders o LEFT JOIN plain p ON o.id = p.k;
              UPDATE orders SET amount = 1 WHERE id = 1; DELETE FROM orders WHERE id = 2; DELETE FROM plain WHERE note IS NULL;
@@ -65,6 +65,19 @@ async fn kill9_and_restart_keeps_everything() {
             .await
             .expect("show"),
         vec!["failure-rate(max_failures = 5, interval = 10000ms, delay = 2000ms)"],
+    );
+    assert_eq!(
+        rows_sorted(
+            &client,
+            "SELECT job, restart_strategy FROM eddy_catalog.jobs WHERE job IN ('revenue', 'big')"
+        )
+        .await
+        .expect("jobs"),
+        vec![
+            "big|failure-rate(max_failures = 5, interval = 10000ms, delay = 2000ms)",
+            "revenue|fixed-delay(attempts = 3, delay = 1000ms)"
+        ],
+        "a view's own restart strategy outlives the process"
     );
     assert_eq!(
         everything(&client).await,

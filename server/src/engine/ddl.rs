@@ -13,6 +13,7 @@ use eddy_executor::source::{SourceSpec, WatermarkSpec};
 use eddy_planner::CreateSource;
 use eddy_storage::{CatalogEntry, RelationKind};
 
+use super::job_options::JobOptions;
 use super::{Engine, Outcome};
 use crate::catalog::{RelationInfo, TableRows, kind_name};
 use crate::error::{EddyError, Result};
@@ -47,6 +48,7 @@ impl Engine {
         sql: &str,
         emit_on_window_close: bool,
     ) -> Result<Outcome> {
+        let mut job_options = JobOptions::default();
         let (name, kind, if_not_exists, plan) = match stmt {
             Statement::CreateTable(ct) => {
                 if ct.query.is_some() {
@@ -63,7 +65,9 @@ impl Engine {
                 )
             }
             Statement::CreateView(cv) => {
-                if !matches!(cv.options, CreateTableOptions::None) {
+                if cv.materialized {
+                    job_options = JobOptions::of_view(&cv.options)?;
+                } else if !matches!(cv.options, CreateTableOptions::None) {
                     return Err(EddyError::Unsupported("WITH options on views".into()));
                 }
                 let kind = if cv.materialized {
@@ -73,6 +77,7 @@ impl Engine {
                 };
                 let mut plain = cv.clone();
                 plain.materialized = false;
+                plain.options = CreateTableOptions::None;
                 if cv.or_replace {
                     return Err(EddyError::Unsupported(
                         "CREATE OR REPLACE (drop the view and create it again)".into(),
@@ -198,6 +203,7 @@ impl Engine {
             sink: None,
         };
         self.catalog.insert(info);
+        job_options.apply(&self.jobs, id);
         drop(quiesced);
         drop(guard);
         if kind == RelationKind::MaterializedView {

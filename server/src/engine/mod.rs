@@ -8,6 +8,7 @@
 
 mod ddl;
 mod dml;
+mod job_options;
 mod parameters;
 mod partitions;
 mod show;
@@ -44,6 +45,7 @@ use crate::error::{EddyError, Result};
 use crate::jobs::Jobs;
 use crate::providers::{DmlSchema, PublicSchema, ReadSnapshot, RelationTable};
 use crate::system_tables::SystemSchema;
+pub(crate) use parameters::SystemParameters;
 
 /// The catalog (database) name DataFusion sees.
 pub const CATALOG_NAME: &str = "eddy";
@@ -106,7 +108,7 @@ pub struct Engine {
     store: Arc<Store>,
     runtime: Arc<Runtime>,
     compat: PostgresCompatibilityParser,
-    parameters: parameters::SystemParameters,
+    parameters: Arc<SystemParameters>,
     jobs: Arc<Jobs>,
 }
 
@@ -149,6 +151,7 @@ impl Engine {
             _ => parallelism,
         };
         let jobs = Arc::new(Jobs::default());
+        let parameters = Arc::new(SystemParameters::load(&store)?);
         let runtime = if checkpoints {
             Runtime::durable(parallelism, store.clone())?
         } else {
@@ -183,6 +186,7 @@ impl Engine {
                 catalog: catalog.clone(),
                 runtime: runtime.clone(),
                 jobs: jobs.clone(),
+                parameters: parameters.clone(),
             }),
         )?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(db));
@@ -208,7 +212,6 @@ impl Engine {
             ctx.register_udwf(function);
         }
 
-        let parameters = parameters::SystemParameters::load(&store)?;
         let engine = Arc::new(Self {
             ctx,
             catalog,

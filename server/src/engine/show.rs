@@ -202,7 +202,11 @@ impl Engine {
     pub(super) fn show_jobs(&self) -> Outcome {
         let rows = self
             .jobs
-            .rows(&self.catalog, &self.runtime)
+            .rows(
+                &self.catalog,
+                &self.runtime,
+                &self.parameters.restart_strategy(),
+            )
             .into_iter()
             .map(|j| {
                 vec![
@@ -212,6 +216,7 @@ impl Engine {
                     j.restarts.to_string(),
                     j.last_error.unwrap_or_default(),
                     j.connection_problem.unwrap_or_default(),
+                    j.restart_strategy,
                 ]
             })
             .collect();
@@ -223,6 +228,7 @@ impl Engine {
                 "restarts",
                 "last_error",
                 "connection_problem",
+                "restart_strategy",
             ],
             rows,
         )

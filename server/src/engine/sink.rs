@@ -10,6 +10,7 @@ use eddy_planner::{CreateSink, SinkInput};
 use eddy_storage::{CatalogEntry, RelationKind};
 
 use super::ddl::referenced_relations;
+use super::job_options::JobOptions;
 use super::show::text_rows;
 use super::{Engine, Outcome};
 use crate::catalog::RelationInfo;
@@ -40,7 +41,9 @@ impl Engine {
         let quiesced = self.runtime.quiesce(&guard).await;
         let replaying = id.is_some();
         let id = id.unwrap_or_else(|| self.catalog.next_id());
-        let spec = Arc::new(SinkSpec::new(id, schema.clone(), sink.options.clone())?);
+        let mut options = sink.options.clone();
+        let job_options = JobOptions::take(&mut options)?;
+        let spec = Arc::new(SinkSpec::new(id, schema.clone(), options)?);
         let status = self
             .runtime
             .create_sink(&quiesced, spec, &stream_plan, false, &|n| {
@@ -71,6 +74,7 @@ impl Engine {
             source: None,
             sink: Some(status),
         });
+        job_options.apply(&self.jobs, id);
         drop(quiesced);
         drop(guard);
         // As for a materialized view: the statement returns once the rows

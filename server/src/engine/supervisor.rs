@@ -3,7 +3,8 @@
 //! A pipeline fails when one of its operators or split readers errs; the
 //! coordinator records why and stops waiting for it, and every other
 //! pipeline goes on. The supervisor sees the failure, counts it, and asks
-//! the strategy (`SET restart_strategy`) for a delay; after it, the
+//! its strategy (the view's or sink's `WITH (restart_strategy = ...)`,
+//! else the server's `SET restart_strategy`) for a delay; after it, the
 //! pipeline restarts from its last checkpoint (`Runtime::restart_pipeline`).
 //!
 //! A failed pipeline's checkpoint stays where its last good epoch left it,
@@ -52,7 +53,7 @@ impl Engine {
         let relations = self.catalog.all();
         let live: HashSet<u32> = relations.iter().map(|r| r.id).collect();
         self.jobs.retain(|id| live.contains(&id));
-        let strategy = self.parameters.restart_strategy();
+        let default = self.parameters.restart_strategy();
         let now = Instant::now();
         let mut due = Vec::new();
         for info in relations
@@ -63,6 +64,7 @@ impl Engine {
             let restartable = failure.as_ref().map(|_| self.restartable(info));
             self.jobs.with(info.id, |job| match (job.state, failure) {
                 (JobState::Running, Some(reason)) => {
+                    let strategy = job.restart_strategy.as_ref().unwrap_or(&default);
                     if job.restarted_at.is_some_and(|t| now - t > STABLE) {
                         job.failures.clear();
                     }

@@ -33,6 +33,7 @@ mod runtime;
 mod session;
 pub mod sink;
 pub mod source;
+mod temporal_filter;
 mod top_n;
 mod watermark;
 

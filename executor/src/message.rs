@@ -64,6 +64,11 @@ impl StreamChunk {
 pub struct Barrier {
     /// The epoch that ends here. Epochs only increase along an edge.
     pub epoch: u64,
+    /// Processing time at which the epoch ended: nanoseconds since the Unix
+    /// epoch, never decreasing from one barrier to the next. Every
+    /// operator sees the same time for an epoch (temporal filters use it
+    /// as `NOW()`).
+    pub now: i64,
 }
 
 /// Event-time progress: no later row on this edge has `column < value`.

@@ -27,7 +27,7 @@
 //! be read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -96,6 +96,8 @@ pub struct Runtime {
     parallelism: usize,
     /// The last table change published (its position in the store's log).
     published: AtomicU64,
+    /// The last barrier's time (see [`Barrier::now`]).
+    barrier_time: AtomicI64,
     /// False while recovering: readers forward barriers but read no rows,
     /// so no pipeline moves past the checkpoint before all are rebuilt.
     running: tokio::sync::watch::Sender<bool>,
@@ -128,6 +130,7 @@ impl Runtime {
     fn with_coordinator(parallelism: usize, coordinator: Coordinator, published: u64) -> Arc<Self> {
         Arc::new(Self {
             published: AtomicU64::new(published),
+            barrier_time: AtomicI64::new(0),
             running: tokio::sync::watch::channel(false).0,
             clocks: Arc::new(SplitClocks::default()),
             pipelines: Mutex::new(HashMap::new()),
@@ -290,7 +293,15 @@ impl Runtime {
         let epoch = self
             .coordinator
             .begin_epoch(self.published.load(Ordering::SeqCst));
-        let barrier = Message::Barrier(Barrier { epoch });
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        // A clock stepped back does not take barriers back in time.
+        let now = self
+            .barrier_time
+            .fetch_max(wall, Ordering::SeqCst)
+            .max(wall);
+        let barrier = Message::Barrier(Barrier { epoch, now });
         // Table changelogs are the sources; views forward barriers themselves.
         let tables: Vec<Arc<Subscribers>> = {
             let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,7 +33,7 @@ async fn an_input_past_the_barrier_waits_for_the_others() {
     let (tx0, rx0) = mpsc::channel(8);
     let (tx1, rx1) = mpsc::channel(8);
     let mut input = AlignedInput::new(vec![InputChannel::new(rx0), InputChannel::new(rx1)]);
-    let b = Message::Barrier(Barrier { epoch: 1 });
+    let b = Message::Barrier(Barrier { epoch: 1, now: 0 });
     tx0.send(chunk(1)).await.unwrap();
     tx0.send(b.clone()).await.unwrap();
     tx0.send(chunk(2)).await.unwrap(); // epoch 2: must not overtake input 1's epoch-1 rows

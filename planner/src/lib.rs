@@ -12,6 +12,7 @@ mod error;
 mod parse;
 mod session;
 mod stream_plan;
+mod temporal;
 mod time;
 mod window;
 
@@ -20,5 +21,6 @@ pub use error::{PlanError, Result};
 pub use parse::{CreateSource, EddyStatement, parse_sql};
 pub use session::{SessionBound, same_session, session_window_functions};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
+pub use temporal::{NowIs, ProcessingTime, TemporalBound, defer_now};
 pub use time::{nanos_to_time, scalar_nanos, time_nanos};
 pub use window::{duration_text, interval_text_nanos, rewrite_windows};

@@ -17,6 +17,7 @@ use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, SortExpr};
 
 use crate::error::{PlanError, Result};
 use crate::session::{SessionBound, session_gap};
+use crate::temporal::{TemporalBound, check_bound_types, check_now_placement, split_temporal};
 
 /// Aggregate functions the runtime maintains under inserts and deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,15 @@ pub enum StreamNode {
         /// Predicate.
         predicate: Expr,
     },
+    /// Keeps rows while every bound holds at the barrier's time, emitting
+    /// a row when it starts to hold and retracting it when it stops (see
+    /// [`crate::temporal`]).
+    TemporalFilter {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Conditions on `NOW()`, all of which must hold.
+        bounds: Vec<TemporalBound>,
+    },
     /// Grouped (or global, when `group` is empty) aggregation.
     Aggregate {
         /// Input.
@@ -203,7 +213,7 @@ impl StreamNode {
             | Self::Union { schema, .. }
             | Self::TopN { schema, .. }
             | Self::SessionWindow { schema, .. } => schema,
-            Self::Filter { input, .. } => input.schema(),
+            Self::Filter { input, .. } | Self::TemporalFilter { input, .. } => input.schema(),
         }
     }
 
@@ -222,6 +232,7 @@ impl StreamNode {
             Self::Values { .. } => {}
             Self::Project { input, .. }
             | Self::Filter { input, .. }
+            | Self::TemporalFilter { input, .. }
             | Self::TopN { input, .. }
             | Self::SessionWindow { input, .. }
             | Self::Aggregate { input, .. } => input.visit_sources(out),
@@ -250,6 +261,11 @@ impl StreamNode {
             }
             Self::Filter { input, predicate } => {
                 writeln!(f, "{pad}StreamFilter: {predicate}")?;
+                input.fmt_indent(f, depth + 1)
+            }
+            Self::TemporalFilter { input, bounds } => {
+                let bounds: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
+                writeln!(f, "{pad}StreamTemporalFilter: {}", bounds.join(" AND "))?;
                 input.fmt_indent(f, depth + 1)
             }
             Self::Aggregate {
@@ -352,6 +368,11 @@ fn unsupported<T>(what: impl Into<String>) -> Result<T> {
 
 /// Lowers an optimized DataFusion plan into a stream plan.
 pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
+    check_now_placement(plan)?;
+    lower_node(plan)
+}
+
+fn lower_node(plan: &LogicalPlan) -> Result<StreamNode> {
     Ok(match plan {
         LogicalPlan::TableScan(scan) => {
             if scan.fetch.is_some() || !scan.filters.is_empty() {
@@ -389,22 +410,39 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
             }
         }
         LogicalPlan::Projection(p) => StreamNode::Project {
-            input: Box::new(lower(&p.input)?),
+            input: Box::new(lower_node(&p.input)?),
             exprs: p.expr.clone(),
             schema: p.schema.clone(),
         },
-        LogicalPlan::Filter(f) => StreamNode::Filter {
-            input: Box::new(match row_number_limit(&f.predicate) {
+        LogicalPlan::Filter(f) => {
+            let (bounds, rest) = split_temporal(&f.predicate)?;
+            check_bound_types(&bounds, f.input.schema())?;
+            let input = match rest.as_ref().and_then(row_number_limit) {
                 Some((column, limit)) => lower_limited(&f.input, &column, limit)?,
-                None => lower(&f.input)?,
-            }),
-            predicate: f.predicate.clone(),
-        },
+                None => lower_node(&f.input)?,
+            };
+            // The plain conditions first: fewer rows for the temporal filter to keep.
+            let filtered = match rest {
+                Some(predicate) => StreamNode::Filter {
+                    input: Box::new(input),
+                    predicate,
+                },
+                None => input,
+            };
+            if bounds.is_empty() {
+                filtered
+            } else {
+                StreamNode::TemporalFilter {
+                    input: Box::new(filtered),
+                    bounds,
+                }
+            }
+        }
         LogicalPlan::Window(w) if is_session_window(w) => lower_session(w)?,
         LogicalPlan::Window(w) => lower_row_number(w, None)?,
         LogicalPlan::SubqueryAlias(a) => {
             // Same columns, new qualifier: a projection keeps the schema honest.
-            let input = lower(&a.input)?;
+            let input = lower_node(&a.input)?;
             let exprs = input
                 .schema()
                 .iter()
@@ -418,7 +456,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
         }
         LogicalPlan::Sort(s) if s.fetch.is_some() => {
             // ORDER BY ... LIMIT n: one partition's top n, row number dropped.
-            let input = lower(&s.input)?;
+            let input = lower_node(&s.input)?;
             let columns: Vec<Expr> = input
                 .schema()
                 .iter()
@@ -437,7 +475,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 return unsupported("ORDER BY ... LIMIT (top-N) in a materialized view");
             }
             // A materialized view is a set; ORDER BY belongs to the query that reads it.
-            lower(&s.input)?
+            lower_node(&s.input)?
         }
         LogicalPlan::Limit(_) => return unsupported("LIMIT / OFFSET in a materialized view"),
         LogicalPlan::Aggregate(a) => {
@@ -453,7 +491,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 .map(aggregate_call)
                 .collect::<Result<_>>()?;
             StreamNode::Aggregate {
-                input: Box::new(lower(&a.input)?),
+                input: Box::new(lower_node(&a.input)?),
                 group: a.group_expr.clone(),
                 calls,
                 schema: a.schema.clone(),
@@ -466,7 +504,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 .map(|(q, f)| Expr::Column(datafusion::common::Column::from((q, f))))
                 .collect();
             StreamNode::Aggregate {
-                input: Box::new(lower(input)?),
+                input: Box::new(lower_node(input)?),
                 group,
                 calls: vec![],
                 schema: input.schema().clone(),
@@ -490,8 +528,8 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
                 other => return unsupported(format!("{other} join in a materialized view")),
             };
             StreamNode::Join {
-                left: Box::new(lower(&j.left)?),
-                right: Box::new(lower(&j.right)?),
+                left: Box::new(lower_node(&j.left)?),
+                right: Box::new(lower_node(&j.right)?),
                 on: j.on.clone(),
                 filter: j.filter.clone(),
                 kind,
@@ -500,7 +538,11 @@ pub fn lower(plan: &LogicalPlan) -> Result<StreamNode> {
             }
         }
         LogicalPlan::Union(u) => StreamNode::Union {
-            inputs: u.inputs.iter().map(|i| lower(i)).collect::<Result<_>>()?,
+            inputs: u
+                .inputs
+                .iter()
+                .map(|i| lower_node(i))
+                .collect::<Result<_>>()?,
             schema: u.schema.clone(),
         },
         LogicalPlan::Values(v) => StreamNode::Values {
@@ -559,7 +601,7 @@ fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<Strea
             lower_row_number(w, Some(limit))
         }
         LogicalPlan::SubqueryAlias(a) => {
-            let mut node = lower(plan)?;
+            let mut node = lower_node(plan)?;
             if let StreamNode::Project { input, .. } = &mut node {
                 **input = lower_limited(&a.input, column, limit)?;
             }
@@ -576,7 +618,7 @@ fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<Strea
             });
             let input = match passes {
                 Some(inner) => lower_limited(&p.input, &inner, limit)?,
-                None => lower(&p.input)?,
+                None => lower_node(&p.input)?,
             };
             Ok(StreamNode::Project {
                 input: Box::new(input),
@@ -584,7 +626,7 @@ fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<Strea
                 schema: p.schema.clone(),
             })
         }
-        other => lower(other),
+        other => lower_node(other),
     }
 }
 
@@ -655,7 +697,7 @@ fn lower_session(w: &datafusion::logical_expr::Window) -> Result<StreamNode> {
         ));
     };
     Ok(StreamNode::SessionWindow {
-        input: Box::new(lower(&w.input)?),
+        input: Box::new(lower_node(&w.input)?),
         partition_by,
         time,
         gap,
@@ -696,7 +738,7 @@ fn lower_row_number(
             fun.name()
         ));
     }
-    let input = lower(&w.input)?;
+    let input = lower_node(&w.input)?;
     let node = top_n(input, partition_by.clone(), order_by.clone(), limit)?;
     match node {
         StreamNode::TopN {

@@ -37,6 +37,7 @@ use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
 use crate::progress::Progress;
 use crate::source::{Reader, SourceSpec, SplitClocks};
+use crate::temporal_filter::TemporalFilter;
 use crate::watermark::is_monotone_in;
 
 mod aggregate;
@@ -348,6 +349,29 @@ impl PipelineBuilder<'_> {
                         self.evaluator.clone(),
                     )));
                 }
+                Ok(built)
+            }
+            StreamNode::TemporalFilter { input, bounds } => {
+                let bounds = bounds
+                    .iter()
+                    .map(|b| Ok((b.is, physical(&b.bound, input.schema())?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let schema = batch_schema(input.schema());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64);
+                let mut built = self.build(input)?;
+                for i in &mut built.instances {
+                    i.ops.push(Box::new(TemporalFilter::new(
+                        bounds.clone(),
+                        schema.clone(),
+                        self.evaluator.clone(),
+                        now,
+                    )?));
+                }
+                // Rows leave (or enter) as time passes, whatever their
+                // event time: no watermark holds past it.
+                built.watermarks.clear();
                 Ok(built)
             }
             StreamNode::TopN {

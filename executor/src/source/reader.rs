@@ -172,7 +172,7 @@ impl Reader {
     /// its boundary (reading up to it first), after handing the checkpoint
     /// this reader's position and watermark.
     async fn forward(&mut self, msg: Message, id: u64) {
-        let Message::Barrier(Barrier { epoch }) = &msg else {
+        let Message::Barrier(Barrier { epoch, .. }) = &msg else {
             self.output.send(msg).await;
             return;
         };

@@ -165,8 +165,7 @@ impl Engine {
                 Some(v.input.as_ref().clone()),
             ),
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
-                let optimized = self.ctx.state().optimize(&v.input)?;
-                let stream_plan = eddy_planner::lower(&optimized)?;
+                let stream_plan = self.stream_plan(&v.input)?;
                 self.runtime.create_view(
                     &quiesced,
                     id,
@@ -212,6 +211,15 @@ impl Engine {
             self.runtime.flush().await;
         }
         Ok(Outcome::command(tag))
+    }
+
+    /// The stream plan of a view's or sink's bound query: its `NOW()`
+    /// deferred to each barrier's time (a temporal filter), then optimized
+    /// by DataFusion and lowered.
+    pub(super) fn stream_plan(&self, query: &LogicalPlan) -> Result<eddy_planner::StreamNode> {
+        let deferred = eddy_planner::defer_now(query.clone())?;
+        let optimized = self.ctx.state().optimize(&deferred)?;
+        Ok(eddy_planner::lower(&optimized)?)
     }
 
     /// The normalized name of a relation to create; `None` if it exists and

@@ -166,12 +166,12 @@ impl Engine {
             Statement::Explain { statement, .. } => match *statement {
                 Statement::CreateView(mut cv) if cv.materialized => {
                     cv.materialized = false;
+                    cv.options = datafusion::sql::sqlparser::ast::CreateTableOptions::None;
                     let plan = self.bind(Statement::CreateView(cv)).await?;
                     let LogicalPlan::Ddl(DdlStatement::CreateView(v)) = plan else {
                         return Err(EddyError::Unsupported("EXPLAIN of this statement".into()));
                     };
-                    let optimized = self.ctx.state().optimize(&v.input)?;
-                    let stream = eddy_planner::lower(&optimized)?;
+                    let stream = self.stream_plan(&v.input)?;
                     let rows = stream
                         .to_string()
                         .lines()

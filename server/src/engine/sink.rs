@@ -34,8 +34,7 @@ impl Engine {
         };
         let depends_on = referenced_relations(&query, &self.catalog);
         let plan = self.bind(query).await?;
-        let optimized = self.ctx.state().optimize(&plan)?;
-        let stream_plan = eddy_planner::lower(&optimized)?;
+        let stream_plan = self.stream_plan(&plan)?;
         let schema = batch_schema(stream_plan.schema());
         let guard = self.runtime.write_lock().await;
         let quiesced = self.runtime.quiesce(&guard).await;

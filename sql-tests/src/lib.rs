@@ -24,12 +24,17 @@ pub struct EddyServer {
     pub data_dir: PathBuf,
 }
 
-/// Path of the `eddy` binary: next to the test binary's `deps/` directory.
+/// Path of the `eddy` binary: `EDDY_BIN`, else the one built beside this one.
 pub fn eddy_binary() -> PathBuf {
     if let Ok(p) = std::env::var("EDDY_BIN") {
         return PathBuf::from(p);
     }
+    // Beside a binary (`target/<profile>/`), or above a test binary's `deps/`.
     let exe = std::env::current_exe().expect("test binary path");
+    let beside = exe.with_file_name("eddy");
+    if beside.exists() {
+        return beside;
+    }
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join("eddy")
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::error::ArrowError;
 use datafusion::scalar::ScalarValue;
 
 /// Whether a row is added to or retracted from a stream.
@@ -36,6 +38,27 @@ pub struct StreamChunk {
 }
 
 impl StreamChunk {
+    /// The rows where `keep` is true (NULL counts as false), with their
+    /// ops; `None` when no row is kept.
+    pub fn filter(self, keep: &BooleanArray) -> Result<Option<Self>, ArrowError> {
+        match keep.true_count() {
+            0 => Ok(None),
+            n if n == self.len() => Ok(Some(self)),
+            _ => {
+                let ops: Vec<Op> = self
+                    .ops
+                    .iter()
+                    .zip(keep.iter())
+                    .filter_map(|(op, k)| (k == Some(true)).then_some(*op))
+                    .collect();
+                Ok(Some(Self {
+                    batch: filter_record_batch(&self.batch, keep)?,
+                    ops: ops.into(),
+                }))
+            }
+        }
+    }
+
     /// A chunk that inserts every row of `batch`.
     pub fn inserts(batch: RecordBatch) -> Self {
         let ops = vec![Op::Insert; batch.num_rows()].into();

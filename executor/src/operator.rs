@@ -12,14 +12,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::message::{Barrier, Op, StreamChunk, Watermark};
+use crate::message::{Barrier, StreamChunk, Watermark};
 use crate::watermark::{derive, is_monotone_in};
 
 /// An incremental operator. `port` says which logical input a chunk came
@@ -167,24 +166,7 @@ impl Operator for Filter {
         let mask = self
             .evaluator
             .eval_predicate(&self.predicate, &chunk.batch)?;
-        if mask.true_count() == 0 {
-            return Ok(());
-        }
-        if mask.true_count() == chunk.len() {
-            out.push(chunk);
-            return Ok(());
-        }
-        let batch = filter_record_batch(&chunk.batch, &mask)?;
-        let ops: Vec<Op> = chunk
-            .ops
-            .iter()
-            .zip(mask.iter())
-            .filter_map(|(op, keep)| (keep == Some(true)).then_some(*op))
-            .collect();
-        out.push(StreamChunk {
-            batch,
-            ops: ops.into(),
-        });
+        out.extend(chunk.filter(&mask)?);
         Ok(())
     }
 

@@ -27,7 +27,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -211,20 +210,7 @@ impl Operator for TemporalFilter {
             }
         }
         let mask: BooleanArray = spans.iter().map(|s| Some(s.visible(self.now))).collect();
-        match mask.true_count() {
-            0 => {}
-            n if n == chunk.len() => out.push(chunk),
-            _ => out.push(StreamChunk {
-                batch: filter_record_batch(&chunk.batch, &mask)?,
-                ops: chunk
-                    .ops
-                    .iter()
-                    .zip(mask.values().iter())
-                    .filter_map(|(op, keep)| keep.then_some(*op))
-                    .collect::<Vec<_>>()
-                    .into(),
-            }),
-        }
+        out.extend(chunk.filter(&mask)?);
         Ok(())
     }
 

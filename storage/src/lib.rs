@@ -6,6 +6,7 @@
 //! c <id:u32be>              -> catalog entry (JSON): one DDL statement that created a relation
 //! r <id:u32be> <row key>    -> one table row (Arrow row format bytes of every column)
 //! m <name>                  -> small metadata (counters)
+//! p <name>                  -> a system parameter set with SQL (its value as text)
 //! v, s, k, l                -> checkpoints: see [`checkpoint`]
 //! ```
 //!

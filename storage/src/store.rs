@@ -125,19 +125,12 @@ impl Store {
     /// Every stored system parameter.
     pub fn parameters(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(&[PARAMETER], Direction::Forward));
-        for item in iter {
-            let (key, value) = item?;
-            if key.first() != Some(&PARAMETER) {
-                break;
-            }
+        self.scan_prefix(&[PARAMETER], |name, value| {
             out.push((
-                String::from_utf8_lossy(&key[1..]).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
             ));
-        }
+        })?;
         Ok(out)
     }
 

@@ -293,9 +293,7 @@ impl Runtime {
         let epoch = self
             .coordinator
             .begin_epoch(self.published.load(Ordering::SeqCst));
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
+        let wall = eddy_planner::system_time_nanos(std::time::SystemTime::now());
         // A clock stepped back does not take barriers back in time.
         let now = self
             .barrier_time

@@ -22,5 +22,5 @@ pub use parse::{CreateSource, EddyStatement, parse_sql};
 pub use session::{SessionBound, same_session, session_window_functions};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
 pub use temporal::{NowIs, ProcessingTime, TemporalBound, defer_now};
-pub use time::{nanos_to_time, scalar_nanos, time_nanos};
+pub use time::{nanos_to_time, scalar_nanos, system_time_nanos, time_nanos};
 pub use window::{duration_text, interval_text_nanos, rewrite_windows};

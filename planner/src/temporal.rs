@@ -12,7 +12,7 @@
 //! barrier's time. `NOW()` anywhere else in a view is rejected.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::error::{PlanError, Result};
+use crate::time::system_time_nanos;
 
 /// `NOW()` in a view's query: the time of the barrier the runtime is at,
 /// not a constant. Volatile, so the optimizer neither folds nor moves it.
@@ -60,11 +61,8 @@ impl ScalarUDFImpl for ProcessingTime {
     /// Only a plan that was not lowered evaluates it (an `EXPLAIN` of the
     /// logical plan, say): the wall clock.
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
         Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
-            Some(nanos),
+            Some(system_time_nanos(SystemTime::now())),
             None,
         )))
     }

@@ -6,6 +6,12 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err};
 
+/// A wall-clock time as nanoseconds since the Unix epoch (0 before it).
+pub fn system_time_nanos(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// Time values as nanoseconds since the epoch (NULL stays NULL).
 pub fn time_nanos(array: &ArrayRef) -> Result<Int64Array> {
     let tz = match array.data_type() {

@@ -72,8 +72,8 @@ pub struct JobRow {
     pub restarts: u64,
     /// Why it last failed.
     pub last_error: Option<String>,
-    /// When it last failed (ms since the epoch).
-    pub failed_at: Option<i64>,
+    /// When it last failed.
+    pub failed_at: Option<SystemTime>,
     /// The current connection problem of a source it reads.
     pub connection_problem: Option<String>,
     /// The restart strategy it fails under.
@@ -139,10 +139,7 @@ impl Jobs {
                     kind: r.kind_name(),
                     state,
                     restarts: job.map_or(0, |j| j.restarts),
-                    failed_at: last.as_ref().map(|(at, _)| {
-                        at.duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64)
-                    }),
+                    failed_at: last.as_ref().map(|(at, _)| *at),
                     last_error: last.map(|(_, e)| e).or(failure),
                     connection_problem,
                     restart_strategy: job

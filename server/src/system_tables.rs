@@ -70,6 +70,11 @@ const TABLES: [&str; 9] = [
     JOBS,
 ];
 
+/// A wall-clock time as the tables' millisecond timestamps.
+fn millis(time: std::time::SystemTime) -> i64 {
+    eddy_planner::system_time_nanos(time) / 1_000_000
+}
+
 fn mem_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
@@ -223,11 +228,7 @@ impl SystemSchema {
                     history.iter().map(|c| c.epoch),
                 )),
                 Arc::new(TimestampMillisecondArray::from_iter_values(
-                    history.iter().map(|c| {
-                        c.finished_at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64)
-                    }),
+                    history.iter().map(|c| millis(c.finished_at)),
                 )),
                 Arc::new(Float64Array::from_iter_values(
                     history.iter().map(|c| ms(c.duration)),
@@ -297,10 +298,7 @@ impl SystemSchema {
             connector.push(spec.connector_name());
             splits.push(spec.split_count(self.runtime.parallelism()) as u64);
             malformed.push(spec.malformed().map_or(0, |m| m.count()));
-            since.push(connection.as_ref().map(|(at, _)| {
-                at.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-            }));
+            since.push(connection.as_ref().map(|(at, _)| millis(*at)));
             problem.push(connection.map(|(_, message)| message));
         }
         let schema = Arc::new(Schema::new(vec![
@@ -363,7 +361,7 @@ impl SystemSchema {
                 )),
                 text(|j| j.last_error.as_deref()),
                 Arc::new(TimestampMillisecondArray::from_iter(
-                    rows.iter().map(|j| j.failed_at),
+                    rows.iter().map(|j| j.failed_at.map(millis)),
                 )),
                 text(|j| j.connection_problem.as_deref()),
                 text(|j| Some(&j.restart_strategy)),

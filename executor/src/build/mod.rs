@@ -357,9 +357,7 @@ impl PipelineBuilder<'_> {
                     .map(|b| Ok((b.is, physical(&b.bound, input.schema())?)))
                     .collect::<Result<Vec<_>>>()?;
                 let schema = batch_schema(input.schema());
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as i64);
+                let now = eddy_planner::system_time_nanos(std::time::SystemTime::now());
                 let mut built = self.build(input)?;
                 for i in &mut built.instances {
                     i.ops.push(Box::new(TemporalFilter::new(

@@ -287,10 +287,7 @@ impl Engine {
             None => None,
             Some((column, expr)) => Some(self.watermark_spec(&schema, column, expr)?),
         };
-        let now_nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let now_nanos = eddy_planner::system_time_nanos(std::time::SystemTime::now());
         SourceSpec::pin_defaults(&schema, &mut options, now_nanos);
         let replaying = id.is_some();
         if !replaying {

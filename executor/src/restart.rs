@@ -16,6 +16,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use eddy_planner::duration_setting;
+
 use crate::error::{ExecutorError, Result};
 
 /// The longest delay or interval a strategy may name.
@@ -196,11 +198,6 @@ impl RestartStrategy {
     }
 }
 
-/// Milliseconds, as settings are shown.
-fn ms(d: &Duration) -> String {
-    format!("{}ms", d.as_millis())
-}
-
 impl fmt::Display for RestartStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -209,7 +206,7 @@ impl fmt::Display for RestartStrategy {
                 write!(
                     f,
                     "fixed-delay(attempts = {attempts}, delay = {})",
-                    ms(delay)
+                    duration_setting(*delay)
                 )
             }
             RestartStrategy::FailureRate {
@@ -219,8 +216,8 @@ impl fmt::Display for RestartStrategy {
             } => write!(
                 f,
                 "failure-rate(max_failures = {max_failures}, interval = {}, delay = {})",
-                ms(interval),
-                ms(delay)
+                duration_setting(*interval),
+                duration_setting(*delay)
             ),
             RestartStrategy::ExponentialDelay {
                 initial,
@@ -230,8 +227,8 @@ impl fmt::Display for RestartStrategy {
             } => write!(
                 f,
                 "exponential-delay(initial = {}, max = {}, multiplier = {multiplier}, jitter = {jitter})",
-                ms(initial),
-                ms(max)
+                duration_setting(*initial),
+                duration_setting(*max)
             ),
         }
     }

@@ -23,4 +23,4 @@ pub use session::{SessionBound, same_session, session_window_functions};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
 pub use temporal::{NowIs, ProcessingTime, TemporalBound, defer_now};
 pub use time::{nanos_to_time, scalar_nanos, system_time_nanos, time_nanos};
-pub use window::{duration_text, interval_text_nanos, rewrite_windows};
+pub use window::{duration_setting, duration_text, interval_text_nanos, rewrite_windows};

@@ -233,6 +233,12 @@ pub fn duration_text(text: &str) -> std::result::Result<std::time::Duration, Str
         .map_err(|_| format!("'{text}' is negative or too long"))
 }
 
+/// A duration as settings show it (`1500ms`), which [`duration_text`]
+/// reads back.
+pub fn duration_setting(duration: std::time::Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
 /// An interval literal of `nanos`, in the coarsest exact unit.
 fn interval_sql(nanos: i64) -> String {
     let (n, unit) = [

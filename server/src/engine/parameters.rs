@@ -12,6 +12,7 @@ use eddy_storage::Store;
 
 use crate::error::{EddyError, Result};
 use eddy_executor::RestartStrategy;
+use eddy_planner::duration_setting;
 
 /// Name of the checkpoint interval parameter.
 pub const CHECKPOINT_INTERVAL: &str = "checkpoint_interval";
@@ -45,10 +46,6 @@ fn invalid(value: &str, why: &str) -> EddyError {
         code: "22023",
         message: format!("invalid value for {CHECKPOINT_INTERVAL}: \"{value}\": {why}"),
     }
-}
-
-fn display(interval: Duration) -> String {
-    format!("{}ms", interval.as_millis())
 }
 
 impl SystemParameters {
@@ -100,7 +97,7 @@ impl SystemParameters {
         match name {
             CHECKPOINT_INTERVAL => {
                 let interval = parse_interval(value)?;
-                store.put_parameter(name, &display(interval))?;
+                store.put_parameter(name, &duration_setting(interval))?;
                 self.checkpoint_interval.send_replace(interval);
             }
             RESTART_STRATEGY => {
@@ -119,7 +116,7 @@ impl SystemParameters {
     /// The value of parameter `name`, if it is one.
     pub fn show(&self, name: &str) -> Option<String> {
         match name {
-            CHECKPOINT_INTERVAL => Some(display(*self.checkpoint_interval.borrow())),
+            CHECKPOINT_INTERVAL => Some(duration_setting(*self.checkpoint_interval.borrow())),
             RESTART_STRATEGY => Some(self.restart_strategy().to_string()),
             _ => None,
         }

@@ -18,7 +18,7 @@ mod window;
 
 pub use create_sink::{CreateSink, SinkInput};
 pub use error::{PlanError, Result};
-pub use parse::{CreateSource, EddyStatement, parse_sql};
+pub use parse::{CreateSource, EddyStatement, option_value, parse_sql};
 pub use session::{SessionBound, same_session, session_window_functions};
 pub use stream_plan::{AggregateCall, AggregateKind, JoinKind, StreamNode, lower};
 pub use temporal::{NowIs, ProcessingTime, TemporalBound, defer_now};

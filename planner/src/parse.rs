@@ -204,6 +204,15 @@ pub(crate) fn parse_format(parser: &mut Parser) -> Result<Vec<(String, String)>,
     Ok(options)
 }
 
+/// An option's value as text: a string's contents, a number's digits.
+pub fn option_value(value: &Value) -> String {
+    match value {
+        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+        Value::Number(n, _) => n.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `(key = value, ...)`; keys lower-cased, dotted keys kept whole.
 pub(crate) fn parse_option_list(parser: &mut Parser) -> Result<Vec<(String, String)>, ParserError> {
     let mut options = Vec::new();
@@ -219,13 +228,7 @@ pub(crate) fn parse_option_list(parser: &mut Parser) -> Result<Vec<(String, Stri
             key.push_str(&parser.parse_identifier()?.value.to_lowercase());
         }
         parser.expect_token(&Token::Eq)?;
-        let value = match parser.parse_value()?.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
-            Value::Number(n, _) => n,
-            Value::Boolean(b) => b.to_string(),
-            other => other.to_string(),
-        };
-        options.push((key, value));
+        options.push((key, option_value(&parser.parse_value()?.value)));
         if !parser.consume_token(&Token::Comma) {
             break;
         }

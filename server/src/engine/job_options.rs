@@ -5,7 +5,7 @@
 //! They live in the stored statement, so a restarted server applies them
 //! again when it replays the catalog.
 
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, Expr, SqlOption, Value};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, Expr, SqlOption};
 
 use eddy_executor::{ExecutorError, RestartStrategy};
 
@@ -51,9 +51,13 @@ impl JobOptions {
         let mut pairs = listed
             .iter()
             .map(|option| match option {
-                SqlOption::KeyValue { key, value } => {
-                    Ok((key.value.to_lowercase(), option_text(value)))
-                }
+                SqlOption::KeyValue {
+                    key,
+                    value: Expr::Value(value),
+                } => Ok((
+                    key.value.to_lowercase(),
+                    eddy_planner::option_value(&value.value),
+                )),
                 other => Err(EddyError::Unsupported(format!("view option {other}"))),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -70,16 +74,5 @@ impl JobOptions {
     /// Records them for job `id`.
     pub fn apply(self, jobs: &Jobs, id: u32) {
         jobs.with(id, |job| job.restart_strategy = self.restart_strategy);
-    }
-}
-
-/// An option's value as written: a string's contents, else its SQL text.
-fn option_text(value: &Expr) -> String {
-    match value {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
-            other => other.to_string(),
-        },
-        other => other.to_string(),
     }
 }

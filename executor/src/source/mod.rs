@@ -257,10 +257,11 @@ impl SourceSpec {
                 ));
             }
         };
-        let (rows_per_second, splits) = match (&connector, generator_keys) {
-            // One split per partition, however many the topic has by now.
-            (Connector::Kafka(_), _) => (None, None),
-            (_, Some((rate_key, split_key))) => {
+        let (rows_per_second, splits) = match generator_keys {
+            // A Kafka source: one split per partition, however many the
+            // topic has by now.
+            None => (None, None),
+            Some((rate_key, split_key)) => {
                 let rows_per_second: Option<f64> = options.number(rate_key)?;
                 if rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                     return Err(ExecutorError::InvalidOption(format!(
@@ -275,7 +276,6 @@ impl SourceSpec {
                 }
                 (rows_per_second, splits)
             }
-            (_, None) => (None, None),
         };
         options.reject_unknown()?;
         Ok(Self {
@@ -312,8 +312,7 @@ impl SourceSpec {
     /// Columns the connector adds to the declared ones (Kafka's `INCLUDE`d
     /// message metadata), in schema order.
     pub fn extra_fields(options: &[(String, String)]) -> Vec<datafusion::arrow::datatypes::Field> {
-        let connector = options.iter().find(|(k, _)| k == "connector");
-        match connector.map(|(_, v)| v.as_str()) {
+        match connector_of(options) {
             Some("kafka") => kafka::metadata_fields(options),
             _ => vec![],
         }
@@ -322,8 +321,7 @@ impl SourceSpec {
     /// Fixes what the connector must learn from outside once, at creation,
     /// in `options` (Kafka: the partitions and where each starts). Blocking.
     pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
-        let connector = options.iter().find(|(k, _)| k == "connector");
-        match connector.map(|(_, v)| v.as_str()) {
+        match connector_of(options) {
             Some("kafka") => kafka::resolve(options),
             _ => Ok(()),
         }
@@ -387,6 +385,14 @@ impl SourceSpec {
             Connector::Kafka(k) => k.split(index, start)?,
         })
     }
+}
+
+/// The `connector` option's value.
+fn connector_of(options: &[(String, String)]) -> Option<&str> {
+    options
+        .iter()
+        .find(|(k, _)| k == "connector")
+        .map(|(_, v)| v.as_str())
 }
 
 /// A watermark value beyond any event: sent when a bounded split ends.

@@ -39,6 +39,7 @@ use super::{Options, SplitReader};
 use crate::error::{ExecutorError, Result};
 use crate::kafka_client::{self, ConnectionStatus};
 use split::KafkaSplit;
+use start::StartupMode;
 pub use start::resolve;
 
 /// How long creating a source waits for the broker.
@@ -154,16 +155,9 @@ impl KafkaSource {
     /// columns [`metadata_fields`] gave) from `options`.
     pub fn new(schema: SchemaRef, options: &mut Options) -> Result<Self> {
         let (topic, config) = connection_options(options)?;
-        let mode = options.take("scan.startup.mode");
-        if !matches!(
-            mode.as_deref(),
-            None | Some("earliest" | "latest" | "timestamp")
-        ) {
-            return Err(ExecutorError::InvalidOption(format!(
-                "scan.startup.mode must be earliest, latest or timestamp, got '{}'",
-                mode.unwrap_or_default()
-            )));
-        }
+        // Already turned into `scan.startup.offsets` by `resolve`; checked
+        // again so the catalog holds only valid statements.
+        StartupMode::take(options)?;
         options.take("scan.startup.timestamp.millis");
         let discovery = match options.take("scan.partition.discovery.interval") {
             None => Some(DISCOVERY_INTERVAL),

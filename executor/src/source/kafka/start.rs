@@ -9,6 +9,31 @@ use crate::error::{ExecutorError, Result};
 use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
 use crate::source::Options;
 
+/// Where a source's views start in each partition (`scan.startup.mode`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum StartupMode {
+    /// The oldest message kept.
+    Earliest,
+    /// After the newest message.
+    Latest,
+    /// The first message at or after `scan.startup.timestamp.millis`.
+    Timestamp,
+}
+
+impl StartupMode {
+    /// Takes `scan.startup.mode` (default: earliest) from `options`.
+    pub(super) fn take(options: &mut Options) -> Result<Self> {
+        match options.take("scan.startup.mode").as_deref() {
+            None | Some("earliest") => Ok(Self::Earliest),
+            Some("latest") => Ok(Self::Latest),
+            Some("timestamp") => Ok(Self::Timestamp),
+            Some(other) => Err(ExecutorError::InvalidOption(format!(
+                "scan.startup.mode must be earliest, latest or timestamp, got '{other}'"
+            ))),
+        }
+    }
+}
+
 /// Pins where every view starts: turns the startup mode into
 /// `scan.startup.offsets` (one offset per partition), asking the broker.
 /// Blocking; a no-op if the offsets are pinned already.
@@ -18,21 +43,23 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
     }
     let mut parsed = Options::new(options.iter().cloned());
     let (topic, config) = connection_options(&mut parsed)?;
+    let mode = StartupMode::take(&mut parsed)?;
     let consumer = metadata_client(&topic, &config)?;
     let partitions = partition_count(&consumer, &topic)?;
-    let mode = parsed
-        .take("scan.startup.mode")
-        .unwrap_or_else(|| "earliest".into());
-    let offsets: Vec<i64> = match mode.as_str() {
-        "earliest" | "latest" => (0..partitions as i32)
+    let offsets: Vec<i64> = match mode {
+        StartupMode::Earliest | StartupMode::Latest => (0..partitions as i32)
             .map(|p| {
                 let (low, high) = consumer
                     .fetch_watermarks(&topic, p, METADATA_TIMEOUT)
                     .map_err(broker_error)?;
-                Ok(if mode == "earliest" { low } else { high })
+                Ok(if mode == StartupMode::Earliest {
+                    low
+                } else {
+                    high
+                })
             })
             .collect::<Result<_>>()?,
-        "timestamp" => {
+        StartupMode::Timestamp => {
             let millis: i64 = parsed
                 .number("scan.startup.timestamp.millis")?
                 .ok_or_else(|| {
@@ -65,11 +92,6 @@ pub fn resolve(options: &mut Vec<(String, String)>) -> Result<()> {
                     }
                 })
                 .collect::<Result<_>>()?
-        }
-        other => {
-            return Err(ExecutorError::InvalidOption(format!(
-                "scan.startup.mode must be earliest, latest or timestamp, got '{other}'"
-            )));
         }
     };
     options.push((START_OFFSETS.into(), pinned(&offsets)));

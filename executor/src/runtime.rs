@@ -369,13 +369,13 @@ impl Runtime {
         quiesced: &Quiesced<'_>,
         spec: Arc<SinkSpec>,
         plan: &StreamNode,
-        emit_on_window_close: bool,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<Arc<DeliveryStatus>> {
         let status = Arc::new(DeliveryStatus::default());
         let def = PipelineDef {
             plan: plan.clone(),
-            emit_on_window_close,
+            // `CREATE SINK` takes no `EMIT ON WINDOW CLOSE`.
+            emit_on_window_close: false,
             sink: Some((spec.clone(), status.clone())),
             sources: vec![],
         };

@@ -45,7 +45,7 @@ impl Engine {
         let spec = Arc::new(SinkSpec::new(id, schema.clone(), options)?);
         let status = self
             .runtime
-            .create_sink(&quiesced, spec, &stream_plan, false, &|n| {
+            .create_sink(&quiesced, spec, &stream_plan, &|n| {
                 self.catalog.read_target(n)
             })?;
         let sql = sink.to_string();

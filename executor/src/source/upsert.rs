@@ -7,14 +7,13 @@
 //! A key must always arrive in one partition (Kafka's default partitioner
 //! does that); a view's readers each keep the state of their partition.
 
-use std::collections::{BTreeSet, HashMap};
-
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::checkpoint::{StateEntries, StateWriter};
+use crate::checkpoint::{Dirty, StateEntries, StateWriter};
 use crate::codec::RowCodec;
 use crate::error::Result;
+use crate::hash::HashMap;
 use crate::message::Op;
 
 /// One message of an upsert topic, decoded.
@@ -31,7 +30,7 @@ pub struct UpsertState {
     codec: RowCodec,
     rows: HashMap<Vec<u8>, Vec<u8>>,
     /// Keys changed since the last checkpoint.
-    dirty: BTreeSet<Vec<u8>>,
+    dirty: Dirty<Vec<u8>>,
 }
 
 /// Changes from a batch of upserts.
@@ -49,8 +48,8 @@ impl UpsertState {
     pub fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
             codec: RowCodec::for_schema(schema)?,
-            rows: HashMap::new(),
-            dirty: BTreeSet::new(),
+            rows: HashMap::default(),
+            dirty: Dirty::default(),
         })
     }
 
@@ -75,7 +74,7 @@ impl UpsertState {
             if old == new {
                 continue;
             }
-            self.dirty.insert(key.to_vec());
+            self.dirty.push(key.to_vec());
             if let Some(old) = old {
                 out.push(old);
                 ops.push(Op::Delete);
@@ -97,7 +96,7 @@ impl UpsertState {
 
     /// Writes the keys changed since the last checkpoint.
     pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for key in std::mem::take(&mut self.dirty) {
+        for key in self.dirty.take() {
             match self.rows.get(&key) {
                 Some(row) => state.put(&key, row.clone()),
                 None => state.delete(&key),

@@ -19,7 +19,7 @@ use crate::kafka_client::{ThrottledContext, client_config, invalid_config};
 use crate::message::{Op, StreamChunk};
 use crate::source::SplitReader;
 use crate::source::envelope::Envelope;
-use crate::source::malformed::MalformedMessage;
+use crate::source::malformed::{MalformedMessage, PAYLOAD_PREFIX};
 use crate::source::upsert::{Upsert, UpsertState};
 
 /// A message copied out of the client, waiting to be read.
@@ -164,7 +164,10 @@ impl SplitReader for KafkaSplit {
                 partition: self.partition,
                 offset: message.offset,
                 reason,
-                payload: message.payload.clone().unwrap_or_default(),
+                payload: message
+                    .payload
+                    .as_deref()
+                    .map_or_else(Vec::new, |p| p[..p.len().min(PAYLOAD_PREFIX)].to_vec()),
             });
         }
         let origin = || origin.iter().map(|&i| &messages[i]);

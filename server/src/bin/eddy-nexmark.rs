@@ -205,29 +205,27 @@ async fn fill_topics(
             .create_topic(kind, partitions as i32, 1)
             .unwrap_or_else(|e| fail(e));
         let mut sent = 0u64;
-        {
-            for batch in batches {
-                let mut writer = LineDelimitedWriter::new(Vec::new());
-                writer.write(&batch).unwrap_or_else(|e| fail(e));
-                writer.finish().unwrap_or_else(|e| fail(e));
-                for line in writer.into_inner().split(|&b| b == b'\n') {
-                    if line.is_empty() {
-                        continue;
-                    }
-                    let partition = (sent % partitions as u64) as i32;
-                    let mut record = Some(
-                        BaseRecord::<(), [u8]>::to(kind)
-                            .partition(partition)
-                            .payload(line),
-                    );
-                    while let Some(r) = record.take() {
-                        if let Err((_, r)) = producer.send(r) {
-                            std::thread::sleep(Duration::from_millis(5));
-                            record = Some(r);
-                        }
-                    }
-                    sent += 1;
+        for batch in batches {
+            let mut writer = LineDelimitedWriter::new(Vec::new());
+            writer.write(&batch).unwrap_or_else(|e| fail(e));
+            writer.finish().unwrap_or_else(|e| fail(e));
+            for line in writer.into_inner().split(|&b| b == b'\n') {
+                if line.is_empty() {
+                    continue;
                 }
+                let partition = (sent % partitions as u64) as i32;
+                let mut record = Some(
+                    BaseRecord::<(), [u8]>::to(kind)
+                        .partition(partition)
+                        .payload(line),
+                );
+                while let Some(r) = record.take() {
+                    if let Err((_, r)) = producer.send(r) {
+                        std::thread::sleep(Duration::from_millis(5));
+                        record = Some(r);
+                    }
+                }
+                sent += 1;
             }
         }
         counts.push((kind.to_string(), sent));

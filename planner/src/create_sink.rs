@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use crate::parse::{parse_format, parse_option_list};
+use crate::parse::{option_list_sql, parse_format, parse_option_list};
 
 /// What a sink writes.
 #[derive(Debug, Clone)]
@@ -42,12 +42,7 @@ impl fmt::Display for CreateSink {
             SinkInput::Relation(r) => write!(f, "{} FROM {r}", self.name)?,
             SinkInput::Query(q) => write!(f, "{} AS {q}", self.name)?,
         }
-        let options: Vec<String> = self
-            .options
-            .iter()
-            .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
-            .collect();
-        write!(f, " WITH ({})", options.join(", "))
+        write!(f, " WITH {}", option_list_sql(&self.options))
     }
 }
 

@@ -82,13 +82,12 @@ impl fmt::Display for CreateSource {
         if let Some((col, expr)) = &self.watermark {
             parts.push(format!("WATERMARK FOR {col} AS {expr}"));
         }
-        write!(f, "{}) WITH (", parts.join(", "))?;
-        let options: Vec<String> = self
-            .options
-            .iter()
-            .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
-            .collect();
-        write!(f, "{})", options.join(", "))
+        write!(
+            f,
+            "{}) WITH {}",
+            parts.join(", "),
+            option_list_sql(&self.options)
+        )
     }
 }
 
@@ -211,6 +210,15 @@ pub fn option_value(value: &Value) -> String {
         Value::Number(n, _) => n.clone(),
         other => other.to_string(),
     }
+}
+
+/// Options as [`parse_option_list`] reads them back: `(key = 'value', ...)`.
+pub(crate) fn option_list_sql(options: &[(String, String)]) -> String {
+    let options: Vec<String> = options
+        .iter()
+        .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
+        .collect();
+    format!("({})", options.join(", "))
 }
 
 /// `(key = value, ...)`; keys lower-cased, dotted keys kept whole.

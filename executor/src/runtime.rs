@@ -29,6 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
@@ -67,11 +68,21 @@ pub enum ReadTarget {
     Source(Arc<SourceSpec>),
 }
 
+/// A view's or sink's own settings for its pipeline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineOptions {
+    /// `EMIT ON WINDOW CLOSE` (views only).
+    pub emit_on_window_close: bool,
+    /// `state_ttl`: unwindowed aggregates and joins forget what no change
+    /// touched for this long (see `state_ttl`).
+    pub state_ttl: Option<Duration>,
+}
+
 /// What it takes to build a view's or sink's pipeline again.
 #[derive(Debug, Clone)]
 struct PipelineDef {
     plan: StreamNode,
-    emit_on_window_close: bool,
+    options: PipelineOptions,
     /// A sink's spec and delivery status: its pipeline ends in a [`SinkWriter`].
     sink: Option<(Arc<SinkSpec>, Arc<DeliveryStatus>)>,
     /// The sources its readers read.
@@ -349,12 +360,12 @@ impl Runtime {
         quiesced: &Quiesced<'_>,
         id: u32,
         plan: &StreamNode,
-        emit_on_window_close: bool,
+        options: PipelineOptions,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
         let def = PipelineDef {
             plan: plan.clone(),
-            emit_on_window_close,
+            options,
             sink: None,
             sources: vec![],
         };
@@ -369,13 +380,13 @@ impl Runtime {
         quiesced: &Quiesced<'_>,
         spec: Arc<SinkSpec>,
         plan: &StreamNode,
+        options: PipelineOptions,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<Arc<DeliveryStatus>> {
         let status = Arc::new(DeliveryStatus::default());
         let def = PipelineDef {
             plan: plan.clone(),
-            // `CREATE SINK` takes no `EMIT ON WINDOW CLOSE`.
-            emit_on_window_close: false,
+            options,
             sink: Some((spec.clone(), status.clone())),
             sources: vec![],
         };
@@ -475,7 +486,7 @@ impl Runtime {
             running: self.running.subscribe(),
             clocks: self.clocks.clone(),
             progress: self.progress.clone(),
-            emit_on_window_close: def.emit_on_window_close,
+            options: def.options,
             backfill: !restore,
             fragments: Vec::new(),
             subscriptions: Vec::new(),

@@ -67,7 +67,7 @@ async fn create_view(runtime: &Runtime, ctx: &SessionContext, id: u32, sql: &str
     let guard = runtime.write_lock().await;
     let quiesced = runtime.quiesce(&guard).await;
     runtime
-        .create_view(&quiesced, id, &stream, false, &|n| {
+        .create_view(&quiesced, id, &stream, Default::default(), &|n| {
             names.get(n).copied().map(ReadTarget::Relation)
         })
         .expect("create view");

@@ -180,3 +180,51 @@ async fn temporal_filter_catches_up_after_kill9() {
     client.batch_execute("FLUSH").await.expect("flush");
     assert_eq!(rows_sorted(&client, sql).await.expect("read"), ["2", "3"]);
 }
+
+/// State TTL stamps are checkpointed: after `kill -9`, unexpired state is
+/// back (a retraction finds it), and what stopped changing still expires.
+#[tokio::test]
+async fn state_ttl_survives_kill9() {
+    let mut server = EddyServer::start("restart_state_ttl");
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE clicks (user_id INT, page VARCHAR);
+             CREATE TABLE users (user_id INT, name VARCHAR);
+             CREATE MATERIALIZED VIEW per_user WITH (state_ttl = '1 hour') AS
+               SELECT user_id, count(*) AS clicks FROM clicks GROUP BY user_id;
+             CREATE MATERIALIZED VIEW named WITH (state_ttl = '1 hour') AS
+               SELECT c.page, u.name FROM clicks c JOIN users u ON c.user_id = u.user_id;
+             CREATE MATERIALIZED VIEW brief WITH (state_ttl = '2 seconds') AS
+               SELECT user_id, count(*) AS clicks FROM clicks GROUP BY user_id;
+             INSERT INTO clicks VALUES (1, 'a'), (1, 'b'), (2, 'a');
+             INSERT INTO users VALUES (1, 'ann'), (2, 'bob');
+             FLUSH;",
+        )
+        .await
+        .expect("setup");
+    server.kill9();
+    server.restart_after_kill9();
+    let client = server.client().await;
+    client
+        .batch_execute("DELETE FROM clicks WHERE page = 'b'; FLUSH;")
+        .await
+        .expect("delete");
+    assert_eq!(
+        rows_sorted(&client, "SELECT * FROM per_user").await.expect("read"),
+        ["1|1", "2|1"]
+    );
+    assert_eq!(
+        rows_sorted(&client, "SELECT * FROM named").await.expect("read"),
+        ["a|ann", "a|bob"]
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !rows_sorted(&client, "SELECT * FROM brief")
+        .await
+        .expect("read")
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "brief never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

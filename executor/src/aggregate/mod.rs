@@ -13,11 +13,15 @@
 //! can never change again. It is then released from state — and, with
 //! `EMIT ON WINDOW CLOSE`, emitted once, final, only then. Rows that arrive
 //! for such a group anyway are late: dropped and counted.
+//!
+//! Without a window, `state_ttl` bounds state instead: a group no epoch
+//! changed for the TTL is expired, its row retracted (see [`crate::state_ttl`]).
 
 mod accumulator;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::cast;
@@ -35,6 +39,7 @@ use crate::hash::HashMap;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::progress::LateRows;
+use crate::state_ttl::StateTtl;
 
 /// One aggregate call, ready to run.
 #[derive(Debug)]
@@ -82,6 +87,8 @@ struct Group {
     window: Option<Box<[u8]>>,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Time of the last epoch that changed it, with a state TTL.
+    stamp: Option<i64>,
 }
 
 fn new_group(calls: &[AggregateSpec]) -> Group {
@@ -93,6 +100,7 @@ fn new_group(calls: &[AggregateSpec]) -> Group {
             .collect(),
         window: None,
         dirty: true,
+        stamp: None,
     }
 }
 
@@ -103,10 +111,14 @@ impl Group {
         for acc in &self.accumulators {
             acc.encode(&mut out);
         }
+        if let Some(stamp) = self.stamp {
+            out.i64(stamp);
+        }
         out.finish()
     }
 
-    fn decode(calls: &[AggregateSpec], value: &[u8]) -> Result<Self> {
+    /// Decodes a group; `stamped` when its operator has a state TTL.
+    fn decode(calls: &[AggregateSpec], value: &[u8], stamped: bool) -> Result<Self> {
         let mut input = ValueReader::new(value);
         let rows = input.i64()?;
         let window = input.opt_bytes()?.map(Box::from);
@@ -114,11 +126,13 @@ impl Group {
             .iter()
             .map(|c| Accumulator::decode(&c.value_kind, &mut input))
             .collect::<Result<_>>()?;
+        let stamp = if stamped { Some(input.i64()?) } else { None };
         Ok(Self {
             rows,
             accumulators,
             window,
             dirty: false,
+            stamp,
         })
     }
 }
@@ -154,6 +168,8 @@ pub struct HashAggregate {
     touched: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>>,
     /// Groups changed or removed since the last checkpoint.
     dirty: Dirty<Box<[u8]>>,
+    /// Groups by the time they last changed, with a state TTL.
+    ttl: Option<StateTtl<Encoded>>,
 }
 
 impl HashAggregate {
@@ -196,6 +212,7 @@ impl HashAggregate {
             groups: HashMap::default(),
             touched: HashMap::default(),
             dirty: Dirty::default(),
+            ttl: None,
         };
         if global {
             // The one row of a global aggregate exists before any input.
@@ -206,6 +223,16 @@ impl HashAggregate {
             this.touched.insert(key, None);
         }
         Ok(this)
+    }
+
+    /// Expires groups no epoch changed for `ttl`. Only an aggregate whose
+    /// state nothing else bounds takes one: a global aggregate has its one
+    /// row always, and windows close by watermark.
+    pub fn with_state_ttl(mut self, ttl: Option<Duration>) -> Self {
+        if !self.is_global() && self.windows.is_none() {
+            self.ttl = ttl.map(StateTtl::new);
+        }
+        self
     }
 
     fn is_global(&self) -> bool {
@@ -286,6 +313,30 @@ impl HashAggregate {
         if let (Some(window), Some(w)) = (group.window, self.windows.as_mut()) {
             w.open.remove(&(window, key.into()));
         }
+        if let (Some(stamp), Some(ttl)) = (group.stamp, self.ttl.as_mut()) {
+            ttl.forget(&key.into(), stamp);
+        }
+    }
+
+    /// Stamps the groups `touched` changed with the barrier's time `now`,
+    /// and takes the groups that expired.
+    fn expire(&mut self, now: i64, touched: &HashMap<Encoded, Option<Vec<ScalarValue>>>) -> Vec<Encoded> {
+        let Some(ttl) = self.ttl.as_mut() else {
+            return vec![];
+        };
+        for key in touched.keys() {
+            if let Some(group) = self.groups.get_mut(key) {
+                group.stamp = Some(ttl.stamp(key, group.stamp, now));
+            }
+        }
+        let expired = ttl.advance(now);
+        for key in &expired {
+            if let Some(group) = self.groups.get_mut(key) {
+                // Out of the index already: `remove_group` has nothing to forget.
+                group.stamp = None;
+            }
+        }
+        expired
     }
 
     fn build_output(&self, rows: Vec<Change<'_>>) -> Result<StreamChunk> {
@@ -349,6 +400,10 @@ impl Operator for HashAggregate {
         let mut late = 0;
         for (i, key) in keys.into_iter().enumerate() {
             let sign = chunk.ops[i].sign();
+            if sign < 0 && self.ttl.is_some() && !self.groups.contains_key(&key) {
+                // Its group expired: what it would retract is gone already.
+                continue;
+            }
             let window = windows.as_ref().map(|w| &w[i]);
             if let (Some(window), Some(w)) = (window, &self.windows)
                 && w.closed_below.as_ref().is_some_and(|c| window < c)
@@ -423,15 +478,21 @@ impl Operator for HashAggregate {
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
         self.groups.clear();
         self.touched.clear();
+        if let Some(ttl) = self.ttl.as_mut() {
+            ttl.clear();
+        }
         if let Some(w) = self.windows.as_mut() {
             w.open.clear();
         }
         for (key, value) in entries {
             match key.split_first() {
                 Some((b'g', group_key)) => {
-                    let group = Group::decode(&self.calls, &value)?;
+                    let group = Group::decode(&self.calls, &value, self.ttl.is_some())?;
                     if let (Some(window), Some(w)) = (&group.window, self.windows.as_mut()) {
                         w.open.insert((window.clone(), group_key.into()));
+                    }
+                    if let (Some(stamp), Some(ttl)) = (group.stamp, self.ttl.as_mut()) {
+                        ttl.stamp(&group_key.into(), None, stamp);
                     }
                     self.groups.insert(group_key.into(), group);
                 }
@@ -453,11 +514,12 @@ impl Operator for HashAggregate {
         Ok(())
     }
 
-    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
-        if self.touched.is_empty() {
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        let touched = std::mem::take(&mut self.touched);
+        let expired = self.expire(barrier.now, &touched);
+        if touched.is_empty() && expired.is_empty() {
             return Ok(());
         }
-        let touched = std::mem::take(&mut self.touched);
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
         for (key, before) in &touched {
@@ -465,10 +527,15 @@ impl Operator for HashAggregate {
                 emptied.push(key);
             }
         }
+        for key in &expired {
+            if let Some(group) = self.groups.get(key).filter(|g| g.rows > 0) {
+                rows.push((Op::Delete, key, self.output_row(group)?));
+            }
+        }
         if !rows.is_empty() {
             out.push(self.build_output(rows)?);
         }
-        for key in emptied {
+        for key in emptied.into_iter().chain(&expired) {
             self.remove_group(key);
         }
         Ok(())

@@ -91,7 +91,7 @@ impl PipelineBuilder<'_> {
                 .map(|i| (g, i)),
             _ => None,
         });
-        if self.emit_on_window_close && window.is_none() {
+        if self.options.emit_on_window_close && window.is_none() {
             return Err(ExecutorError::Windowing(
                 "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
             ));
@@ -107,7 +107,7 @@ impl PipelineBuilder<'_> {
                 let key = window.map(|(group, input_column)| WindowKey {
                     group,
                     input_column,
-                    emit_on_close: self.emit_on_window_close,
+                    emit_on_close: self.options.emit_on_window_close,
                     late: LateRows::new(self.relation, self.progress.clone()),
                 });
                 let op = HashAggregate::new(
@@ -117,7 +117,8 @@ impl PipelineBuilder<'_> {
                     out.clone(),
                     self.evaluator.clone(),
                     key,
-                )?;
+                )?
+                .with_state_ttl(self.options.state_ttl);
                 Ok(Self::single(inputs, Box::new(op)))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -87,7 +87,8 @@ impl PipelineBuilder<'_> {
                         rules.clone(),
                         LateRows::new(self.relation, self.progress.clone()),
                     ),
-                )?;
+                )?
+                .with_state_ttl(self.options.state_ttl);
                 let ports = [vec![0; l.len()], vec![1; r.len()]].concat();
                 Ok(Instance {
                     inputs: l.into_iter().chain(r).collect(),

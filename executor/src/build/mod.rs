@@ -25,6 +25,7 @@ use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
+use crate::runtime::PipelineOptions;
 use crate::checkpoint::READER_SCOPE;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
@@ -104,7 +105,7 @@ pub(crate) struct PipelineBuilder<'a> {
     pub running: tokio::sync::watch::Receiver<bool>,
     pub clocks: Arc<SplitClocks>,
     pub progress: Arc<Progress>,
-    pub emit_on_window_close: bool,
+    pub options: PipelineOptions,
     /// Whether inputs start with what they hold now (a new view), or the
     /// pipeline's state comes from a checkpoint (recovery).
     pub backfill: bool,
@@ -152,7 +153,7 @@ impl PipelineBuilder<'_> {
     ) -> Result<()> {
         let schema = batch_schema(root.schema());
         let pending = self.build(root)?.instances;
-        if self.emit_on_window_close && self.windowed_aggregates == 0 {
+        if self.options.emit_on_window_close && self.windowed_aggregates == 0 {
             return Err(ExecutorError::Windowing(
                 "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
             ));

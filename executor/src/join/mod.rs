@@ -20,8 +20,12 @@
 //! residual filter) also drops rows no later change can meet, by watermark:
 //! see [`expiry`].
 //!
+//! With a state TTL, a stored row no change touched for the TTL is expired:
+//! deleted as if its input had deleted it, results and all (see
+//! [`crate::state_ttl`]); a later retraction of it is ignored.
+//!
 //! Checkpoints hold every stored row (`r <side> <key> <row>` -> copies and
-//! time) and the interval join's watermarks (`x`). Degrees are not written:
+//! time, and stamp with a TTL) and the interval join's watermarks (`x`). Degrees are not written:
 //! they follow from the two sides' rows and are computed again on recovery
 //! (only outer, semi and anti joins read them).
 
@@ -30,12 +34,13 @@ mod expiry;
 pub use expiry::{Expiry, expiry_rules, key_rules};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions,
 };
 use datafusion::arrow::compute::{cast, filter, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
@@ -47,8 +52,9 @@ use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
-use crate::message::{Op, StreamChunk, Watermark};
+use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
+use crate::state_ttl::StateTtl;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {
@@ -56,6 +62,8 @@ struct Entry {
     degree: i64,
     /// The row's time, in an interval join (see [`expiry`]).
     time: Option<i64>,
+    /// When it last changed, with a state TTL.
+    stamp: i64,
 }
 
 /// An encoded row or join key, shared (not copied) by the state, the
@@ -95,6 +103,15 @@ pub struct HashJoin {
     expiry: Option<Expiry>,
     /// Stored rows changed since the last checkpoint.
     dirty: Dirty<StoredRow>,
+    ttl: Option<JoinTtl>,
+}
+
+/// A join's state TTL: its stored rows by stamp, and each side's schema
+/// (to delete expired rows as input would).
+#[derive(Debug)]
+struct JoinTtl {
+    rows: StateTtl<StoredRow>,
+    schemas: [SchemaRef; 2],
 }
 
 /// A stored row: (side, join key, row).
@@ -143,7 +160,66 @@ impl HashJoin {
             rows: [0, 0],
             expiry,
             dirty: Dirty::default(),
+            ttl: None,
         })
+    }
+
+    /// Expires stored rows no change touched for `ttl`.
+    pub fn with_state_ttl(mut self, ttl: Option<Duration>) -> Self {
+        let fields = self.joined_schema.fields();
+        let left = self.sides[0].codec.types().len();
+        let side = |range: std::ops::Range<usize>| {
+            Arc::new(Schema::new(fields[range].to_vec())) as SchemaRef
+        };
+        self.ttl = ttl.map(|ttl| JoinTtl {
+            rows: StateTtl::new(ttl),
+            schemas: [side(0..left), side(left..fields.len())],
+        });
+        self
+    }
+
+    /// Whether a retraction of `row` on `side` finds nothing stored: with a
+    /// state TTL, the row expired (and was retracted) already.
+    fn expired_already(&self, side: usize, key: Option<&Encoded>, row: &[u8]) -> bool {
+        self.ttl.is_some()
+            && key.is_some_and(|k| {
+                self.state[side]
+                    .get(k)
+                    .and_then(|b| b.get(row))
+                    .is_none_or(|e| e.copies <= 0)
+            })
+    }
+
+    /// Deletes the stored rows that expired by barrier time `now`, as their
+    /// input would.
+    fn expire(&mut self, now: i64, out: &mut Vec<StreamChunk>) -> Result<()> {
+        let Some(ttl) = self.ttl.as_mut() else {
+            return Ok(());
+        };
+        let expired = ttl.rows.advance(now);
+        let schemas = ttl.schemas.clone();
+        for side in 0..2 {
+            let mut rows: Vec<&[u8]> = Vec::new();
+            for (_, key, row) in expired.iter().filter(|(s, _, _)| usize::from(*s) == side) {
+                let copies = self.state[side]
+                    .get(key)
+                    .and_then(|b| b.get(row))
+                    .map_or(0, |e| e.copies);
+                for _ in 0..copies {
+                    rows.push(row);
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let columns = self.sides[side].codec.decode(rows.iter().copied())?;
+            let chunk = StreamChunk {
+                batch: RecordBatch::try_new(schemas[side].clone(), columns)?,
+                ops: vec![Op::Delete; rows.len()].into(),
+            };
+            self.apply(side, chunk, None, out)?;
+        }
+        Ok(())
     }
 
     /// Whether degrees matter: only outer, semi and anti joins read them.
@@ -335,104 +411,17 @@ impl HashJoin {
             Some(times),
         ))
     }
-}
 
-fn corrupt_key() -> ExecutorError {
-    ExecutorError::CorruptState("a join's state key is unknown".into())
-}
-
-/// An output row holding only `row`, on `side`.
-fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
-    if side == 0 {
-        (op, Some(row), None)
-    } else {
-        (op, None, Some(row))
-    }
-}
-
-impl Operator for HashJoin {
-    fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize {
-            operator: "HashJoin",
-            keys: self.state.iter().map(|s| s.len() as u64).sum(),
-            rows: self.rows.iter().sum(),
-        })
-    }
-
-    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for (side, key, row) in self.dirty.take() {
-            let state_key = row_state_key(side, &key, &row);
-            let entry = self.state[side as usize]
-                .get(&key)
-                .and_then(|b| b.get(&row));
-            match entry {
-                Some(e) => state.put(
-                    &state_key,
-                    ValueWriter::new().i64(e.copies).opt_i64(e.time).finish(),
-                ),
-                None => state.delete(&state_key),
-            }
-        }
-        if let Some(expiry) = &self.expiry {
-            let mut value = ValueWriter::new();
-            for (side, column, w) in expiry.watermarks() {
-                value.u8(side as u8).u32(column as u32).i64(w);
-            }
-            state.put(b"x", value.finish());
-        }
-    }
-
-    fn restore(&mut self, entries: StateEntries) -> Result<()> {
-        self.state = [HashMap::default(), HashMap::default()];
-        self.rows = [0, 0];
-        for (key, value) in entries {
-            match key.split_first() {
-                Some((b'r', rest)) => {
-                    let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;
-                    let side = usize::from(side).min(1);
-                    let (join_key, row) = split_part(rest)?;
-                    let mut value = ValueReader::new(&value);
-                    let entry = Entry {
-                        copies: value.i64()?,
-                        degree: 0,
-                        time: value.opt_i64()?,
-                    };
-                    let join_key = Encoded::from(join_key);
-                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), entry.time) {
-                        expiry.stored(side, t, &join_key);
-                    }
-                    self.state[side]
-                        .entry(join_key)
-                        .or_default()
-                        .insert(row.into(), entry);
-                    self.rows[side] += 1;
-                }
-                Some((b'x', [])) => {
-                    let mut value = ValueReader::new(&value);
-                    while !value.rest().is_empty() {
-                        let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
-                        if let Some(expiry) = self.expiry.as_mut() {
-                            expiry.observe(usize::from(side).min(1), column as usize, w);
-                        }
-                    }
-                }
-                _ => return Err(corrupt_key()),
-            }
-        }
-        if self.reads_degrees() {
-            self.compute_degrees()?;
-        }
-        Ok(())
-    }
-
-    fn process(
+    /// Applies `chunk` to `side` (`times`: its rows' times, in an
+    /// interval join), emitting the joined changes.
+    fn apply(
         &mut self,
         side: usize,
         chunk: StreamChunk,
+        times: Option<Int64Array>,
         out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let other = 1 - side;
-        let (chunk, times) = self.drop_late(side, chunk)?;
         let keys = self.keys(side, &chunk.batch)?;
         let encoded = self.sides[side].codec.encode(chunk.batch.columns())?;
 
@@ -462,6 +451,12 @@ impl Operator for HashJoin {
             let op = chunk.ops[i];
             let sign = op.sign();
             let my_row = encoded.row(i).data();
+            if op == Op::Delete && self.expired_already(side, key.as_ref(), my_row) {
+                while pair < pair_row.len() && pair_row[pair] == i {
+                    pair += 1;
+                }
+                continue;
+            }
             let mut matched = 0i64;
             while pair < pair_row.len() && pair_row[pair] == i {
                 if passes[pair] {
@@ -509,10 +504,11 @@ impl Operator for HashJoin {
             if let Some(key) = key {
                 let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
                 let row = Encoded::from(my_row);
-                self.dirty.push((side as u8, key.clone(), row.clone()));
+                let stored_row = (side as u8, key.clone(), row.clone());
                 let bucket = self.state[side].entry(key.clone()).or_default();
                 let entry = bucket.entry(row).or_default();
-                if entry.copies == 0 {
+                let was_stored = entry.copies != 0;
+                if !was_stored {
                     entry.time = time;
                     self.rows[side] += 1;
                     if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
@@ -521,6 +517,15 @@ impl Operator for HashJoin {
                 }
                 entry.copies += sign;
                 entry.degree = matched;
+                if let Some(ttl) = self.ttl.as_mut() {
+                    if entry.copies == 0 {
+                        ttl.rows.forget(&stored_row, entry.stamp);
+                    } else {
+                        let previous = was_stored.then_some(entry.stamp);
+                        entry.stamp = ttl.rows.touch(&stored_row, previous);
+                    }
+                }
+                self.dirty.push(stored_row);
                 if entry.copies == 0 {
                     bucket.remove(my_row);
                     self.rows[side] -= 1;
@@ -534,6 +539,125 @@ impl Operator for HashJoin {
             out.push(self.build(&output)?);
         }
         Ok(())
+    }
+}
+
+fn corrupt_key() -> ExecutorError {
+    ExecutorError::CorruptState("a join's state key is unknown".into())
+}
+
+/// An output row holding only `row`, on `side`.
+fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
+    if side == 0 {
+        (op, Some(row), None)
+    } else {
+        (op, None, Some(row))
+    }
+}
+
+impl Operator for HashJoin {
+    fn state_size(&self) -> Option<StateSize> {
+        Some(StateSize {
+            operator: "HashJoin",
+            keys: self.state.iter().map(|s| s.len() as u64).sum(),
+            rows: self.rows.iter().sum(),
+        })
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for (side, key, row) in self.dirty.take() {
+            let state_key = row_state_key(side, &key, &row);
+            let entry = self.state[side as usize]
+                .get(&key)
+                .and_then(|b| b.get(&row));
+            match entry {
+                Some(e) => {
+                    let mut value = ValueWriter::new();
+                    value.i64(e.copies).opt_i64(e.time);
+                    if self.ttl.is_some() {
+                        value.i64(e.stamp);
+                    }
+                    state.put(&state_key, value.finish())
+                }
+                None => state.delete(&state_key),
+            }
+        }
+        if let Some(expiry) = &self.expiry {
+            let mut value = ValueWriter::new();
+            for (side, column, w) in expiry.watermarks() {
+                value.u8(side as u8).u32(column as u32).i64(w);
+            }
+            state.put(b"x", value.finish());
+        }
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.state = [HashMap::default(), HashMap::default()];
+        self.rows = [0, 0];
+        if let Some(ttl) = self.ttl.as_mut() {
+            ttl.rows.clear();
+        }
+        for (key, value) in entries {
+            match key.split_first() {
+                Some((b'r', rest)) => {
+                    let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;
+                    let side = usize::from(side).min(1);
+                    let (join_key, row) = split_part(rest)?;
+                    let mut value = ValueReader::new(&value);
+                    let copies = value.i64()?;
+                    let time = value.opt_i64()?;
+                    let stamp = if self.ttl.is_some() { value.i64()? } else { 0 };
+                    let entry = Entry {
+                        copies,
+                        degree: 0,
+                        time,
+                        stamp,
+                    };
+                    let join_key = Encoded::from(join_key);
+                    let row = Encoded::from(row);
+                    if let Some(ttl) = self.ttl.as_mut() {
+                        let stored_row = (side as u8, join_key.clone(), row.clone());
+                        ttl.rows.stamp(&stored_row, None, stamp);
+                    }
+                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), entry.time) {
+                        expiry.stored(side, t, &join_key);
+                    }
+                    self.state[side]
+                        .entry(join_key)
+                        .or_default()
+                        .insert(row, entry);
+                    self.rows[side] += 1;
+                }
+                Some((b'x', [])) => {
+                    let mut value = ValueReader::new(&value);
+                    while !value.rest().is_empty() {
+                        let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
+                        if let Some(expiry) = self.expiry.as_mut() {
+                            expiry.observe(usize::from(side).min(1), column as usize, w);
+                        }
+                    }
+                }
+                _ => return Err(corrupt_key()),
+            }
+        }
+        if self.reads_degrees() {
+            self.compute_degrees()?;
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        side: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let (chunk, times) = self.drop_late(side, chunk)?;
+        self.apply(side, chunk, times, out)
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.expire(barrier.now, out)
     }
 
     fn on_watermark(
@@ -561,10 +685,15 @@ impl Operator for HashJoin {
                 };
                 let before = bucket.len();
                 let dirty = &mut self.dirty;
+                let mut ttl = self.ttl.as_mut();
                 bucket.retain(|row, e| {
                     let keep = e.time.is_none_or(|t| t >= threshold);
                     if !keep {
-                        dirty.push((side as u8, key.clone(), row.clone()));
+                        let stored_row = (side as u8, key.clone(), row.clone());
+                        if let Some(ttl) = ttl.as_mut() {
+                            ttl.rows.forget(&stored_row, e.stamp);
+                        }
+                        dirty.push(stored_row);
                     }
                     keep
                 });

@@ -170,7 +170,7 @@ impl Engine {
                     &quiesced,
                     id,
                     &stream_plan,
-                    emit_on_window_close,
+                    job_options.pipeline(emit_on_window_close),
                     &|n| self.catalog.read_target(n),
                 )?;
                 (batch_schema(stream_plan.schema()), None, None)

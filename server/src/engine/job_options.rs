@@ -1,13 +1,18 @@
 //! Options of a materialized view's or sink's pipeline, in its `WITH
-//! (...)`: `restart_strategy`, how it restarts when it fails (the server's
-//! `restart_strategy` parameter when absent).
+//! (...)`:
+//! - `restart_strategy`: how it restarts when it fails (the server's
+//!   `restart_strategy` parameter when absent);
+//! - `state_ttl`: how long its unwindowed aggregates and joins keep state
+//!   that stopped changing (forever when absent).
 //!
 //! They live in the stored statement, so a restarted server applies them
 //! again when it replays the catalog.
 
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, Expr, SqlOption};
 
-use eddy_executor::{ExecutorError, RestartStrategy};
+use std::time::Duration;
+
+use eddy_executor::{ExecutorError, PipelineOptions, RestartStrategy};
 
 use super::parameters::RESTART_STRATEGY;
 use crate::error::{EddyError, Result};
@@ -17,6 +22,19 @@ use crate::jobs::Jobs;
 #[derive(Debug, Default)]
 pub(super) struct JobOptions {
     restart_strategy: Option<RestartStrategy>,
+    state_ttl: Option<Duration>,
+}
+
+const STATE_TTL: &str = "state_ttl";
+
+fn state_ttl(value: &str) -> std::result::Result<Duration, ExecutorError> {
+    match eddy_planner::duration_text(value) {
+        Ok(ttl) if !ttl.is_zero() => Ok(ttl),
+        Ok(_) => Err(ExecutorError::InvalidOption(format!(
+            "{STATE_TTL} must be longer than zero, got '{value}'"
+        ))),
+        Err(e) => Err(ExecutorError::InvalidOption(format!("{STATE_TTL}: {e}"))),
+    }
 }
 
 impl JobOptions {
@@ -26,12 +44,15 @@ impl JobOptions {
         let mut this = Self::default();
         let mut error = None;
         options.retain(|(key, value)| {
-            if key != RESTART_STRATEGY {
-                return true;
-            }
-            match RestartStrategy::parse(value) {
-                Ok(strategy) => this.restart_strategy = Some(strategy),
-                Err(e) => error = Some(e),
+            let parsed = match key.as_str() {
+                RESTART_STRATEGY => {
+                    RestartStrategy::parse(value).map(|s| this.restart_strategy = Some(s))
+                }
+                STATE_TTL => state_ttl(value).map(|ttl| this.state_ttl = Some(ttl)),
+                _ => return true,
+            };
+            if let Err(e) = parsed {
+                error = Some(e);
             }
             false
         });
@@ -64,10 +85,18 @@ impl JobOptions {
         let this = Self::take(&mut pairs)?;
         match pairs.first() {
             Some((key, _)) => Err(ExecutorError::InvalidOption(format!(
-                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY})"
+                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY}, {STATE_TTL})"
             ))
             .into()),
             None => Ok(this),
+        }
+    }
+
+    /// What the pipeline is built with.
+    pub fn pipeline(&self, emit_on_window_close: bool) -> PipelineOptions {
+        PipelineOptions {
+            emit_on_window_close,
+            state_ttl: self.state_ttl,
         }
     }
 

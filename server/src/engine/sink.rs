@@ -45,9 +45,13 @@ impl Engine {
         let spec = Arc::new(SinkSpec::new(id, schema.clone(), options)?);
         let status = self
             .runtime
-            .create_sink(&quiesced, spec, &stream_plan, &|n| {
-                self.catalog.read_target(n)
-            })?;
+            .create_sink(
+                &quiesced,
+                spec,
+                &stream_plan,
+                job_options.pipeline(false),
+                &|n| self.catalog.read_target(n),
+            )?;
         let sql = sink.to_string();
         if !replaying {
             let entry = CatalogEntry {

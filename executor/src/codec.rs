@@ -6,10 +6,11 @@
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
 use datafusion::arrow::row::{RowConverter, RowParser, Rows, SortField};
 
 use crate::checkpoint::{push_part, split_part};
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::message::{Op, StreamChunk};
 
 /// Encodes and decodes rows of fixed column types.
@@ -98,4 +99,27 @@ pub fn decode_change(schema: &SchemaRef, codec: &RowCodec, bytes: &[u8]) -> Resu
         batch,
         ops: ops.into(),
     })
+}
+
+/// One JSON object per row of `batch`.
+pub(crate) fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, LineDelimited>(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    let rows: Vec<Vec<u8>> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if rows.len() != batch.num_rows() {
+        return Err(ExecutorError::Internal(format!(
+            "{} rows encoded as {} JSON lines",
+            batch.num_rows(),
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }

@@ -48,6 +48,9 @@ struct Relation {
     failed: Option<String>,
     /// Whether a checkpoint holds this relation yet.
     checkpointed: bool,
+    /// For a late-rows relation, its view: its rows come in the view's
+    /// checkpoints, so it is never waited for.
+    owner: Option<u32>,
 }
 
 impl Relation {
@@ -95,6 +98,7 @@ struct PendingEpoch {
 struct Carried {
     delta: Delta,
     writes: Vec<StateWrite>,
+    late: Vec<(u32, Delta)>,
 }
 
 #[derive(Debug)]
@@ -164,6 +168,17 @@ impl Coordinator {
     /// Starts tracking relation `id` with rows of `schema`: empty, or, with
     /// `restore`, its rows as of the last checkpoint that held it.
     pub fn add_relation(&self, id: u32, schema: SchemaRef, restore: bool) -> Result<()> {
+        self.track(id, schema, restore, None)
+    }
+
+    /// Starts tracking view `view`'s late-rows relation, with the rows the
+    /// last checkpoint holds (it is only ever written with the view's).
+    pub fn add_late_rows(&self, view: u32) -> Result<()> {
+        let id = crate::late_rows::late_rows_id(view);
+        self.track(id, crate::late_rows::schema(), true, Some(view))
+    }
+
+    fn track(&self, id: u32, schema: SchemaRef, restore: bool, owner: Option<u32>) -> Result<()> {
         let codec = RowCodec::for_schema(&schema)?;
         let mut rows = crate::hash::HashMap::default();
         let store = if restore { self.store() } else { None };
@@ -184,6 +199,7 @@ impl Coordinator {
                 cache: None,
                 failed: None,
                 checkpointed: store.is_some(),
+                owner,
             },
         );
         Ok(())
@@ -211,11 +227,13 @@ impl Coordinator {
         }
         // Its checkpoint stays at the last committed epoch: parts of later
         // epochs (a reader's position past rows the failed operator never
-        // took in) would make a restart from it skip input.
+        // took in) would make a restart from it skip input. Its late rows
+        // go too: the restart drops them again.
+        let late = crate::late_rows::late_rows_id(id);
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
             pending.writes.retain(|(rel, _)| *rel != id);
-            pending.deltas.retain(|(rel, _)| *rel != id);
+            pending.deltas.retain(|(rel, _)| *rel != id && *rel != late);
             pending.acked.retain(|rel| *rel != id);
         }
         self.commit_ready(&mut state);
@@ -231,7 +249,7 @@ impl Coordinator {
         let waiting = state
             .relations
             .iter()
-            .filter(|(_, r)| r.failed.is_none())
+            .filter(|(_, r)| r.failed.is_none() && r.owner.is_none())
             .map(|(id, _)| *id)
             .collect();
         state.pending.insert(
@@ -258,7 +276,7 @@ impl Coordinator {
     /// forwarded the barrier). What it hands over then — its backfill —
     /// belongs to the relation's first epoch and is carried into it.
     pub fn stage(&self, id: u32, epoch: u64, checkpoint: FragmentCheckpoint) {
-        let FragmentCheckpoint { writes, rows } = checkpoint;
+        let FragmentCheckpoint { writes, rows, late } = checkpoint;
         let mut state = self.lock();
         // A failed relation's checkpoint stays at its last good epoch (a
         // restart starts from there); what it stages since is dropped.
@@ -272,6 +290,7 @@ impl Coordinator {
         if !waited {
             let carried = state.carried.entry(id).or_default();
             carried.writes.extend(writes);
+            carried.late.extend(late);
             if let Some(delta) = rows {
                 merge(&mut carried.delta, delta);
             }
@@ -286,8 +305,10 @@ impl Coordinator {
                 .writes
                 .extend(carried.writes.into_iter().map(|w| (id, w)));
             pending.deltas.push((id, carried.delta));
+            pending.deltas.extend(carried.late);
         }
         pending.writes.extend(writes.into_iter().map(|w| (id, w)));
+        pending.deltas.extend(late);
         if let Some(delta) = rows {
             pending.waiting.remove(&id);
             pending.acked.push(id);

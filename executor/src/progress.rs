@@ -4,7 +4,6 @@
 //! stateful fragment holds (`eddy_catalog.operator_state`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use datafusion::scalar::ScalarValue;
 
@@ -117,26 +116,5 @@ impl Progress {
     /// Forgets a dropped relation.
     pub fn forget(&self, relation: u32) {
         self.entries.forget(relation);
-    }
-}
-
-/// Where one operator of a relation's pipeline counts the late rows it drops.
-#[derive(Debug, Clone)]
-pub struct LateRows {
-    relation: u32,
-    progress: Arc<Progress>,
-}
-
-impl LateRows {
-    /// Counts under `relation` in `progress`.
-    pub fn new(relation: u32, progress: Arc<Progress>) -> Self {
-        Self { relation, progress }
-    }
-
-    /// Counts `rows` more late rows.
-    pub fn count(&self, rows: u64) {
-        if rows > 0 {
-            self.progress.late(self.relation, rows);
-        }
     }
 }

@@ -76,6 +76,9 @@ pub struct PipelineOptions {
     /// `state_ttl`: unwindowed aggregates and joins forget what no change
     /// touched for this long (see `state_ttl`).
     pub state_ttl: Option<Duration>,
+    /// `late_rows`: keep the rows windowed operators drop as late in the
+    /// view's late-rows relation (see `late_rows`).
+    pub keep_late_rows: bool,
 }
 
 /// What it takes to build a view's or sink's pipeline again.
@@ -351,6 +354,12 @@ impl Runtime {
         let epoch = self.inject_barrier(guard).await;
         self.coordinator.wait_committed(epoch).await;
         paused
+    }
+
+    /// Starts tracking view `view`'s late-rows relation, with the rows the
+    /// last checkpoint holds. Call before creating the view.
+    pub fn create_late_rows(&self, _quiesced: &Quiesced<'_>, view: u32) -> Result<()> {
+        self.coordinator.add_late_rows(view)
     }
 
     /// Starts view `id` maintaining `plan`: from a checkpoint when one

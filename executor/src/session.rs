@@ -40,9 +40,9 @@ use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::key::KeyEncoder;
+use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
-use crate::progress::LateRows;
 
 /// An encoded value (Arrow row format).
 type Encoded = Arc<[u8]>;
@@ -447,7 +447,7 @@ impl Operator for SessionWindow {
         let keys: Vec<Encoded> = self.partitions_of.keys(&self.evaluator, batch)?;
         let times = time_nanos(&self.evaluator.eval(&self.time, batch)?)?;
         let rows = self.row_codec.encode(batch.columns())?;
-        let mut late = 0;
+        let mut late = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
             let row: Encoded = rows.row(i).as_ref().into();
             let op = chunk.ops[i];
@@ -458,7 +458,7 @@ impl Operator for SessionWindow {
             }
             let t = times.value(i);
             if self.closed_below.is_some_and(|w| t < w) {
-                late += 1;
+                late.push(i);
                 continue;
             }
             self.touch(&key);
@@ -476,7 +476,7 @@ impl Operator for SessionWindow {
                 *touched.delta.entry(t).or_default().entry(row).or_insert(0) += op.sign();
             }
         }
-        self.late.count(late);
+        self.late.dropped(batch, &chunk.ops, &late)?;
         Ok(())
     }
 
@@ -485,6 +485,7 @@ impl Operator for SessionWindow {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        self.late.checkpoint(state);
         for (partition, t, row) in self.dirty.take() {
             let state_key = row_state_key(&partition, t, &row);
             let count = self

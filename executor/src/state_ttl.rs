@@ -104,7 +104,10 @@ mod tests {
         ttl.advance(105);
         let a = ttl.touch(&"a", Some(a));
         assert_eq!(a, 105);
-        assert!(ttl.advance(110).is_empty(), "exactly the TTL is not yet past");
+        assert!(
+            ttl.advance(110).is_empty(),
+            "exactly the TTL is not yet past"
+        );
         assert_eq!(ttl.advance(111), vec!["b"]);
         ttl.forget(&"a", a);
         assert!(ttl.advance(1000).is_empty());

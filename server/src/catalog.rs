@@ -153,6 +153,7 @@ pub fn kind_name(kind: RelationKind) -> &'static str {
         RelationKind::MaterializedView => "materialized view",
         RelationKind::Source => "source",
         RelationKind::Sink => "sink",
+        RelationKind::LateRows => "late-rows table",
     }
 }
 
@@ -225,8 +226,22 @@ impl Catalog {
         }
     }
 
-    /// The next free relation id.
+    /// The next free relation id (late-rows relations' ids are derived
+    /// from their views').
     pub fn next_id(&self) -> u32 {
-        self.all().iter().map(|r| r.id + 1).max().unwrap_or(1)
+        self.all()
+            .iter()
+            .filter(|r| r.kind != RelationKind::LateRows)
+            .map(|r| r.id + 1)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The late-rows relation of view `view`, if it keeps late rows.
+    pub fn late_rows_of(&self, view: u32) -> Option<Arc<RelationInfo>> {
+        let id = eddy_executor::late_rows_id(view);
+        self.all()
+            .into_iter()
+            .find(|r| r.id == id && r.kind == RelationKind::LateRows)
     }
 }

@@ -211,11 +211,15 @@ async fn state_ttl_survives_kill9() {
         .await
         .expect("delete");
     assert_eq!(
-        rows_sorted(&client, "SELECT * FROM per_user").await.expect("read"),
+        rows_sorted(&client, "SELECT * FROM per_user")
+            .await
+            .expect("read"),
         ["1|1", "2|1"]
     );
     assert_eq!(
-        rows_sorted(&client, "SELECT * FROM named").await.expect("read"),
+        rows_sorted(&client, "SELECT * FROM named")
+            .await
+            .expect("read"),
         ["a|ann", "a|bob"]
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

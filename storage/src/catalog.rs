@@ -15,6 +15,10 @@ pub enum RelationKind {
     Source,
     /// A sink: a query's changes written to a connector; no stored rows.
     Sink,
+    /// The late rows a materialized view keeps (`WITH (late_rows = ...)`):
+    /// read-only, created and dropped with the view, never stored as an
+    /// entry of its own.
+    LateRows,
 }
 
 /// One relation as persisted: its id, name and the statement that created it.

@@ -36,9 +36,9 @@ use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
+use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
-use crate::progress::LateRows;
 use crate::state_ttl::StateTtl;
 
 /// One aggregate call, ready to run.
@@ -320,7 +320,11 @@ impl HashAggregate {
 
     /// Stamps the groups `touched` changed with the barrier's time `now`,
     /// and takes the groups that expired.
-    fn expire(&mut self, now: i64, touched: &HashMap<Encoded, Option<Vec<ScalarValue>>>) -> Vec<Encoded> {
+    fn expire(
+        &mut self,
+        now: i64,
+        touched: &HashMap<Encoded, Option<Vec<ScalarValue>>>,
+    ) -> Vec<Encoded> {
         let Some(ttl) = self.ttl.as_mut() else {
             return vec![];
         };
@@ -397,7 +401,7 @@ impl Operator for HashAggregate {
         }
         let global = self.is_global();
         let tracks_changes = !self.emits_on_close();
-        let mut late = 0;
+        let mut late = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
             let sign = chunk.ops[i].sign();
             if sign < 0 && self.ttl.is_some() && !self.groups.contains_key(&key) {
@@ -408,7 +412,7 @@ impl Operator for HashAggregate {
             if let (Some(window), Some(w)) = (window, &self.windows)
                 && w.closed_below.as_ref().is_some_and(|c| window < c)
             {
-                late += 1;
+                late.push(i);
                 continue;
             }
             if tracks_changes && !self.touched.contains_key(&key) {
@@ -444,8 +448,8 @@ impl Operator for HashAggregate {
                 acc.update(sign, array, i, encoded.as_ref().map(|r| r.row(i).data()));
             }
         }
-        if let Some(w) = &self.windows {
-            w.key.late.count(late);
+        if let Some(w) = self.windows.as_mut() {
+            w.key.late.dropped(batch, &chunk.ops, &late)?;
         }
         Ok(())
     }
@@ -460,6 +464,9 @@ impl Operator for HashAggregate {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if let Some(w) = self.windows.as_mut() {
+            w.key.late.checkpoint(state);
+        }
         for key in self.dirty.take() {
             let state_key = group_state_key(&key);
             match self.groups.get_mut(&key) {

@@ -12,7 +12,6 @@ use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind, WindowKey};
 use crate::dispatch::Dispatch;
 use crate::error::{ExecutorError, Result};
-use crate::progress::LateRows;
 use eddy_planner::StreamNode;
 
 impl PipelineBuilder<'_> {
@@ -104,12 +103,15 @@ impl PipelineBuilder<'_> {
             .into_iter()
             .zip(specs_per_instance)
             .map(|(inputs, specs)| {
-                let key = window.map(|(group, input_column)| WindowKey {
-                    group,
-                    input_column,
-                    emit_on_close: self.options.emit_on_window_close,
-                    late: LateRows::new(self.relation, self.progress.clone()),
-                });
+                let key = match window {
+                    Some((group, input_column)) => Some(WindowKey {
+                        group,
+                        input_column,
+                        emit_on_close: self.options.emit_on_window_close,
+                        late: self.late_rows("window aggregate")?,
+                    }),
+                    None => None,
+                };
                 let op = HashAggregate::new(
                     group_exprs.clone(),
                     group_types.clone(),

@@ -13,7 +13,6 @@ use crate::codec::RowCodec;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
 use crate::join::{Expiry, HashJoin, JoinSide, expiry_rules, key_rules};
-use crate::progress::LateRows;
 
 impl PipelineBuilder<'_> {
     #[allow(clippy::too_many_arguments)]
@@ -83,10 +82,7 @@ impl PipelineBuilder<'_> {
                     batch_schema(&joined),
                     batch_schema(schema),
                     self.evaluator.clone(),
-                    Expiry::new(
-                        rules.clone(),
-                        LateRows::new(self.relation, self.progress.clone()),
-                    ),
+                    Expiry::new(rules.clone(), self.late_rows("interval join")?),
                 )?
                 .with_state_ttl(self.options.state_ttl);
                 let ports = [vec![0; l.len()], vec![1; r.len()]].concat();

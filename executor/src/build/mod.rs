@@ -25,7 +25,6 @@ use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::runtime::PipelineOptions;
 use crate::checkpoint::READER_SCOPE;
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
@@ -33,10 +32,12 @@ use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
+use crate::late_rows::{LateRows, late_rows_id};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator, Project};
 use crate::progress::Progress;
+use crate::runtime::PipelineOptions;
 use crate::source::{Reader, SourceSpec, SplitClocks};
 use crate::temporal_filter::TemporalFilter;
 use crate::watermark::is_monotone_in;
@@ -179,6 +180,15 @@ impl PipelineBuilder<'_> {
             Output::Subscribers(output),
         );
         Ok(())
+    }
+
+    /// Where an operator that drops late rows puts them.
+    fn late_rows(&self, operator: &'static str) -> Result<LateRows> {
+        let keep_in = self
+            .options
+            .keep_late_rows
+            .then(|| late_rows_id(self.relation));
+        LateRows::new(self.relation, self.progress.clone(), keep_in, operator)
     }
 
     fn spawnable(&mut self, instance: Instance, output: Output) {

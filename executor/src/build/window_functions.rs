@@ -15,7 +15,6 @@ use eddy_planner::{SessionBound, StreamNode};
 use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::progress::LateRows;
 use crate::session::{SessionWindow, SessionWindowSpec};
 use crate::top_n::TopN;
 
@@ -112,7 +111,7 @@ impl PipelineBuilder<'_> {
                     &in_arrow,
                     out.clone(),
                     self.evaluator.clone(),
-                    LateRows::new(self.relation, self.progress.clone()),
+                    self.late_rows("session window")?,
                 )?;
                 Ok(Self::single(inputs, Box::new(op)))
             })

@@ -52,6 +52,8 @@ pub struct FragmentCheckpoint {
     pub(crate) writes: Vec<StateWrite>,
     /// The relation's net change of rows: set by the materialize operator.
     pub(crate) rows: Option<Delta>,
+    /// Rows kept in late-rows relations (by id), in the same commit.
+    pub(crate) late: Vec<(u32, Delta)>,
 }
 
 impl FragmentCheckpoint {
@@ -68,7 +70,7 @@ impl FragmentCheckpoint {
 
     /// Whether there is nothing to hand over.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.rows.is_none()
+        self.writes.is_empty() && self.rows.is_none() && self.late.is_empty()
     }
 }
 
@@ -102,6 +104,11 @@ impl StateWriter<'_> {
     /// The relation's net change of rows this epoch (its ack).
     pub fn rows(&mut self, delta: Delta) {
         self.checkpoint.rows = Some(delta);
+    }
+
+    /// Late rows for late-rows relation `id` (see [`crate::late_rows`]).
+    pub fn late_rows(&mut self, id: u32, rows: Delta) {
+        self.checkpoint.late.push((id, rows));
     }
 }
 

@@ -23,7 +23,7 @@ use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 
-use crate::progress::LateRows;
+use crate::late_rows::LateRows;
 
 /// Rows of one side expire when `column < wm(other side, other_column) + offset`
 /// and `column < wm(own side, column)`.
@@ -187,9 +187,9 @@ impl Expiry {
             .is_some_and(|w| time < *w)
     }
 
-    /// Counts `rows` late rows.
-    pub fn count_late(&self, rows: u64) {
-        self.late.count(rows);
+    /// Where the late rows it finds go.
+    pub fn late_rows(&mut self) -> &mut LateRows {
+        &mut self.late
     }
 
     /// Records a watermark; returns whether any rule reads it.

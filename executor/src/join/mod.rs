@@ -375,13 +375,13 @@ impl HashJoin {
     /// Drops the rows of `chunk` that are late for an interval join, and
     /// gives the times of the rest (when `side` has expiring rows).
     fn drop_late(
-        &self,
+        &mut self,
         side: usize,
         chunk: StreamChunk,
     ) -> Result<(StreamChunk, Option<Int64Array>)> {
         let Some((expiry, column)) = self
             .expiry
-            .as_ref()
+            .as_mut()
             .and_then(|e| e.time_column(side).map(|c| (e, c)))
         else {
             return Ok((chunk, None));
@@ -390,11 +390,13 @@ impl HashJoin {
         let keep: BooleanArray = (0..times.len())
             .map(|i| Some(!(times.is_valid(i) && expiry.is_late(side, times.value(i)))))
             .collect();
-        let late = keep.false_count();
-        if late == 0 {
+        if keep.false_count() == 0 {
             return Ok((chunk, Some(times)));
         }
-        expiry.count_late(late as u64);
+        let late: Vec<usize> = (0..keep.len()).filter(|&i| !keep.value(i)).collect();
+        expiry
+            .late_rows()
+            .dropped(&chunk.batch, &chunk.ops, &late)?;
         let ops: Vec<Op> = chunk
             .ops
             .iter()
@@ -565,6 +567,9 @@ impl Operator for HashJoin {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if let Some(expiry) = self.expiry.as_mut() {
+            expiry.late_rows().checkpoint(state);
+        }
         for (side, key, row) in self.dirty.take() {
             let state_key = row_state_key(side, &key, &row);
             let entry = self.state[side as usize]

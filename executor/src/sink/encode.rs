@@ -10,10 +10,8 @@
 //! - upsert: the key's new row, or a tombstone (no value) if it is gone;
 //! - debezium: `{"before": .., "after": .., "op": "c" | "u" | "d"}`.
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
-
 use super::SinkType;
+use crate::codec::json_rows;
 use crate::error::{ExecutorError, Result};
 use crate::hash::HashMap;
 use crate::message::StreamChunk;
@@ -39,29 +37,6 @@ pub struct EpochEncoder {
     /// In order of first appearance, so output follows input.
     keys: Vec<KeyedRows>,
     index: HashMap<Vec<u8>, usize>,
-}
-
-/// One JSON object per row of `batch`.
-fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let mut writer = WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, LineDelimited>(Vec::new());
-    writer.write(batch)?;
-    writer.finish()?;
-    let bytes = writer.into_inner();
-    let rows: Vec<Vec<u8>> = bytes
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    if rows.len() != batch.num_rows() {
-        return Err(ExecutorError::Internal(format!(
-            "{} rows encoded as {} JSON lines",
-            batch.num_rows(),
-            rows.len()
-        )));
-    }
-    Ok(rows)
 }
 
 impl EpochEncoder {

@@ -100,7 +100,7 @@ impl Engine {
             ),
         };
         let tag = match kind {
-            RelationKind::Table => "CREATE TABLE",
+            RelationKind::Table | RelationKind::LateRows => "CREATE TABLE",
             RelationKind::View => "CREATE VIEW",
             RelationKind::MaterializedView => "CREATE MATERIALIZED VIEW",
             RelationKind::Source => "CREATE SOURCE",
@@ -166,13 +166,24 @@ impl Engine {
             ),
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
                 let stream_plan = self.stream_plan(&v.input)?;
-                self.runtime.create_view(
+                if let Some(late) = &job_options.late_rows {
+                    if late.is_empty() || late == &name || self.catalog.get(late).is_some() {
+                        return Err(EddyError::DuplicateTable(late.clone()));
+                    }
+                    self.runtime.create_late_rows(&quiesced, id)?;
+                }
+                let created = self.runtime.create_view(
                     &quiesced,
                     id,
                     &stream_plan,
                     job_options.pipeline(emit_on_window_close),
                     &|n| self.catalog.read_target(n),
-                )?;
+                );
+                if let Err(e) = created {
+                    self.runtime
+                        .drop_relation(&quiesced, eddy_executor::late_rows_id(id));
+                    return Err(e.into());
+                }
                 (batch_schema(stream_plan.schema()), None, None)
             }
             (other, _) => return Err(EddyError::Unsupported(format!("{}", other.display()))),
@@ -186,8 +197,24 @@ impl Engine {
             };
             if let Err(e) = self.store.put_catalog(&entry) {
                 self.runtime.drop_relation(&quiesced, id);
+                self.runtime
+                    .drop_relation(&quiesced, eddy_executor::late_rows_id(id));
                 return Err(e.into());
             }
+        }
+        if let Some(late) = &job_options.late_rows {
+            self.catalog.insert(RelationInfo {
+                id: eddy_executor::late_rows_id(id),
+                name: late.clone(),
+                kind: RelationKind::LateRows,
+                schema: eddy_executor::late_rows_schema(),
+                sql: format!("-- the late rows of materialized view {name}"),
+                depends_on: vec![],
+                rows: None,
+                view_plan: None,
+                source: None,
+                sink: None,
+            });
         }
         let info = RelationInfo {
             id,
@@ -466,9 +493,12 @@ impl Engine {
             }
             let quiesced = self.runtime.quiesce(&guard).await;
             for victim in order.iter().chain(std::iter::once(&info)) {
-                self.runtime.drop_relation(&quiesced, victim.id);
-                self.store.drop_relation(victim.id)?;
-                self.catalog.remove(&victim.name);
+                let late = self.catalog.late_rows_of(victim.id);
+                for relation in std::iter::once(victim).chain(late.as_ref()) {
+                    self.runtime.drop_relation(&quiesced, relation.id);
+                    self.store.drop_relation(relation.id)?;
+                    self.catalog.remove(&relation.name);
+                }
             }
         }
         Ok(Outcome::command(&tag))

@@ -21,11 +21,11 @@ use eddy_executor::{Op, StreamChunk, WriteGuard};
 use eddy_storage::{RelationKind, RowWrite};
 
 use super::{DML_SCHEMA, Engine, IMPLICIT_FLUSH, Outcome, Settings};
-use crate::catalog::RelationInfo;
+use crate::catalog::{Catalog, RelationInfo};
 use crate::error::{EddyError, Result};
 use crate::providers::ROW_KEY;
 
-fn retarget_factor(table: &mut TableWithJoins) -> Result<()> {
+fn retarget_factor(table: &mut TableWithJoins, catalog: &Catalog) -> Result<()> {
     let TableFactor::Table { name, alias, .. } = &mut table.relation else {
         return Err(EddyError::Unsupported(
             "UPDATE / DELETE of something other than a table".into(),
@@ -34,6 +34,15 @@ fn retarget_factor(table: &mut TableWithJoins) -> Result<()> {
     let Some(last) = name.0.last().cloned() else {
         return Err(EddyError::Syntax("missing table name".into()));
     };
+    let normalized = crate::functions::normalize_ident(&last.to_string());
+    if let Some(info) = catalog.get(&normalized)
+        && info.kind != RelationKind::Table
+    {
+        return Err(EddyError::WrongObjectType {
+            name: normalized,
+            expected: "table",
+        });
+    }
     if alias.is_none() {
         let ident = last
             .as_ident()
@@ -53,14 +62,15 @@ fn retarget_factor(table: &mut TableWithJoins) -> Result<()> {
     Ok(())
 }
 
-/// Points an UPDATE / DELETE at the table's latest rows (`__eddy_dml.t AS t`).
-pub(super) fn retarget(mut stmt: Statement) -> Result<Statement> {
+/// Points an UPDATE / DELETE at the table's latest rows (`__eddy_dml.t AS t`);
+/// 42809 when it names a relation of `catalog` that is not a table.
+pub(super) fn retarget(mut stmt: Statement, catalog: &Catalog) -> Result<Statement> {
     match &mut stmt {
         Statement::Update(update) => {
             if update.from.is_some() || update.returning.is_some() {
                 return Err(EddyError::Unsupported("UPDATE ... FROM / RETURNING".into()));
             }
-            retarget_factor(&mut update.table)?;
+            retarget_factor(&mut update.table, catalog)?;
         }
         Statement::Delete(Delete {
             from,
@@ -79,7 +89,7 @@ pub(super) fn retarget(mut stmt: Statement) -> Result<Statement> {
             let [table] = tables.as_mut_slice() else {
                 return Err(EddyError::Unsupported("DELETE from several tables".into()));
             };
-            retarget_factor(table)?;
+            retarget_factor(table, catalog)?;
         }
         _ => {}
     }

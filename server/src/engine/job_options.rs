@@ -3,7 +3,9 @@
 //! - `restart_strategy`: how it restarts when it fails (the server's
 //!   `restart_strategy` parameter when absent);
 //! - `state_ttl`: how long its unwindowed aggregates and joins keep state
-//!   that stopped changing (forever when absent).
+//!   that stopped changing (forever when absent);
+//! - `late_rows` (views only): the name of a relation keeping the rows its
+//!   windowed operators drop as late (they are only counted when absent).
 //!
 //! They live in the stored statement, so a restarted server applies them
 //! again when it replays the catalog.
@@ -23,9 +25,12 @@ use crate::jobs::Jobs;
 pub(super) struct JobOptions {
     restart_strategy: Option<RestartStrategy>,
     state_ttl: Option<Duration>,
+    /// The name of the view's late-rows relation.
+    pub late_rows: Option<String>,
 }
 
 const STATE_TTL: &str = "state_ttl";
+const LATE_ROWS: &str = "late_rows";
 
 fn state_ttl(value: &str) -> std::result::Result<Duration, ExecutorError> {
     match eddy_planner::duration_text(value) {
@@ -82,10 +87,14 @@ impl JobOptions {
                 other => Err(EddyError::Unsupported(format!("view option {other}"))),
             })
             .collect::<Result<Vec<_>>>()?;
-        let this = Self::take(&mut pairs)?;
+        let mut this = Self::take(&mut pairs)?;
+        if let Some(i) = pairs.iter().position(|(key, _)| key == LATE_ROWS) {
+            let (_, name) = pairs.remove(i);
+            this.late_rows = Some(crate::functions::normalize_ident(&name));
+        }
         match pairs.first() {
             Some((key, _)) => Err(ExecutorError::InvalidOption(format!(
-                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY}, {STATE_TTL})"
+                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY}, {STATE_TTL}, {LATE_ROWS})"
             ))
             .into()),
             None => Ok(this),
@@ -97,6 +106,7 @@ impl JobOptions {
         PipelineOptions {
             emit_on_window_close,
             state_ttl: self.state_ttl,
+            keep_late_rows: self.late_rows.is_some(),
         }
     }
 

@@ -358,7 +358,8 @@ impl Engine {
                 Ok(Prepared::Plan(self.bind(sql.as_ref().clone()).await?))
             }
             Statement::Update(_) | Statement::Delete(_) => Ok(Prepared::Plan(
-                self.bind(dml::retarget(sql.as_ref().clone())?).await?,
+                self.bind(dml::retarget(sql.as_ref().clone(), &self.catalog)?)
+                    .await?,
             )),
             Statement::Explain { statement, .. }
                 if matches!(statement.as_ref(), Statement::Query(_)) =>

@@ -43,15 +43,13 @@ impl Engine {
         let mut options = sink.options.clone();
         let job_options = JobOptions::take(&mut options)?;
         let spec = Arc::new(SinkSpec::new(id, schema.clone(), options)?);
-        let status = self
-            .runtime
-            .create_sink(
-                &quiesced,
-                spec,
-                &stream_plan,
-                job_options.pipeline(false),
-                &|n| self.catalog.read_target(n),
-            )?;
+        let status = self.runtime.create_sink(
+            &quiesced,
+            spec,
+            &stream_plan,
+            job_options.pipeline(false),
+            &|n| self.catalog.read_target(n),
+        )?;
         let sql = sink.to_string();
         if !replaying {
             let entry = CatalogEntry {

@@ -1,0 +1,136 @@
+//! Late rows: rows a windowed aggregate, session window or interval join
+//! drops because they arrived behind the watermark.
+//!
+//! They are always counted (`eddy_catalog.watermarks`). A view created
+//! `WITH (late_rows = 'name')` also keeps them, in a read-only relation of
+//! that name (a *late-rows relation*) with the columns of [`schema`]: which
+//! operator dropped the row, its change (`insert` / `delete`), the row as
+//! the operator saw it, in JSON, and when it was dropped.
+//!
+//! Exactly once: an operator hands the rows it dropped during an epoch to
+//! that epoch's checkpoint (next to the state that made it drop them), and
+//! the coordinator applies them to the late-rows relation in the same
+//! commit. So after a crash the rows of uncommitted epochs are dropped, and
+//! kept, again, never twice; and a restarted pipeline's failed epoch leaves
+//! nothing behind.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::checkpoint::StateWriter;
+use crate::codec::{RowCodec, json_rows};
+use crate::coordinator::{Delta, add_change};
+use crate::error::Result;
+use crate::message::Op;
+use crate::progress::Progress;
+
+/// The late-rows relation of view `view` has this id: views' ids are small,
+/// so the top bit is free, and the id needs no catalog entry of its own.
+pub fn late_rows_id(view: u32) -> u32 {
+    view | 0x8000_0000
+}
+
+/// The columns of a late-rows relation.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("operator", DataType::Utf8, false),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("data", DataType::Utf8, false),
+        Field::new(
+            "dropped_at",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// Where one operator of a relation's pipeline puts the late rows it drops.
+#[derive(Debug)]
+pub struct LateRows {
+    relation: u32,
+    progress: Arc<Progress>,
+    kept: Option<Kept>,
+}
+
+/// The late rows an operator dropped since the last checkpoint.
+#[derive(Debug)]
+struct Kept {
+    into: u32,
+    operator: &'static str,
+    codec: RowCodec,
+    rows: Delta,
+}
+
+impl LateRows {
+    /// Counts under `relation` in `progress`; with `keep_in`, also keeps
+    /// the rows in that late-rows relation, as dropped by `operator`.
+    pub fn new(
+        relation: u32,
+        progress: Arc<Progress>,
+        keep_in: Option<u32>,
+        operator: &'static str,
+    ) -> Result<Self> {
+        let kept = keep_in
+            .map(|into| {
+                Ok::<_, crate::error::ExecutorError>(Kept {
+                    into,
+                    operator,
+                    codec: RowCodec::for_schema(&schema())?,
+                    rows: Delta::default(),
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            relation,
+            progress,
+            kept,
+        })
+    }
+
+    /// The operator dropped rows `rows` of `batch` (with `ops`).
+    pub fn dropped(&mut self, batch: &RecordBatch, ops: &[Op], rows: &[usize]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.progress.late(self.relation, rows.len() as u64);
+        let Some(kept) = self.kept.as_mut() else {
+            return Ok(());
+        };
+        let indices = rows.iter().map(|&i| i as u32).collect::<Vec<_>>();
+        let taken = datafusion::arrow::compute::take_record_batch(
+            batch,
+            &datafusion::arrow::array::UInt32Array::from(indices),
+        )?;
+        let now = eddy_planner::system_time_nanos(SystemTime::now());
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![kept.operator; rows.len()])),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(
+                |&i| match ops[i] {
+                    Op::Insert => "insert",
+                    Op::Delete => "delete",
+                },
+            ))),
+            Arc::new(StringArray::from_iter_values(
+                json_rows(&taken)?
+                    .into_iter()
+                    .map(|r| String::from_utf8_lossy(&r).into_owned()),
+            )),
+            Arc::new(TimestampNanosecondArray::from(vec![now; rows.len()])),
+        ];
+        let encoded = kept.codec.encode(&columns)?;
+        for row in encoded.iter() {
+            add_change(&mut kept.rows, row.as_ref(), 1);
+        }
+        Ok(())
+    }
+
+    /// Hands the rows kept since the last checkpoint to this one.
+    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if let Some(kept) = self.kept.as_mut().filter(|k| !k.rows.is_empty()) {
+            state.late_rows(kept.into, std::mem::take(&mut kept.rows));
+        }
+    }
+}

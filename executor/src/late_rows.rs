@@ -1,7 +1,9 @@
 //! Late rows: rows a windowed aggregate, session window or interval join
 //! drops because they arrived behind the watermark.
 //!
-//! They are always counted (`eddy_catalog.watermarks`). A view created
+//! They are always counted (`eddy_catalog.watermarks`); each operator's
+//! count is checkpointed under [`LATE_COUNT_KEY`] beside its own state, so
+//! the count goes on from where the checkpoint left it. A view created
 //! `WITH (late_rows = 'name')` also keeps them, in a read-only relation of
 //! that name (a *late-rows relation*) with the columns of [`schema`]: which
 //! operator dropped the row, its change (`insert` / `delete`), the row as
@@ -20,7 +22,7 @@ use std::time::SystemTime;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampNanosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::checkpoint::StateWriter;
+use crate::checkpoint::{StateWriter, ValueReader, ValueWriter};
 use crate::codec::{RowCodec, json_rows};
 use crate::coordinator::{Delta, add_change};
 use crate::error::Result;
@@ -47,11 +49,19 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// The state key of an operator's late-row count: operators' own keys
+/// start with a letter, so it meets none of them.
+pub const LATE_COUNT_KEY: &[u8] = b"~late";
+
 /// Where one operator of a relation's pipeline puts the late rows it drops.
 #[derive(Debug)]
 pub struct LateRows {
     relation: u32,
     progress: Arc<Progress>,
+    /// Rows dropped, since the view started (checkpointed).
+    count: u64,
+    /// Whether `count` changed since the last checkpoint.
+    counted: bool,
     kept: Option<Kept>,
 }
 
@@ -86,6 +96,8 @@ impl LateRows {
         Ok(Self {
             relation,
             progress,
+            count: 0,
+            counted: false,
             kept,
         })
     }
@@ -96,6 +108,8 @@ impl LateRows {
             return Ok(());
         }
         self.progress.late(self.relation, rows.len() as u64);
+        self.count += rows.len() as u64;
+        self.counted = true;
         let Some(kept) = self.kept.as_mut() else {
             return Ok(());
         };
@@ -127,10 +141,22 @@ impl LateRows {
         Ok(())
     }
 
-    /// Hands the rows kept since the last checkpoint to this one.
+    /// Hands the count and the rows kept since the last checkpoint to this one.
     pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if std::mem::take(&mut self.counted) {
+            state.put(LATE_COUNT_KEY, ValueWriter::new().i64(self.count as i64).finish());
+        }
         if let Some(kept) = self.kept.as_mut().filter(|k| !k.rows.is_empty()) {
             state.late_rows(kept.into, std::mem::take(&mut kept.rows));
         }
+    }
+    /// Takes the checkpointed count if `key` is its key; returns whether it was.
+    pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        if key != LATE_COUNT_KEY {
+            return Ok(false);
+        }
+        self.count = ValueReader::new(value).i64()?.max(0) as u64;
+        self.progress.late(self.relation, self.count);
+        Ok(true)
     }
 }

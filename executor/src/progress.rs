@@ -64,6 +64,12 @@ impl Progress {
         self.with(relation, |p| p.late_rows += rows);
     }
 
+    /// `relation`'s pipeline starts (again): its late rows are counted
+    /// from what its operators restore.
+    pub fn restart_late(&self, relation: u32) {
+        self.with(relation, |p| p.late_rows = 0);
+    }
+
     fn reader(&self, relation: u32, source: u32, f: impl FnOnce(&mut ReaderProgress)) {
         self.with(relation, |p| {
             let slot = match p.readers.iter().position(|(s, _)| *s == source) {

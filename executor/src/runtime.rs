@@ -484,6 +484,7 @@ impl Runtime {
             }
         };
         let restore = self.is_checkpointed(id)?;
+        self.progress.restart_late(id);
         let mut builder = PipelineBuilder {
             relation: id,
             parallelism: self.parallelism,

@@ -509,6 +509,9 @@ impl Operator for SessionWindow {
         self.touched.clear();
         self.stored = 0;
         for (key, value) in entries {
+            if self.late.restore(&key, &value)? {
+                continue;
+            }
             let mut value = ValueReader::new(&value);
             match key.split_first() {
                 Some((b'r', rest)) => {

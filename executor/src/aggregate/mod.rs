@@ -492,6 +492,11 @@ impl Operator for HashAggregate {
             w.open.clear();
         }
         for (key, value) in entries {
+            if let Some(w) = self.windows.as_mut()
+                && w.key.late.restore(&key, &value)?
+            {
+                continue;
+            }
             match key.split_first() {
                 Some((b'g', group_key)) => {
                     let group = Group::decode(&self.calls, &value, self.ttl.is_some())?;

@@ -603,6 +603,11 @@ impl Operator for HashJoin {
             ttl.rows.clear();
         }
         for (key, value) in entries {
+            if let Some(expiry) = self.expiry.as_mut()
+                && expiry.late_rows().restore(&key, &value)?
+            {
+                continue;
+            }
             match key.split_first() {
                 Some((b'r', rest)) => {
                     let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;

@@ -144,7 +144,10 @@ impl LateRows {
     /// Hands the count and the rows kept since the last checkpoint to this one.
     pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
         if std::mem::take(&mut self.counted) {
-            state.put(LATE_COUNT_KEY, ValueWriter::new().i64(self.count as i64).finish());
+            state.put(
+                LATE_COUNT_KEY,
+                ValueWriter::new().i64(self.count as i64).finish(),
+            );
         }
         if let Some(kept) = self.kept.as_mut().filter(|k| !k.rows.is_empty()) {
             state.late_rows(kept.into, std::mem::take(&mut kept.rows));

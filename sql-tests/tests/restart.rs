@@ -232,3 +232,74 @@ async fn state_ttl_survives_kill9() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A stored view this version refuses to plan (here, one using
+/// `CURRENT_DATE`, which views refuse) does not keep the server from
+/// starting: it is kept, failed and saying why, until dropped.
+#[tokio::test]
+async fn a_view_that_no_longer_plans_is_kept_failed() {
+    let mut server = EddyServer::start("restart_unplannable");
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id INT);
+             INSERT INTO t VALUES (1), (2);
+             CREATE MATERIALIZED VIEW fine AS SELECT count(*) AS n FROM t;
+             FLUSH;",
+        )
+        .await
+        .expect("setup");
+    server.kill9();
+    // What an earlier version could have stored.
+    let store = eddy_storage::Store::open(&server.data_dir).expect("open the data dir");
+    store
+        .put_catalog(&eddy_storage::CatalogEntry {
+            id: 100,
+            name: "dated".into(),
+            kind: eddy_storage::RelationKind::MaterializedView,
+            sql: "CREATE MATERIALIZED VIEW dated AS SELECT id, current_date AS d FROM t".into(),
+        })
+        .expect("store an entry");
+    drop(store);
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert_eq!(
+        rows_sorted(&client, "SELECT * FROM fine")
+            .await
+            .expect("read"),
+        ["2"]
+    );
+    let error = client
+        .simple_query("SELECT * FROM dated")
+        .await
+        .expect_err("a failed view");
+    let message = error.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(
+        message.contains("could not be restored"),
+        "unexpected error: {error:?}"
+    );
+    assert_eq!(
+        rows_sorted(
+            &client,
+            "SELECT state, last_error LIKE '%current_date%' FROM eddy_catalog.jobs WHERE job = 'dated'"
+        )
+        .await
+        .expect("jobs"),
+        ["failed|t"]
+    );
+    client
+        .batch_execute("DROP MATERIALIZED VIEW dated")
+        .await
+        .expect("drop it");
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert!(
+        rows_sorted(
+            &client,
+            "SELECT job FROM eddy_catalog.jobs WHERE job = 'dated'"
+        )
+        .await
+        .expect("jobs")
+        .is_empty()
+    );
+}

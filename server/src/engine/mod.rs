@@ -38,7 +38,7 @@ use tracing::info;
 
 use eddy_executor::Runtime;
 use eddy_planner::{EddyStatement, parse_sql};
-use eddy_storage::{RelationKind, Store};
+use eddy_storage::{CatalogEntry, RelationKind, Store};
 
 use crate::catalog::Catalog;
 use crate::error::{EddyError, Result};
@@ -253,7 +253,9 @@ impl Engine {
                     message: format!("catalog entry {} is not one statement", entry.id),
                 });
             };
-            self.create_statement(stmt, Some(entry.id)).await?;
+            if let Err(e) = self.create_statement(stmt, Some(entry.id)).await {
+                self.keep_unrestorable(&entry, e)?;
+            }
         }
         let replayed = {
             let guard = self.runtime.write_lock().await;
@@ -266,6 +268,44 @@ impl Engine {
             table_changes_replayed = replayed,
             "recovered"
         );
+        Ok(())
+    }
+
+    /// A stored view or sink whose statement no longer plans (say, this
+    /// version refuses something an earlier one accepted): the server
+    /// starts without it rather than not at all. It stays in the catalog,
+    /// its checkpointed state untouched, failed (queries on it and `SHOW
+    /// JOBS` say why) until dropped. Tables and sources hold or define data,
+    /// so failing to restore one still stops the start.
+    fn keep_unrestorable(&self, entry: &CatalogEntry, error: EddyError) -> Result<()> {
+        if !matches!(
+            entry.kind,
+            RelationKind::MaterializedView | RelationKind::Sink
+        ) {
+            return Err(error);
+        }
+        let reason = format!("it could not be restored: {error}; drop it and create it again");
+        tracing::error!(relation = %entry.name, %error, "a stored view or sink no longer plans; it is kept, failed, until dropped");
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let coordinator = self.runtime.coordinator();
+        coordinator.add_relation(entry.id, schema.clone(), false)?;
+        coordinator.fail(entry.id, reason.clone());
+        self.catalog.insert(crate::catalog::RelationInfo {
+            id: entry.id,
+            name: entry.name.clone(),
+            kind: entry.kind,
+            schema,
+            sql: entry.sql.clone(),
+            depends_on: vec![],
+            rows: None,
+            view_plan: None,
+            source: None,
+            sink: None,
+        });
+        self.jobs.with(entry.id, |job| {
+            job.state = crate::jobs::JobState::Failed;
+            job.last_error = Some((std::time::SystemTime::now(), reason));
+        });
         Ok(())
     }
 

@@ -198,7 +198,7 @@ impl HashJoin {
         };
         let expired = ttl.rows.advance(now);
         let schemas = ttl.schemas.clone();
-        for side in 0..2 {
+        for (side, schema) in schemas.into_iter().enumerate() {
             let mut rows: Vec<&[u8]> = Vec::new();
             for (_, key, row) in expired.iter().filter(|(s, _, _)| usize::from(*s) == side) {
                 let copies = self.state[side]
@@ -214,7 +214,7 @@ impl HashJoin {
             }
             let columns = self.sides[side].codec.decode(rows.iter().copied())?;
             let chunk = StreamChunk {
-                batch: RecordBatch::try_new(schemas[side].clone(), columns)?,
+                batch: RecordBatch::try_new(schema, columns)?,
                 ops: vec![Op::Delete; rows.len()].into(),
             };
             self.apply(side, chunk, None, out)?;

@@ -48,9 +48,9 @@ struct Relation {
     failed: Option<String>,
     /// Whether a checkpoint holds this relation yet.
     checkpointed: bool,
-    /// For a late-rows relation, its view: its rows come in the view's
-    /// checkpoints, so it is never waited for.
-    owner: Option<u32>,
+    /// Whether epochs wait for its ack. A late-rows relation's rows come in
+    /// its view's checkpoints, so it has no ack of its own.
+    acks: bool,
 }
 
 impl Relation {
@@ -168,17 +168,17 @@ impl Coordinator {
     /// Starts tracking relation `id` with rows of `schema`: empty, or, with
     /// `restore`, its rows as of the last checkpoint that held it.
     pub fn add_relation(&self, id: u32, schema: SchemaRef, restore: bool) -> Result<()> {
-        self.track(id, schema, restore, None)
+        self.track(id, schema, restore, true)
     }
 
     /// Starts tracking view `view`'s late-rows relation, with the rows the
     /// last checkpoint holds (it is only ever written with the view's).
     pub fn add_late_rows(&self, view: u32) -> Result<()> {
         let id = crate::late_rows::late_rows_id(view);
-        self.track(id, crate::late_rows::schema(), true, Some(view))
+        self.track(id, crate::late_rows::schema(), true, false)
     }
 
-    fn track(&self, id: u32, schema: SchemaRef, restore: bool, owner: Option<u32>) -> Result<()> {
+    fn track(&self, id: u32, schema: SchemaRef, restore: bool, acks: bool) -> Result<()> {
         let codec = RowCodec::for_schema(&schema)?;
         let mut rows = crate::hash::HashMap::default();
         let store = if restore { self.store() } else { None };
@@ -199,7 +199,7 @@ impl Coordinator {
                 cache: None,
                 failed: None,
                 checkpointed: store.is_some(),
-                owner,
+                acks,
             },
         );
         Ok(())
@@ -249,7 +249,7 @@ impl Coordinator {
         let waiting = state
             .relations
             .iter()
-            .filter(|(_, r)| r.failed.is_none() && r.owner.is_none())
+            .filter(|(_, r)| r.failed.is_none() && r.acks)
             .map(|(id, _)| *id)
             .collect();
         state.pending.insert(

@@ -106,7 +106,11 @@ impl Fragment {
     fn checkpoint(&mut self, epoch: u64) {
         let mut checkpoint = FragmentCheckpoint::default();
         for (i, op) in self.ops.iter_mut().enumerate() {
-            op.checkpoint(&mut checkpoint.scope(self.index as u32, i as u16));
+            let mut state = checkpoint.scope(self.index as u32, i as u16);
+            if let Some(late) = op.late_rows() {
+                late.checkpoint(&mut state);
+            }
+            op.checkpoint(&mut state);
         }
         if !checkpoint.is_empty() {
             self.coordinator.stage(self.relation, epoch, checkpoint);

@@ -9,8 +9,9 @@
 //! operator dropped the row, its change (`insert` / `delete`), the row as
 //! the operator saw it, in JSON, and when it was dropped.
 //!
-//! Exactly once: an operator hands the rows it dropped during an epoch to
-//! that epoch's checkpoint (next to the state that made it drop them), and
+//! Exactly once: the fragment hands the rows an operator dropped during an
+//! epoch (its [`crate::operator::Operator::late_rows`]) to that epoch's
+//! checkpoint, next to the state that made it drop them, and
 //! the coordinator applies them to the late-rows relation in the same
 //! commit. So after a crash the rows of uncommitted epochs are dropped, and
 //! kept, again, never twice; and a restarted pipeline's failed epoch leaves
@@ -22,7 +23,7 @@ use std::time::SystemTime;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampNanosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::checkpoint::{StateWriter, ValueReader, ValueWriter};
+use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::{RowCodec, json_rows};
 use crate::coordinator::{Delta, add_change};
 use crate::error::Result;
@@ -153,13 +154,17 @@ impl LateRows {
             state.late_rows(kept.into, std::mem::take(&mut kept.rows));
         }
     }
-    /// Takes the checkpointed count if `key` is its key; returns whether it was.
-    pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
-        if key != LATE_COUNT_KEY {
-            return Ok(false);
-        }
-        self.count = ValueReader::new(value).i64()?.max(0) as u64;
+    /// Takes its checkpointed count out of its operator's restored `entries`.
+    pub fn restore(&mut self, entries: &mut StateEntries) -> Result<()> {
+        let Some(i) = entries
+            .iter()
+            .position(|(k, _)| k.as_ref() == LATE_COUNT_KEY)
+        else {
+            return Ok(());
+        };
+        let (_, value) = entries.remove(i);
+        self.count = ValueReader::new(&value).i64()?.max(0) as u64;
         self.progress.late(self.relation, self.count);
-        Ok(true)
+        Ok(())
     }
 }

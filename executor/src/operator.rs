@@ -18,6 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::late_rows::LateRows;
 use crate::message::{Barrier, StreamChunk, Watermark};
 use crate::watermark::{derive, is_monotone_in};
 
@@ -50,6 +51,13 @@ pub trait Operator: Send + std::fmt::Debug {
     /// before any input, when the pipeline recovers).
     fn restore(&mut self, _entries: StateEntries) -> Result<()> {
         Ok(())
+    }
+
+    /// Where it puts the rows it drops as late, if it drops any: the
+    /// fragment checkpoints and restores their count and kept rows beside
+    /// the operator's own state (see [`crate::late_rows`]).
+    fn late_rows(&mut self) -> Option<&mut LateRows> {
+        None
     }
 
     /// Called when input `port`'s watermark advances; returns the output's

@@ -511,7 +511,11 @@ impl Runtime {
             let mut state = RestoredState::new(store.state(id)?)?;
             for f in &mut builder.fragments {
                 for (i, op) in f.ops.iter_mut().enumerate() {
-                    op.restore(state.take(f.index as u32, i as u16))?;
+                    let mut entries = state.take(f.index as u32, i as u16);
+                    if let Some(late) = op.late_rows() {
+                        late.restore(&mut entries)?;
+                    }
+                    op.restore(entries)?;
                 }
             }
             for reader in &mut builder.readers {

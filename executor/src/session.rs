@@ -484,8 +484,11 @@ impl Operator for SessionWindow {
         self.flush(out)
     }
 
+    fn late_rows(&mut self) -> Option<&mut LateRows> {
+        Some(&mut self.late)
+    }
+
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        self.late.checkpoint(state);
         for (partition, t, row) in self.dirty.take() {
             let state_key = row_state_key(&partition, t, &row);
             let count = self
@@ -509,9 +512,6 @@ impl Operator for SessionWindow {
         self.touched.clear();
         self.stored = 0;
         for (key, value) in entries {
-            if self.late.restore(&key, &value)? {
-                continue;
-            }
             let mut value = ValueReader::new(&value);
             match key.split_first() {
                 Some((b'r', rest)) => {

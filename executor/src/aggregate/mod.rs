@@ -454,6 +454,10 @@ impl Operator for HashAggregate {
         Ok(())
     }
 
+    fn late_rows(&mut self) -> Option<&mut LateRows> {
+        self.windows.as_mut().map(|w| &mut w.key.late)
+    }
+
     fn state_size(&self) -> Option<StateSize> {
         let groups = self.groups.len() as u64;
         Some(StateSize {
@@ -464,9 +468,6 @@ impl Operator for HashAggregate {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        if let Some(w) = self.windows.as_mut() {
-            w.key.late.checkpoint(state);
-        }
         for key in self.dirty.take() {
             let state_key = group_state_key(&key);
             match self.groups.get_mut(&key) {
@@ -492,11 +493,6 @@ impl Operator for HashAggregate {
             w.open.clear();
         }
         for (key, value) in entries {
-            if let Some(w) = self.windows.as_mut()
-                && w.key.late.restore(&key, &value)?
-            {
-                continue;
-            }
             match key.split_first() {
                 Some((b'g', group_key)) => {
                     let group = Group::decode(&self.calls, &value, self.ttl.is_some())?;

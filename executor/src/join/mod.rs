@@ -52,6 +52,7 @@ use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
+use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::state_ttl::StateTtl;
@@ -566,10 +567,11 @@ impl Operator for HashJoin {
         })
     }
 
+    fn late_rows(&mut self) -> Option<&mut LateRows> {
+        self.expiry.as_mut().map(Expiry::late_rows)
+    }
+
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        if let Some(expiry) = self.expiry.as_mut() {
-            expiry.late_rows().checkpoint(state);
-        }
         for (side, key, row) in self.dirty.take() {
             let state_key = row_state_key(side, &key, &row);
             let entry = self.state[side as usize]
@@ -603,11 +605,6 @@ impl Operator for HashJoin {
             ttl.rows.clear();
         }
         for (key, value) in entries {
-            if let Some(expiry) = self.expiry.as_mut()
-                && expiry.late_rows().restore(&key, &value)?
-            {
-                continue;
-            }
             match key.split_first() {
                 Some((b'r', rest)) => {
                     let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;

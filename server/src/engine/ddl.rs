@@ -167,7 +167,7 @@ impl Engine {
             (LogicalPlan::Ddl(DdlStatement::CreateView(v)), RelationKind::MaterializedView) => {
                 let stream_plan = self.stream_plan(&v.input)?;
                 if let Some(late) = &job_options.late_rows {
-                    if late.is_empty() || late == &name || self.catalog.get(late).is_some() {
+                    if late == &name || self.catalog.get(late).is_some() {
                         return Err(EddyError::DuplicateTable(late.clone()));
                     }
                     self.runtime.create_late_rows(&quiesced, id)?;

@@ -90,7 +90,14 @@ impl JobOptions {
         let mut this = Self::take(&mut pairs)?;
         if let Some(i) = pairs.iter().position(|(key, _)| key == LATE_ROWS) {
             let (_, name) = pairs.remove(i);
-            this.late_rows = Some(crate::functions::normalize_ident(&name));
+            let name = crate::functions::normalize_ident(name.trim());
+            if name.is_empty() {
+                return Err(ExecutorError::InvalidOption(format!(
+                    "{LATE_ROWS} needs the name of the relation to keep them in"
+                ))
+                .into());
+            }
+            this.late_rows = Some(name);
         }
         match pairs.first() {
             Some((key, _)) => Err(ExecutorError::InvalidOption(format!(

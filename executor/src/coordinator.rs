@@ -29,7 +29,9 @@ use tokio::sync::watch;
 
 use eddy_storage::{CheckpointBatch, Store};
 
-use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
+use crate::checkpoint::{
+    CheckpointStats, CheckpointWriter, DurableEpoch, FragmentCheckpoint, StateWrite,
+};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 
@@ -154,6 +156,14 @@ impl Coordinator {
     /// The store checkpoints go to, if any.
     pub fn store(&self) -> Option<Arc<Store>> {
         self.lock().writer.as_ref().map(|w| w.store().clone())
+    }
+
+    /// The store checkpoints go to, if any, and its last durable epoch.
+    pub fn durable_store(&self) -> Option<(Arc<Store>, DurableEpoch)> {
+        self.lock()
+            .writer
+            .as_ref()
+            .map(|w| (w.store().clone(), w.durable_epoch()))
     }
 
     /// Recent checkpoints, oldest first, and the last durable epoch.

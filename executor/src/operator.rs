@@ -18,6 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use crate::checkpoint::{StateEntries, StateWriter};
 use crate::error::Result;
 use crate::eval::Evaluator;
+use crate::keyed_state::StoreTable;
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, StreamChunk, Watermark};
 use crate::watermark::{derive, is_monotone_in};
@@ -48,10 +49,16 @@ pub trait Operator: Send + std::fmt::Debug {
     fn checkpoint(&mut self, _state: &mut StateWriter<'_>) {}
 
     /// Replaces the state with what the checkpoints wrote (called once,
-    /// before any input, when the pipeline recovers).
+    /// before any input, when the pipeline recovers). `entries` are the
+    /// operator's own; its keyed state reads its place in the store (see
+    /// [`Operator::attach_store`]).
     fn restore(&mut self, _entries: StateEntries) -> Result<()> {
         Ok(())
     }
+
+    /// Gives the operator's keyed state its place in the store (called
+    /// before [`Operator::restore`], when the server has a data directory).
+    fn attach_store(&mut self, _table: StoreTable) {}
 
     /// Where it puts the rows it drops as late, if it drops any: the
     /// fragment checkpoints and restores their count and kept rows beside
@@ -82,6 +89,21 @@ pub struct StateSize {
     pub keys: u64,
     /// Distinct rows (or groups) stored under them.
     pub rows: u64,
+    /// Rows (or groups) of them in memory: all, but with the `rocksdb`
+    /// state backend.
+    pub cached: u64,
+}
+
+impl StateSize {
+    /// The size of state held all in memory.
+    pub fn in_memory(operator: &'static str, keys: u64, rows: u64) -> Self {
+        Self {
+            operator,
+            keys,
+            rows,
+            cached: rows,
+        }
+    }
 }
 
 /// Computes one expression per output column.

@@ -38,7 +38,8 @@ use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
 use crate::build::{PipelineBuilder, Upstream};
-use crate::checkpoint::RestoredState;
+use crate::checkpoint::{StateEntries, state_prefix};
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
@@ -79,6 +80,8 @@ pub struct PipelineOptions {
     /// `late_rows`: keep the rows windowed operators drop as late in the
     /// view's late-rows relation (see `late_rows`).
     pub keep_late_rows: bool,
+    /// Where keyed state lives (see `keyed_state`).
+    pub state: StateConfig,
 }
 
 /// What it takes to build a view's or sink's pipeline again.
@@ -507,20 +510,38 @@ impl Runtime {
         // A restarted pipeline writes to the subscribers it had.
         let output = self.subscribers_of(id).unwrap_or_default();
         builder.build_root(&def.plan, output.clone(), terminal)?;
-        if let Some(store) = self.coordinator.store().filter(|_| restore) {
-            let mut state = RestoredState::new(store.state(id)?)?;
+        if let Some((store, durable)) = self.coordinator.durable_store() {
+            let entries = |scope: u32, operator: u16| -> Result<StateEntries> {
+                let stored = store.state(id, &state_prefix(scope, operator))?;
+                Ok(stored
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect())
+            };
             for f in &mut builder.fragments {
                 for (i, op) in f.ops.iter_mut().enumerate() {
-                    let mut entries = state.take(f.index as u32, i as u16);
-                    if let Some(late) = op.late_rows() {
-                        late.restore(&mut entries)?;
+                    let (scope, operator) = (f.index as u32, i as u16);
+                    op.attach_store(StoreTable::new(
+                        store.clone(),
+                        id,
+                        scope,
+                        operator,
+                        durable.clone(),
+                    ));
+                    if restore {
+                        let mut entries = entries(scope, operator)?;
+                        if let Some(late) = op.late_rows() {
+                            late.restore(&mut entries)?;
+                        }
+                        op.restore(entries)?;
                     }
-                    op.restore(entries)?;
                 }
             }
-            for reader in &mut builder.readers {
-                reader.restore(state.take(reader.scope, 0))?;
-                reader.restore_split(state.take(reader.scope, 1))?;
+            if restore {
+                for reader in &mut builder.readers {
+                    reader.restore(entries(reader.scope, 0)?)?;
+                    reader.restore_split(entries(reader.scope, 1)?)?;
+                }
             }
         }
         let schema = crate::build::batch_schema(def.plan.schema());

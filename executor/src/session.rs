@@ -552,11 +552,11 @@ impl Operator for SessionWindow {
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize {
-            operator: "SessionWindow",
-            keys: self.partitions.len() as u64,
-            rows: self.stored,
-        })
+        Some(StateSize::in_memory(
+            "SessionWindow",
+            self.partitions.len() as u64,
+            self.stored,
+        ))
     }
 
     fn on_watermark(

@@ -252,11 +252,11 @@ impl Operator for TemporalFilter {
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize {
-            operator: "TemporalFilter",
-            keys: self.rows.len() as u64,
-            rows: self.rows.len() as u64,
-        })
+        Some(StateSize::in_memory(
+            "TemporalFilter",
+            self.rows.len() as u64,
+            self.rows.len() as u64,
+        ))
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {

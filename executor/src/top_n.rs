@@ -185,11 +185,11 @@ impl Operator for TopN {
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize {
-            operator: "TopN",
-            keys: self.partitions.len() as u64,
-            rows: self.stored,
-        })
+        Some(StateSize::in_memory(
+            "TopN",
+            self.partitions.len() as u64,
+            self.stored,
+        ))
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {

@@ -18,6 +18,7 @@ mod pg_class;
 mod providers;
 mod system_tables;
 
-pub use engine::{Engine, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
+pub use engine::{Engine, EngineConfig, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
+pub use eddy_executor::{StateBackend, StateConfig};
 pub use error::{EddyError, Result};
 pub use pg::PgHandler;

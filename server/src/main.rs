@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use eddy_server::{Engine, PgHandler};
+use eddy_server::{Engine, EngineConfig, PgHandler, StateBackend, StateConfig};
 
 /// Command-line and environment configuration.
 #[derive(Debug, Parser)]
@@ -35,6 +35,19 @@ struct Config {
     /// checkpoint_interval = '...'` overrides it and persists.
     #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     checkpoint_interval_ms: u64,
+    /// Where views keep keyed state (aggregate groups) unless they say
+    /// otherwise (`WITH (state_backend = ...)`): `memory`, or `rocksdb` (in
+    /// the data directory, with a cache; for state larger than memory).
+    #[arg(long, env = "EDDY_STATE_BACKEND", default_value = "memory", value_parser = parse_backend)]
+    state_backend: StateBackend,
+    /// The `rocksdb` state backend's cache, in MiB per stateful operator
+    /// and partition.
+    #[arg(long, env = "EDDY_STATE_CACHE_MB", default_value_t = 64)]
+    state_cache_mb: u64,
+}
+
+fn parse_backend(name: &str) -> Result<StateBackend, String> {
+    StateBackend::named(name).ok_or_else(|| format!("'{name}' is not memory or rocksdb"))
 }
 
 async fn shutdown_signal() {
@@ -67,7 +80,15 @@ async fn run(config: Config) -> Result<(), String> {
         .with_http_listener(config.metrics_listen)
         .install()
         .map_err(|e| format!("cannot serve metrics on {}: {e}", config.metrics_listen))?;
-    let engine = Engine::open(&config.data_dir, parallelism)
+    let engine_config = EngineConfig {
+        parallelism,
+        checkpoints: true,
+        state: StateConfig {
+            backend: config.state_backend,
+            cache_bytes: config.state_cache_mb.saturating_mul(1 << 20),
+        },
+    };
+    let engine = Engine::open(&config.data_dir, engine_config)
         .await
         .map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen)

@@ -169,8 +169,14 @@ impl SystemSchema {
     /// fragment's last barrier.
     fn operator_state(&self) -> DfResult<Arc<dyn TableProvider>> {
         let names = self.names();
-        let (mut relation, mut fragment, mut operator, mut keys, mut rows) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut relation, mut fragment, mut operator, mut keys, mut rows, mut cached) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for (id, progress) in self.runtime.progress() {
             let Some(name) = names.get(&id) else {
                 continue;
@@ -182,6 +188,7 @@ impl SystemSchema {
                     operator.push(size.operator);
                     keys.push(size.keys);
                     rows.push(size.rows);
+                    cached.push(size.cached);
                 }
             }
         }
@@ -191,6 +198,8 @@ impl SystemSchema {
             Field::new("operator", DataType::Utf8, false),
             Field::new("keys", DataType::UInt64, false),
             Field::new("state_rows", DataType::UInt64, false),
+            // In memory: all of them, but with the rocksdb state backend.
+            Field::new("cached_rows", DataType::UInt64, false),
         ]));
         mem_table(
             schema,
@@ -200,6 +209,7 @@ impl SystemSchema {
                 Arc::new(StringArray::from(operator)),
                 Arc::new(UInt64Array::from(keys)),
                 Arc::new(UInt64Array::from(rows)),
+                Arc::new(UInt64Array::from(cached)),
             ],
         )
     }

@@ -22,6 +22,9 @@ pub struct EddyServer {
     pub metrics_port: u16,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Command-line arguments besides the listen addresses, data directory
+    /// and checkpoint interval (kept across restarts).
+    args: Vec<String>,
 }
 
 /// Path of the `eddy` binary: `EDDY_BIN`, else the one built beside this one.
@@ -64,13 +67,23 @@ impl EddyServer {
         Self::start_on(fresh_dir(name))
     }
 
+    /// Starts a server on a new data directory, with `args` besides the usual.
+    pub fn start_with(name: &str, args: &[&str]) -> Self {
+        Self::start_on_with(fresh_dir(name), args)
+    }
+
     /// Starts a server on `data_dir` (which may hold earlier data).
     pub fn start_on(data_dir: PathBuf) -> Self {
+        Self::start_on_with(data_dir, &[])
+    }
+
+    fn start_on_with(data_dir: PathBuf, args: &[&str]) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             metrics_port: free_port(),
             data_dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -87,6 +100,7 @@ impl EddyServer {
             .arg("100")
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

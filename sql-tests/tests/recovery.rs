@@ -87,12 +87,27 @@ async fn sources_pending(client: &tokio_postgres::Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
+    views_after_repeated_kill9("recovery", &[]).await;
+}
+
+/// The same with keyed state in RocksDB and no cache: every group the
+/// restarted views change is read back from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_after_repeated_kill9_equal_an_uninterrupted_run_with_rocksdb_state() {
+    views_after_repeated_kill9(
+        "recovery_rocksdb",
+        &["--state-backend", "rocksdb", "--state-cache-mb", "0"],
+    )
+    .await;
+}
+
+async fn views_after_repeated_kill9(name: &str, args: &[&str]) {
     let seed: u64 = std::env::var("RECOVERY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut server = EddyServer::start("recovery");
+    let mut server = EddyServer::start_with(name, args);
     let client = server.client().await;
     // At 10,000 rows/s the sources take 10 s, longer than the kills below:
     // the last kill always lands mid-stream.
@@ -175,6 +190,17 @@ async fn views_after_repeated_kill9_equal_an_uninterrupted_run() {
     .await
     .expect("checkpoints");
     assert_eq!(checkpoints, vec!["t|t"]);
+    if args.contains(&"rocksdb") {
+        // The groups are in RocksDB, not in memory.
+        let cached = rows_sorted(
+            &client,
+            "SELECT sum(cached_rows) < sum(state_rows) FROM eddy_catalog.operator_state
+             WHERE relation = 'per_auction'",
+        )
+        .await
+        .expect("operator state");
+        assert_eq!(cached, vec!["t"], "(seed {seed})");
+    }
 }
 
 /// Every query sees all views at one committed epoch: two views over the

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 use crate::catalog::CatalogEntry;
 use crate::checkpoint::{
@@ -16,6 +18,9 @@ const CATALOG: u8 = b'c';
 const ROWS: u8 = b'r';
 /// `p<name>` -> value: system parameters set with `ALTER SYSTEM SET`.
 const PARAMETER: u8 = b'p';
+
+/// RocksDB's cache of uncompressed blocks, shared by everything stored.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// One change to a table's rows, applied atomically with the others of a statement.
 #[derive(Debug)]
@@ -73,6 +78,13 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // The `rocksdb` state backend reads operator state by key: bloom
+        // filters answer most lookups of new keys without reading a block,
+        // and a block cache keeps hot blocks decoded.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        opts.set_block_based_table_factory(&table);
         match DB::open(&opts, dir) {
             Ok(db) => {
                 let store = Self {
@@ -230,13 +242,43 @@ impl Store {
         })
     }
 
-    /// The checkpointed state entries of relation `id`'s pipeline, in key order.
-    pub fn state(&self, id: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The checkpointed state entries of relation `id`'s pipeline whose keys
+    /// start with `prefix`, in key order, `prefix` removed.
+    pub fn state(&self, id: u32, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        self.scan_prefix(&relation_prefix(STATE, id), |k, v| {
-            out.push((k.to_vec(), v.to_vec()))
-        })?;
+        self.scan_state(id, prefix, |k, v| out.push((k.to_vec(), v.to_vec())))?;
         Ok(out)
+    }
+
+    /// Visits the checkpointed state entries of relation `id` whose keys
+    /// start with `prefix`, in key order, `prefix` removed.
+    pub fn scan_state(
+        &self,
+        id: u32,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        self.scan_prefix(&relation_key(STATE, id, prefix), visit)
+    }
+
+    /// The checkpointed values of relation `id`'s state keys `prefix ++ key`
+    /// for each of `keys` (None where absent), in order.
+    pub fn get_state<'k>(
+        &self,
+        id: u32,
+        prefix: &[u8],
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let full = keys.into_iter().map(|key| {
+            let mut k = relation_key(STATE, id, prefix);
+            k.extend_from_slice(key);
+            k
+        });
+        self.db
+            .multi_get(full)
+            .into_iter()
+            .map(|r| r.map_err(StorageError::from))
+            .collect()
     }
 
     /// Table changes after `position`, in log order.

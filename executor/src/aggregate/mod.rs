@@ -31,11 +31,12 @@ use datafusion::scalar::ScalarValue;
 
 pub use accumulator::{Accumulator, CallShape, ValueKind};
 
-use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
+use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
+use crate::keyed_state::{KeyedState, StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
@@ -85,8 +86,6 @@ struct Group {
     accumulators: Vec<Accumulator>,
     /// Encoded window value, for windowed aggregates.
     window: Option<Box<[u8]>>,
-    /// Changed since the last checkpoint.
-    dirty: bool,
     /// Time of the last epoch that changed it, with a state TTL.
     stamp: Option<i64>,
 }
@@ -99,7 +98,6 @@ fn new_group(calls: &[AggregateSpec]) -> Group {
             .map(|c| Accumulator::new(&c.value_kind))
             .collect(),
         window: None,
-        dirty: true,
         stamp: None,
     }
 }
@@ -131,18 +129,9 @@ impl Group {
             rows,
             accumulators,
             window,
-            dirty: false,
             stamp,
         })
     }
-}
-
-/// State key of group `key`.
-fn group_state_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.len());
-    k.push(b'g');
-    k.extend_from_slice(key);
-    k
 }
 
 /// An encoded value (Arrow row format): a group key or a window value.
@@ -163,11 +152,9 @@ pub struct HashAggregate {
     evaluator: Evaluator,
     windows: Option<Windows>,
     // State.
-    groups: HashMap<Box<[u8]>, Group>,
+    groups: KeyedState<Group>,
     /// Groups touched this epoch -> their output row before the epoch.
     touched: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>>,
-    /// Groups changed or removed since the last checkpoint.
-    dirty: Dirty<Box<[u8]>>,
     /// Groups by the time they last changed, with a state TTL.
     ttl: Option<StateTtl<Encoded>>,
 }
@@ -209,9 +196,8 @@ impl HashAggregate {
             schema,
             evaluator,
             windows,
-            groups: HashMap::default(),
+            groups: KeyedState::default(),
             touched: HashMap::default(),
-            dirty: Dirty::default(),
             ttl: None,
         };
         if global {
@@ -219,7 +205,6 @@ impl HashAggregate {
             let key: Box<[u8]> = Box::new([]);
             let group = new_group(&this.calls);
             this.groups.insert(key.clone(), group);
-            this.dirty.push(key.clone());
             this.touched.insert(key, None);
         }
         Ok(this)
@@ -233,6 +218,19 @@ impl HashAggregate {
             self.ttl = ttl.map(StateTtl::new);
         }
         self
+    }
+
+    /// Keeps the groups as `config` says.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.groups.configure(config);
+        self
+    }
+
+    /// Makes sure the groups of `keys` can be read (see [`KeyedState::load`]).
+    fn load<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<()> {
+        let (calls, stamped) = (&self.calls, self.ttl.is_some());
+        self.groups
+            .load(keys, |value| Group::decode(calls, value, stamped))
     }
 
     fn is_global(&self) -> bool {
@@ -256,7 +254,7 @@ impl HashAggregate {
     /// Group keys of `batch`'s rows, and their encoded window values.
     fn group_keys(&self, batch: &RecordBatch) -> Result<(Vec<Encoded>, Option<Vec<Encoded>>)> {
         if self.is_global() {
-            let key = self.groups.keys().next().cloned().unwrap_or_default();
+            let key: Encoded = Box::new([]);
             return Ok((vec![key; batch.num_rows()], None));
         }
         let columns = self.evaluator.eval_all(&self.group_exprs, batch)?;
@@ -309,7 +307,6 @@ impl HashAggregate {
         let Some(group) = self.groups.remove(key) else {
             return;
         };
-        self.dirty.push(key.into());
         if let (Some(window), Some(w)) = (group.window, self.windows.as_mut()) {
             w.open.remove(&(window, key.into()));
         }
@@ -324,9 +321,9 @@ impl HashAggregate {
         &mut self,
         now: i64,
         touched: &HashMap<Encoded, Option<Vec<ScalarValue>>>,
-    ) -> Vec<Encoded> {
+    ) -> Result<Vec<Encoded>> {
         let Some(ttl) = self.ttl.as_mut() else {
-            return vec![];
+            return Ok(vec![]);
         };
         for key in touched.keys() {
             if let Some(group) = self.groups.get_mut(key) {
@@ -334,13 +331,14 @@ impl HashAggregate {
             }
         }
         let expired = ttl.advance(now);
+        self.load(expired.iter().map(AsRef::as_ref))?;
         for key in &expired {
             if let Some(group) = self.groups.get_mut(key) {
                 // Out of the index already: `remove_group` has nothing to forget.
                 group.stamp = None;
             }
         }
-        expired
+        Ok(expired)
     }
 
     fn build_output(&self, rows: Vec<Change<'_>>) -> Result<StreamChunk> {
@@ -381,6 +379,7 @@ impl Operator for HashAggregate {
     ) -> Result<()> {
         let batch = &chunk.batch;
         let (keys, windows) = self.group_keys(batch)?;
+        self.load(keys.iter().map(AsRef::as_ref))?;
         let mut values = Vec::with_capacity(self.calls.len());
         for (call, codec) in self.calls.iter().zip(&self.value_codecs) {
             let array = self.evaluator.eval(&call.arg, batch)?;
@@ -422,23 +421,17 @@ impl Operator for HashAggregate {
                 };
                 self.touched.insert(key.clone(), before);
             }
-            let group = match self.groups.get_mut(&key) {
-                Some(g) => {
-                    if !g.dirty {
-                        g.dirty = true;
-                        self.dirty.push(key);
-                    }
-                    g
+            let group = if self.groups.contains_key(&key) {
+                self.groups.get_mut(&key).ok_or_else(|| {
+                    ExecutorError::Internal("a loaded group is missing".into())
+                })?
+            } else {
+                let mut group = new_group(&self.calls);
+                if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
+                    group.window = Some(window.clone());
+                    w.open.insert((window.clone(), key.clone()));
                 }
-                None => {
-                    self.dirty.push(key.clone());
-                    let mut group = new_group(&self.calls);
-                    if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
-                        group.window = Some(window.clone());
-                        w.open.insert((window.clone(), key.clone()));
-                    }
-                    self.groups.entry(key).or_insert(group)
-                }
+                self.groups.insert(key, group)
             };
             group.rows += sign;
             for (acc, (array, mask, encoded)) in group.accumulators.iter_mut().zip(&values) {
@@ -459,32 +452,23 @@ impl Operator for HashAggregate {
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        let groups = self.groups.len() as u64;
+        let groups = self.groups.len();
         Some(StateSize {
             operator: "HashAggregate",
             keys: groups,
             rows: groups,
+            cached: self.groups.cached(),
         })
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for key in self.dirty.take() {
-            let state_key = group_state_key(&key);
-            match self.groups.get_mut(&key) {
-                Some(group) => {
-                    group.dirty = false;
-                    state.put(&state_key, group.encode());
-                }
-                None => state.delete(&state_key),
-            }
-        }
+        self.groups.checkpoint(state, Group::encode);
         if let Some(closed) = self.windows.as_ref().and_then(|w| w.closed_below.as_ref()) {
             state.put(b"w", closed.to_vec());
         }
     }
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
-        self.groups.clear();
         self.touched.clear();
         if let Some(ttl) = self.ttl.as_mut() {
             ttl.clear();
@@ -493,22 +477,8 @@ impl Operator for HashAggregate {
             w.open.clear();
         }
         for (key, value) in entries {
-            match key.split_first() {
-                Some((b'g', group_key)) => {
-                    let group = Group::decode(&self.calls, &value, self.ttl.is_some())?;
-                    if let (Some(window), Some(w)) = (&group.window, self.windows.as_mut()) {
-                        w.open.insert((window.clone(), group_key.into()));
-                    }
-                    if let (Some(stamp), Some(ttl)) = (group.stamp, self.ttl.as_mut()) {
-                        ttl.stamp(&group_key.into(), None, stamp);
-                    }
-                    self.groups.insert(group_key.into(), group);
-                }
-                Some((b'w', [])) => {
-                    if let Some(w) = self.windows.as_mut() {
-                        w.closed_below = Some(value);
-                    }
-                }
+            match (key.as_ref(), self.windows.as_mut()) {
+                (b"w", Some(w)) => w.closed_below = Some(value),
                 _ => {
                     return Err(ExecutorError::CorruptState(
                         "an aggregate's state key is unknown".into(),
@@ -516,15 +486,36 @@ impl Operator for HashAggregate {
                 }
             }
         }
+        // Windows and TTL stamps index every group: rebuild the indexes.
+        let (calls, stamped) = (&self.calls, self.ttl.is_some());
+        let (windows, ttl) = (&mut self.windows, &mut self.ttl);
+        let indexed = windows.is_some() || ttl.is_some();
+        let mut index = |key: &[u8], group: &Group| {
+            if let (Some(window), Some(w)) = (&group.window, windows.as_mut()) {
+                w.open.insert((window.clone(), key.into()));
+            }
+            if let (Some(stamp), Some(ttl)) = (group.stamp, ttl.as_mut()) {
+                ttl.stamp(&key.into(), None, stamp);
+            }
+        };
+        self.groups.restore(
+            |value| Group::decode(calls, value, stamped),
+            indexed.then_some(&mut index as &mut dyn FnMut(&[u8], &Group)),
+        )?;
         if self.is_global() && self.groups.is_empty() {
             self.groups.insert(Box::new([]), new_group(&self.calls));
         }
         Ok(())
     }
 
+    fn attach_store(&mut self, table: StoreTable) {
+        self.groups.attach(table);
+    }
+
     fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.groups.end_epoch(barrier.epoch);
         let touched = std::mem::take(&mut self.touched);
-        let expired = self.expire(barrier.now, &touched);
+        let expired = self.expire(barrier.now, &touched)?;
         if touched.is_empty() && expired.is_empty() {
             return Ok(());
         }
@@ -572,6 +563,7 @@ impl Operator for HashAggregate {
             .map(|(_, key)| key.clone())
             .collect();
         w.closed_below = Some(bound);
+        self.load(closed.iter().map(AsRef::as_ref))?;
         let mut rows = Vec::new();
         for key in &closed {
             if self.emits_on_close() {

@@ -120,7 +120,8 @@ impl PipelineBuilder<'_> {
                     self.evaluator.clone(),
                     key,
                 )?
-                .with_state_ttl(self.options.state_ttl);
+                .with_state_ttl(self.options.state_ttl)
+                .with_state_config(self.options.state);
                 Ok(Self::single(inputs, Box::new(op)))
             })
             .collect::<Result<Vec<_>>>()?;

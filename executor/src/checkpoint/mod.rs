@@ -21,6 +21,10 @@
 //! (the source's index in the pipeline << 16) + the split's index; both are
 //! assigned in plan order, so a pipeline built again from the same plan
 //! finds its state under the same keys, even with more splits than before.
+//! An operator's keyed state ([`crate::keyed_state`]) has a range of its
+//! own, its operator index with [`KEYED`] set: recovery reads an operator's
+//! other state in one scan and leaves the keyed state where it is, for the
+//! `rocksdb` backend to read key by key.
 //!
 //! Invariant: an operator's checkpoint writes, applied to what it restored,
 //! give exactly its state at the barrier — what it would have produced
@@ -29,16 +33,25 @@
 mod bytes;
 mod writer;
 
-use std::collections::BTreeMap;
-
 pub use bytes::{ValueReader, ValueWriter};
-pub use writer::{CheckpointStats, CheckpointWriter};
+pub use writer::{CheckpointStats, CheckpointWriter, DurableEpoch};
 
 use crate::coordinator::Delta;
-use crate::error::{ExecutorError, Result};
+use crate::error::Result;
 
 /// Scopes of source readers start here.
 pub const READER_SCOPE: u32 = 0x8000_0000;
+
+/// Set in the operator index of an operator's keyed state.
+pub const KEYED: u16 = 0x8000;
+
+/// The prefix of the state keys of operator `operator` of scope `scope`.
+pub fn state_prefix(scope: u32, operator: u16) -> [u8; 6] {
+    let mut prefix = [0u8; 6];
+    prefix[..4].copy_from_slice(&scope.to_be_bytes());
+    prefix[4..].copy_from_slice(&operator.to_be_bytes());
+    prefix
+}
 
 /// A state key or value.
 pub type Bytes = Box<[u8]>;
@@ -59,11 +72,8 @@ pub struct FragmentCheckpoint {
 impl FragmentCheckpoint {
     /// A writer for operator `operator` of scope `scope`.
     pub fn scope(&mut self, scope: u32, operator: u16) -> StateWriter<'_> {
-        let mut prefix = [0u8; 6];
-        prefix[..4].copy_from_slice(&scope.to_be_bytes());
-        prefix[4..].copy_from_slice(&operator.to_be_bytes());
         StateWriter {
-            prefix,
+            prefix: state_prefix(scope, operator),
             checkpoint: self,
         }
     }
@@ -87,6 +97,16 @@ impl StateWriter<'_> {
         k.extend_from_slice(&self.prefix);
         k.extend_from_slice(key);
         k
+    }
+
+    /// A writer for this operator's keyed state.
+    pub fn keyed(&mut self) -> StateWriter<'_> {
+        let mut prefix = self.prefix;
+        prefix[4] |= (KEYED >> 8) as u8;
+        StateWriter {
+            prefix,
+            checkpoint: self.checkpoint,
+        }
     }
 
     /// Sets `key` to `value`.
@@ -114,41 +134,6 @@ impl StateWriter<'_> {
 
 /// One operator's restored entries, in key order, its prefix removed.
 pub type StateEntries = Vec<(Bytes, Bytes)>;
-
-/// A relation's checkpointed state, split by scope and operator.
-#[derive(Debug, Default)]
-pub struct RestoredState {
-    by_operator: BTreeMap<(u32, u16), StateEntries>,
-}
-
-impl RestoredState {
-    /// Splits stored `entries` (keys as laid out above).
-    pub fn new(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self> {
-        let mut by_operator: BTreeMap<(u32, u16), StateEntries> = BTreeMap::new();
-        for (key, value) in entries {
-            let (Some(scope), Some(operator)) = (
-                key.get(..4).and_then(|b| b.try_into().ok()),
-                key.get(4..6).and_then(|b| b.try_into().ok()),
-            ) else {
-                return Err(ExecutorError::CorruptState(
-                    "a state key is shorter than its scope".into(),
-                ));
-            };
-            by_operator
-                .entry((u32::from_be_bytes(scope), u16::from_be_bytes(operator)))
-                .or_default()
-                .push((key[6..].into(), value.into()));
-        }
-        Ok(Self { by_operator })
-    }
-
-    /// The entries of operator `operator` of scope `scope`.
-    pub fn take(&mut self, scope: u32, operator: u16) -> StateEntries {
-        self.by_operator
-            .remove(&(scope, operator))
-            .unwrap_or_default()
-    }
-}
 
 /// Keys changed since the last checkpoint. Pushing is cheap (duplicates
 /// allowed); they are sorted and deduplicated when the checkpoint is taken.

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use eddy_storage::{CheckpointBatch, Store};
@@ -36,6 +37,23 @@ pub struct CheckpointStats {
     pub error: Option<String>,
 }
 
+/// The last epoch made durable, as pipelines follow it: state a checkpoint
+/// staged may be dropped from memory (and read back from the store) only
+/// once its epoch is durable.
+#[derive(Debug, Clone, Default)]
+pub struct DurableEpoch(Arc<AtomicU64>);
+
+impl DurableEpoch {
+    /// The last durable epoch.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, epoch: u64) {
+        self.0.store(epoch, Ordering::Release);
+    }
+}
+
 /// Writes checkpoints and remembers how they went.
 #[derive(Debug)]
 pub struct CheckpointWriter {
@@ -45,7 +63,7 @@ pub struct CheckpointWriter {
     unsaved: VecDeque<CheckpointBatch>,
     history: VecDeque<CheckpointStats>,
     /// The last epoch made durable.
-    durable: u64,
+    durable: DurableEpoch,
     /// Failures since the last good write, and when one was last logged.
     failures: u64,
     last_logged: Option<Instant>,
@@ -60,7 +78,11 @@ impl CheckpointWriter {
             parallelism,
             unsaved: VecDeque::new(),
             history: VecDeque::new(),
-            durable,
+            durable: {
+                let d = DurableEpoch::default();
+                d.set(durable);
+                d
+            },
             failures: 0,
             last_logged: None,
         }
@@ -96,7 +118,7 @@ impl CheckpointWriter {
                     self.last_logged = Some(Instant::now());
                     tracing::error!(
                         epoch,
-                        durable = self.durable,
+                        durable = self.durable.get(),
                         failures = self.failures,
                         error = %e,
                         "checkpoint failed; the last good one is kept"
@@ -104,12 +126,12 @@ impl CheckpointWriter {
                 }
                 error = Some(format!(
                     "writing checkpoint {next_epoch} failed: {e}; the store keeps checkpoint {}",
-                    self.durable
+                    self.durable.get()
                 ));
                 self.unsaved.push_front(next);
                 break;
             }
-            self.durable = next_epoch;
+            self.durable.set(next_epoch);
         }
         if error.is_none() && self.failures > 0 {
             tracing::info!(epoch, failures = self.failures, "checkpoints written again");
@@ -124,7 +146,7 @@ impl CheckpointWriter {
             bytes,
             error,
         };
-        record_metrics(&stats, self.durable);
+        record_metrics(&stats, self.durable.get());
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
@@ -133,7 +155,12 @@ impl CheckpointWriter {
 
     /// The last epoch made durable.
     pub fn durable(&self) -> u64 {
-        self.durable
+        self.durable.get()
+    }
+
+    /// Follows the last epoch made durable.
+    pub fn durable_epoch(&self) -> DurableEpoch {
+        self.durable.clone()
     }
 
     /// Recent checkpoints, oldest first.

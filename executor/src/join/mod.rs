@@ -560,11 +560,11 @@ fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
 
 impl Operator for HashJoin {
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize {
-            operator: "HashJoin",
-            keys: self.state.iter().map(|s| s.len() as u64).sum(),
-            rows: self.rows.iter().sum(),
-        })
+        Some(StateSize::in_memory(
+            "HashJoin",
+            self.state.iter().map(|s| s.len() as u64).sum(),
+            self.rows.iter().sum(),
+        ))
     }
 
     fn late_rows(&mut self) -> Option<&mut LateRows> {

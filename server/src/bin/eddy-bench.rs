@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use eddy_server::{Engine, Settings};
+use eddy_server::{Engine, EngineConfig, Settings};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -86,7 +86,7 @@ async fn main() {
     let customers = 10_000i64;
     let dir = std::env::temp_dir().join(format!("eddy-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = match Engine::open(&dir, parallelism).await {
+    let engine = match Engine::open(&dir, EngineConfig::new(parallelism)).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("eddy-bench: {e}");

@@ -3,7 +3,7 @@
 //! (so peak memory is the query's own).
 //!
 //! ```text
-//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--source nexmark|kafka]
+//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--state-backend memory|rocksdb] [--source nexmark|kafka]
 //! ```
 //!
 //! With `--source kafka`, the events are first generated, encoded as JSON
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::arrow::json::LineDelimitedWriter;
-use eddy_server::{Engine, Outcome, Settings};
+use eddy_server::{Engine, EngineConfig, Outcome, Settings, StateBackend, StateConfig};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -243,6 +243,7 @@ async fn run_one(
     parallelism: usize,
     cores: usize,
     checkpoints: bool,
+    state: StateBackend,
     kafka: bool,
 ) {
     let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
@@ -250,7 +251,15 @@ async fn run_one(
     };
     let dir = std::env::temp_dir().join(format!("eddy-nexmark-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open_with(&dir, parallelism, checkpoints)
+    let config = EngineConfig {
+        parallelism,
+        checkpoints,
+        state: StateConfig {
+            backend: state,
+            ..StateConfig::default()
+        },
+    };
+    let engine = Engine::open(&dir, config)
         .await
         .unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
@@ -375,13 +384,19 @@ async fn main() {
         Some("off") => false,
         Some(other) => fail(format!("--checkpoints takes on or off, not {other}")),
     };
+    let state = match arg("--state-backend") {
+        None => StateBackend::Memory,
+        Some(name) => StateBackend::named(&name).unwrap_or_else(|| {
+            fail(format!("--state-backend takes memory or rocksdb, not {name}"))
+        }),
+    };
     let kafka = match arg("--source").as_deref() {
         None | Some("nexmark") => false,
         Some("kafka") => true,
         Some(other) => fail(format!("--source takes nexmark or kafka, not {other}")),
     };
     if let Some(one) = arg("--run-one") {
-        run_one(&one, events, parallelism, cores, checkpoints, kafka).await;
+        run_one(&one, events, parallelism, cores, checkpoints, state, kafka).await;
         return;
     }
     let selected: Vec<String> = match arg("--queries") {
@@ -389,8 +404,9 @@ async fn main() {
         None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
     };
     println!(
-        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, source {}",
+        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {}, source {}",
         if checkpoints { "on (1 s)" } else { "off" },
+        state.name(),
         if kafka {
             "kafka (JSON)"
         } else {
@@ -421,6 +437,8 @@ async fn main() {
                 &parallelism.to_string(),
                 "--checkpoints",
                 if checkpoints { "on" } else { "off" },
+                "--state-backend",
+                state.name(),
                 "--source",
                 if kafka { "kafka" } else { "nexmark" },
             ])

@@ -176,7 +176,7 @@ impl Engine {
                     &quiesced,
                     id,
                     &stream_plan,
-                    job_options.pipeline(emit_on_window_close),
+                    job_options.pipeline(emit_on_window_close, self.state),
                     &|n| self.catalog.read_target(n),
                 );
                 if let Err(e) = created {

@@ -4,6 +4,8 @@
 //!   `restart_strategy` parameter when absent);
 //! - `state_ttl`: how long its unwindowed aggregates and joins keep state
 //!   that stopped changing (forever when absent);
+//! - `state_backend`: `memory` or `rocksdb`, where its keyed state lives
+//!   (the server's `--state-backend` when absent);
 //! - `late_rows` (views only): the name of a relation keeping the rows its
 //!   windowed operators drop as late (they are only counted when absent).
 //!
@@ -14,7 +16,7 @@ use datafusion::sql::sqlparser::ast::{CreateTableOptions, Expr, SqlOption};
 
 use std::time::Duration;
 
-use eddy_executor::{ExecutorError, PipelineOptions, RestartStrategy};
+use eddy_executor::{ExecutorError, PipelineOptions, RestartStrategy, StateBackend, StateConfig};
 
 use super::parameters::RESTART_STRATEGY;
 use crate::error::{EddyError, Result};
@@ -25,11 +27,13 @@ use crate::jobs::Jobs;
 pub(super) struct JobOptions {
     restart_strategy: Option<RestartStrategy>,
     state_ttl: Option<Duration>,
+    state_backend: Option<StateBackend>,
     /// The name of the view's late-rows relation.
     pub late_rows: Option<String>,
 }
 
 const STATE_TTL: &str = "state_ttl";
+const STATE_BACKEND: &str = "state_backend";
 const LATE_ROWS: &str = "late_rows";
 
 fn state_ttl(value: &str) -> std::result::Result<Duration, ExecutorError> {
@@ -54,6 +58,15 @@ impl JobOptions {
                     RestartStrategy::parse(value).map(|s| this.restart_strategy = Some(s))
                 }
                 STATE_TTL => state_ttl(value).map(|ttl| this.state_ttl = Some(ttl)),
+                STATE_BACKEND => match StateBackend::named(value) {
+                    Some(backend) => {
+                        this.state_backend = Some(backend);
+                        Ok(())
+                    }
+                    None => Err(ExecutorError::InvalidOption(format!(
+                        "{STATE_BACKEND} is 'memory' or 'rocksdb', not '{value}'"
+                    ))),
+                },
                 _ => return true,
             };
             if let Err(e) = parsed {
@@ -101,19 +114,23 @@ impl JobOptions {
         }
         match pairs.first() {
             Some((key, _)) => Err(ExecutorError::InvalidOption(format!(
-                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY}, {STATE_TTL}, {LATE_ROWS})"
+                "unknown option '{key}' for a materialized view ({RESTART_STRATEGY}, {STATE_TTL}, {STATE_BACKEND}, {LATE_ROWS})"
             ))
             .into()),
             None => Ok(this),
         }
     }
 
-    /// What the pipeline is built with.
-    pub fn pipeline(&self, emit_on_window_close: bool) -> PipelineOptions {
+    /// What the pipeline is built with; `state` is the server's.
+    pub fn pipeline(&self, emit_on_window_close: bool, state: StateConfig) -> PipelineOptions {
         PipelineOptions {
             emit_on_window_close,
             state_ttl: self.state_ttl,
             keep_late_rows: self.late_rows.is_some(),
+            state: StateConfig {
+                backend: self.state_backend.unwrap_or(state.backend),
+                ..state
+            },
         }
     }
 

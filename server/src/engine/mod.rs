@@ -36,7 +36,7 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use tokio::sync::watch;
 use tracing::info;
 
-use eddy_executor::Runtime;
+use eddy_executor::{Runtime, StateConfig};
 use eddy_planner::{EddyStatement, parse_sql};
 use eddy_storage::{CatalogEntry, RelationKind, Store};
 
@@ -101,6 +101,30 @@ pub type Settings = HashMap<String, String>;
 /// The setting that makes every DML statement wait for its flush.
 pub const IMPLICIT_FLUSH: &str = "implicit_flush";
 
+/// How an engine runs.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Partitions per keyed operator.
+    pub parallelism: usize,
+    /// Whether epochs are written to the store. Without, views and table
+    /// contents do not survive a restart (benchmarks measure the cost of
+    /// checkpoints with it).
+    pub checkpoints: bool,
+    /// Where pipelines keep keyed state, unless a view says otherwise.
+    pub state: StateConfig,
+}
+
+impl EngineConfig {
+    /// Checkpoints on, state in memory.
+    pub fn new(parallelism: usize) -> Self {
+        Self {
+            parallelism,
+            checkpoints: true,
+            state: StateConfig::default(),
+        }
+    }
+}
+
 /// The database engine shared by all connections.
 pub struct Engine {
     ctx: SessionContext,
@@ -110,6 +134,8 @@ pub struct Engine {
     compat: PostgresCompatibilityParser,
     parameters: Arc<SystemParameters>,
     jobs: Arc<Jobs>,
+    /// The server's state backend, for views that do not name one.
+    state: StateConfig,
 }
 
 impl std::fmt::Debug for Engine {
@@ -123,18 +149,12 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens the data directory and recovers every relation in it from the
     /// last checkpoint.
-    pub async fn open(data_dir: &Path, parallelism: usize) -> Result<Arc<Self>> {
-        Self::open_with(data_dir, parallelism, true).await
-    }
-
-    /// [`Engine::open`]; with `checkpoints` false, epochs are not written
-    /// to the store, so views and table contents do not survive a restart
-    /// (benchmarks measure the cost of checkpoints with it).
-    pub async fn open_with(
-        data_dir: &Path,
-        parallelism: usize,
-        checkpoints: bool,
-    ) -> Result<Arc<Self>> {
+    pub async fn open(data_dir: &Path, config: EngineConfig) -> Result<Arc<Self>> {
+        let EngineConfig {
+            parallelism,
+            checkpoints,
+            state,
+        } = config;
         let store = Arc::new(Store::open(data_dir)?);
         let catalog = Arc::new(Catalog::default());
         // Checkpointed state is partitioned: pipelines recover with the
@@ -220,6 +240,7 @@ impl Engine {
             compat: PostgresCompatibilityParser::new(),
             parameters,
             jobs,
+            state,
         });
         engine.replay().await?;
         tokio::spawn(partitions::watch(Arc::downgrade(&engine)));

@@ -47,7 +47,7 @@ impl Engine {
             &quiesced,
             spec,
             &stream_plan,
-            job_options.pipeline(false),
+            job_options.pipeline(false, self.state),
             &|n| self.catalog.read_target(n),
         )?;
         let sql = sink.to_string();

@@ -1,0 +1,495 @@
+//! An operator's keyed state, under one of two state backends.
+//!
+//! - `memory`: every entry is in a hash map; checkpoints write what changed.
+//!   Recovery reads all entries back.
+//! - `rocksdb`: the checkpointed entries in the store are the state, and
+//!   the map is a cache of the entries used lately, of about
+//!   `cache_bytes`. An operator [`KeyedState::load`]s the keys a batch
+//!   needs before it reads them (one `multi_get` for the misses), so state
+//!   may be far larger than memory and recovery reads nothing up front.
+//!
+//! Both write the same keys (`v <key>` -> value, `n` -> number of keys,
+//! under the operator's keyed range, see [`crate::checkpoint`]), so a data
+//! directory recovers under either backend.
+//!
+//! Invariants of the cache:
+//! - An entry that differs from the store — changed since the last
+//!   checkpoint, or written by a checkpoint whose epoch is not durable yet —
+//!   is never evicted. A removed key stays cached, as absent, until its
+//!   deletion is durable. So a key not in the map has exactly the value
+//!   the store holds.
+//! - Only keys loaded (or inserted) in the current call are read: eviction
+//!   runs at checkpoints, between calls.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use eddy_storage::Store;
+
+use crate::checkpoint::{DurableEpoch, KEYED, StateWriter, state_prefix};
+use crate::error::{ExecutorError, Result};
+use crate::hash::HashMap;
+
+/// Where an operator's keyed state lives between checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateBackend {
+    /// All of it in memory.
+    #[default]
+    Memory,
+    /// In the store, with a cache.
+    Rocksdb,
+}
+
+impl StateBackend {
+    /// The backend called `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "memory" => Some(Self::Memory),
+            "rocksdb" => Some(Self::Rocksdb),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Rocksdb => "rocksdb",
+        }
+    }
+}
+
+/// How a pipeline keeps its keyed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateConfig {
+    /// The backend.
+    pub backend: StateBackend,
+    /// The `rocksdb` backend's cache, per operator and partition.
+    pub cache_bytes: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Memory,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Bytes counted for a cached entry besides its key and value: the map's
+/// slot and bookkeeping.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The value tag of an entry's state key, and the key of the count.
+const VALUE: u8 = b'v';
+const COUNT: &[u8] = b"n";
+
+/// An operator's place in the store.
+#[derive(Debug, Clone)]
+pub struct StoreTable {
+    store: Arc<Store>,
+    relation: u32,
+    /// `scope operator|KEYED`.
+    prefix: [u8; 6],
+    durable: DurableEpoch,
+}
+
+impl StoreTable {
+    /// The keyed state of operator `operator` of scope `scope` of relation
+    /// `relation`'s pipeline.
+    pub fn new(
+        store: Arc<Store>,
+        relation: u32,
+        scope: u32,
+        operator: u16,
+        durable: DurableEpoch,
+    ) -> Self {
+        Self {
+            store,
+            relation,
+            prefix: state_prefix(scope, operator | KEYED),
+            durable,
+        }
+    }
+
+    fn value_prefix(&self) -> Vec<u8> {
+        let mut p = self.prefix.to_vec();
+        p.push(VALUE);
+        p
+    }
+}
+
+#[derive(Debug)]
+struct Slot<V> {
+    /// None: absent (removed, or looked up and not found).
+    value: Option<V>,
+    /// Changed since the last checkpoint.
+    changed: bool,
+    /// The epoch of the last checkpoint that wrote it (0: the store has it).
+    written: u64,
+    /// The epoch it was last used in.
+    used: u64,
+    /// Bytes counted for it.
+    bytes: usize,
+}
+
+/// Keyed state: encoded key -> `V`.
+#[derive(Debug)]
+pub struct KeyedState<V> {
+    slots: HashMap<Box<[u8]>, Slot<V>>,
+    /// Keys changed since the last checkpoint (duplicates allowed).
+    changed: Vec<Box<[u8]>>,
+    /// Keys present, cached or not.
+    len: u64,
+    /// Keys present in memory.
+    cached: u64,
+    /// Removed keys whose deletion a checkpoint wrote, by that epoch: the
+    /// `rocksdb` backend forgets them once it is durable.
+    deletions: VecDeque<(u64, Box<[u8]>)>,
+    /// `len` as last checkpointed.
+    written_len: u64,
+    config: StateConfig,
+    table: Option<StoreTable>,
+    /// The epoch being processed.
+    epoch: u64,
+    /// Bytes counted for cached entries.
+    bytes: usize,
+}
+
+impl<V> Default for KeyedState<V> {
+    fn default() -> Self {
+        Self {
+            slots: HashMap::default(),
+            changed: Vec::new(),
+            len: 0,
+            cached: 0,
+            deletions: VecDeque::new(),
+            written_len: 0,
+            config: StateConfig::default(),
+            table: None,
+            epoch: 1,
+            bytes: 0,
+        }
+    }
+}
+
+impl<V> KeyedState<V> {
+    /// Keeps the state as `config` says (the `rocksdb` backend takes effect
+    /// once the state has a place in a store).
+    pub fn configure(&mut self, config: StateConfig) {
+        self.config = config;
+    }
+
+    /// Gives the state its place in the store: where recovery reads it and
+    /// the `rocksdb` backend reads and evicts it.
+    pub fn attach(&mut self, table: StoreTable) {
+        self.table = Some(table);
+    }
+
+    /// The cache limit, when entries leave memory.
+    fn cache_limit(&self) -> Option<usize> {
+        match (self.config.backend, &self.table) {
+            (StateBackend::Rocksdb, Some(_)) => {
+                Some(usize::try_from(self.config.cache_bytes).unwrap_or(usize::MAX))
+            }
+            _ => None,
+        }
+    }
+
+    /// Keys present.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys present in memory.
+    pub fn cached(&self) -> u64 {
+        self.cached
+    }
+
+    /// Makes sure every one of `keys` can be read: the `rocksdb` backend
+    /// reads the ones it does not hold from the store, with `decode`.
+    pub fn load<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<()> {
+        let epoch = self.epoch;
+        let limited = self.cache_limit().is_some();
+        let mut missing: Vec<&[u8]> = Vec::new();
+        for key in keys {
+            match self.slots.get_mut(key) {
+                Some(slot) => slot.used = epoch,
+                None if limited => missing.push(key),
+                None => {}
+            }
+        }
+        let Some(table) = self.table.as_ref().filter(|_| !missing.is_empty()) else {
+            return Ok(());
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        let values = table.store.get_state(
+            table.relation,
+            &table.value_prefix(),
+            missing.iter().copied(),
+        )?;
+        for (key, value) in missing.into_iter().zip(values) {
+            let bytes = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Vec::len);
+            let value = value.map(|v| decode(&v)).transpose()?;
+            self.bytes += bytes;
+            self.cached += u64::from(value.is_some());
+            self.slots.insert(
+                key.into(),
+                Slot {
+                    value,
+                    changed: false,
+                    written: 0,
+                    used: epoch,
+                    bytes,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The value of `key` (loaded).
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        self.slots.get(key).and_then(|s| s.value.as_ref())
+    }
+
+    /// Whether `key` is present (loaded).
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The value of `key` (loaded), to change.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let slot = self.slots.get_mut(key)?;
+        let value = slot.value.as_mut()?;
+        if !slot.changed {
+            slot.changed = true;
+            self.changed.push(key.into());
+        }
+        Some(value)
+    }
+
+    /// Sets `key` (loaded) to `value`; returns it, to change further.
+    pub fn insert(&mut self, key: Box<[u8]>, value: V) -> &mut V {
+        let epoch = self.epoch;
+        let slot = self.slots.entry(key.clone()).or_insert_with(|| {
+            self.bytes += ENTRY_OVERHEAD + key.len();
+            Slot {
+                value: None,
+                changed: false,
+                written: 0,
+                used: epoch,
+                bytes: ENTRY_OVERHEAD + key.len(),
+            }
+        });
+        if slot.value.is_none() {
+            self.len += 1;
+            self.cached += 1;
+        }
+        if !slot.changed {
+            slot.changed = true;
+            self.changed.push(key);
+        }
+        slot.used = epoch;
+        slot.value.insert(value)
+    }
+
+    /// Removes `key` (loaded); returns its value.
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        let slot = self.slots.get_mut(key)?;
+        let value = slot.value.take()?;
+        self.len -= 1;
+        self.cached -= 1;
+        if !slot.changed {
+            slot.changed = true;
+            self.changed.push(key.into());
+        }
+        Some(value)
+    }
+
+    /// Epoch `epoch` ends: the next checkpoint is its.
+    pub fn end_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// Writes what changed since the last checkpoint with `encode`; then
+    /// drops from memory what the backend need not keep.
+    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>, encode: impl Fn(&V) -> Vec<u8>) {
+        let epoch = self.epoch;
+        let mut state = state.keyed();
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort_unstable();
+        changed.dedup();
+        let limited = self.cache_limit().is_some();
+        let mut key_buf = Vec::new();
+        for key in changed {
+            let Some(slot) = self.slots.get_mut(&key) else {
+                continue;
+            };
+            key_buf.clear();
+            key_buf.push(VALUE);
+            key_buf.extend_from_slice(&key);
+            slot.changed = false;
+            slot.written = epoch;
+            match &slot.value {
+                Some(value) => {
+                    let value = encode(value);
+                    let bytes = ENTRY_OVERHEAD + key.len() + value.len();
+                    state.put(&key_buf, value);
+                    self.bytes = self.bytes + bytes - slot.bytes;
+                    slot.bytes = bytes;
+                }
+                None => {
+                    state.delete(&key_buf);
+                    if limited {
+                        self.deletions.push_back((epoch, key));
+                    } else {
+                        // Nothing reads the store back: forget it now.
+                        self.bytes -= slot.bytes;
+                        self.slots.remove(&key);
+                    }
+                }
+            }
+        }
+        if self.len != self.written_len {
+            state.put(COUNT, self.len.to_be_bytes().to_vec());
+            self.written_len = self.len;
+        }
+        self.epoch = epoch + 1;
+        self.shed();
+    }
+
+    /// `rocksdb` backend: forgets removed keys whose deletion is durable
+    /// and, beyond the cache's size, evicts the entries used longest ago.
+    fn shed(&mut self) {
+        let (Some(limit), Some(table)) = (self.cache_limit(), self.table.as_ref()) else {
+            return;
+        };
+        let durable = table.durable.get();
+        while let Some((epoch, _)) = self.deletions.front() {
+            if *epoch > durable {
+                break;
+            }
+            let Some((_, key)) = self.deletions.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get(&key)
+                && slot.value.is_none()
+                && !slot.changed
+            {
+                self.bytes -= slot.bytes;
+                self.slots.remove(&key);
+            }
+        }
+        if self.bytes <= limit {
+            return;
+        }
+        // Evict down to three quarters of the limit, so this runs once in
+        // a while rather than at every checkpoint.
+        let target = limit / 4 * 3;
+        let mut candidates: Vec<(u64, usize, &[u8])> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.changed && s.written <= durable)
+            .map(|(k, s)| (s.used, s.bytes, k.as_ref()))
+            .collect();
+        candidates.sort_unstable_by_key(|(used, _, _)| *used);
+        let mut bytes = self.bytes;
+        let mut evicted = 0;
+        for (_, size, _) in &candidates {
+            if bytes <= target {
+                break;
+            }
+            bytes -= size;
+            evicted += 1;
+        }
+        let evict: Vec<Box<[u8]>> = candidates[..evicted]
+            .iter()
+            .map(|(_, _, k)| Box::from(*k))
+            .collect();
+        for key in evict {
+            if let Some(slot) = self.slots.remove(&key) {
+                self.bytes -= slot.bytes;
+                self.cached -= u64::from(slot.value.is_some());
+            }
+        }
+    }
+
+    /// Starts from the checkpointed state: the `memory` backend reads every
+    /// entry; the `rocksdb` backend reads only the count, unless `visit`
+    /// must see every entry (to rebuild an index of the operator's).
+    pub fn restore(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Result<V>,
+        visit: Option<&mut dyn FnMut(&[u8], &V)>,
+    ) -> Result<()> {
+        self.slots.clear();
+        self.changed.clear();
+        self.deletions.clear();
+        self.bytes = 0;
+        self.len = 0;
+        self.cached = 0;
+        let Some(table) = self.table.clone() else {
+            return Ok(());
+        };
+        let keep = self.cache_limit().is_none();
+        if keep || visit.is_some() {
+            let mut visit = visit;
+            let mut failed = None;
+            table
+                .store
+                .scan_state(table.relation, &table.value_prefix(), |key, value| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    match decode(value) {
+                        Ok(v) => {
+                            if let Some(visit) = visit.as_mut() {
+                                visit(key, &v);
+                            }
+                            if keep {
+                                let bytes = ENTRY_OVERHEAD + key.len() + value.len();
+                                self.bytes += bytes;
+                                self.cached += 1;
+                                self.slots.insert(
+                                    key.into(),
+                                    Slot {
+                                        value: Some(v),
+                                        changed: false,
+                                        written: 0,
+                                        used: 0,
+                                        bytes,
+                                    },
+                                );
+                            }
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        let count = table.store.get_state(table.relation, &table.prefix, [COUNT])?;
+        self.len = match count.into_iter().next().flatten() {
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| ExecutorError::CorruptState("a keyed state's count".into()))?,
+            None => 0,
+        };
+        self.written_len = self.len;
+        Ok(())
+    }
+}

@@ -421,17 +421,16 @@ impl Operator for HashAggregate {
                 };
                 self.touched.insert(key.clone(), before);
             }
-            let group = if self.groups.contains_key(&key) {
-                self.groups.get_mut(&key).ok_or_else(|| {
-                    ExecutorError::Internal("a loaded group is missing".into())
-                })?
-            } else {
-                let mut group = new_group(&self.calls);
-                if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
-                    group.window = Some(window.clone());
-                    w.open.insert((window.clone(), key.clone()));
+            let group = match self.groups.get_mut(&key) {
+                Some(group) => group,
+                None => {
+                    let mut group = new_group(&self.calls);
+                    if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
+                        group.window = Some(window.clone());
+                        w.open.insert((window.clone(), key.clone()));
+                    }
+                    self.groups.insert(key, group)
                 }
-                self.groups.insert(key, group)
             };
             group.rows += sign;
             for (acc, (array, mask, encoded)) in group.accumulators.iter_mut().zip(&values) {

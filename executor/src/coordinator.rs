@@ -29,9 +29,7 @@ use tokio::sync::watch;
 
 use eddy_storage::{CheckpointBatch, Store};
 
-use crate::checkpoint::{
-    CheckpointStats, CheckpointWriter, DurableEpoch, FragmentCheckpoint, StateWrite,
-};
+use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 
@@ -119,6 +117,9 @@ struct State {
 pub struct Coordinator {
     state: Mutex<State>,
     committed_tx: watch::Sender<u64>,
+    /// The last epoch in the store (the committed one without a store):
+    /// what a crash cannot take back.
+    durable_tx: watch::Sender<u64>,
 }
 
 impl Default for Coordinator {
@@ -139,6 +140,7 @@ impl Coordinator {
                 writer,
             }),
             committed_tx: watch::channel(committed).0,
+            durable_tx: watch::channel(committed).0,
         }
     }
 
@@ -158,13 +160,6 @@ impl Coordinator {
         self.lock().writer.as_ref().map(|w| w.store().clone())
     }
 
-    /// The store checkpoints go to, if any, and its last durable epoch.
-    pub fn durable_store(&self) -> Option<(Arc<Store>, DurableEpoch)> {
-        self.lock()
-            .writer
-            .as_ref()
-            .map(|w| (w.store().clone(), w.durable_epoch()))
-    }
 
     /// Recent checkpoints, oldest first, and the last durable epoch.
     pub fn checkpoints(&self) -> (Vec<CheckpointStats>, u64) {
@@ -367,12 +362,20 @@ impl Coordinator {
             }
             state.committed = epoch;
             self.committed_tx.send_replace(epoch);
+            let durable = state.writer.as_ref().map_or(epoch, CheckpointWriter::durable);
+            self.durable_tx.send_if_modified(|d| std::mem::replace(d, durable) != durable);
         }
     }
 
     /// Follows the committed epoch.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed_tx.subscribe()
+    }
+
+    /// Follows the last durable epoch: behind the committed one while
+    /// checkpoints fail to be written (a full disk), equal to it otherwise.
+    pub fn durable_epoch(&self) -> watch::Receiver<u64> {
+        self.durable_tx.subscribe()
     }
 
     /// Waits until `epoch` is committed.

@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use eddy_storage::Store;
 
-use crate::checkpoint::{DurableEpoch, KEYED, StateWriter, state_prefix};
+use tokio::sync::watch;
+
+use crate::checkpoint::{KEYED, StateWriter, state_prefix};
 use crate::error::{ExecutorError, Result};
 use crate::hash::HashMap;
 
@@ -92,7 +94,8 @@ pub struct StoreTable {
     relation: u32,
     /// `scope operator|KEYED`.
     prefix: [u8; 6],
-    durable: DurableEpoch,
+    /// The last durable epoch.
+    durable: watch::Receiver<u64>,
 }
 
 impl StoreTable {
@@ -103,7 +106,7 @@ impl StoreTable {
         relation: u32,
         scope: u32,
         operator: u16,
-        durable: DurableEpoch,
+        durable: watch::Receiver<u64>,
     ) -> Self {
         Self {
             store,
@@ -219,14 +222,16 @@ impl<V> KeyedState<V> {
         keys: impl IntoIterator<Item = &'k [u8]>,
         decode: impl Fn(&[u8]) -> Result<V>,
     ) -> Result<()> {
+        if self.cache_limit().is_none() {
+            // Everything is in memory.
+            return Ok(());
+        }
         let epoch = self.epoch;
-        let limited = self.cache_limit().is_some();
         let mut missing: Vec<&[u8]> = Vec::new();
         for key in keys {
             match self.slots.get_mut(key) {
                 Some(slot) => slot.used = epoch,
-                None if limited => missing.push(key),
-                None => {}
+                None => missing.push(key),
             }
         }
         let Some(table) = self.table.as_ref().filter(|_| !missing.is_empty()) else {
@@ -375,7 +380,7 @@ impl<V> KeyedState<V> {
         let (Some(limit), Some(table)) = (self.cache_limit(), self.table.as_ref()) else {
             return;
         };
-        let durable = table.durable.get();
+        let durable = *table.durable.borrow();
         while let Some((epoch, _)) = self.deletions.front() {
             if *epoch > durable {
                 break;

@@ -468,7 +468,7 @@ impl Runtime {
         let terminal = def.sink.as_ref().map(|(spec, status)| {
             Box::new(SinkWriter::new(
                 spec.clone(),
-                self.coordinator.committed(),
+                self.coordinator.durable_epoch(),
                 status.clone(),
             )) as Box<dyn Operator>
         });
@@ -510,7 +510,8 @@ impl Runtime {
         // A restarted pipeline writes to the subscribers it had.
         let output = self.subscribers_of(id).unwrap_or_default();
         builder.build_root(&def.plan, output.clone(), terminal)?;
-        if let Some((store, durable)) = self.coordinator.durable_store() {
+        if let Some(store) = self.coordinator.store() {
+            let durable = self.coordinator.durable_epoch();
             let entries = |scope: u32, operator: u16| -> Result<StateEntries> {
                 let stored = store.state(id, &state_prefix(scope, operator))?;
                 Ok(stored

@@ -34,7 +34,7 @@ mod bytes;
 mod writer;
 
 pub use bytes::{ValueReader, ValueWriter};
-pub use writer::{CheckpointStats, CheckpointWriter, DurableEpoch};
+pub use writer::{CheckpointStats, CheckpointWriter};
 
 use crate::coordinator::Delta;
 use crate::error::Result;

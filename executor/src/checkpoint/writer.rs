@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use eddy_storage::{CheckpointBatch, Store};
@@ -37,23 +36,6 @@ pub struct CheckpointStats {
     pub error: Option<String>,
 }
 
-/// The last epoch made durable, as pipelines follow it: state a checkpoint
-/// staged may be dropped from memory (and read back from the store) only
-/// once its epoch is durable.
-#[derive(Debug, Clone, Default)]
-pub struct DurableEpoch(Arc<AtomicU64>);
-
-impl DurableEpoch {
-    /// The last durable epoch.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-
-    fn set(&self, epoch: u64) {
-        self.0.store(epoch, Ordering::Release);
-    }
-}
-
 /// Writes checkpoints and remembers how they went.
 #[derive(Debug)]
 pub struct CheckpointWriter {
@@ -63,7 +45,7 @@ pub struct CheckpointWriter {
     unsaved: VecDeque<CheckpointBatch>,
     history: VecDeque<CheckpointStats>,
     /// The last epoch made durable.
-    durable: DurableEpoch,
+    durable: u64,
     /// Failures since the last good write, and when one was last logged.
     failures: u64,
     last_logged: Option<Instant>,
@@ -78,11 +60,7 @@ impl CheckpointWriter {
             parallelism,
             unsaved: VecDeque::new(),
             history: VecDeque::new(),
-            durable: {
-                let d = DurableEpoch::default();
-                d.set(durable);
-                d
-            },
+            durable,
             failures: 0,
             last_logged: None,
         }
@@ -118,7 +96,7 @@ impl CheckpointWriter {
                     self.last_logged = Some(Instant::now());
                     tracing::error!(
                         epoch,
-                        durable = self.durable.get(),
+                        durable = self.durable,
                         failures = self.failures,
                         error = %e,
                         "checkpoint failed; the last good one is kept"
@@ -126,12 +104,12 @@ impl CheckpointWriter {
                 }
                 error = Some(format!(
                     "writing checkpoint {next_epoch} failed: {e}; the store keeps checkpoint {}",
-                    self.durable.get()
+                    self.durable
                 ));
                 self.unsaved.push_front(next);
                 break;
             }
-            self.durable.set(next_epoch);
+            self.durable = next_epoch;
         }
         if error.is_none() && self.failures > 0 {
             tracing::info!(epoch, failures = self.failures, "checkpoints written again");
@@ -146,7 +124,7 @@ impl CheckpointWriter {
             bytes,
             error,
         };
-        record_metrics(&stats, self.durable.get());
+        record_metrics(&stats, self.durable);
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
@@ -155,12 +133,7 @@ impl CheckpointWriter {
 
     /// The last epoch made durable.
     pub fn durable(&self) -> u64 {
-        self.durable.get()
-    }
-
-    /// Follows the last epoch made durable.
-    pub fn durable_epoch(&self) -> DurableEpoch {
-        self.durable.clone()
+        self.durable
     }
 
     /// Recent checkpoints, oldest first.

@@ -1,7 +1,7 @@
 //! Sends committed epochs to Kafka, one transaction per epoch, in order.
 //!
 //! Runs on a thread of its own: the producer's transaction calls block.
-//! Each epoch waits until the checkpoint holding it is committed, then goes
+//! Each epoch waits until the checkpoint holding it is durable, then goes
 //! out in one transaction, every record carrying the epoch in a header
 //! (`eddy.sink.<id>.epoch`). When a producer takes over the sink's
 //! transactional id it reads the newest committed records of each
@@ -81,7 +81,7 @@ impl Drop for DeliveryHandle {
 /// Starts delivering for `spec`.
 pub(crate) fn start(
     spec: Arc<SinkSpec>,
-    committed: watch::Receiver<u64>,
+    durable: watch::Receiver<u64>,
     status: Arc<DeliveryStatus>,
 ) -> DeliveryHandle {
     let (tx, rx) = mpsc::channel::<EpochRecords>();
@@ -96,9 +96,9 @@ pub(crate) fn start(
             stop: stopped,
         };
         while let Ok((epoch, records)) = rx.recv() {
-            let mut committed = committed.clone();
+            let mut durable = durable.clone();
             // The runtime outlives its sinks; an error means it is shutting down.
-            if futures::executor::block_on(committed.wait_for(|c| *c >= epoch)).is_err() {
+            if futures::executor::block_on(durable.wait_for(|d| *d >= epoch)).is_err() {
                 return;
             }
             delivery.deliver(epoch, &records);

@@ -7,8 +7,10 @@
 //!   barrier the writer encodes the epoch's changes into Kafka records
 //!   ([`encode`]) and writes them into its checkpointed state, in the same
 //!   atomic write as the rest of the epoch.
-//! - **Kafka tells the last epoch it holds.** Once the epoch commits, its
-//!   records go out in one Kafka transaction, each with the epoch in a
+//! - **Kafka tells the last epoch it holds.** Once the epoch is durable
+//!   (committed and written: while checkpoints fail to be written, say on a
+//!   full disk, delivery waits, since a crash would take the epoch back),
+//!   its records go out in one Kafka transaction, each with the epoch in a
 //!   header. A transaction is all or nothing, so the largest epoch among
 //!   the topic's committed records is exactly the last epoch delivered.
 //!   (Committing the epoch as a consumer group's offset inside the

@@ -27,7 +27,9 @@ pub struct SinkWriter {
     pending: BTreeSet<u64>,
     /// Restored epochs, sent to delivery when it starts.
     restored: Vec<EpochRecords>,
-    committed: watch::Receiver<u64>,
+    /// The last durable epoch: an epoch goes to Kafka only once a crash
+    /// cannot take it back.
+    durable: watch::Receiver<u64>,
     status: Arc<DeliveryStatus>,
     /// Started at the first barrier, after any restore.
     delivery: Option<DeliveryHandle>,
@@ -49,10 +51,10 @@ fn state_key(epoch: u64) -> [u8; 9] {
 }
 
 impl SinkWriter {
-    /// A writer for `spec`; `committed` follows the committed epoch.
+    /// A writer for `spec`; `durable` follows the last durable epoch.
     pub fn new(
         spec: Arc<SinkSpec>,
-        committed: watch::Receiver<u64>,
+        durable: watch::Receiver<u64>,
         status: Arc<DeliveryStatus>,
     ) -> Self {
         Self {
@@ -61,7 +63,7 @@ impl SinkWriter {
             finished: None,
             pending: BTreeSet::new(),
             restored: Vec::new(),
-            committed,
+            durable,
             status,
             delivery: None,
         }
@@ -71,7 +73,7 @@ impl SinkWriter {
         let delivery = self.delivery.get_or_insert_with(|| {
             delivery::start(
                 self.spec.clone(),
-                self.committed.clone(),
+                self.durable.clone(),
                 self.status.clone(),
             )
         });

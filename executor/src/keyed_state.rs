@@ -388,9 +388,11 @@ impl<V> KeyedState<V> {
             let Some((_, key)) = self.deletions.pop_front() else {
                 break;
             };
+            // A later change of the key may not be durable yet.
             if let Some(slot) = self.slots.get(&key)
                 && slot.value.is_none()
                 && !slot.changed
+                && slot.written <= durable
             {
                 self.bytes -= slot.bytes;
                 self.slots.remove(&key);
@@ -600,6 +602,26 @@ mod tests {
         let _ = h.checkpoint(6);
         assert_eq!(h.get(b"a"), None);
         assert_eq!(h.state.len(), 0);
+
+        // Removed, put back, removed again: the first removal becoming
+        // durable must not let the put back in while the second is not.
+        h.state.insert(b"a".as_slice().into(), 2);
+        let put = h.checkpoint(7);
+        h.commit(&put);
+        assert_eq!(h.state.remove(b"a"), Some(2));
+        let first_removal = h.checkpoint(8);
+        h.state.insert(b"a".as_slice().into(), 3);
+        let put_back = h.checkpoint(9);
+        assert_eq!(h.state.remove(b"a"), Some(3));
+        let second_removal = h.checkpoint(10);
+        h.commit(&first_removal);
+        let _ = h.checkpoint(11);
+        h.commit(&put_back);
+        let _ = h.checkpoint(12);
+        assert_eq!(h.get(b"a"), None);
+        h.commit(&second_removal);
+        let _ = h.checkpoint(13);
+        assert_eq!(h.get(b"a"), None);
     }
 
     #[test]

@@ -160,7 +160,6 @@ impl Coordinator {
         self.lock().writer.as_ref().map(|w| w.store().clone())
     }
 
-
     /// Recent checkpoints, oldest first, and the last durable epoch.
     pub fn checkpoints(&self) -> (Vec<CheckpointStats>, u64) {
         let state = self.lock();
@@ -362,8 +361,12 @@ impl Coordinator {
             }
             state.committed = epoch;
             self.committed_tx.send_replace(epoch);
-            let durable = state.writer.as_ref().map_or(epoch, CheckpointWriter::durable);
-            self.durable_tx.send_if_modified(|d| std::mem::replace(d, durable) != durable);
+            let durable = state
+                .writer
+                .as_ref()
+                .map_or(epoch, CheckpointWriter::durable);
+            self.durable_tx
+                .send_if_modified(|d| std::mem::replace(d, durable) != durable);
         }
     }
 

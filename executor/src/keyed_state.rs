@@ -137,6 +137,9 @@ struct Slot<V> {
     bytes: usize,
 }
 
+/// Sees every key and value of restored state (to rebuild an index).
+pub type KeyVisitor<'a, V> = dyn FnMut(&[u8], &V) + 'a;
+
 /// Keyed state: encoded key -> `V`.
 #[derive(Debug)]
 pub struct KeyedState<V> {
@@ -438,7 +441,7 @@ impl<V> KeyedState<V> {
     pub fn restore(
         &mut self,
         decode: impl Fn(&[u8]) -> Result<V>,
-        visit: Option<&mut dyn FnMut(&[u8], &V)>,
+        visit: Option<&mut KeyVisitor<'_, V>>,
     ) -> Result<()> {
         self.slots.clear();
         self.changed.clear();
@@ -487,7 +490,9 @@ impl<V> KeyedState<V> {
                 return Err(e);
             }
         }
-        let count = table.store.get_state(table.relation, &table.prefix, [COUNT])?;
+        let count = table
+            .store
+            .get_state(table.relation, &table.prefix, [COUNT])?;
         self.len = match count.into_iter().next().flatten() {
             Some(v) => v
                 .as_slice()
@@ -520,10 +525,8 @@ mod tests {
     impl Harness {
         /// Keyed state on the `rocksdb` backend with no cache.
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "eddy-keyed-state-{name}-{}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("eddy-keyed-state-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let store = Arc::new(Store::open(&dir).expect("store"));
             Self::on(store, dir, 0)
@@ -537,7 +540,13 @@ mod tests {
                 backend: StateBackend::Rocksdb,
                 cache_bytes: 0,
             });
-            state.attach(StoreTable::new(store.clone(), RELATION, 0, 0, durable.subscribe()));
+            state.attach(StoreTable::new(
+                store.clone(),
+                RELATION,
+                0,
+                0,
+                durable.subscribe(),
+            ));
             Self {
                 store,
                 durable,
@@ -640,7 +649,10 @@ mod tests {
         let mut restored = Harness::on(h.store.clone(), h._dir.clone(), 1);
         restored
             .state
-            .restore(|v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))), None)
+            .restore(
+                |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
+                None,
+            )
             .expect("restore");
         assert_eq!((restored.state.len(), restored.state.cached()), (100, 0));
         assert_eq!(restored.get(&keys[42]), Some(42));
@@ -656,7 +668,10 @@ mod tests {
             restored.durable.subscribe(),
         ));
         in_memory
-            .restore(|v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))), None)
+            .restore(
+                |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
+                None,
+            )
             .expect("restore");
         assert_eq!((in_memory.len(), in_memory.cached()), (100, 100));
         assert_eq!(in_memory.get(&keys[99]), Some(&99));

@@ -39,7 +39,6 @@ use eddy_storage::Store;
 
 use crate::build::{PipelineBuilder, Upstream};
 use crate::checkpoint::{StateEntries, state_prefix};
-use crate::keyed_state::{StateConfig, StoreTable};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
@@ -47,6 +46,7 @@ use crate::error::{ExecutorError, Result};
 use crate::eval::{ErrorLog, ErrorStats, Evaluator};
 use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::materialize::Materialize;
 use crate::message::{Barrier, Message, StreamChunk};
 use crate::operator::Operator;

@@ -18,7 +18,7 @@ mod pg_class;
 mod providers;
 mod system_tables;
 
-pub use engine::{Engine, EngineConfig, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
 pub use eddy_executor::{StateBackend, StateConfig};
+pub use engine::{Engine, EngineConfig, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
 pub use error::{EddyError, Result};
 pub use pg::PgHandler;

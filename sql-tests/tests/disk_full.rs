@@ -223,11 +223,18 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
         assert!(Instant::now() < deadline, "the sink did not resume");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(ids.len() > held, "the sink delivered nothing after the disk grew");
+    assert!(
+        ids.len() > held,
+        "the sink delivered nothing after the disk grew"
+    );
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    let first_gap = sorted.iter().zip(1..).find(|(id, n)| **id != *n).map(|(id, _)| *id);
+    let first_gap = sorted
+        .iter()
+        .zip(1..)
+        .find(|(id, n)| **id != *n)
+        .map(|(id, _)| *id);
     assert!(
         sorted.len() == ids.len() && first_gap.is_none(),
         "the sink delivered {} ids, {} distinct, first out of sequence {first_gap:?}; max {:?}",

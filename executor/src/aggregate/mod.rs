@@ -36,7 +36,7 @@ use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
-use crate::keyed_state::{KeyedState, StateConfig, StoreTable};
+use crate::keyed_state::{KeyVisitor, KeyedState, StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
@@ -499,7 +499,7 @@ impl Operator for HashAggregate {
         };
         self.groups.restore(
             |value| Group::decode(calls, value, stamped),
-            indexed.then_some(&mut index as &mut dyn FnMut(&[u8], &Group)),
+            indexed.then_some(&mut index as &mut KeyVisitor<'_, Group>),
         )?;
         if self.is_global() && self.groups.is_empty() {
             self.groups.insert(Box::new([]), new_group(&self.calls));

@@ -71,11 +71,7 @@ impl SinkWriter {
 
     fn send(&mut self, records: EpochRecords) {
         let delivery = self.delivery.get_or_insert_with(|| {
-            delivery::start(
-                self.spec.clone(),
-                self.durable.clone(),
-                self.status.clone(),
-            )
+            delivery::start(self.spec.clone(), self.durable.clone(), self.status.clone())
         });
         delivery.send(records);
     }

@@ -259,9 +259,7 @@ async fn run_one(
             ..StateConfig::default()
         },
     };
-    let engine = Engine::open(&dir, config)
-        .await
-        .unwrap_or_else(|e| fail(e));
+    let engine = Engine::open(&dir, config).await.unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -387,7 +385,9 @@ async fn main() {
     let state = match arg("--state-backend") {
         None => StateBackend::Memory,
         Some(name) => StateBackend::named(&name).unwrap_or_else(|| {
-            fail(format!("--state-backend takes memory or rocksdb, not {name}"))
+            fail(format!(
+                "--state-backend takes memory or rocksdb, not {name}"
+            ))
         }),
     };
     let kafka = match arg("--source").as_deref() {

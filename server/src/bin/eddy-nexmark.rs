@@ -3,7 +3,7 @@
 //! (so peak memory is the query's own).
 //!
 //! ```text
-//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--state-backend memory|rocksdb] [--source nexmark|kafka]
+//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--state-backend memory|rocksdb] [--state-cache-mb MB] [--source nexmark|kafka]
 //! ```
 //!
 //! With `--source kafka`, the events are first generated, encoded as JSON
@@ -243,7 +243,7 @@ async fn run_one(
     parallelism: usize,
     cores: usize,
     checkpoints: bool,
-    state: StateBackend,
+    state: StateConfig,
     kafka: bool,
 ) {
     let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
@@ -254,10 +254,7 @@ async fn run_one(
     let config = EngineConfig {
         parallelism,
         checkpoints,
-        state: StateConfig {
-            backend: state,
-            ..StateConfig::default()
-        },
+        state,
     };
     let engine = Engine::open(&dir, config).await.unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
@@ -382,13 +379,23 @@ async fn main() {
         Some("off") => false,
         Some(other) => fail(format!("--checkpoints takes on or off, not {other}")),
     };
-    let state = match arg("--state-backend") {
+    let backend = match arg("--state-backend") {
         None => StateBackend::Memory,
         Some(name) => StateBackend::named(&name).unwrap_or_else(|| {
             fail(format!(
                 "--state-backend takes memory or rocksdb, not {name}"
             ))
         }),
+    };
+    let cache_mb: u64 = arg("--state-cache-mb")
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| fail("--state-cache-mb takes a number"))
+        })
+        .unwrap_or(StateConfig::default().cache_bytes >> 20);
+    let state = StateConfig {
+        backend,
+        cache_bytes: cache_mb << 20,
     };
     let kafka = match arg("--source").as_deref() {
         None | Some("nexmark") => false,
@@ -404,9 +411,9 @@ async fn main() {
         None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
     };
     println!(
-        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {}, source {}",
+        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {} ({cache_mb} MiB cache), source {}",
         if checkpoints { "on (1 s)" } else { "off" },
-        state.name(),
+        backend.name(),
         if kafka {
             "kafka (JSON)"
         } else {
@@ -438,7 +445,9 @@ async fn main() {
                 "--checkpoints",
                 if checkpoints { "on" } else { "off" },
                 "--state-backend",
-                state.name(),
+                backend.name(),
+                "--state-cache-mb",
+                &cache_mb.to_string(),
                 "--source",
                 if kafka { "kafka" } else { "nexmark" },
             ])

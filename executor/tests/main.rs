@@ -2,5 +2,7 @@
 //! [`Runtime`] API, with plans made by DataFusion, no server.
 
 mod input;
+mod keyed_state;
 mod pipelines;
 mod restart;
+mod state_ttl;

@@ -78,6 +78,11 @@ impl FragmentCheckpoint {
         }
     }
 
+    /// The state writes, in the order they were made.
+    pub fn writes(&self) -> &[StateWrite] {
+        &self.writes
+    }
+
     /// Whether there is nothing to hand over.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.rows.is_none() && self.late.is_empty()

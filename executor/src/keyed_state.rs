@@ -94,6 +94,8 @@ pub struct StoreTable {
     relation: u32,
     /// `scope operator|KEYED`.
     prefix: [u8; 6],
+    /// `prefix VALUE`: where the entries are.
+    value_prefix: [u8; 7],
     /// The last durable epoch.
     durable: watch::Receiver<u64>,
 }
@@ -108,18 +110,16 @@ impl StoreTable {
         operator: u16,
         durable: watch::Receiver<u64>,
     ) -> Self {
+        let prefix = state_prefix(scope, operator | KEYED);
+        let mut value_prefix = [VALUE; 7];
+        value_prefix[..6].copy_from_slice(&prefix);
         Self {
             store,
             relation,
-            prefix: state_prefix(scope, operator | KEYED),
+            prefix,
+            value_prefix,
             durable,
         }
-    }
-
-    fn value_prefix(&self) -> Vec<u8> {
-        let mut p = self.prefix.to_vec();
-        p.push(VALUE);
-        p
     }
 }
 
@@ -135,6 +135,24 @@ struct Slot<V> {
     used: u64,
     /// Bytes counted for it.
     bytes: usize,
+}
+
+impl<V> Slot<V> {
+    /// A slot holding what the store holds, last used in epoch `used`.
+    fn stored(value: Option<V>, used: u64, bytes: usize) -> Self {
+        Self {
+            value,
+            changed: false,
+            written: 0,
+            used,
+            bytes,
+        }
+    }
+}
+
+/// Bytes counted for an entry of `key` whose value encodes to `value_len` bytes.
+fn entry_bytes(key: &[u8], value_len: usize) -> usize {
+    ENTRY_OVERHEAD + key.len() + value_len
 }
 
 /// Sees every key and value of restored state (to rebuild an index).
@@ -242,28 +260,23 @@ impl<V> KeyedState<V> {
         };
         missing.sort_unstable();
         missing.dedup();
-        let values = table.store.get_state(
-            table.relation,
-            &table.value_prefix(),
-            missing.iter().copied(),
-        )?;
+        let values =
+            table
+                .store
+                .get_state(table.relation, &table.value_prefix, missing.iter().copied())?;
         for (key, value) in missing.into_iter().zip(values) {
-            let bytes = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Vec::len);
+            let bytes = entry_bytes(key, value.as_ref().map_or(0, Vec::len));
             let value = value.map(|v| decode(&v)).transpose()?;
-            self.bytes += bytes;
-            self.cached += u64::from(value.is_some());
-            self.slots.insert(
-                key.into(),
-                Slot {
-                    value,
-                    changed: false,
-                    written: 0,
-                    used: epoch,
-                    bytes,
-                },
-            );
+            self.cache(key, Slot::stored(value, epoch, bytes));
         }
         Ok(())
+    }
+
+    /// Holds `slot`, as read from the store, under `key`.
+    fn cache(&mut self, key: &[u8], slot: Slot<V>) {
+        self.bytes += slot.bytes;
+        self.cached += u64::from(slot.value.is_some());
+        self.slots.insert(key.into(), slot);
     }
 
     /// The value of `key` (loaded).
@@ -291,14 +304,9 @@ impl<V> KeyedState<V> {
     pub fn insert(&mut self, key: Box<[u8]>, value: V) -> &mut V {
         let epoch = self.epoch;
         let slot = self.slots.entry(key.clone()).or_insert_with(|| {
-            self.bytes += ENTRY_OVERHEAD + key.len();
-            Slot {
-                value: None,
-                changed: false,
-                written: 0,
-                used: epoch,
-                bytes: ENTRY_OVERHEAD + key.len(),
-            }
+            let bytes = entry_bytes(&key, 0);
+            self.bytes += bytes;
+            Slot::stored(None, epoch, bytes)
         });
         if slot.value.is_none() {
             self.len += 1;
@@ -352,7 +360,7 @@ impl<V> KeyedState<V> {
             match &slot.value {
                 Some(value) => {
                     let value = encode(value);
-                    let bytes = ENTRY_OVERHEAD + key.len() + value.len();
+                    let bytes = entry_bytes(&key, value.len());
                     state.put(&key_buf, value);
                     self.bytes = self.bytes + bytes - slot.bytes;
                     slot.bytes = bytes;
@@ -458,7 +466,7 @@ impl<V> KeyedState<V> {
             let mut failed = None;
             table
                 .store
-                .scan_state(table.relation, &table.value_prefix(), |key, value| {
+                .scan_state(table.relation, &table.value_prefix, |key, value| {
                     if failed.is_some() {
                         return;
                     }
@@ -468,19 +476,8 @@ impl<V> KeyedState<V> {
                                 visit(key, &v);
                             }
                             if keep {
-                                let bytes = ENTRY_OVERHEAD + key.len() + value.len();
-                                self.bytes += bytes;
-                                self.cached += 1;
-                                self.slots.insert(
-                                    key.into(),
-                                    Slot {
-                                        value: Some(v),
-                                        changed: false,
-                                        written: 0,
-                                        used: 0,
-                                        bytes,
-                                    },
-                                );
+                                let bytes = entry_bytes(key, value.len());
+                                self.cache(key, Slot::stored(Some(v), 0, bytes));
                             }
                         }
                         Err(e) => failed = Some(e),

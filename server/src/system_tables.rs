@@ -30,7 +30,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
 
-use eddy_executor::Runtime;
+use eddy_executor::{Runtime, StateSize};
 
 use crate::catalog::Catalog;
 use crate::engine::SystemParameters;
@@ -169,29 +169,21 @@ impl SystemSchema {
     /// fragment's last barrier.
     fn operator_state(&self) -> DfResult<Arc<dyn TableProvider>> {
         let names = self.names();
-        let (mut relation, mut fragment, mut operator, mut keys, mut rows, mut cached) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        for (id, progress) in self.runtime.progress() {
-            let Some(name) = names.get(&id) else {
-                continue;
-            };
-            for (index, sizes) in &progress.state {
-                for size in sizes {
-                    relation.push(name.clone());
-                    fragment.push(*index as u64);
-                    operator.push(size.operator);
-                    keys.push(size.keys);
-                    rows.push(size.rows);
-                    cached.push(size.cached);
-                }
-            }
-        }
+        let progress = self.runtime.progress();
+        let sizes: Vec<(&String, usize, &StateSize)> = progress
+            .iter()
+            .filter_map(|(id, p)| names.get(id).map(|name| (name, p)))
+            .flat_map(|(name, p)| {
+                p.state
+                    .iter()
+                    .flat_map(move |(index, sizes)| sizes.iter().map(move |s| (name, *index, s)))
+            })
+            .collect();
+        let column = |f: fn(&StateSize) -> u64| -> ArrayRef {
+            Arc::new(UInt64Array::from_iter_values(
+                sizes.iter().map(|(_, _, s)| f(s)),
+            ))
+        };
         let schema = Arc::new(Schema::new(vec![
             Field::new("relation", DataType::Utf8, false),
             Field::new("fragment", DataType::UInt64, false),
@@ -204,12 +196,18 @@ impl SystemSchema {
         mem_table(
             schema,
             vec![
-                Arc::new(StringArray::from(relation)),
-                Arc::new(UInt64Array::from(fragment)),
-                Arc::new(StringArray::from(operator)),
-                Arc::new(UInt64Array::from(keys)),
-                Arc::new(UInt64Array::from(rows)),
-                Arc::new(UInt64Array::from(cached)),
+                Arc::new(StringArray::from_iter_values(
+                    sizes.iter().map(|(name, _, _)| name.as_str()),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    sizes.iter().map(|(_, index, _)| *index as u64),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    sizes.iter().map(|(_, _, s)| s.operator),
+                )),
+                column(|s| s.keys),
+                column(|s| s.rows),
+                column(|s| s.cached),
             ],
         )
     }

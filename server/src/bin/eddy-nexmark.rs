@@ -395,7 +395,7 @@ async fn main() {
         .unwrap_or(StateConfig::default().cache_bytes >> 20);
     let state = StateConfig {
         backend,
-        cache_bytes: cache_mb << 20,
+        cache_bytes: cache_mb.saturating_mul(1 << 20),
     };
     let kafka = match arg("--source").as_deref() {
         None | Some("nexmark") => false,

@@ -27,7 +27,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
-use eddy_storage::{CheckpointBatch, Store};
+use eddy_storage::{CheckpointBatch, RowPartWriter, Store, StoredRows};
 
 use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
 use crate::codec::RowCodec;
@@ -43,6 +43,8 @@ struct Relation {
     schema: SchemaRef,
     codec: RowCodec,
     rows: crate::hash::HashMap<Box<[u8]>, i64>,
+    /// What its checkpointed parts hold (see [`eddy_storage::StoredRows`]).
+    stored: StoredRows,
     /// Decoded rows, valid until the next change.
     cache: Option<Arc<Vec<RecordBatch>>>,
     failed: Option<String>,
@@ -184,12 +186,20 @@ impl Coordinator {
 
     fn track(&self, id: u32, schema: SchemaRef, restore: bool, acks: bool) -> Result<()> {
         let codec = RowCodec::for_schema(&schema)?;
-        let mut rows = crate::hash::HashMap::default();
+        let mut rows = Delta::default();
+        let mut stored = StoredRows::default();
         let store = if restore { self.store() } else { None };
         if let Some(store) = &store {
-            store.scan_committed_rows(id, |row, count| {
-                rows.insert(row.into(), count);
+            stored = store.scan_committed_rows(id, |row, count| {
+                if count == 0 {
+                    rows.remove(row);
+                } else {
+                    rows.insert(row.into(), count);
+                }
             })?;
+            for (row, count) in &rows {
+                stored.changed(row, 0, *count);
+            }
         }
         let mut state = self.lock();
         // Anything carried is from a pipeline this one replaces.
@@ -200,6 +210,7 @@ impl Coordinator {
                 schema,
                 codec,
                 rows,
+                stored,
                 cache: None,
                 failed: None,
                 checkpointed: store.is_some(),
@@ -330,16 +341,44 @@ impl Coordinator {
             }
             let (epoch, pending) = entry.remove_entry();
             let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
+            // Relations whose parts are due a rewrite get a base part once
+            // all their changes of the epoch are in.
+            let mut rebase = Vec::new();
             for (id, delta) in pending.deltas {
                 let Some(relation) = state.relations.get_mut(&id) else {
                     continue;
                 };
                 relation.cache = None;
-                merge_counts(&mut relation.rows, delta, |row, count| {
-                    if let Some(batch) = batch.as_mut() {
-                        batch.set_row(id, row, count);
+                let mut part = match batch.as_mut() {
+                    Some(batch) if !relation.stored.rewrite_due() => {
+                        Some(batch.rows_part(id, epoch, false))
+                    }
+                    Some(_) => {
+                        if !rebase.contains(&id) {
+                            rebase.push(id);
+                        }
+                        None
+                    }
+                    None => None,
+                };
+                let stored = &mut relation.stored;
+                merge_counts(&mut relation.rows, delta, |row, old, new| {
+                    stored.changed(row, old, new);
+                    if let Some(part) = part.as_mut() {
+                        part.push(row, new);
                     }
                 });
+                if let Some(part) = part {
+                    relation.stored.stored_bytes += part.finish();
+                }
+            }
+            if let Some(batch) = batch.as_mut() {
+                for id in rebase {
+                    if let Some(relation) = state.relations.get_mut(&id) {
+                        relation.stored.stored_bytes =
+                            write_base(batch.rows_part(id, epoch, true), &relation.rows);
+                    }
+                }
             }
             if let Some(mut batch) = batch {
                 for (id, (key, value)) in &pending.writes {
@@ -421,27 +460,36 @@ impl Coordinator {
     }
 }
 
-/// Adds `delta` into `into`, dropping rows whose multiplicity becomes zero.
-fn merge(into: &mut Delta, delta: Delta) {
-    merge_counts(into, delta, |_, _| {});
+/// Writes every row of `rows` into a base part; returns its bytes.
+fn write_base(mut part: RowPartWriter<'_>, rows: &Delta) -> u64 {
+    for (row, count) in rows {
+        part.push(row, *count);
+    }
+    part.finish()
 }
 
-/// [`merge`], telling `changed` each changed row's new multiplicity.
-fn merge_counts(into: &mut Delta, delta: Delta, mut changed: impl FnMut(&[u8], i64)) {
+/// Adds `delta` into `into`, dropping rows whose multiplicity becomes zero.
+fn merge(into: &mut Delta, delta: Delta) {
+    merge_counts(into, delta, |_, _, _| {});
+}
+
+/// [`merge`], telling `changed` each changed row's old and new multiplicity.
+fn merge_counts(into: &mut Delta, delta: Delta, mut changed: impl FnMut(&[u8], i64, i64)) {
     for (row, change) in delta {
         if change == 0 {
             continue;
         }
         match into.entry(row) {
             Entry::Occupied(mut e) => {
+                let old = *e.get();
                 *e.get_mut() += change;
-                changed(e.key(), *e.get());
+                changed(e.key(), old, *e.get());
                 if *e.get() == 0 {
                     e.remove();
                 }
             }
             Entry::Vacant(e) => {
-                changed(e.key(), change);
+                changed(e.key(), 0, change);
                 e.insert(change);
             }
         }

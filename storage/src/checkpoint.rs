@@ -3,7 +3,7 @@
 //! Key space (next to the catalog's and the tables' in [`crate::store`]):
 //!
 //! ```text
-//! v <rel:u32be> <row>        -> i64be   committed multiplicity of a row of a table or view
+//! v <rel:u32be> <epoch> <seq> -> part    committed rows of a table or view (see [`crate::row_parts`])
 //! s <rel:u32be> <key>        -> bytes   operator state and source positions of a view's pipeline
 //! k <rel:u32be>              -> u64be   the epoch that first held the relation
 //! l <seq:u64be>              -> <table:u32be> <change>   a table change no checkpoint holds yet
@@ -20,10 +20,13 @@
 //!   deletes the log up to it, recovery replays the rest.
 //! - State keys are opaque here: the executor lays out `s <rel> ...`.
 
+use std::collections::HashMap;
+
 use rocksdb::WriteBatch;
 
+use crate::row_parts::{ROW_PARTS, RowPartWriter};
+
 /// Key tags (one byte, so ranges never overlap).
-pub(crate) const VIEW_ROWS: u8 = b'v';
 pub(crate) const STATE: u8 = b's';
 pub(crate) const CHECKPOINTED: u8 = b'k';
 pub(crate) const LOG: u8 = b'l';
@@ -81,8 +84,10 @@ pub struct CheckpointBatch {
     pub(crate) batch: WriteBatch,
     /// The epoch, once [`CheckpointBatch::finish`] was called.
     pub(crate) epoch: u64,
-    /// Reused to build keys: a batch holds one write per changed row.
+    /// Reused to build keys: a batch holds one write per changed state entry.
     key: Vec<u8>,
+    /// The next sequence number of each relation's parts in this batch.
+    part_seqs: HashMap<u32, u32>,
 }
 
 impl std::fmt::Debug for CheckpointBatch {
@@ -106,10 +111,25 @@ impl CheckpointBatch {
         }
     }
 
-    /// Sets the multiplicity of `row` in relation `id` (0 removes it).
-    pub fn set_row(&mut self, id: u32, row: &[u8], count: i64) {
-        let count = count.to_be_bytes();
-        self.set(VIEW_ROWS, id, row, (count != [0; 8]).then_some(&count[..]));
+    /// Starts a part of relation `id`'s rows for epoch `epoch`: a delta
+    /// (the rows that changed), or with `base` every row, replacing every
+    /// part stored before (see [`crate::row_parts`]).
+    pub fn rows_part(&mut self, id: u32, epoch: u64, base: bool) -> RowPartWriter<'_> {
+        RowPartWriter::new(self, id, epoch, base)
+    }
+
+    /// Deletes every stored part of relation `id`.
+    pub(crate) fn delete_rows(&mut self, id: u32) {
+        self.batch.delete_range(
+            relation_prefix(ROW_PARTS, id),
+            relation_prefix(ROW_PARTS, id + 1),
+        );
+    }
+
+    pub(crate) fn next_part_seq(&mut self, id: u32) -> u32 {
+        let seq = self.part_seqs.entry(id).or_default();
+        *seq += 1;
+        *seq
     }
 
     /// Sets (`Some`) or removes (`None`) the state entry `key` of relation `id`.

@@ -29,6 +29,14 @@ pub enum StorageError {
         /// What went wrong.
         reason: String,
     },
+    /// A relation's stored rows could not be read back.
+    #[error("the checkpointed rows of relation {id} are unreadable: {reason}")]
+    CorruptRows {
+        /// The relation.
+        id: u32,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Result alias for the storage crate.

@@ -20,9 +20,11 @@
 mod catalog;
 pub mod checkpoint;
 mod error;
+mod row_parts;
 mod store;
 
 pub use catalog::{CatalogEntry, RelationKind};
 pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange};
 pub use error::{Result, StorageError};
+pub use row_parts::{RowPartWriter, StoredRows};
 pub use store::{RowWrite, Store};

@@ -10,9 +10,10 @@ use rocksdb::{
 use crate::catalog::CatalogEntry;
 use crate::checkpoint::{
     CHECKPOINTED, CheckpointBatch, CheckpointMeta, LOG, LoggedChange, META_EPOCH, META_LOG,
-    META_PARALLELISM, STATE, VIEW_ROWS, log_key, read_u64, relation_key, relation_prefix,
+    META_PARALLELISM, STATE, log_key, read_u64, relation_key, relation_prefix,
 };
 use crate::error::{Result, StorageError};
+use crate::row_parts::{ROW_PARTS, StoredRows, read_part};
 
 const CATALOG: u8 = b'c';
 const ROWS: u8 = b'r';
@@ -150,7 +151,7 @@ impl Store {
     pub fn drop_relation(&self, id: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete(catalog_key(id));
-        for tag in [ROWS, VIEW_ROWS, STATE, CHECKPOINTED] {
+        for tag in [ROWS, ROW_PARTS, STATE, CHECKPOINTED] {
             batch.delete_range(relation_prefix(tag, id), relation_prefix(tag, id + 1));
         }
         self.write_synced(batch)
@@ -234,12 +235,23 @@ impl Store {
             .is_some())
     }
 
-    /// Visits the committed rows of relation `id` as `(row, multiplicity)`.
-    pub fn scan_committed_rows(&self, id: u32, mut visit: impl FnMut(&[u8], i64)) -> Result<()> {
-        self.scan_prefix(&relation_prefix(VIEW_ROWS, id), |row, count| {
-            let count = count.try_into().map(i64::from_be_bytes).unwrap_or(0);
-            visit(row, count)
-        })
+    /// Visits the committed rows of relation `id` as `(row, multiplicity)`,
+    /// oldest part first: a row's last multiplicity is its committed one (0:
+    /// gone). Returns what the parts hold.
+    pub fn scan_committed_rows(
+        &self,
+        id: u32,
+        mut visit: impl FnMut(&[u8], i64),
+    ) -> Result<StoredRows> {
+        let mut stored = StoredRows::default();
+        let mut failed = None;
+        self.scan_prefix(&relation_prefix(ROW_PARTS, id), |key, part| {
+            if failed.is_none() {
+                stored.stored_bytes += part.len() as u64;
+                failed = read_part(id, key, part, &mut visit).err();
+            }
+        })?;
+        failed.map_or(Ok(stored), Err)
     }
 
     /// The checkpointed state entries of relation `id`'s pipeline whose keys

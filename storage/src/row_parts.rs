@@ -1,0 +1,167 @@
+//! The committed rows of a table or view, stored as parts.
+//!
+//! ```text
+//! v <rel:u32be> <epoch:u64be> <seq:u32be> -> part
+//! part = <kind:u8> { <len:u32le> <row: len bytes> <multiplicity:i64le> }*
+//! ```
+//!
+//! An epoch writes one *delta* part per change it holds (split into values
+//! of at most [`PART_BYTES`]): each changed row with its new multiplicity,
+//! 0 for a row that is gone. A *base* part holds every row of the relation
+//! at its epoch. Writing parts costs one RocksDB write per part instead of
+//! one per row, which is what keeps checkpoints of views that change many
+//! rows per second cheap.
+//!
+//! Invariants:
+//! - Reading a relation's parts in key order and keeping each row's last
+//!   multiplicity gives its rows at the last committed epoch.
+//! - The batch that writes a base part first deletes every part of the
+//!   relation, so a base is always the oldest part there is.
+//! - Superseded entries are garbage; [`StoredRows::rewrite_due`] bounds them
+//!   to about the size of the live rows (the coordinator then writes a base).
+
+use crate::checkpoint::{CheckpointBatch, relation_prefix};
+use crate::error::{Result, StorageError};
+
+pub(crate) const ROW_PARTS: u8 = b'v';
+
+/// Values are cut at about this size, so no write holds one huge value.
+const PART_BYTES: usize = 4 << 20;
+
+/// Garbage under this many bytes is never worth a rewrite.
+const MIN_REWRITE_BYTES: u64 = 64 << 10;
+
+const BASE: u8 = 1;
+const DELTA: u8 = 2;
+
+/// Bytes one row takes in a part.
+fn entry_bytes(row: &[u8]) -> u64 {
+    (4 + row.len() + 8) as u64
+}
+
+/// What a relation's parts hold, to decide when to rewrite them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRows {
+    /// Bytes of every stored part.
+    pub stored_bytes: u64,
+    /// Bytes the live rows take in a part (what a base would hold).
+    pub live_bytes: u64,
+}
+
+impl StoredRows {
+    /// Whether the parts hold more garbage than live rows (and enough of it
+    /// to matter): time to write a base instead of a delta.
+    pub fn rewrite_due(&self) -> bool {
+        let garbage = self.stored_bytes.saturating_sub(self.live_bytes);
+        garbage > self.live_bytes.max(MIN_REWRITE_BYTES)
+    }
+
+    /// Accounts for a row whose multiplicity went from `old` to `new`.
+    pub fn changed(&mut self, row: &[u8], old: i64, new: i64) {
+        match (old != 0, new != 0) {
+            (false, true) => self.live_bytes += entry_bytes(row),
+            (true, false) => self.live_bytes = self.live_bytes.saturating_sub(entry_bytes(row)),
+            _ => {}
+        }
+    }
+}
+
+/// Writes one part of a relation into a checkpoint batch (see
+/// [`CheckpointBatch::rows_part`]).
+pub struct RowPartWriter<'a> {
+    batch: &'a mut CheckpointBatch,
+    id: u32,
+    epoch: u64,
+    kind: u8,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl<'a> RowPartWriter<'a> {
+    pub(crate) fn new(batch: &'a mut CheckpointBatch, id: u32, epoch: u64, base: bool) -> Self {
+        if base {
+            batch.delete_rows(id);
+        }
+        let kind = if base { BASE } else { DELTA };
+        Self {
+            batch,
+            id,
+            epoch,
+            kind,
+            buf: vec![kind],
+            written: 0,
+        }
+    }
+
+    /// Adds `row` with multiplicity `count` (0: the row is gone).
+    pub fn push(&mut self, row: &[u8], count: i64) {
+        // Rows are encoded table rows, far below 4 GiB.
+        let len = u32::try_from(row.len()).unwrap_or(u32::MAX);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(row);
+        self.buf.extend_from_slice(&count.to_le_bytes());
+        if self.buf.len() >= PART_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.len() > 1 {
+            let seq = self.batch.next_part_seq(self.id);
+            let mut key = Vec::with_capacity(17);
+            key.extend_from_slice(&relation_prefix(ROW_PARTS, self.id));
+            key.extend_from_slice(&self.epoch.to_be_bytes());
+            key.extend_from_slice(&seq.to_be_bytes());
+            self.batch.batch.put(key, &self.buf);
+            self.written += self.buf.len() as u64;
+            self.buf.truncate(0);
+            self.buf.push(self.kind);
+        }
+    }
+
+    /// Writes what is left; returns the bytes the part took.
+    pub fn finish(mut self) -> u64 {
+        self.flush();
+        self.written
+    }
+}
+
+/// Visits the rows of one stored part (`key`, `value` as stored, the
+/// relation prefix removed from the key) as `(row, multiplicity)`.
+pub(crate) fn read_part(
+    id: u32,
+    key: &[u8],
+    value: &[u8],
+    mut visit: impl FnMut(&[u8], i64),
+) -> Result<()> {
+    let corrupt = |reason: &str| StorageError::CorruptRows {
+        id,
+        reason: reason.to_string(),
+    };
+    if key.len() != 12 {
+        return Err(corrupt(
+            "a key is not <epoch><seq>; the data directory predates row parts",
+        ));
+    }
+    let (kind, mut rest) = value
+        .split_first()
+        .ok_or_else(|| corrupt("an empty part"))?;
+    if *kind != BASE && *kind != DELTA {
+        return Err(corrupt("a part of unknown kind"));
+    }
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("a truncated row length"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len + 8 {
+            return Err(corrupt("a truncated row"));
+        }
+        let (row, tail) = tail.split_at(len);
+        let (count, tail) = tail.split_at(8);
+        let count = i64::from_le_bytes(count.try_into().unwrap_or_default());
+        visit(row, count);
+        rest = tail;
+    }
+    Ok(())
+}

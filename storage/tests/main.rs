@@ -1,0 +1,3 @@
+//! Storage tests, against a real RocksDB in a temporary directory.
+
+mod row_parts;

@@ -6,7 +6,7 @@
 # mock cluster, in the test process: nothing to install. Safe to run again.
 set -euo pipefail
 need=()
-ldconfig -p 2>/dev/null | grep -q 'libclang' || [ -e /usr/lib/llvm-14/lib/libclang.so ] || need+=(libclang-dev)
+ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9][0-9.]*)?\.so' || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need+=(libclang-dev)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 if [ ${#need[@]} -gt 0 ]; then

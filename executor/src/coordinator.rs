@@ -18,7 +18,6 @@
 //! row -> multiplicity) change only at commit; a relation that failed is no
 //! longer waited for.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -27,26 +26,15 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
-use eddy_storage::{CheckpointBatch, RowPartWriter, Store, StoredRows};
+use eddy_storage::{CheckpointBatch, Store};
 
 use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
-use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
-
-/// Net change of a relation's rows: encoded row -> change in multiplicity.
-pub type Delta = crate::hash::HashMap<Box<[u8]>, i64>;
-
-const BATCH_ROWS: usize = 8192;
+use crate::relation_rows::{Changes, RelationRows};
 
 #[derive(Debug)]
 struct Relation {
-    schema: SchemaRef,
-    codec: RowCodec,
-    rows: crate::hash::HashMap<Box<[u8]>, i64>,
-    /// What its checkpointed parts hold (see [`eddy_storage::StoredRows`]).
-    stored: StoredRows,
-    /// Decoded rows, valid until the next change.
-    cache: Option<Arc<Vec<RecordBatch>>>,
+    rows: RelationRows,
     failed: Option<String>,
     /// Whether a checkpoint holds this relation yet.
     checkpointed: bool,
@@ -55,40 +43,11 @@ struct Relation {
     acks: bool,
 }
 
-impl Relation {
-    fn batches(&mut self) -> Result<Arc<Vec<RecordBatch>>> {
-        if let Some(cache) = &self.cache {
-            return Ok(cache.clone());
-        }
-        let mut batches = Vec::new();
-        let mut pending: Vec<&[u8]> = Vec::with_capacity(BATCH_ROWS);
-        let flush = |pending: &mut Vec<&[u8]>, batches: &mut Vec<RecordBatch>| -> Result<()> {
-            let columns = self.codec.decode(pending.drain(..))?;
-            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
-            Ok(())
-        };
-        for (row, n) in &self.rows {
-            for _ in 0..*n {
-                pending.push(row);
-                if pending.len() == BATCH_ROWS {
-                    flush(&mut pending, &mut batches)?;
-                }
-            }
-        }
-        if !pending.is_empty() {
-            flush(&mut pending, &mut batches)?;
-        }
-        let batches = Arc::new(batches);
-        self.cache = Some(batches.clone());
-        Ok(batches)
-    }
-}
-
 #[derive(Debug)]
 struct PendingEpoch {
     waiting: HashSet<u32>,
     acked: Vec<u32>,
-    deltas: Vec<(u32, Delta)>,
+    changes: Vec<(u32, Changes)>,
     writes: Vec<(u32, StateWrite)>,
     /// The last table change before the epoch's barrier.
     log_position: u64,
@@ -98,9 +57,8 @@ struct PendingEpoch {
 /// What a relation handed over for an epoch it was not part of (see [`Coordinator::stage`]).
 #[derive(Debug, Default)]
 struct Carried {
-    delta: Delta,
+    changes: Vec<(u32, Changes)>,
     writes: Vec<StateWrite>,
-    late: Vec<(u32, Delta)>,
 }
 
 #[derive(Debug)]
@@ -185,33 +143,18 @@ impl Coordinator {
     }
 
     fn track(&self, id: u32, schema: SchemaRef, restore: bool, acks: bool) -> Result<()> {
-        let codec = RowCodec::for_schema(&schema)?;
-        let mut rows = Delta::default();
-        let mut stored = StoredRows::default();
         let store = if restore { self.store() } else { None };
-        if let Some(store) = &store {
-            stored = store.scan_committed_rows(id, |row, count| {
-                if count == 0 {
-                    rows.remove(row);
-                } else {
-                    rows.insert(row.into(), count);
-                }
-            })?;
-            for (row, count) in &rows {
-                stored.changed(row, 0, *count);
-            }
-        }
+        let rows = match &store {
+            Some(store) => RelationRows::restore(schema, store, id)?,
+            None => RelationRows::new(schema)?,
+        };
         let mut state = self.lock();
         // Anything carried is from a pipeline this one replaces.
         state.carried.remove(&id);
         state.relations.insert(
             id,
             Relation {
-                schema,
-                codec,
                 rows,
-                stored,
-                cache: None,
                 failed: None,
                 checkpointed: store.is_some(),
                 acks,
@@ -248,7 +191,7 @@ impl Coordinator {
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
             pending.writes.retain(|(rel, _)| *rel != id);
-            pending.deltas.retain(|(rel, _)| *rel != id && *rel != late);
+            pending.changes.retain(|(rel, _)| *rel != id && *rel != late);
             pending.acked.retain(|rel| *rel != id);
         }
         self.commit_ready(&mut state);
@@ -272,7 +215,7 @@ impl Coordinator {
             PendingEpoch {
                 waiting,
                 acked: vec![],
-                deltas: vec![],
+                changes: vec![],
                 writes: vec![],
                 log_position,
                 began: Instant::now(),
@@ -302,13 +245,12 @@ impl Coordinator {
             .pending
             .get(&epoch)
             .is_some_and(|p| p.waiting.contains(&id));
+        let late = late.into_iter().map(|(rel, d)| (rel, Changes::Counted(d)));
         if !waited {
             let carried = state.carried.entry(id).or_default();
             carried.writes.extend(writes);
-            carried.late.extend(late);
-            if let Some(delta) = rows {
-                merge(&mut carried.delta, delta);
-            }
+            carried.changes.extend(late);
+            carried.changes.extend(rows.map(|changes| (id, changes)));
             return;
         }
         let carried = state.carried.remove(&id);
@@ -319,16 +261,15 @@ impl Coordinator {
             pending
                 .writes
                 .extend(carried.writes.into_iter().map(|w| (id, w)));
-            pending.deltas.push((id, carried.delta));
-            pending.deltas.extend(carried.late);
+            pending.changes.extend(carried.changes);
         }
         pending.writes.extend(writes.into_iter().map(|w| (id, w)));
-        pending.deltas.extend(late);
-        if let Some(delta) = rows {
+        pending.changes.extend(late);
+        if let Some(changes) = rows {
             pending.waiting.remove(&id);
             pending.acked.push(id);
-            if !delta.is_empty() {
-                pending.deltas.push((id, delta));
+            if !changes.is_empty() {
+                pending.changes.push((id, changes));
             }
             self.commit_ready(&mut state);
         }
@@ -341,42 +282,24 @@ impl Coordinator {
             }
             let (epoch, pending) = entry.remove_entry();
             let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
-            // Relations whose parts are due a rewrite get a base part once
-            // all their changes of the epoch are in.
-            let mut rebase = Vec::new();
-            for (id, delta) in pending.deltas {
+            let mut changed = Vec::new();
+            for (id, changes) in pending.changes {
                 let Some(relation) = state.relations.get_mut(&id) else {
                     continue;
                 };
-                relation.cache = None;
-                let mut part = match batch.as_mut() {
-                    Some(batch) if !relation.stored.rewrite_due() => {
-                        Some(batch.rows_part(id, epoch, false))
-                    }
-                    Some(_) => {
-                        if !rebase.contains(&id) {
-                            rebase.push(id);
-                        }
-                        None
-                    }
-                    None => None,
-                };
-                let stored = &mut relation.stored;
-                merge_counts(&mut relation.rows, delta, |row, old, new| {
-                    stored.changed(row, old, new);
-                    if let Some(part) = part.as_mut() {
-                        part.push(row, new);
-                    }
-                });
-                if let Some(part) = part {
-                    relation.stored.stored_bytes += part.finish();
+                if let Err(e) = relation.rows.apply(id, epoch, changes, batch.as_mut()) {
+                    // Only a bug can get here (the rows were encoded with
+                    // this schema); the relation stops rather than diverge.
+                    relation.failed.get_or_insert(e.to_string());
+                }
+                if !changed.contains(&id) {
+                    changed.push(id);
                 }
             }
             if let Some(batch) = batch.as_mut() {
-                for id in rebase {
+                for id in changed {
                     if let Some(relation) = state.relations.get_mut(&id) {
-                        relation.stored.stored_bytes =
-                            write_base(batch.rows_part(id, epoch, true), &relation.rows);
+                        relation.rows.end_epoch(id, epoch, batch);
                     }
                 }
             }
@@ -441,14 +364,17 @@ impl Coordinator {
                     "this view failed and is no longer maintained: {reason}"
                 )));
             }
-            out.insert(*id, relation.batches()?);
+            out.insert(*id, relation.rows.batches()?);
         }
         Ok(out)
     }
 
     /// The schema of relation `id`'s rows.
     pub fn schema(&self, id: u32) -> Option<SchemaRef> {
-        self.lock().relations.get(&id).map(|r| r.schema.clone())
+        self.lock()
+            .relations
+            .get(&id)
+            .map(|r| r.rows.schema().clone())
     }
 
     /// The failure of relation `id`, if it failed.
@@ -460,53 +386,3 @@ impl Coordinator {
     }
 }
 
-/// Writes every row of `rows` into a base part; returns its bytes.
-fn write_base(mut part: RowPartWriter<'_>, rows: &Delta) -> u64 {
-    for (row, count) in rows {
-        part.push(row, *count);
-    }
-    part.finish()
-}
-
-/// Adds `delta` into `into`, dropping rows whose multiplicity becomes zero.
-fn merge(into: &mut Delta, delta: Delta) {
-    merge_counts(into, delta, |_, _, _| {});
-}
-
-/// [`merge`], telling `changed` each changed row's old and new multiplicity.
-fn merge_counts(into: &mut Delta, delta: Delta, mut changed: impl FnMut(&[u8], i64, i64)) {
-    for (row, change) in delta {
-        if change == 0 {
-            continue;
-        }
-        match into.entry(row) {
-            Entry::Occupied(mut e) => {
-                let old = *e.get();
-                *e.get_mut() += change;
-                changed(e.key(), old, *e.get());
-                if *e.get() == 0 {
-                    e.remove();
-                }
-            }
-            Entry::Vacant(e) => {
-                changed(e.key(), 0, change);
-                e.insert(change);
-            }
-        }
-    }
-}
-
-/// Adds one row's change into `delta` without allocating for rows already in it.
-pub(crate) fn add_change(delta: &mut Delta, row: &[u8], change: i64) {
-    match delta.get_mut(row) {
-        Some(n) => {
-            *n += change;
-            if *n == 0 {
-                delta.remove(row);
-            }
-        }
-        None => {
-            delta.insert(row.into(), change);
-        }
-    }
-}

@@ -25,7 +25,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::{RowCodec, json_rows};
-use crate::coordinator::{Delta, add_change};
+use crate::relation_rows::{Delta, add_change};
 use crate::error::Result;
 use crate::message::Op;
 use crate::progress::Progress;

@@ -30,6 +30,7 @@ mod message;
 mod operator;
 mod per_relation;
 mod progress;
+mod relation_rows;
 mod restart;
 mod runtime;
 mod session;

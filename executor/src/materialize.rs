@@ -1,9 +1,12 @@
 //! The last operator of every table and view pipeline.
 //!
-//! It consolidates the epoch's changes into a [`Delta`] (encoded row ->
-//! net multiplicity change) and hands it to the checkpoint at the barrier:
-//! that is the relation's ack to the coordinator. Chunks pass through unchanged (conformed to the relation's
-//! schema) so views defined on this relation receive them.
+//! It collects the epoch's changes and hands them to the checkpoint at the
+//! barrier: that is the relation's ack to the coordinator. Until the first
+//! retraction it sees, the changes are the inserted batches themselves;
+//! from then on a [`Delta`] (encoded row -> net multiplicity change), for
+//! good (see [`crate::relation_rows`]). Chunks pass through unchanged
+//! (conformed to the relation's schema) so views defined on this relation
+//! receive them.
 
 use std::sync::Arc;
 
@@ -12,11 +15,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::checkpoint::StateWriter;
 use crate::codec::RowCodec;
-use crate::coordinator::{Delta, add_change};
 use crate::error::Result;
-use crate::message::{StreamChunk, Watermark};
+use crate::message::{Op, StreamChunk, Watermark};
 use crate::operator::Operator;
 use crate::progress::Progress;
+use crate::relation_rows::{Changes, Delta, add_change};
 
 /// Applies a changelog to a relation's committed rows, epoch by epoch.
 #[derive(Debug)]
@@ -25,7 +28,11 @@ pub struct Materialize {
     schema: SchemaRef,
     codec: RowCodec,
     progress: Arc<Progress>,
+    /// The epoch's inserted batches, while nothing was ever retracted.
+    appended: Vec<RecordBatch>,
+    /// The epoch's changes, once something was.
     delta: Delta,
+    retracted: bool,
 }
 
 impl Materialize {
@@ -37,8 +44,21 @@ impl Materialize {
             schema,
             codec,
             progress,
+            appended: Vec::new(),
             delta: Delta::default(),
+            retracted: false,
         })
+    }
+}
+
+impl Materialize {
+    /// Adds `batch`'s rows, changed by `ops`, into the epoch's delta.
+    fn count<'a>(&mut self, batch: &RecordBatch, ops: impl Iterator<Item = &'a Op>) -> Result<()> {
+        let rows = self.codec.encode(batch.columns())?;
+        for (row, op) in rows.iter().zip(ops) {
+            add_change(&mut self.delta, row.data(), op.sign());
+        }
+        Ok(())
     }
 }
 
@@ -50,9 +70,16 @@ impl Operator for Materialize {
         out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let batch = RecordBatch::try_new(self.schema.clone(), chunk.batch.columns().to_vec())?;
-        let rows = self.codec.encode(batch.columns())?;
-        for (row, op) in rows.iter().zip(chunk.ops.iter()) {
-            add_change(&mut self.delta, row.data(), op.sign());
+        if !self.retracted && chunk.ops.iter().all(|op| *op == Op::Insert) {
+            self.appended.push(batch.clone());
+        } else {
+            if !self.retracted {
+                self.retracted = true;
+                for appended in std::mem::take(&mut self.appended) {
+                    self.count(&appended, std::iter::repeat(&Op::Insert))?;
+                }
+            }
+            self.count(&batch, chunk.ops.iter())?;
         }
         out.push(StreamChunk {
             batch,
@@ -62,7 +89,11 @@ impl Operator for Materialize {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        state.rows(std::mem::take(&mut self.delta));
+        state.rows(if self.retracted {
+            Changes::Counted(std::mem::take(&mut self.delta))
+        } else {
+            Changes::Appended(std::mem::take(&mut self.appended))
+        });
     }
 
     fn on_watermark(

@@ -303,3 +303,69 @@ async fn a_view_that_no_longer_plans_is_kept_failed() {
         .is_empty()
     );
 }
+
+/// A relation nothing was ever retracted from keeps its rows as the batches
+/// that arrived (stored as Arrow parts); the first retraction turns them
+/// into counted rows (a base part replaces the Arrow ones). Both forms, and
+/// the turn between them, come back the same after `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appended_rows_survive_kill9_before_and_after_their_first_retraction() {
+    let mut server = EddyServer::start("restart_appended");
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE events (k INT, note TEXT);
+             CREATE MATERIALIZED VIEW copied AS SELECT k, note FROM events WHERE k > 1;
+             INSERT INTO events VALUES (1, 'a'), (2, 'b'), (2, 'b');
+             INSERT INTO events SELECT value, 'n' || value FROM generate_series(3, 2000);
+             FLUSH;",
+        )
+        .await
+        .expect("setup");
+    let contents = |client: tokio_postgres::Client| async move {
+        let mut out = Vec::new();
+        for q in [
+            "SELECT count(*), sum(k), count(DISTINCT note) FROM events",
+            "SELECT count(*), sum(k), min(k) FROM copied",
+            "SELECT * FROM events WHERE k <= 3",
+        ] {
+            out.push(rows_sorted(&client, q).await.expect("read"));
+        }
+        out
+    };
+    let appended = contents(client).await;
+    assert_eq!(appended[0], vec!["2001|2001002|2000"]);
+
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert_eq!(contents(client).await, appended, "appended rows after kill -9");
+
+    // The first retraction of each relation; then more appends on top.
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "DELETE FROM events WHERE k = 2 OR k > 1000;
+             INSERT INTO events VALUES (2, 'c'), (5000, 'z');
+             FLUSH;",
+        )
+        .await
+        .expect("retract");
+    let counted = contents(client).await;
+    assert_eq!(counted[0], vec!["1001|505500|1001"]);
+    assert_eq!(counted[1], vec!["1000|505499|2"]);
+
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert_eq!(contents(client).await, counted, "counted rows after kill -9");
+    let client = server.client().await;
+    client
+        .batch_execute("INSERT INTO events VALUES (7, 'x'); FLUSH;")
+        .await
+        .expect("insert after restart");
+    assert_eq!(
+        rows_sorted(&client, "SELECT count(*) FROM copied WHERE k = 7")
+            .await
+            .expect("read"),
+        vec!["2"]
+    );
+}

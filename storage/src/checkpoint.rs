@@ -115,7 +115,13 @@ impl CheckpointBatch {
     /// (the rows that changed), or with `base` every row, replacing every
     /// part stored before (see [`crate::row_parts`]).
     pub fn rows_part(&mut self, id: u32, epoch: u64, base: bool) -> RowPartWriter<'_> {
-        RowPartWriter::new(self, id, epoch, base)
+        crate::row_parts::rows_part(self, id, epoch, base)
+    }
+
+    /// Writes rows appended to relation `id` in epoch `epoch` (opaque bytes,
+    /// read back as [`crate::StoredPart::Appended`]); returns the bytes written.
+    pub fn appended_part(&mut self, id: u32, epoch: u64, rows: &[u8]) -> u64 {
+        crate::row_parts::put_appended(self, id, epoch, rows)
     }
 
     /// Deletes every stored part of relation `id`.

@@ -26,5 +26,5 @@ mod store;
 pub use catalog::{CatalogEntry, RelationKind};
 pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange};
 pub use error::{Result, StorageError};
-pub use row_parts::{RowPartWriter, StoredRows};
+pub use row_parts::{RowPartWriter, StoredPart, StoredRows};
 pub use store::{RowWrite, Store};

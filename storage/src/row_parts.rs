@@ -2,21 +2,26 @@
 //!
 //! ```text
 //! v <rel:u32be> <epoch:u64be> <seq:u32be> -> part
-//! part = <kind:u8> { <len:u32le> <row: len bytes> <multiplicity:i64le> }*
+//! part = 1 (base) | 2 (delta)  { <len:u32le> <row: len bytes> <multiplicity:i64le> }*
+//!      | 3 (appended)          <rows appended, opaque here (the executor's Arrow IPC)>
 //! ```
 //!
 //! An epoch writes one *delta* part per change it holds (split into values
 //! of at most [`PART_BYTES`]): each changed row with its new multiplicity,
 //! 0 for a row that is gone. A *base* part holds every row of the relation
-//! at its epoch. Writing parts costs one RocksDB write per part instead of
-//! one per row, which is what keeps checkpoints of views that change many
-//! rows per second cheap.
+//! at its epoch. A relation that has only ever been appended to stores the
+//! appended rows instead, as they came. Writing parts costs one RocksDB
+//! write per part instead of one per row, which is what keeps checkpoints
+//! of views that change many rows per second cheap.
 //!
 //! Invariants:
-//! - Reading a relation's parts in key order and keeping each row's last
-//!   multiplicity gives its rows at the last committed epoch.
+//! - Reading a relation's parts in key order, appending appended rows and
+//!   keeping each counted row's last multiplicity, gives its rows at the
+//!   last committed epoch.
 //! - The batch that writes a base part first deletes every part of the
-//!   relation, so a base is always the oldest part there is.
+//!   relation, so a base is always the oldest part there is; appended parts
+//!   only ever come before a base (the executor writes a base when a
+//!   relation's rows stop being append-only).
 //! - Superseded entries are garbage; [`StoredRows::rewrite_due`] bounds them
 //!   to about the size of the live rows (the coordinator then writes a base).
 
@@ -33,6 +38,16 @@ const MIN_REWRITE_BYTES: u64 = 64 << 10;
 
 const BASE: u8 = 1;
 const DELTA: u8 = 2;
+const APPENDED: u8 = 3;
+
+/// What a stored part holds, as [`crate::Store::scan_committed_rows`] visits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPart<'a> {
+    /// A row and its multiplicity from then on (0: gone).
+    Row(&'a [u8], i64),
+    /// Rows appended, as [`CheckpointBatch::appended_part`] was given them.
+    Appended(&'a [u8]),
+}
 
 /// Bytes one row takes in a part.
 fn entry_bytes(row: &[u8]) -> u64 {
@@ -78,11 +93,11 @@ pub struct RowPartWriter<'a> {
 }
 
 impl<'a> RowPartWriter<'a> {
-    pub(crate) fn new(batch: &'a mut CheckpointBatch, id: u32, epoch: u64, base: bool) -> Self {
-        if base {
+    /// A base (which replaces every stored part), delta or appended part.
+    fn new(batch: &'a mut CheckpointBatch, id: u32, epoch: u64, kind: u8) -> Self {
+        if kind == BASE {
             batch.delete_rows(id);
         }
-        let kind = if base { BASE } else { DELTA };
         Self {
             batch,
             id,
@@ -126,13 +141,30 @@ impl<'a> RowPartWriter<'a> {
     }
 }
 
-/// Visits the rows of one stored part (`key`, `value` as stored, the
-/// relation prefix removed from the key) as `(row, multiplicity)`.
+/// Writes appended rows (`rows`, opaque) of relation `id` as a part of `epoch`.
+pub(crate) fn put_appended(batch: &mut CheckpointBatch, id: u32, epoch: u64, rows: &[u8]) -> u64 {
+    let mut writer = RowPartWriter::new(batch, id, epoch, APPENDED);
+    writer.buf.extend_from_slice(rows);
+    writer.finish()
+}
+
+/// Starts a base (`base`) or delta part of relation `id` for `epoch`.
+pub(crate) fn rows_part(
+    batch: &mut CheckpointBatch,
+    id: u32,
+    epoch: u64,
+    base: bool,
+) -> RowPartWriter<'_> {
+    RowPartWriter::new(batch, id, epoch, if base { BASE } else { DELTA })
+}
+
+/// Visits what one stored part (`key`, `value` as stored, the relation
+/// prefix removed from the key) holds.
 pub(crate) fn read_part(
     id: u32,
     key: &[u8],
     value: &[u8],
-    mut visit: impl FnMut(&[u8], i64),
+    mut visit: impl FnMut(StoredPart<'_>),
 ) -> Result<()> {
     let corrupt = |reason: &str| StorageError::CorruptRows {
         id,
@@ -146,8 +178,13 @@ pub(crate) fn read_part(
     let (kind, mut rest) = value
         .split_first()
         .ok_or_else(|| corrupt("an empty part"))?;
-    if *kind != BASE && *kind != DELTA {
-        return Err(corrupt("a part of unknown kind"));
+    match *kind {
+        BASE | DELTA => {}
+        APPENDED => {
+            visit(StoredPart::Appended(rest));
+            return Ok(());
+        }
+        _ => return Err(corrupt("a part of unknown kind")),
     }
     while !rest.is_empty() {
         let (len, tail) = rest
@@ -160,7 +197,7 @@ pub(crate) fn read_part(
         let (row, tail) = tail.split_at(len);
         let (count, tail) = tail.split_at(8);
         let count = i64::from_le_bytes(count.try_into().unwrap_or_default());
-        visit(row, count);
+        visit(StoredPart::Row(row, count));
         rest = tail;
     }
     Ok(())

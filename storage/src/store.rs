@@ -13,7 +13,7 @@ use crate::checkpoint::{
     META_PARALLELISM, STATE, log_key, read_u64, relation_key, relation_prefix,
 };
 use crate::error::{Result, StorageError};
-use crate::row_parts::{ROW_PARTS, StoredRows, read_part};
+use crate::row_parts::{ROW_PARTS, StoredPart, StoredRows, read_part};
 
 const CATALOG: u8 = b'c';
 const ROWS: u8 = b'r';
@@ -235,13 +235,12 @@ impl Store {
             .is_some())
     }
 
-    /// Visits the committed rows of relation `id` as `(row, multiplicity)`,
-    /// oldest part first: a row's last multiplicity is its committed one (0:
-    /// gone). Returns what the parts hold.
+    /// Visits the committed rows of relation `id`, oldest part first (see
+    /// [`crate::row_parts`]). Returns what the parts hold.
     pub fn scan_committed_rows(
         &self,
         id: u32,
-        mut visit: impl FnMut(&[u8], i64),
+        mut visit: impl FnMut(StoredPart<'_>),
     ) -> Result<StoredRows> {
         let mut stored = StoredRows::default();
         let mut failed = None;

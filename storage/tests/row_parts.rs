@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use eddy_storage::{CheckpointBatch, Store, StoredRows};
+use eddy_storage::{CheckpointBatch, Store, StoredPart, StoredRows};
 
 const REL: u32 = 3;
 
@@ -47,17 +47,20 @@ impl TempStore {
         bytes
     }
 
-    /// The committed rows, folded as recovery folds them.
+    /// The committed rows, folded as recovery folds them (appended parts
+    /// are taken for one row each).
     fn read(&self) -> (BTreeMap<Vec<u8>, i64>, StoredRows) {
         let mut rows = BTreeMap::new();
         let stored = self
             .store()
-            .scan_committed_rows(REL, |row, count| {
-                if count == 0 {
+            .scan_committed_rows(REL, |part| match part {
+                StoredPart::Row(row, 0) => {
                     rows.remove(row);
-                } else {
+                }
+                StoredPart::Row(row, count) => {
                     rows.insert(row.to_vec(), count);
                 }
+                StoredPart::Appended(bytes) => *rows.entry(bytes.to_vec()).or_default() += 1,
             })
             .expect("scan");
         (rows, stored)
@@ -96,6 +99,21 @@ fn deltas_fold_in_epoch_order_and_a_base_replaces_them() {
     assert_eq!(stored.stored_bytes, bytes);
     s.commit(5, false, &[(row(3, 8), 0)]);
     assert_eq!(s.read().0, BTreeMap::from([(row(1, 8), 3)]));
+}
+
+#[test]
+fn appended_parts_come_back_as_written_until_a_base_replaces_them() {
+    let s = TempStore::new("appended");
+    let mut batch = CheckpointBatch::default();
+    let bytes = batch.appended_part(REL, 1, b"first") + batch.appended_part(REL, 1, b"second");
+    batch.finish(1, 0, 1);
+    s.store().commit_checkpoint(&batch).expect("commit");
+    let (rows, stored) = s.read();
+    assert_eq!(rows, BTreeMap::from([(b"first".to_vec(), 1), (b"second".to_vec(), 1)]));
+    assert_eq!(stored.stored_bytes, bytes);
+    // The relation stops being append-only: a base holds it all from now on.
+    s.commit(2, true, &[(row(9, 8), 1)]);
+    assert_eq!(s.read().0, BTreeMap::from([(row(9, 8), 1)]));
 }
 
 #[test]
@@ -151,7 +169,7 @@ fn rows_in_the_old_one_key_per_row_layout_are_refused_not_misread() {
     });
     let err = s
         .store()
-        .scan_committed_rows(REL, |_, _| {})
+        .scan_committed_rows(REL, |_| {})
         .expect_err("the old layout must be refused");
     assert!(err.to_string().contains("unreadable"), "{err}");
 }

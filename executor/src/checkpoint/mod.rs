@@ -36,7 +36,7 @@ mod writer;
 pub use bytes::{ValueReader, ValueWriter};
 pub use writer::{CheckpointStats, CheckpointWriter};
 
-use crate::coordinator::Delta;
+use crate::relation_rows::{Changes, Delta};
 use crate::error::Result;
 
 /// Scopes of source readers start here.
@@ -64,7 +64,7 @@ pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
 pub struct FragmentCheckpoint {
     pub(crate) writes: Vec<StateWrite>,
     /// The relation's net change of rows: set by the materialize operator.
-    pub(crate) rows: Option<Delta>,
+    pub(crate) rows: Option<Changes>,
     /// Rows kept in late-rows relations (by id), in the same commit.
     pub(crate) late: Vec<(u32, Delta)>,
 }
@@ -127,12 +127,12 @@ impl StateWriter<'_> {
     }
 
     /// The relation's net change of rows this epoch (its ack).
-    pub fn rows(&mut self, delta: Delta) {
-        self.checkpoint.rows = Some(delta);
+    pub(crate) fn rows(&mut self, changes: Changes) {
+        self.checkpoint.rows = Some(changes);
     }
 
     /// Late rows for late-rows relation `id` (see [`crate::late_rows`]).
-    pub fn late_rows(&mut self, id: u32, rows: Delta) {
+    pub(crate) fn late_rows(&mut self, id: u32, rows: Delta) {
         self.checkpoint.late.push((id, rows));
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::delivery::{self, DeliveryHandle, DeliveryStatus, EpochRecords};
 use super::{EpochEncoder, SinkRecord, SinkSpec};
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
-use crate::coordinator::Delta;
+use crate::relation_rows::Changes;
 use crate::error::{ExecutorError, Result};
 use crate::message::{Barrier, StreamChunk};
 use crate::operator::Operator;
@@ -115,7 +115,7 @@ impl Operator for SinkWriter {
             self.pending.insert(epoch);
             self.send((epoch, Arc::new(records)));
         }
-        state.rows(Delta::default());
+        state.rows(Changes::Appended(Vec::new()));
     }
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {

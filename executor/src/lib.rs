@@ -28,6 +28,8 @@ mod late_rows;
 mod materialize;
 mod message;
 mod operator;
+mod ordered_partitions;
+mod over_window;
 mod per_relation;
 mod progress;
 mod relation_rows;

@@ -183,6 +183,22 @@ pub enum StreamNode {
         /// Output schema: input columns, then the row number.
         schema: DFSchemaRef,
     },
+    /// Window functions sharing one PARTITION BY and ORDER BY: the input's
+    /// columns plus one per function. Ties in the order are broken by the
+    /// whole row, so the result is deterministic.
+    OverWindow {
+        /// Input.
+        input: Box<StreamNode>,
+        /// Partitioning expressions.
+        partition_by: Vec<Expr>,
+        /// Ordering within a partition.
+        order_by: Vec<SortExpr>,
+        /// The window function calls (`Expr::WindowFunction`, maybe aliased), in
+        /// output order.
+        functions: Vec<Expr>,
+        /// Output schema: input columns, then one per function.
+        schema: DFSchemaRef,
+    },
     /// Session windows: the input's columns plus, per entry of `bounds`, the
     /// start or end of the row's session (see [`crate::session`]).
     SessionWindow {
@@ -212,6 +228,7 @@ impl StreamNode {
             | Self::Join { schema, .. }
             | Self::Union { schema, .. }
             | Self::TopN { schema, .. }
+            | Self::OverWindow { schema, .. }
             | Self::SessionWindow { schema, .. } => schema,
             Self::Filter { input, .. } | Self::TemporalFilter { input, .. } => input.schema(),
         }
@@ -234,6 +251,7 @@ impl StreamNode {
             | Self::Filter { input, .. }
             | Self::TemporalFilter { input, .. }
             | Self::TopN { input, .. }
+            | Self::OverWindow { input, .. }
             | Self::SessionWindow { input, .. }
             | Self::Aggregate { input, .. } => input.visit_sources(out),
             Self::Join { left, right, .. } => {
@@ -338,6 +356,26 @@ impl StreamNode {
                 )?;
                 input.fmt_indent(f, depth + 1)
             }
+            Self::OverWindow {
+                input,
+                partition_by,
+                order_by,
+                functions,
+                ..
+            } => {
+                writeln!(
+                    f,
+                    "{pad}StreamOverWindow: partition=[{}], order=[{}], functions=[{}]",
+                    list(partition_by),
+                    order_by
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    list(functions)
+                )?;
+                input.fmt_indent(f, depth + 1)
+            }
             Self::SessionWindow {
                 input,
                 partition_by,
@@ -439,7 +477,8 @@ fn lower_node(plan: &LogicalPlan) -> Result<StreamNode> {
             }
         }
         LogicalPlan::Window(w) if is_session_window(w) => lower_session(w)?,
-        LogicalPlan::Window(w) => lower_row_number(w, None)?,
+        LogicalPlan::Window(w) if is_row_number(w) => lower_row_number(w, None)?,
+        LogicalPlan::Window(w) => lower_over_window(w)?,
         LogicalPlan::SubqueryAlias(a) => {
             // Same columns, new qualifier: a projection keeps the schema honest.
             let input = lower_node(&a.input)?;
@@ -597,7 +636,9 @@ fn row_number_limit(predicate: &Expr) -> Option<(String, usize)> {
 /// through projections and aliases that keep it) the limit `limit`.
 fn lower_limited(plan: &LogicalPlan, column: &str, limit: usize) -> Result<StreamNode> {
     match plan {
-        LogicalPlan::Window(w) if w.schema.fields().last().is_some_and(|f| f.name() == column) => {
+        LogicalPlan::Window(w)
+            if is_row_number(w) && w.schema.fields().last().is_some_and(|f| f.name() == column) =>
+        {
             lower_row_number(w, Some(limit))
         }
         LogicalPlan::SubqueryAlias(a) => {
@@ -706,38 +747,77 @@ fn lower_session(w: &datafusion::logical_expr::Window) -> Result<StreamNode> {
     })
 }
 
+/// The window function calls of `w`, aliases removed.
+fn window_functions(
+    w: &datafusion::logical_expr::Window,
+) -> Vec<Option<&datafusion::logical_expr::expr::WindowFunction>> {
+    w.window_expr
+        .iter()
+        .map(|e| match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        })
+        .map(|e| match e {
+            Expr::WindowFunction(f) => Some(f.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `w` is one plain `ROW_NUMBER()` (a top-N, maybe cut at N).
+fn is_row_number(w: &datafusion::logical_expr::Window) -> bool {
+    matches!(window_functions(w).as_slice(), [Some(f)]
+        if f.fun.name() == "row_number" && f.params.args.is_empty() && f.params.filter.is_none())
+}
+
+/// Window functions of one partitioning and order, maintained by
+/// recomputing the partitions a change touches.
+fn lower_over_window(w: &datafusion::logical_expr::Window) -> Result<StreamNode> {
+    let mut shape: Option<(&Vec<Expr>, &Vec<SortExpr>)> = None;
+    for f in window_functions(w) {
+        let Some(f) = f else {
+            return unsupported("a window expression that is not a window function call");
+        };
+        if f.params.filter.is_some() {
+            return unsupported("FILTER on a window function in a materialized view");
+        }
+        let this = (&f.params.partition_by, &f.params.order_by);
+        match shape {
+            None => shape = Some(this),
+            Some(s) if s == this => {}
+            Some(_) => {
+                return unsupported(
+                    "window functions of different PARTITION BY or ORDER BY in one query level",
+                );
+            }
+        }
+    }
+    let Some((partition_by, order_by)) = shape else {
+        return Err(PlanError::Internal(
+            "a window node without functions".into(),
+        ));
+    };
+    Ok(StreamNode::OverWindow {
+        input: Box::new(lower_node(&w.input)?),
+        partition_by: partition_by.clone(),
+        order_by: order_by.clone(),
+        functions: w.window_expr.clone(),
+        schema: w.schema.clone(),
+    })
+}
+
+/// Lowers a window node [`is_row_number`] accepts to a top-N.
 fn lower_row_number(
     w: &datafusion::logical_expr::Window,
     limit: Option<usize>,
 ) -> Result<StreamNode> {
-    use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionParams};
-    let [expr] = w.window_expr.as_slice() else {
-        return unsupported("several window functions in one materialized view query");
-    };
-    let expr = match expr {
-        Expr::Alias(a) => a.expr.as_ref(),
-        e => e,
-    };
-    let Expr::WindowFunction(f) = expr else {
-        return unsupported(format!("window expression {expr}"));
-    };
-    let WindowFunction {
-        fun,
-        params:
-            WindowFunctionParams {
-                args,
-                partition_by,
-                order_by,
-                filter,
-                ..
-            },
-    } = f.as_ref();
-    if fun.name() != "row_number" || !args.is_empty() || filter.is_some() {
-        return unsupported(format!(
-            "window function {} in a materialized view (only ROW_NUMBER() is maintained)",
-            fun.name()
+    let functions = window_functions(w);
+    let [Some(f)] = functions.as_slice() else {
+        return Err(PlanError::Internal(
+            "a row number node of several functions".into(),
         ));
-    }
+    };
+    let (partition_by, order_by) = (&f.params.partition_by, &f.params.order_by);
     let input = lower_node(&w.input)?;
     let node = top_n(input, partition_by.clone(), order_by.clone(), limit)?;
     match node {

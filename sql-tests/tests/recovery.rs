@@ -31,8 +31,8 @@ fn setup(rate: u64) -> String {
 }
 
 /// Views and their defining queries: a windowed aggregate emitted on close,
-/// an unwindowed aggregate, a top-N over it, a join of two sources and a
-/// table, and session windows.
+/// an unwindowed aggregate, a top-N over it, window functions over it, a
+/// join of two sources and a table, and session windows.
 const VIEWS: &[(&str, &str, bool)] = &[
     (
         "windows",
@@ -49,6 +49,14 @@ const VIEWS: &[(&str, &str, bool)] = &[
         "top_auctions",
         "SELECT auction, n FROM (SELECT auction, n, ROW_NUMBER() OVER (ORDER BY n DESC, auction) AS rn
          FROM per_auction) WHERE rn <= 5",
+        false,
+    ),
+    (
+        "running_share",
+        "SELECT auction, n, sum(n) OVER (PARTITION BY auction % 10 ORDER BY n, auction
+                 ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS last4,
+                rank() OVER (PARTITION BY auction % 10 ORDER BY n DESC) AS r
+         FROM per_auction",
         false,
     ),
     (

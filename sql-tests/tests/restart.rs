@@ -338,7 +338,11 @@ async fn appended_rows_survive_kill9_before_and_after_their_first_retraction() {
 
     server.restart_after_kill9();
     let client = server.client().await;
-    assert_eq!(contents(client).await, appended, "appended rows after kill -9");
+    assert_eq!(
+        contents(client).await,
+        appended,
+        "appended rows after kill -9"
+    );
 
     // The first retraction of each relation; then more appends on top.
     let client = server.client().await;
@@ -356,7 +360,11 @@ async fn appended_rows_survive_kill9_before_and_after_their_first_retraction() {
 
     server.restart_after_kill9();
     let client = server.client().await;
-    assert_eq!(contents(client).await, counted, "counted rows after kill -9");
+    assert_eq!(
+        contents(client).await,
+        counted,
+        "counted rows after kill -9"
+    );
     let client = server.client().await;
     client
         .batch_execute("INSERT INTO events VALUES (7, 'x'); FLUSH;")

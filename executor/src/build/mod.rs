@@ -390,6 +390,13 @@ impl PipelineBuilder<'_> {
                 limit,
                 schema,
             } => self.build_top_n(input, partition_by, order_by, *limit, schema),
+            StreamNode::OverWindow {
+                input,
+                partition_by,
+                order_by,
+                functions,
+                schema,
+            } => self.build_over_window(input, partition_by, order_by, functions, schema),
             StreamNode::Union { inputs, .. } => {
                 let mut all = Built::default();
                 for (k, input) in inputs.iter().enumerate() {

@@ -1,71 +1,128 @@
 //! Building the operators DataFusion plans as window functions: top-N (row
-//! numbers) and session windows. Both run one instance per hash partition
-//! of their PARTITION BY (one without it).
+//! numbers), other window functions, and session windows. Each runs one
+//! instance per hash partition of its PARTITION BY (one without it).
 
 use std::sync::Arc;
 
 use datafusion::common::DFSchema;
-use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::logical_expr::{Expr, SortExpr};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, create_physical_sort_expr};
+use datafusion::physical_planner::create_window_expr;
 
 use eddy_planner::{SessionBound, StreamNode};
 
 use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::dispatch::Dispatch;
 use crate::error::Result;
+use crate::operator::Operator;
+use crate::over_window::OverWindow;
 use crate::session::{SessionWindow, SessionWindowSpec};
 use crate::top_n::TopN;
 
+/// The physical PARTITION BY and ORDER BY of a window over `input`.
+fn partitioning(
+    partition_by: &[Expr],
+    order_by: &[SortExpr],
+    input: &DFSchema,
+) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<PhysicalSortExpr>)> {
+    let partition = partition_by
+        .iter()
+        .map(|e| physical(e, input))
+        .collect::<Result<Vec<_>>>()?;
+    let order = order_by
+        .iter()
+        .map(|s| {
+            Ok(create_physical_sort_expr(
+                s,
+                input,
+                &ExecutionProps::new(),
+                &PhysicalPlanningContext::default(),
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((partition, order))
+}
+
 impl PipelineBuilder<'_> {
-    pub(super) fn build_top_n(
+    /// Builds `input` and hash-partitions it on `partition` into as many
+    /// instances of the operator `make` returns (one without PARTITION BY).
+    fn build_partitioned(
         &mut self,
         input: &StreamNode,
-        partition_by: &[Expr],
-        order_by: &[datafusion::logical_expr::SortExpr],
-        limit: Option<usize>,
-        schema: &DFSchema,
+        partition: &[Arc<dyn PhysicalExpr>],
+        mut make: impl FnMut(&Self) -> Result<Box<dyn Operator>>,
     ) -> Result<Built> {
-        let in_schema = input.schema().clone();
-        let partition = partition_by
-            .iter()
-            .map(|e| physical(e, &in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = order_by
-            .iter()
-            .map(|s| {
-                Ok(datafusion::physical_expr::create_physical_sort_expr(
-                    s,
-                    &in_schema,
-                    &ExecutionProps::new(),
-                    &PhysicalPlanningContext::default(),
-                )?)
-            })
-            .collect::<Result<Vec<_>>>()?;
         let n = if partition.is_empty() {
             1
         } else {
             self.parallelism
         };
         let child = self.build(input)?;
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
-        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.to_vec()));
         let instances = inputs
             .into_iter()
-            .map(|inputs| {
-                let op = TopN::new(
-                    partition.clone(),
-                    order.clone(),
-                    limit,
-                    &in_arrow,
-                    out.clone(),
-                    self.evaluator.clone(),
-                )?;
-                Ok(Self::single(inputs, Box::new(op)))
-            })
+            .map(|inputs| Ok(Self::single(inputs, make(self)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Built::plain(instances))
+    }
+
+    pub(super) fn build_top_n(
+        &mut self,
+        input: &StreamNode,
+        partition_by: &[Expr],
+        order_by: &[SortExpr],
+        limit: Option<usize>,
+        schema: &DFSchema,
+    ) -> Result<Built> {
+        let in_schema = input.schema().clone();
+        let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
+        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
+        self.build_partitioned(input, &partition, |builder| {
+            Ok(Box::new(TopN::new(
+                partition.clone(),
+                order.clone(),
+                limit,
+                &in_arrow,
+                out.clone(),
+                builder.evaluator.clone(),
+            )?))
+        })
+    }
+
+    pub(super) fn build_over_window(
+        &mut self,
+        input: &StreamNode,
+        partition_by: &[Expr],
+        order_by: &[SortExpr],
+        functions: &[Expr],
+        schema: &DFSchema,
+    ) -> Result<Built> {
+        let in_schema = input.schema().clone();
+        let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
+        let functions = functions
+            .iter()
+            .map(|f| {
+                Ok(create_window_expr(
+                    f,
+                    &in_schema,
+                    &ExecutionProps::new(),
+                    &PhysicalPlanningContext::default(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
+        self.build_partitioned(input, &partition, |builder| {
+            Ok(Box::new(OverWindow::new(
+                partition.clone(),
+                order.clone(),
+                functions.clone(),
+                &in_arrow,
+                out.clone(),
+                builder.evaluator.clone(),
+            )?))
+        })
     }
 
     pub(super) fn build_session(

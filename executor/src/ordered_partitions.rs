@@ -1,0 +1,229 @@
+//! The state of operators that see each partition's rows in order: every
+//! input row of a changelog, per PARTITION BY key, sorted by ORDER BY, and
+//! what the operator last emitted for the partition.
+//!
+//! Top-N ([`crate::top_n`]) and window functions ([`crate::over_window`])
+//! apply changes here as they arrive and, at the barrier, recompute the
+//! partitions changes touched against what they emitted before.
+//!
+//! Invariants:
+//! - A partition's rows are a multiset keyed by (order key, whole row): the
+//!   whole row breaks ties in the order key, so the order is total and
+//!   every instance, and every recovery, sees the same order.
+//! - `emitted` is a function of the rows (the operator computes it the same
+//!   way each time), so checkpoints hold only the rows (`<partition> <order
+//!   key> <row>` -> multiplicity) and recovery computes `emitted` again.
+//! - A partition with no rows and nothing emitted is removed.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+
+use crate::checkpoint::{
+    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
+};
+use crate::codec::RowCodec;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::hash::{HashMap, HashSet};
+use crate::key::KeyEncoder;
+use crate::message::StreamChunk;
+use crate::operator::StateSize;
+
+/// An encoded value (Arrow row format), shared by the state and its
+/// changed-row list.
+pub(crate) type Encoded = Arc<[u8]>;
+
+/// One partition's rows, and what was last emitted for them.
+#[derive(Debug, Default)]
+pub(crate) struct Partition {
+    /// (order key, row) -> multiplicity.
+    rows: BTreeMap<(Encoded, Encoded), i64>,
+    /// Encoded output rows as last emitted, in the operator's order.
+    pub(crate) emitted: Vec<Encoded>,
+}
+
+impl Partition {
+    /// The rows in order, each as often as its multiplicity.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = &Encoded> {
+        self.rows
+            .iter()
+            .flat_map(|((_, row), n)| std::iter::repeat_n(row, *n as usize))
+    }
+}
+
+/// Rows per partition in order, for one operator instance.
+#[derive(Debug)]
+pub(crate) struct OrderedPartitions {
+    partitions_of: KeyEncoder,
+    order_by: Vec<PhysicalSortExpr>,
+    order_codec: RowConverter,
+    row_codec: RowCodec,
+    evaluator: Evaluator,
+    partitions: HashMap<Encoded, Partition>,
+    touched: HashSet<Encoded>,
+    /// Distinct (order key, row) entries over all partitions.
+    stored: u64,
+    /// (partition, order key, row) changed since the last checkpoint.
+    dirty: Dirty<(Encoded, Encoded, Encoded)>,
+}
+
+/// State key of a stored row.
+fn row_state_key(partition: &[u8], order: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + partition.len() + order.len() + row.len());
+    push_part(&mut k, partition);
+    push_part(&mut k, order);
+    k.extend_from_slice(row);
+    k
+}
+
+impl OrderedPartitions {
+    /// Rows of `input`, partitioned by `partition_by`, ordered by `order_by`.
+    pub(crate) fn new(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        input: &SchemaRef,
+        evaluator: Evaluator,
+    ) -> Result<Self> {
+        let order_fields = order_by
+            .iter()
+            .map(|s| {
+                Ok(SortField::new_with_options(
+                    s.expr.data_type(input)?,
+                    s.options,
+                ))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        Ok(Self {
+            partitions_of: KeyEncoder::new(partition_by, input)?,
+            order_by,
+            order_codec: RowConverter::new(order_fields)?,
+            row_codec: RowCodec::for_schema(input)?,
+            evaluator,
+            partitions: HashMap::default(),
+            touched: HashSet::default(),
+            stored: 0,
+            dirty: Dirty::default(),
+        })
+    }
+
+    /// The codec of the input rows the partitions hold.
+    pub(crate) fn row_codec(&self) -> &RowCodec {
+        &self.row_codec
+    }
+
+    /// Applies a chunk of changes, marking the partitions it touches.
+    pub(crate) fn apply(&mut self, chunk: &StreamChunk) -> Result<()> {
+        let batch = &chunk.batch;
+        let n = batch.num_rows();
+        // No PARTITION BY (or no ORDER BY): one empty key for every row.
+        let partitions: Vec<Encoded> = self.partitions_of.keys(&self.evaluator, batch)?;
+        let orders: Vec<Encoded> = if self.order_by.is_empty() {
+            vec![Encoded::from(&[][..]); n]
+        } else {
+            let columns = self
+                .order_by
+                .iter()
+                .map(|s| self.evaluator.eval(&s.expr, batch))
+                .collect::<Result<Vec<_>>>()?;
+            let encoded = self.order_codec.convert_columns(&columns)?;
+            encoded.iter().map(|r| r.as_ref().into()).collect()
+        };
+        let rows = self.row_codec.encode(batch.columns())?;
+        for (i, (key, order)) in partitions.into_iter().zip(orders).enumerate() {
+            let sign = chunk.ops[i].sign();
+            if !self.touched.contains(&key) {
+                self.touched.insert(key.clone());
+            }
+            let row: Encoded = rows.row(i).as_ref().into();
+            self.dirty.push((key.clone(), order.clone(), row.clone()));
+            let partition = self.partitions.entry(key).or_default();
+            match partition.rows.entry((order, row)) {
+                Entry::Occupied(mut o) => {
+                    *o.get_mut() += sign;
+                    if *o.get() <= 0 {
+                        o.remove();
+                        self.stored -= 1;
+                    }
+                }
+                Entry::Vacant(v) => {
+                    if sign > 0 {
+                        v.insert(sign);
+                        self.stored += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions touched since the last call.
+    pub(crate) fn take_touched(&mut self) -> Vec<Encoded> {
+        self.touched.drain().collect()
+    }
+
+    /// Partition `key`, if it has rows or emitted any.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Partition> {
+        self.partitions.get(key)
+    }
+
+    /// Every partition key.
+    pub(crate) fn keys(&self) -> Vec<Encoded> {
+        self.partitions.keys().cloned().collect()
+    }
+
+    /// Records what was emitted for partition `key`; forgets the partition
+    /// once it has neither rows nor emitted rows.
+    pub(crate) fn set_emitted(&mut self, key: &[u8], emitted: Vec<Encoded>) {
+        if let Some(p) = self.partitions.get_mut(key) {
+            p.emitted = emitted;
+            if p.emitted.is_empty() && p.rows.is_empty() {
+                self.partitions.remove(key);
+            }
+        }
+    }
+
+    /// The state's size, as operator `operator`.
+    pub(crate) fn state_size(&self, operator: &'static str) -> StateSize {
+        StateSize::in_memory(operator, self.partitions.len() as u64, self.stored)
+    }
+
+    /// Writes every row changed since the last checkpoint.
+    pub(crate) fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        for (partition, order, row) in self.dirty.take() {
+            let state_key = row_state_key(&partition, &order, &row);
+            let count = self
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.rows.get(&(order, row)));
+            match count {
+                Some(n) => state.put(&state_key, ValueWriter::new().i64(*n).finish()),
+                None => state.delete(&state_key),
+            }
+        }
+    }
+
+    /// Replaces the rows with the checkpointed ones; nothing is emitted
+    /// yet (the operator computes `emitted` again).
+    pub(crate) fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.partitions.clear();
+        self.touched.clear();
+        self.stored = 0;
+        for (key, value) in entries {
+            let (partition, rest) = split_part(&key)?;
+            let (order, row) = split_part(rest)?;
+            let count = ValueReader::new(&value).i64()?;
+            self.partitions
+                .entry(partition.into())
+                .or_default()
+                .rows
+                .insert((order.into(), row.into()), count);
+            self.stored += 1;
+        }
+        Ok(())
+    }
+}

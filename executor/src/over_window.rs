@@ -1,0 +1,214 @@
+//! Window functions over a changelog: `f(...) OVER (PARTITION BY p ORDER BY
+//! o [frame])` for every function DataFusion has (aggregates over any
+//! frame, `rank`, `lag`, `first_value`, ...), several sharing one
+//! partitioning and order.
+//!
+//! Every input row is kept per partition, in order ([`OrderedPartitions`]).
+//! At the barrier the rows of every touched partition are decoded into one
+//! batch, and each window expression is evaluated by DataFusion's own
+//! implementation over each partition's slice of it, so a view computes
+//! exactly what the batch query does. The partition's output rows (input
+//! columns, then one column per function) are compared with those last
+//! emitted as multisets, and only the difference goes out: deletions, then
+//! insertions. A change costs the size of its partition at the next
+//! barrier, whatever the frame; partitions are meant to be keys, not the
+//! whole stream.
+//!
+//! Checkpoints hold the rows; recovery evaluates every partition once to
+//! know what was emitted.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::concat;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::WindowExpr;
+
+use crate::checkpoint::{StateEntries, StateWriter};
+use crate::codec::RowCodec;
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::hash::HashMap;
+use crate::message::{Barrier, Op, StreamChunk};
+use crate::operator::{Operator, StateSize};
+use crate::ordered_partitions::{Encoded, OrderedPartitions};
+
+/// Input rows a partition batch is cut at, so one barrier's evaluation
+/// does not decode every touched partition at once.
+const BATCH_ROWS: usize = 8192;
+
+/// The window-function operator.
+#[derive(Debug)]
+pub struct OverWindow {
+    rows: OrderedPartitions,
+    functions: Vec<Arc<dyn WindowExpr>>,
+    input: SchemaRef,
+    schema: SchemaRef,
+    out_codec: RowCodec,
+}
+
+impl OverWindow {
+    /// `functions` over rows of `input` partitioned by `partition_by` and
+    /// ordered by `order_by` (the functions' own), giving `schema`: the
+    /// input's columns, then one per function.
+    pub fn new(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        functions: Vec<Arc<dyn WindowExpr>>,
+        input: &SchemaRef,
+        schema: SchemaRef,
+        evaluator: Evaluator,
+    ) -> Result<Self> {
+        Ok(Self {
+            rows: OrderedPartitions::new(partition_by, order_by, input, evaluator)?,
+            functions,
+            input: input.clone(),
+            out_codec: RowCodec::for_schema(&schema)?,
+            schema,
+        })
+    }
+
+    /// The output rows of each of `keys`' partitions as they stand, encoded,
+    /// in order.
+    fn evaluate(&self, keys: &[Encoded]) -> Result<Vec<Vec<Encoded>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut start = 0;
+        while start < keys.len() {
+            // One batch of whole partitions, of about BATCH_ROWS rows.
+            let mut rows: Vec<&[u8]> = Vec::new();
+            let mut lens = Vec::new();
+            let mut end = start;
+            while end < keys.len() && (end == start || rows.len() < BATCH_ROWS) {
+                let before = rows.len();
+                if let Some(partition) = self.rows.get(&keys[end]) {
+                    rows.extend(partition.rows().map(|r| r.as_ref()));
+                }
+                lens.push(rows.len() - before);
+                end += 1;
+            }
+            out.extend(self.evaluate_batch(&rows, &lens)?);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// The output rows of consecutive partitions of `lens` rows each, whose
+    /// input rows, in order, are `rows`.
+    fn evaluate_batch(&self, rows: &[&[u8]], lens: &[usize]) -> Result<Vec<Vec<Encoded>>> {
+        if rows.is_empty() {
+            return Ok(vec![Vec::new(); lens.len()]);
+        }
+        let columns = self.rows.row_codec().decode(rows.iter().copied())?;
+        let batch = RecordBatch::try_new(self.input.clone(), columns)?;
+        let mut results: Vec<Vec<ArrayRef>> = vec![Vec::new(); self.functions.len()];
+        let mut offset = 0;
+        for len in lens {
+            let partition = batch.slice(offset, *len);
+            for (result, function) in results.iter_mut().zip(&self.functions) {
+                result.push(function.evaluate(&partition)?);
+            }
+            offset += len;
+        }
+        let mut columns = batch.columns().to_vec();
+        for result in &results {
+            let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                result.iter().map(|a| a.as_ref()).collect();
+            columns.push(concat(&parts)?);
+        }
+        let encoded = self.out_codec.encode(&columns)?;
+        let mut out = Vec::with_capacity(lens.len());
+        let mut offset = 0;
+        for len in lens {
+            out.push(
+                (offset..offset + len)
+                    .map(|i| Encoded::from(encoded.row(i).as_ref()))
+                    .collect(),
+            );
+            offset += len;
+        }
+        Ok(out)
+    }
+}
+
+/// What turns `old` into `new`, as a multiset: (op, row), deletions first.
+fn difference<'a>(old: &'a [Encoded], new: &'a [Encoded]) -> Vec<(Op, &'a [u8])> {
+    if old == new {
+        return Vec::new();
+    }
+    let mut counts: HashMap<&[u8], i64> = HashMap::default();
+    for row in old {
+        *counts.entry(row).or_default() -= 1;
+    }
+    for row in new {
+        *counts.entry(row).or_default() += 1;
+    }
+    let mut changes = Vec::new();
+    // Walk the rows in their order (not the map's), so output is deterministic.
+    for (rows, op) in [(old, Op::Delete), (new, Op::Insert)] {
+        for row in rows {
+            if let Some(n) = counts.get_mut(row.as_ref())
+                && *n != 0
+                && (*n > 0) == (op == Op::Insert)
+            {
+                *n -= op.sign();
+                changes.push((op, row.as_ref()));
+            }
+        }
+    }
+    changes
+}
+
+impl Operator for OverWindow {
+    fn process(
+        &mut self,
+        _port: usize,
+        chunk: StreamChunk,
+        _out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        self.rows.apply(&chunk)
+    }
+
+    fn state_size(&self) -> Option<StateSize> {
+        Some(self.rows.state_size("OverWindow"))
+    }
+
+    fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        self.rows.checkpoint(state);
+    }
+
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
+        self.rows.restore(entries)?;
+        let keys = self.rows.keys();
+        for (key, emitted) in keys.iter().zip(self.evaluate(&keys)?) {
+            self.rows.set_emitted(key, emitted);
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        let mut keys = self.rows.take_touched();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Same input, same output order: hash sets iterate in no fixed order.
+        keys.sort_unstable();
+        let outputs = self.evaluate(&keys)?;
+        let mut changes = Vec::new();
+        for (key, new) in keys.iter().zip(&outputs) {
+            let old = self.rows.get(key).map_or(&[][..], |p| &p.emitted);
+            changes.extend(difference(old, new));
+        }
+        if !changes.is_empty() {
+            let columns = self.out_codec.decode(changes.iter().map(|(_, r)| *r))?;
+            out.push(StreamChunk {
+                batch: RecordBatch::try_new(self.schema.clone(), columns)?,
+                ops: changes.iter().map(|(op, _)| *op).collect::<Vec<_>>().into(),
+            });
+        }
+        for (key, new) in keys.iter().zip(outputs) {
+            self.rows.set_emitted(key, new);
+        }
+        Ok(())
+    }
+}

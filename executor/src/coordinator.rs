@@ -191,7 +191,9 @@ impl Coordinator {
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
             pending.writes.retain(|(rel, _)| *rel != id);
-            pending.changes.retain(|(rel, _)| *rel != id && *rel != late);
+            pending
+                .changes
+                .retain(|(rel, _)| *rel != id && *rel != late);
             pending.acked.retain(|rel| *rel != id);
         }
         self.commit_ready(&mut state);
@@ -385,4 +387,3 @@ impl Coordinator {
             .and_then(|r| r.failed.clone())
     }
 }
-

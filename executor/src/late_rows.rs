@@ -25,10 +25,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::{RowCodec, json_rows};
-use crate::relation_rows::{Delta, add_change};
 use crate::error::Result;
 use crate::message::Op;
 use crate::progress::Progress;
+use crate::relation_rows::{Delta, add_change};
 
 /// The late-rows relation of view `view` has this id: views' ids are small,
 /// so the top bit is free, and the id needs no catalog entry of its own.

@@ -109,7 +109,10 @@ fn appended_parts_come_back_as_written_until_a_base_replaces_them() {
     batch.finish(1, 0, 1);
     s.store().commit_checkpoint(&batch).expect("commit");
     let (rows, stored) = s.read();
-    assert_eq!(rows, BTreeMap::from([(b"first".to_vec(), 1), (b"second".to_vec(), 1)]));
+    assert_eq!(
+        rows,
+        BTreeMap::from([(b"first".to_vec(), 1), (b"second".to_vec(), 1)])
+    );
     assert_eq!(stored.stored_bytes, bytes);
     // The relation stops being append-only: a base holds it all from now on.
     s.commit(2, true, &[(row(9, 8), 1)]);

@@ -36,8 +36,8 @@ mod writer;
 pub use bytes::{ValueReader, ValueWriter};
 pub use writer::{CheckpointStats, CheckpointWriter};
 
-use crate::relation_rows::{Changes, Delta};
 use crate::error::Result;
+use crate::relation_rows::{Changes, Delta};
 
 /// Scopes of source readers start here.
 pub const READER_SCOPE: u32 = 0x8000_0000;

@@ -12,10 +12,10 @@ use tokio::sync::watch;
 use super::delivery::{self, DeliveryHandle, DeliveryStatus, EpochRecords};
 use super::{EpochEncoder, SinkRecord, SinkSpec};
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
-use crate::relation_rows::Changes;
 use crate::error::{ExecutorError, Result};
 use crate::message::{Barrier, StreamChunk};
 use crate::operator::Operator;
+use crate::relation_rows::Changes;
 
 /// Encodes a sink's changes per epoch and hands them to delivery.
 pub struct SinkWriter {

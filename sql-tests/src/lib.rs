@@ -5,6 +5,7 @@
 //! restart it. [`PgDb`] plays `.slt` files through `tokio-postgres`.
 
 pub mod kafka;
+pub mod nexmark_queries;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

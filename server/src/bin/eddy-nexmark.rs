@@ -29,49 +29,33 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-const QUERIES: &[(&str, &str)] = &[
-    ("q0", "SELECT auction, bidder, price, date_time FROM bid"),
-    (
-        "q1",
-        "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
-    ),
-    (
-        "q2",
-        "SELECT auction, price FROM bid WHERE auction = 1007 OR auction = 1020 OR auction = 2001 OR auction = 2019 OR auction = 2087",
-    ),
-    (
-        "q3",
-        "SELECT P.name, P.city, P.state, A.id FROM auction AS A INNER JOIN person AS P ON A.seller = P.id WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca')",
-    ),
-    (
-        "q4",
-        "SELECT Q.category, avg(Q.final) AS avg FROM (SELECT max(B.price) AS final, A.category FROM auction A, bid B WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category) Q GROUP BY Q.category",
-    ),
-    (
-        "q5",
-        "SELECT AuctionBids.auction, AuctionBids.num FROM (SELECT bid.auction, count(*) AS num, window_start AS starttime FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, bid.auction) AS AuctionBids JOIN (SELECT max(CountBids.num) AS maxn, CountBids.starttime_c FROM (SELECT count(*) AS num, window_start AS starttime_c FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY bid.auction, window_start) AS CountBids GROUP BY CountBids.starttime_c) AS MaxBids ON AuctionBids.starttime = MaxBids.starttime_c AND AuctionBids.num >= MaxBids.maxn",
-    ),
-    (
-        "q6",
-        "SELECT Q.seller, avg(Q.final) OVER (PARTITION BY Q.seller ORDER BY Q.expires, Q.id ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS avg FROM (SELECT A.id, A.seller, A.expires, max(B.price) AS final FROM auction A, bid B WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.seller, A.expires) Q",
-    ),
-    (
-        "q7",
-        "SELECT B.auction, B.price, B.bidder, B.date_time FROM bid B JOIN (SELECT max(price) AS maxprice, window_end AS date_time FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_end) B1 ON B.price = B1.maxprice WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
-    ),
-    (
-        "q8",
-        "SELECT P.id, P.name, P.starttime FROM (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) P JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
-    ),
-    (
-        "q11",
-        "SELECT bidder, count(*) AS bid_count, window_start AS starttime, window_end AS endtime FROM SESSION(bid, date_time, INTERVAL '10' SECOND, bidder) GROUP BY bidder, window_start, window_end EMIT ON WINDOW CLOSE",
-    ),
-    (
-        "q5_close",
-        "SELECT auction, window_start, count(*) AS num FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start EMIT ON WINDOW CLOSE",
-    ),
+// The standard queries, shared with the test that checks each against its
+// batch query.
+#[path = "../../../sql-tests/src/nexmark_queries.rs"]
+mod nexmark_queries;
+
+/// Views measured besides the standard queries (name, query).
+const EXTRA_QUERIES: &[(&str, &str)] = &[(
+    "q5_close",
+    "SELECT auction, window_start, count(*) AS num FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start EMIT ON WINDOW CLOSE",
+)];
+
+/// What runs without `--queries`.
+const DEFAULT_QUERIES: &[&str] = &[
+    "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q11", "q5_close",
 ];
+
+/// Every query the benchmark knows, by name, with its `EMIT` clause.
+fn queries() -> Vec<(&'static str, String)> {
+    let standard = nexmark_queries::NEXMARK_QUERIES
+        .iter()
+        .map(|(name, query, close)| {
+            let emit = if *close { " EMIT ON WINDOW CLOSE" } else { "" };
+            (*name, format!("{query}{emit}"))
+        });
+    let extra = EXTRA_QUERIES.iter().map(|(n, q)| (*n, q.to_string()));
+    standard.chain(extra).collect()
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -250,7 +234,7 @@ async fn run_one(
     state: StateConfig,
     kafka: bool,
 ) {
-    let Some((_, query)) = QUERIES.iter().find(|(n, _)| *n == name) else {
+    let Some((_, query)) = queries().into_iter().find(|(n, _)| *n == name) else {
         fail(format!("unknown query {name}"));
     };
     let dir = std::env::temp_dir().join(format!("eddy-nexmark-{}", std::process::id()));
@@ -306,14 +290,17 @@ async fn run_one(
     } else {
         "SELECT count(*) FROM eddy_catalog.source_readers WHERE finished_splits < splits".into()
     };
-    let (base, emit) = match query.strip_suffix(" EMIT ON WINDOW CLOSE") {
-        Some(base) => (base, " EMIT ON WINDOW CLOSE"),
-        None => (*query, ""),
-    };
+    // q13's side input: every third auction id of the first thousands.
+    sql(
+        &engine,
+        "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
+         INSERT INTO side_input SELECT value, 'v' || value FROM generate_series(1000, 9999, 3)",
+    )
+    .await;
     let t0 = Instant::now();
     sql(
         &engine,
-        &format!("CREATE MATERIALIZED VIEW {name} AS {base}{emit}"),
+        &format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
     )
     .await;
     let state_rows = format!(
@@ -412,7 +399,7 @@ async fn main() {
     }
     let selected: Vec<String> = match arg("--queries") {
         Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
-        None => QUERIES.iter().map(|(n, _)| n.to_string()).collect(),
+        None => DEFAULT_QUERIES.iter().map(|n| n.to_string()).collect(),
     };
     println!(
         "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {} ({cache_mb} MiB cache), source {}",

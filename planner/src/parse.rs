@@ -1,7 +1,8 @@
 //! Splitting a query string into statements, with Eddy's own statements.
 //!
 //! sqlparser's PostgreSQL dialect parses almost everything. Eddy adds
-//! `FLUSH`, `CREATE SOURCE ... WITH (...)` (with `WATERMARK FOR`),
+//! `FLUSH`, `CREATE SOURCE ... WITH (...)` (with `WATERMARK FOR` and
+//! `name AS PROCTIME()` columns),
 //! `DROP SOURCE`, `SHOW SOURCES`, `CREATE SINK` (see [`crate::create_sink`]),
 //! `DROP SINK`, `SHOW SINKS`, `SHOW JOBS` and a trailing `EMIT ON WINDOW CLOSE` on
 //! `CREATE MATERIALIZED VIEW`, recognised by their leading keywords before
@@ -11,7 +12,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, Ident, ObjectName, Statement, Value};
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef, DataType, Expr, Ident, ObjectName, Statement, TimezoneInfo, Value,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -56,15 +59,18 @@ pub enum EddyStatement {
     Sql(Box<Statement>),
 }
 
-/// `CREATE SOURCE name (columns [, WATERMARK FOR col AS expr]) WITH (options)`.
+/// `CREATE SOURCE name (columns [, WATERMARK FOR col AS expr]) WITH (options)`;
+/// a column may be `name AS PROCTIME()`, the time the row was read.
 #[derive(Debug, Clone)]
 pub struct CreateSource {
     /// Source name.
     pub name: ObjectName,
     /// `IF NOT EXISTS`.
     pub if_not_exists: bool,
-    /// Declared columns.
+    /// Declared columns (a processing-time column as a `TIMESTAMP` one).
     pub columns: Vec<ColumnDef>,
+    /// The column declared `name AS PROCTIME()`, if one is.
+    pub proctime: Option<Ident>,
     /// `WATERMARK FOR column AS expr`.
     pub watermark: Option<(Ident, Expr)>,
     /// `WITH (key = 'value', ...)`; keys lower-cased, dotted keys kept whole.
@@ -78,7 +84,14 @@ impl fmt::Display for CreateSource {
             write!(f, "IF NOT EXISTS ")?;
         }
         write!(f, "{} (", self.name)?;
-        let mut parts: Vec<String> = self.columns.iter().map(|c| c.to_string()).collect();
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| match &self.proctime {
+                Some(p) if *p == c.name => format!("{p} AS PROCTIME()"),
+                _ => c.to_string(),
+            })
+            .collect();
         if let Some((col, expr)) = &self.watermark {
             parts.push(format!("WATERMARK FOR {col} AS {expr}"));
         }
@@ -140,17 +153,43 @@ fn take_words(parser: &mut Parser, words: &[&str]) -> bool {
     next
 }
 
+/// Whether `name AS PROCTIME(` comes next.
+fn is_proctime_column(parser: &Parser) -> bool {
+    let word = |i: usize, w: &str| matches!(&parser.peek_nth_token(i).token, Token::Word(t) if t.value.eq_ignore_ascii_case(w));
+    matches!(parser.peek_nth_token(0).token, Token::Word(_))
+        && word(1, "AS")
+        && word(2, "PROCTIME")
+        && parser.peek_nth_token(3).token == Token::LParen
+}
+
 fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false)?;
     parser.expect_token(&Token::LParen)?;
     let mut columns = Vec::new();
     let mut watermark = None;
+    let mut proctime = None;
     loop {
         if take_words(parser, &["WATERMARK", "FOR"]) {
             let column = parser.parse_identifier()?;
             parser.expect_keyword(Keyword::AS)?;
             watermark = Some((column, parser.parse_expr()?));
+        } else if is_proctime_column(parser) {
+            let name = parser.parse_identifier()?;
+            take_words(parser, &["AS", "PROCTIME"]);
+            parser.expect_token(&Token::LParen)?;
+            parser.expect_token(&Token::RParen)?;
+            if proctime.is_some() {
+                return Err(ParserError::ParserError(
+                    "a source has at most one PROCTIME() column".into(),
+                ));
+            }
+            columns.push(ColumnDef {
+                name: name.clone(),
+                data_type: DataType::Timestamp(None, TimezoneInfo::None),
+                options: vec![],
+            });
+            proctime = Some(name);
         } else {
             columns.push(parser.parse_column_def()?);
         }
@@ -178,6 +217,7 @@ fn parse_create_source(parser: &mut Parser) -> Result<CreateSource, ParserError>
         name,
         if_not_exists,
         columns,
+        proctime,
         watermark,
         options,
     })

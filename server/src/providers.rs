@@ -168,6 +168,8 @@ struct SourceSplit {
     spec: Arc<SourceSpec>,
     index: usize,
     count: usize,
+    /// The query's start (its `now()`), the processing time of every row.
+    now: i64,
 }
 
 impl PartitionStream for SourceSplit {
@@ -188,19 +190,26 @@ impl PartitionStream for SourceSplit {
                 ));
             }
         };
+        let (spec, now) = (self.spec.clone(), self.now);
         // (split, position), until the split ends or fails.
-        let batches = futures::stream::unfold(Some((split, 0)), |state| async move {
-            let (mut split, position) = state?;
-            let read = match split.available(position, CHUNK_ROWS).await {
-                Ok(None) => return None,
-                // A bounded source is a generator: its chunks are inserts.
-                Ok(Some(end)) => split.read(position, end).map(|chunk| (chunk.batch, end)),
-                Err(e) => Err(e),
-            };
-            Some(match read {
-                Ok((batch, end)) => (Ok(batch), Some((split, end))),
-                Err(e) => (Err(DataFusionError::External(Box::new(e))), None),
-            })
+        let batches = futures::stream::unfold(Some((split, 0)), move |state| {
+            let spec = spec.clone();
+            async move {
+                let (mut split, position) = state?;
+                let read = match split.available(position, CHUNK_ROWS).await {
+                    Ok(None) => return None,
+                    // A bounded source is a generator: its chunks are inserts.
+                    Ok(Some(end)) => split
+                        .read(position, end)
+                        .and_then(|chunk| spec.with_processing_time(chunk.batch, now))
+                        .map(|batch| (batch, end)),
+                    Err(e) => Err(e),
+                };
+                Some(match read {
+                    Ok((batch, end)) => (Ok(batch), Some((split, end))),
+                    Err(e) => (Err(DataFusionError::External(Box::new(e))), None),
+                })
+            }
         })
         .boxed();
         Box::pin(RecordBatchStreamAdapter::new(
@@ -245,12 +254,19 @@ impl TableProvider for SourceTable {
             )));
         }
         let count = spec.split_count(self.splits);
+        // A processing-time column reads as the query's start, as now() does.
+        let now = state
+            .execution_props()
+            .query_execution_start_time
+            .and_then(|t| t.timestamp_nanos_opt())
+            .unwrap_or_else(|| eddy_planner::system_time_nanos(std::time::SystemTime::now()));
         let partitions = (0..count)
             .map(|index| {
                 Arc::new(SourceSplit {
                     spec: spec.clone(),
                     index,
                     count,
+                    now,
                 }) as Arc<dyn PartitionStream>
             })
             .collect();

@@ -6,7 +6,8 @@
 //! Sources are `person`, `auction` and `bid` with the standard columns;
 //! q13 also reads a table `side_input (key BIGINT PRIMARY KEY, value
 //! VARCHAR)`. q12 (processing-time windows) is not here: its result
-//! depends on when rows are read, so no batch query can check it.
+//! depends on when rows are read, so no batch query can check it
+//! (`tests/restart.rs` checks what must hold of it across a crash).
 
 /// (name, query, `EMIT ON WINDOW CLOSE`).
 pub const NEXMARK_QUERIES: &[(&str, &str, bool)] = &[

@@ -277,7 +277,7 @@ impl PipelineBuilder<'_> {
                         .collect();
                     Ok(Built {
                         instances,
-                        watermarks: spec.watermark.iter().map(|w| w.column).collect(),
+                        watermarks: spec.watermark_columns().collect(),
                     })
                 }
             },
@@ -472,6 +472,7 @@ impl PipelineBuilder<'_> {
                 clock: self.clocks.get(spec.id, index, splits),
                 position: 0,
                 watermark: None,
+                proctime: eddy_planner::system_time_nanos(std::time::SystemTime::now()),
                 ticks: rx,
                 output: output.clone(),
                 gate: self.gate.clone(),

@@ -215,6 +215,10 @@ pub struct SourceSpec {
     pub connector: Connector,
     /// Event time, if declared.
     pub watermark: Option<WatermarkSpec>,
+    /// The column holding each row's processing time (`name AS PROCTIME()`):
+    /// filled by the readers, not the connector (see
+    /// [`SourceSpec::with_processing_time`]).
+    pub proctime: Option<usize>,
     /// Pacing over all splits; `None` = as fast as possible.
     pub rows_per_second: Option<f64>,
     /// Generators' splits; `None` = the runtime's parallelism.
@@ -222,28 +226,46 @@ pub struct SourceSpec {
 }
 
 impl SourceSpec {
-    /// A source reading `connector` = `name` with `options` (all must be
-    /// understood).
+    /// A source of `schema` reading `connector` = `name` with `options`
+    /// (all must be understood); column `proctime` of `schema`, if given, is
+    /// the processing time, which the connector does not produce.
     pub fn new(
         id: u32,
         schema: SchemaRef,
         options: impl IntoIterator<Item = (String, String)>,
         watermark: Option<WatermarkSpec>,
+        proctime: Option<usize>,
     ) -> Result<Self> {
         let mut options = Options::new(options);
+        let produced = match proctime {
+            Some(column) => {
+                // A changelog's deletion must carry the row it retracts,
+                // and the time that row was read is gone by then.
+                if let Some(format) = options.0.get("format")
+                    && !format.eq_ignore_ascii_case("plain")
+                {
+                    return Err(ExecutorError::Unsupported(format!(
+                        "PROCTIME() needs an append-only source, not FORMAT {}",
+                        format.to_uppercase()
+                    )));
+                }
+                Self::connector_schema(&schema, Some(column))?
+            }
+            None => schema.clone(),
+        };
         // Generators are paced and split by options; a Kafka source reads
         // as fast as messages come, one split per partition.
         let (connector, generator_keys) = match options.take("connector").as_deref() {
             Some("nexmark") => (
-                Connector::Nexmark(Box::new(NexmarkSource::new(schema.clone(), &mut options)?)),
+                Connector::Nexmark(Box::new(NexmarkSource::new(produced, &mut options)?)),
                 Some(("nexmark.events.per.second", "nexmark.split.num")),
             ),
             Some("datagen") => (
-                Connector::Datagen(DatagenSource::new(schema.clone(), &mut options)?),
+                Connector::Datagen(DatagenSource::new(produced, &mut options)?),
                 Some(("datagen.rows.per.second", "datagen.split.num")),
             ),
             Some("kafka") => (
-                Connector::Kafka(Box::new(KafkaSource::new(schema.clone(), &mut options)?)),
+                Connector::Kafka(Box::new(KafkaSource::new(produced, &mut options)?)),
                 None,
             ),
             Some(other) => {
@@ -283,9 +305,52 @@ impl SourceSpec {
             schema,
             connector,
             watermark,
+            proctime,
             rows_per_second,
             splits,
         })
+    }
+
+    /// The columns of `schema` the connector produces: all but the
+    /// processing time's.
+    pub fn connector_schema(schema: &SchemaRef, proctime: Option<usize>) -> Result<SchemaRef> {
+        let Some(column) = proctime else {
+            return Ok(schema.clone());
+        };
+        let kept: Vec<usize> = (0..schema.fields().len())
+            .filter(|c| *c != column)
+            .collect();
+        Ok(Arc::new(schema.project(&kept)?))
+    }
+
+    /// The columns that carry watermarks: the event time's, and the
+    /// processing time's (which only grows).
+    pub fn watermark_columns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.watermark.iter().map(|w| w.column).chain(self.proctime)
+    }
+
+    /// `batch` of the connector's columns with the processing-time column,
+    /// if the source has one, set to `now_nanos` for every row.
+    pub fn with_processing_time(&self, batch: RecordBatch, now_nanos: i64) -> Result<RecordBatch> {
+        let Some(column) = self.proctime else {
+            return Ok(batch);
+        };
+        let mut columns = batch.columns().to_vec();
+        columns.insert(
+            column,
+            self.processing_time(now_nanos)?
+                .to_array_of_size(batch.num_rows())?,
+        );
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// `now_nanos` as a value of the processing-time column.
+    pub fn processing_time(&self, now_nanos: i64) -> Result<ScalarValue> {
+        let data_type = match self.proctime {
+            Some(column) => self.schema.field(column).data_type(),
+            None => &DataType::Timestamp(TimeUnit::Nanosecond, None),
+        };
+        Ok(ScalarValue::TimestampNanosecond(Some(now_nanos), None).cast_to(data_type)?)
     }
 
     /// Makes every default that depends on the creation time (`now_nanos`)

@@ -40,6 +40,10 @@ pub(crate) struct Reader {
     pub position: u64,
     /// The last watermark sent (from a checkpoint, on recovery).
     pub watermark: Option<ScalarValue>,
+    /// The processing time rows read now get, with a `PROCTIME()` column
+    /// (nanoseconds): the reader's start, then each barrier's time (never
+    /// going back). It is also that column's watermark.
+    pub proctime: i64,
     pub ticks: Receiver<Message>,
     pub output: Arc<Subscribers>,
     pub gate: Arc<RwLock<()>>,
@@ -95,13 +99,25 @@ impl Reader {
             return;
         }
         self.watermark = Some(candidate.clone());
-        let name = self.spec.schema.field(spec.column).name().clone();
-        self.progress.watermark(self.spec.id, &name, &candidate);
+        self.send_watermark(spec.column, candidate).await;
+    }
+
+    /// Sends the processing time as its column's watermark, if the source has one.
+    async fn emit_processing_time(&mut self, value: Option<ScalarValue>) {
+        let Some(column) = self.spec.proctime else {
+            return;
+        };
+        match value.map_or_else(|| self.spec.processing_time(self.proctime), Ok) {
+            Ok(value) => self.send_watermark(column, value).await,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    async fn send_watermark(&mut self, column: usize, value: ScalarValue) {
+        let name = self.spec.schema.field(column).name().clone();
+        self.progress.watermark(self.spec.id, &name, &value);
         self.output
-            .send(Message::Watermark(Watermark {
-                column: spec.column,
-                value: candidate,
-            }))
+            .send(Message::Watermark(Watermark { column, value }))
             .await;
     }
 
@@ -120,6 +136,10 @@ impl Reader {
                     .and_then(|w| end_of_time(self.spec.schema.field(w.column).data_type()))
                 {
                     self.emit_watermark(end, false).await;
+                }
+                if let Some(column) = self.spec.proctime {
+                    let end = end_of_time(self.spec.schema.field(column).data_type());
+                    self.emit_processing_time(end).await;
                 }
                 None
             }
@@ -140,7 +160,11 @@ impl Reader {
 
     /// Reads and sends the rows up to position `end`; false if the split failed.
     async fn read_to(&mut self, end: u64) -> bool {
-        let chunk = match self.split.read(self.position, end) {
+        let read = self.split.read(self.position, end).and_then(|mut chunk| {
+            chunk.batch = self.spec.with_processing_time(chunk.batch, self.proctime)?;
+            Ok(chunk)
+        });
+        let chunk = match read {
             Ok(chunk) => chunk,
             Err(e) => {
                 self.fail(e);
@@ -172,11 +196,11 @@ impl Reader {
     /// its boundary (reading up to it first), after handing the checkpoint
     /// this reader's position and watermark.
     async fn forward(&mut self, msg: Message, id: u64) {
-        let Message::Barrier(Barrier { epoch, .. }) = &msg else {
+        let Message::Barrier(Barrier { epoch, now }) = &msg else {
             self.output.send(msg).await;
             return;
         };
-        let epoch = *epoch;
+        let (epoch, now) = (*epoch, *now);
         let boundary = self.clock.boundary(epoch, self.position);
         // Catching up takes no gate: these rows belong to the epoch the
         // barrier ends, which a quiescing DDL statement waits for anyway.
@@ -208,6 +232,11 @@ impl Reader {
         self.coordinator.stage(self.relation, epoch, checkpoint);
         self.output.send(msg).await;
         self.clock.forwarded(id, epoch);
+        // Rows after the barrier are read at its time or later.
+        if now > self.proctime && !self.exhausted {
+            self.proctime = now;
+            self.emit_processing_time(None).await;
+        }
     }
 
     /// Forwards what the ticks channel gave; false once it is closed (the
@@ -233,6 +262,7 @@ impl Reader {
         if let Some(restored) = self.watermark.clone() {
             self.emit_watermark(restored, true).await;
         }
+        self.emit_processing_time(None).await;
         loop {
             // Barriers first: an epoch never waits for reading.
             match self.ticks.try_recv() {

@@ -310,12 +310,29 @@ impl Engine {
             }
             Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
         };
+        let proctime = source
+            .proctime
+            .as_ref()
+            .map(|p| crate::functions::normalize_ident(&p.to_string()))
+            .and_then(|name| schema.index_of(&name).ok());
         let watermark = match &source.watermark {
             None => None,
+            Some((column, _)) if proctime.is_some() && source.proctime.as_ref() == Some(column) => {
+                return Err(EddyError::Coded {
+                    code: "42P16",
+                    message: format!(
+                        "WATERMARK FOR {column}: a PROCTIME() column's watermark is the processing time itself"
+                    ),
+                });
+            }
             Some((column, expr)) => Some(self.watermark_spec(&schema, column, expr)?),
         };
         let now_nanos = eddy_planner::system_time_nanos(std::time::SystemTime::now());
-        SourceSpec::pin_defaults(&schema, &mut options, now_nanos);
+        SourceSpec::pin_defaults(
+            &SourceSpec::connector_schema(&schema, proctime)?,
+            &mut options,
+            now_nanos,
+        );
         let replaying = id.is_some();
         if !replaying {
             options = tokio::task::spawn_blocking(move || {
@@ -329,7 +346,7 @@ impl Engine {
         }
         let guard = self.runtime.write_lock().await;
         let id = id.unwrap_or_else(|| self.catalog.next_id());
-        let spec = SourceSpec::new(id, schema.clone(), options.clone(), watermark)?;
+        let spec = SourceSpec::new(id, schema.clone(), options.clone(), watermark, proctime)?;
         let stored = CreateSource {
             options,
             ..source.clone()

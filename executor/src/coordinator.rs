@@ -9,10 +9,14 @@
 //! live relation. Fragments and readers stage their state changes for `e`
 //! as the barrier passes them; each relation's materialize operator acks
 //! with the net change of its rows during `e` (see [`crate::checkpoint`]).
-//! When the last ack arrives, `e` is written to the store as one checkpoint,
-//! then all deltas of `e` are applied together under one lock and the
-//! committed epoch becomes `e`: readers see every relation at the same
-//! epoch, never half of one.
+//! When the last ack arrives, all deltas of `e` are applied together under
+//! one lock and the committed epoch becomes `e`: readers see every relation
+//! at the same epoch, never half of one. The same step builds `e`'s
+//! checkpoint and hands it to the writer's thread, which makes it durable
+//! after every earlier one (`durable_epoch` follows it). What is committed
+//! but not yet durable is what a crash takes back, and recovery computes
+//! again: whatever must not be taken back (a Kafka sink's delivery, an
+//! evicted state entry) waits for durability.
 //!
 //! Invariants: epochs commit in order; a relation's rows (its *bag*: encoded
 //! row -> multiplicity) change only at commit; a relation that failed is no
@@ -28,7 +32,7 @@ use tokio::sync::watch;
 
 use eddy_storage::{CheckpointBatch, Store};
 
-use crate::checkpoint::{CheckpointStats, CheckpointWriter, FragmentCheckpoint, StateWrite};
+use crate::checkpoint::{BackgroundWriter, CheckpointStats, FragmentCheckpoint, StateWrite};
 use crate::error::{ExecutorError, Result};
 use crate::relation_rows::{Changes, RelationRows};
 
@@ -69,7 +73,7 @@ struct State {
     committed: u64,
     carried: HashMap<u32, Carried>,
     /// Makes epochs durable; `None` runs in memory only.
-    writer: Option<CheckpointWriter>,
+    writer: Option<BackgroundWriter>,
 }
 
 /// Tracks epochs and owns the committed rows of every table and view.
@@ -78,18 +82,22 @@ pub struct Coordinator {
     state: Mutex<State>,
     committed_tx: watch::Sender<u64>,
     /// The last epoch in the store (the committed one without a store):
-    /// what a crash cannot take back.
-    durable_tx: watch::Sender<u64>,
+    /// what a crash cannot take back. The writer's thread moves it.
+    durable_tx: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Coordinator {
     fn default() -> Self {
-        Self::with_writer(None, 0)
+        Self::with_writer(None, 0, Arc::new(watch::channel(0).0))
     }
 }
 
 impl Coordinator {
-    fn with_writer(writer: Option<CheckpointWriter>, committed: u64) -> Self {
+    fn with_writer(
+        writer: Option<BackgroundWriter>,
+        committed: u64,
+        durable_tx: Arc<watch::Sender<u64>>,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 relations: HashMap::new(),
@@ -100,15 +108,20 @@ impl Coordinator {
                 writer,
             }),
             committed_tx: watch::channel(committed).0,
-            durable_tx: watch::channel(committed).0,
+            durable_tx,
         }
     }
 
     /// A coordinator checkpointing into `store`, continuing after its last
     /// committed epoch `committed`; pipelines run `parallelism` partitions.
-    pub fn durable(store: Arc<Store>, committed: u64, parallelism: usize) -> Self {
-        let writer = CheckpointWriter::new(store, committed, parallelism as u64);
-        Self::with_writer(Some(writer), committed)
+    pub fn durable(store: Arc<Store>, committed: u64, parallelism: usize) -> Result<Self> {
+        let durable_tx = Arc::new(watch::channel(committed).0);
+        let writer =
+            BackgroundWriter::spawn(store, committed, parallelism as u64, durable_tx.clone())
+                .map_err(|e| {
+                    ExecutorError::Internal(format!("starting the checkpoint writer failed: {e}"))
+                })?;
+        Ok(Self::with_writer(Some(writer), committed, durable_tx))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -124,7 +137,7 @@ impl Coordinator {
     pub fn checkpoints(&self) -> (Vec<CheckpointStats>, u64) {
         let state = self.lock();
         match &state.writer {
-            Some(w) => (w.history(), w.durable()),
+            Some(w) => w.history(),
             None => (vec![], 0),
         }
     }
@@ -319,18 +332,16 @@ impl Coordinator {
                         batch.mark_checkpointed(*id, epoch);
                     }
                 }
-                if let Some(writer) = state.writer.as_mut() {
-                    writer.commit(batch, epoch, pending.log_position, pending.began);
+                if let Some(writer) = state.writer.as_ref() {
+                    writer.submit(batch, epoch, pending.log_position, pending.began);
                 }
             }
             state.committed = epoch;
             self.committed_tx.send_replace(epoch);
-            let durable = state
-                .writer
-                .as_ref()
-                .map_or(epoch, CheckpointWriter::durable);
-            self.durable_tx
-                .send_if_modified(|d| std::mem::replace(d, durable) != durable);
+            if state.writer.is_none() {
+                // Nothing to write: what is committed is all there is.
+                self.durable_tx.send_replace(epoch);
+            }
         }
     }
 
@@ -343,6 +354,15 @@ impl Coordinator {
     /// checkpoints fail to be written (a full disk), equal to it otherwise.
     pub fn durable_epoch(&self) -> watch::Receiver<u64> {
         self.durable_tx.subscribe()
+    }
+
+    /// Waits until the checkpoint of committed epoch `epoch` was written
+    /// (or its write failed): then the store holds what it will hold of it.
+    pub async fn wait_written(&self, epoch: u64) {
+        let writer = self.lock().writer.as_ref().map(|w| w.tried());
+        if let Some(mut tried) = writer {
+            let _ = tried.wait_for(|e| *e >= epoch).await;
+        }
     }
 
     /// Waits until `epoch` is committed.

@@ -136,7 +136,7 @@ impl Runtime {
     /// its last checkpoint: no source is read until [`Runtime::recovered`].
     pub fn durable(parallelism: usize, store: Arc<Store>) -> Result<Arc<Self>> {
         let meta = store.meta()?;
-        let coordinator = Coordinator::durable(store, meta.epoch, parallelism);
+        let coordinator = Coordinator::durable(store, meta.epoch, parallelism)?;
         Ok(Self::with_coordinator(
             parallelism,
             coordinator,
@@ -356,6 +356,8 @@ impl Runtime {
         let paused = self.source_gate.write().await;
         let epoch = self.inject_barrier(guard).await;
         self.coordinator.wait_committed(epoch).await;
+        // DDL reads and writes the store itself: the checkpoints first.
+        self.coordinator.wait_written(epoch).await;
         paused
     }
 

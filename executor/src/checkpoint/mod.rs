@@ -34,7 +34,7 @@ mod bytes;
 mod writer;
 
 pub use bytes::{ValueReader, ValueWriter};
-pub use writer::{CheckpointStats, CheckpointWriter};
+pub use writer::{BackgroundWriter, CheckpointStats};
 
 use crate::error::Result;
 use crate::relation_rows::{Changes, Delta};

@@ -1,4 +1,9 @@
-//! Makes epochs durable: one synced RocksDB write per epoch, in order.
+//! Makes epochs durable: one synced RocksDB write per epoch, in order, on
+//! a thread of its own ([`BackgroundWriter`]): the coordinator hands an
+//! epoch's batch over and goes on, so neither pipelines nor the
+//! coordinator's lock wait for the disk to sync. A bounded queue of
+//! batches keeps a slow disk from piling them up: the coordinator waits
+//! once it is full.
 //!
 //! A write that fails (a full disk, say) leaves the store at the last good
 //! checkpoint. Its batch is kept and written first next time, before any
@@ -7,10 +12,17 @@
 //! memory; a restart recovers the last good checkpoint.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::watch;
+
 use eddy_storage::{CheckpointBatch, Store};
+
+/// Batches handed over and not yet written, at most.
+const QUEUED_BATCHES: usize = 2;
 
 /// Checkpoints remembered for `eddy_catalog.checkpoints`.
 const HISTORY: usize = 64;
@@ -38,7 +50,7 @@ pub struct CheckpointStats {
 
 /// Writes checkpoints and remembers how they went.
 #[derive(Debug)]
-pub struct CheckpointWriter {
+struct CheckpointWriter {
     store: Arc<Store>,
     parallelism: u64,
     /// Batches not yet written, oldest first.
@@ -54,7 +66,7 @@ pub struct CheckpointWriter {
 impl CheckpointWriter {
     /// A writer into `store` whose last durable epoch is `durable`; pipelines
     /// run `parallelism` partitions.
-    pub fn new(store: Arc<Store>, durable: u64, parallelism: u64) -> Self {
+    fn new(store: Arc<Store>, durable: u64, parallelism: u64) -> Self {
         Self {
             store,
             parallelism,
@@ -66,14 +78,9 @@ impl CheckpointWriter {
         }
     }
 
-    /// The store written to.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// Writes `batch` as epoch `epoch` (holding table changes up to
     /// `log_position`, begun at `began`), after any earlier batch that failed.
-    pub fn commit(
+    fn commit(
         &mut self,
         mut batch: CheckpointBatch,
         epoch: u64,
@@ -130,15 +137,124 @@ impl CheckpointWriter {
         }
         self.history.push_back(stats);
     }
+}
 
-    /// The last epoch made durable.
-    pub fn durable(&self) -> u64 {
-        self.durable
+/// One epoch's batch, handed to the writer's thread.
+struct Job {
+    batch: CheckpointBatch,
+    epoch: u64,
+    log_position: u64,
+    began: Instant,
+}
+
+/// Writes checkpoints on a thread of its own, in the order they come.
+#[derive(Debug)]
+pub struct BackgroundWriter {
+    store: Arc<Store>,
+    writer: Arc<Mutex<CheckpointWriter>>,
+    jobs: Option<SyncSender<Job>>,
+    /// The last epoch whose write was tried (it may have failed).
+    tried: watch::Receiver<u64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackgroundWriter {
+    /// A writer into `store`, whose last durable epoch is `durable`
+    /// (pipelines run `parallelism` partitions); it tells `durable_tx` each
+    /// epoch that becomes durable.
+    pub fn spawn(
+        store: Arc<Store>,
+        durable: u64,
+        parallelism: u64,
+        durable_tx: Arc<watch::Sender<u64>>,
+    ) -> std::io::Result<Self> {
+        let writer = Arc::new(Mutex::new(CheckpointWriter::new(
+            store.clone(),
+            durable,
+            parallelism,
+        )));
+        let (jobs, queue) = sync_channel(QUEUED_BATCHES);
+        let (tried_tx, tried) = watch::channel(durable);
+        let thread = std::thread::Builder::new()
+            .name("eddy-checkpoints".into())
+            .spawn({
+                let writer = writer.clone();
+                move || write_jobs(queue, &writer, &durable_tx, &tried_tx)
+            })?;
+        Ok(Self {
+            store,
+            writer,
+            jobs: Some(jobs),
+            tried,
+            thread: Some(thread),
+        })
     }
 
-    /// Recent checkpoints, oldest first.
-    pub fn history(&self) -> Vec<CheckpointStats> {
-        self.history.iter().cloned().collect()
+    /// The store written to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Hands `batch` over as epoch `epoch` (see [`CheckpointWriter::commit`]);
+    /// waits only while the queue is full.
+    pub fn submit(&self, batch: CheckpointBatch, epoch: u64, log_position: u64, began: Instant) {
+        let job = Job {
+            batch,
+            epoch,
+            log_position,
+            began,
+        };
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            // Only a panic on the writer's thread ends it early.
+            tracing::error!(
+                epoch,
+                "the checkpoint writer is gone; the epoch is not written"
+            );
+        }
+    }
+
+    /// Follows the last epoch whose write was tried (durable or failed).
+    pub fn tried(&self) -> watch::Receiver<u64> {
+        self.tried.clone()
+    }
+
+    /// Recent checkpoints, oldest first, and the last durable epoch.
+    pub fn history(&self) -> (Vec<CheckpointStats>, u64) {
+        let writer = lock(&self.writer);
+        (writer.history.iter().cloned().collect(), writer.durable)
+    }
+}
+
+impl Drop for BackgroundWriter {
+    /// Writes what was handed over before going.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock(writer: &Mutex<CheckpointWriter>) -> MutexGuard<'_, CheckpointWriter> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The writer's thread: writes each job, then tells who waits.
+fn write_jobs(
+    queue: Receiver<Job>,
+    writer: &Mutex<CheckpointWriter>,
+    durable_tx: &watch::Sender<u64>,
+    tried_tx: &watch::Sender<u64>,
+) {
+    for job in queue {
+        let durable = {
+            let mut writer = lock(writer);
+            writer.commit(job.batch, job.epoch, job.log_position, job.began);
+            writer.durable
+        };
+        durable_tx.send_if_modified(|d| std::mem::replace(d, durable) != durable);
+        tried_tx.send_replace(job.epoch);
     }
 }
 

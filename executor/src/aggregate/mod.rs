@@ -26,6 +26,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::Rows;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 
@@ -251,11 +252,11 @@ impl HashAggregate {
         self.windows.as_ref().is_some_and(|w| w.key.emit_on_close)
     }
 
-    /// Group keys of `batch`'s rows, and their encoded window values.
-    fn group_keys(&self, batch: &RecordBatch) -> Result<(Vec<Encoded>, Option<Vec<Encoded>>)> {
+    /// Group keys of `batch`'s rows (none for a global aggregate: every
+    /// row's key is empty), and their encoded window values.
+    fn group_keys(&self, batch: &RecordBatch) -> Result<(Option<Rows>, Option<Rows>)> {
         if self.is_global() {
-            let key: Encoded = Box::new([]);
-            return Ok((vec![key; batch.num_rows()], None));
+            return Ok((None, None));
         }
         let columns = self.evaluator.eval_all(&self.group_exprs, batch)?;
         let columns = columns
@@ -271,13 +272,10 @@ impl HashAggregate {
             .collect::<Result<Vec<_>, _>>()?;
         let rows = self.group_codec.encode(&columns)?;
         let windows = match &self.windows {
-            Some(w) => {
-                let encoded = w.codec.encode(&columns[w.key.group..=w.key.group])?;
-                Some(encoded.iter().map(|r| r.as_ref().into()).collect())
-            }
+            Some(w) => Some(w.codec.encode(&columns[w.key.group..=w.key.group])?),
             None => None,
         };
-        Ok((rows.iter().map(|r| r.as_ref().into()).collect(), windows))
+        Ok((Some(rows), windows))
     }
 
     /// The changes group `key` makes this epoch, given its row before it.
@@ -379,7 +377,13 @@ impl Operator for HashAggregate {
     ) -> Result<()> {
         let batch = &chunk.batch;
         let (keys, windows) = self.group_keys(batch)?;
-        self.load(keys.iter().map(AsRef::as_ref))?;
+        // Keys are borrowed from the encoded rows; only a new group or a
+        // group's first touch in the epoch copies its key.
+        let key_of = |i: usize| -> &[u8] { keys.as_ref().map_or(&[], |k| k.row(i).data()) };
+        match keys {
+            Some(_) => self.load((0..batch.num_rows()).map(key_of))?,
+            None => self.load([&[][..]])?,
+        }
         let mut values = Vec::with_capacity(self.calls.len());
         for (call, codec) in self.calls.iter().zip(&self.value_codecs) {
             let array = self.evaluator.eval(&call.arg, batch)?;
@@ -401,35 +405,36 @@ impl Operator for HashAggregate {
         let global = self.is_global();
         let tracks_changes = !self.emits_on_close();
         let mut late = Vec::new();
-        for (i, key) in keys.into_iter().enumerate() {
+        for i in 0..batch.num_rows() {
+            let key = key_of(i);
             let sign = chunk.ops[i].sign();
-            if sign < 0 && self.ttl.is_some() && !self.groups.contains_key(&key) {
+            if sign < 0 && self.ttl.is_some() && !self.groups.contains_key(key) {
                 // Its group expired: what it would retract is gone already.
                 continue;
             }
-            let window = windows.as_ref().map(|w| &w[i]);
+            let window = windows.as_ref().map(|w| w.row(i).data());
             if let (Some(window), Some(w)) = (window, &self.windows)
-                && w.closed_below.as_ref().is_some_and(|c| window < c)
+                && w.closed_below.as_deref().is_some_and(|c| window < c)
             {
                 late.push(i);
                 continue;
             }
-            if tracks_changes && !self.touched.contains_key(&key) {
-                let before = match self.groups.get(&key) {
+            if tracks_changes && !self.touched.contains_key(key) {
+                let before = match self.groups.get(key) {
                     Some(g) if g.rows > 0 || global => Some(self.output_row(g)?),
                     _ => None,
                 };
-                self.touched.insert(key.clone(), before);
+                self.touched.insert(key.into(), before);
             }
-            let group = match self.groups.get_mut(&key) {
+            let group = match self.groups.get_mut(key) {
                 Some(group) => group,
                 None => {
                     let mut group = new_group(&self.calls);
                     if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
-                        group.window = Some(window.clone());
-                        w.open.insert((window.clone(), key.clone()));
+                        group.window = Some(window.into());
+                        w.open.insert((window.into(), key.into()));
                     }
-                    self.groups.insert(key, group)
+                    self.groups.insert(key.into(), group)
                 }
             };
             group.rows += sign;
@@ -555,11 +560,12 @@ impl Operator for HashAggregate {
         let value = watermark.value.cast_to(&w.codec.types()[0])?;
         let encoded = w.codec.encode(&[value.to_array()?])?;
         let bound: Box<[u8]> = encoded.row(0).as_ref().into();
-        let closed: Vec<Box<[u8]>> = w
-            .open
-            .iter()
-            .take_while(|(window, _)| *window < bound)
-            .map(|(_, key)| key.clone())
+        // Every entry below (bound, the smallest key) closed: one split
+        // takes them out of the index.
+        let still_open = w.open.split_off(&(bound.clone(), Box::default()));
+        let closed: Vec<Box<[u8]>> = std::mem::replace(&mut w.open, still_open)
+            .into_iter()
+            .map(|(_, key)| key)
             .collect();
         w.closed_below = Some(bound);
         self.load(closed.iter().map(AsRef::as_ref))?;
@@ -577,7 +583,8 @@ impl Operator for HashAggregate {
             out.push(self.build_output(rows)?);
         }
         for key in &closed {
-            self.remove_group(key);
+            // Out of the window index already; windowed groups have no TTL.
+            self.groups.remove(key);
         }
         Ok(vec![Watermark {
             column: group,

@@ -40,7 +40,6 @@ pub mod sink;
 pub mod source;
 pub mod state_ttl;
 mod temporal_filter;
-mod top_n;
 mod watermark;
 
 pub use build::batch_schema;

@@ -1,25 +1,27 @@
 //! Window functions over a changelog: `f(...) OVER (PARTITION BY p ORDER BY
 //! o [frame])` for every function DataFusion has (aggregates over any
 //! frame, `rank`, `lag`, `first_value`, ...), several sharing one
-//! partitioning and order.
+//! partitioning and order; and top-N, `ROW_NUMBER()` cut at N.
 //!
-//! Every input row is kept per partition, in order ([`OrderedPartitions`]).
+//! Every input row is kept per partition, in order ([`OrderedPartitions`]):
+//! a top-N keeps more than N, as a deleted winner is replaced by the next.
 //! At the barrier the rows of every touched partition are decoded into one
 //! batch, and each window expression is evaluated by DataFusion's own
 //! implementation over each partition's slice of it, so a view computes
-//! exactly what the batch query does. The partition's output rows (input
-//! columns, then one column per function) are compared with those last
-//! emitted as multisets, and only the difference goes out: deletions, then
-//! insertions. A change costs the size of its partition at the next
-//! barrier, whatever the frame; partitions are meant to be keys, not the
-//! whole stream.
+//! exactly what the batch query does (a top-N numbers its first N rows
+//! itself). The partition's output rows (input columns, then one column
+//! per function) are compared with those last emitted as multisets, and
+//! only the difference goes out: deletions, then insertions; for a top-N
+//! that is the positions whose row changed. A change costs the size of its
+//! partition at the next barrier (a top-N: N), whatever the frame;
+//! partitions are meant to be keys, not the whole stream.
 //!
 //! Checkpoints hold the rows; recovery evaluates every partition once to
 //! know what was emitted.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
@@ -38,11 +40,24 @@ use crate::ordered_partitions::{Encoded, OrderedPartitions};
 /// does not decode every touched partition at once.
 const BATCH_ROWS: usize = 8192;
 
+/// What a window operator computes for each partition.
+#[derive(Debug, Clone)]
+pub enum WindowFunctions {
+    /// `ROW_NUMBER()`, only for rows numbered up to `limit` if there is one
+    /// (a top-N).
+    RowNumber {
+        /// The highest number kept.
+        limit: Option<usize>,
+    },
+    /// DataFusion's window expressions, one output column each.
+    Exprs(Vec<Arc<dyn WindowExpr>>),
+}
+
 /// The window-function operator.
 #[derive(Debug)]
 pub struct OverWindow {
     rows: OrderedPartitions,
-    functions: Vec<Arc<dyn WindowExpr>>,
+    functions: WindowFunctions,
     input: SchemaRef,
     schema: SchemaRef,
     out_codec: RowCodec,
@@ -55,7 +70,7 @@ impl OverWindow {
     pub fn new(
         partition_by: Vec<Arc<dyn PhysicalExpr>>,
         order_by: Vec<PhysicalSortExpr>,
-        functions: Vec<Arc<dyn WindowExpr>>,
+        functions: WindowFunctions,
         input: &SchemaRef,
         schema: SchemaRef,
         evaluator: Evaluator,
@@ -67,6 +82,14 @@ impl OverWindow {
             out_codec: RowCodec::for_schema(&schema)?,
             schema,
         })
+    }
+
+    /// The rows of a partition the functions' output covers.
+    fn limit(&self) -> usize {
+        match self.functions {
+            WindowFunctions::RowNumber { limit: Some(n) } => n,
+            _ => usize::MAX,
+        }
     }
 
     /// The output rows of each of `keys`' partitions as they stand, encoded,
@@ -82,7 +105,7 @@ impl OverWindow {
             while end < keys.len() && (end == start || rows.len() < BATCH_ROWS) {
                 let before = rows.len();
                 if let Some(partition) = self.rows.get(&keys[end]) {
-                    rows.extend(partition.rows().map(|r| r.as_ref()));
+                    rows.extend(partition.rows().take(self.limit()).map(|r| r.as_ref()));
                 }
                 lens.push(rows.len() - before);
                 end += 1;
@@ -101,20 +124,28 @@ impl OverWindow {
         }
         let columns = self.rows.row_codec().decode(rows.iter().copied())?;
         let batch = RecordBatch::try_new(self.input.clone(), columns)?;
-        let mut results: Vec<Vec<ArrayRef>> = vec![Vec::new(); self.functions.len()];
-        let mut offset = 0;
-        for len in lens {
-            let partition = batch.slice(offset, *len);
-            for (result, function) in results.iter_mut().zip(&self.functions) {
-                result.push(function.evaluate(&partition)?);
-            }
-            offset += len;
-        }
         let mut columns = batch.columns().to_vec();
-        for result in &results {
-            let parts: Vec<&dyn datafusion::arrow::array::Array> =
-                result.iter().map(|a| a.as_ref()).collect();
-            columns.push(concat(&parts)?);
+        match &self.functions {
+            WindowFunctions::RowNumber { .. } => {
+                let numbers = lens.iter().flat_map(|len| 1..=*len as u64);
+                columns.push(Arc::new(UInt64Array::from_iter_values(numbers)));
+            }
+            WindowFunctions::Exprs(functions) => {
+                let mut results: Vec<Vec<ArrayRef>> = vec![Vec::new(); functions.len()];
+                let mut offset = 0;
+                for len in lens {
+                    let partition = batch.slice(offset, *len);
+                    for (result, function) in results.iter_mut().zip(functions) {
+                        result.push(function.evaluate(&partition)?);
+                    }
+                    offset += len;
+                }
+                for result in &results {
+                    let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                        result.iter().map(|a| a.as_ref()).collect();
+                    columns.push(concat(&parts)?);
+                }
+            }
         }
         let encoded = self.out_codec.encode(&columns)?;
         let mut out = Vec::with_capacity(lens.len());
@@ -170,7 +201,10 @@ impl Operator for OverWindow {
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(self.rows.state_size("OverWindow"))
+        Some(self.rows.state_size(match self.functions {
+            WindowFunctions::RowNumber { .. } => "TopN",
+            WindowFunctions::Exprs(_) => "OverWindow",
+        }))
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {

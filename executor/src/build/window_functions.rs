@@ -17,16 +17,18 @@ use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::dispatch::Dispatch;
 use crate::error::Result;
 use crate::operator::Operator;
-use crate::over_window::OverWindow;
+use crate::over_window::{OverWindow, WindowFunctions};
 use crate::session::{SessionWindow, SessionWindowSpec};
-use crate::top_n::TopN;
+
+/// A window's PARTITION BY and ORDER BY, physical.
+type Partitioning = (Vec<Arc<dyn PhysicalExpr>>, Vec<PhysicalSortExpr>);
 
 /// The physical PARTITION BY and ORDER BY of a window over `input`.
 fn partitioning(
     partition_by: &[Expr],
     order_by: &[SortExpr],
     input: &DFSchema,
-) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<PhysicalSortExpr>)> {
+) -> Result<Partitioning> {
     let partition = partition_by
         .iter()
         .map(|e| physical(e, input))
@@ -79,11 +81,12 @@ impl PipelineBuilder<'_> {
         let in_schema = input.schema().clone();
         let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
+        let functions = WindowFunctions::RowNumber { limit };
         self.build_partitioned(input, &partition, |builder| {
-            Ok(Box::new(TopN::new(
+            Ok(Box::new(OverWindow::new(
                 partition.clone(),
                 order.clone(),
-                limit,
+                functions.clone(),
                 &in_arrow,
                 out.clone(),
                 builder.evaluator.clone(),
@@ -101,17 +104,19 @@ impl PipelineBuilder<'_> {
     ) -> Result<Built> {
         let in_schema = input.schema().clone();
         let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
-        let functions = functions
-            .iter()
-            .map(|f| {
-                Ok(create_window_expr(
-                    f,
-                    &in_schema,
-                    &ExecutionProps::new(),
-                    &PhysicalPlanningContext::default(),
-                )?)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let functions = WindowFunctions::Exprs(
+            functions
+                .iter()
+                .map(|f| {
+                    Ok(create_window_expr(
+                        f,
+                        &in_schema,
+                        &ExecutionProps::new(),
+                        &PhysicalPlanningContext::default(),
+                    )?)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
         self.build_partitioned(input, &partition, |builder| {
             Ok(Box::new(OverWindow::new(

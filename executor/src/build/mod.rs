@@ -46,6 +46,8 @@ mod aggregate;
 mod join;
 mod window_functions;
 
+use window_functions::WindowCalls;
+
 /// The schema of a node's batches: the node's columns, all nullable.
 pub fn batch_schema(schema: &DFSchema) -> SchemaRef {
     Arc::new(Schema::new(
@@ -438,14 +440,26 @@ impl PipelineBuilder<'_> {
                 order_by,
                 limit,
                 schema,
-            } => self.build_top_n(input, partition_by, order_by, *limit, schema),
+            } => self.build_window(
+                input,
+                partition_by,
+                order_by,
+                WindowCalls::RowNumber { limit: *limit },
+                schema,
+            ),
             StreamNode::OverWindow {
                 input,
                 partition_by,
                 order_by,
                 functions,
                 schema,
-            } => self.build_over_window(input, partition_by, order_by, functions, schema),
+            } => self.build_window(
+                input,
+                partition_by,
+                order_by,
+                WindowCalls::Exprs(functions),
+                schema,
+            ),
             StreamNode::Union { inputs, .. } => {
                 let mut all = Built::default();
                 for (k, input) in inputs.iter().enumerate() {

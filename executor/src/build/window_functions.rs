@@ -20,6 +20,14 @@ use crate::operator::Operator;
 use crate::over_window::{OverWindow, WindowFunctions};
 use crate::session::{SessionWindow, SessionWindowSpec};
 
+/// What a window node computes, as the plan says it.
+pub(super) enum WindowCalls<'a> {
+    /// `ROW_NUMBER()` up to `limit`.
+    RowNumber { limit: Option<usize> },
+    /// Window function calls.
+    Exprs(&'a [Expr]),
+}
+
 /// A window's PARTITION BY and ORDER BY, physical.
 type Partitioning = (Vec<Arc<dyn PhysicalExpr>>, Vec<PhysicalSortExpr>);
 
@@ -70,53 +78,33 @@ impl PipelineBuilder<'_> {
         Ok(Built::plain(instances))
     }
 
-    pub(super) fn build_top_n(
+    /// A window operator (a top-N with `WindowCalls::RowNumber`).
+    pub(super) fn build_window(
         &mut self,
         input: &StreamNode,
         partition_by: &[Expr],
         order_by: &[SortExpr],
-        limit: Option<usize>,
+        calls: WindowCalls<'_>,
         schema: &DFSchema,
     ) -> Result<Built> {
         let in_schema = input.schema().clone();
         let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
-        let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
-        let functions = WindowFunctions::RowNumber { limit };
-        self.build_partitioned(input, &partition, |builder| {
-            Ok(Box::new(OverWindow::new(
-                partition.clone(),
-                order.clone(),
-                functions.clone(),
-                &in_arrow,
-                out.clone(),
-                builder.evaluator.clone(),
-            )?))
-        })
-    }
-
-    pub(super) fn build_over_window(
-        &mut self,
-        input: &StreamNode,
-        partition_by: &[Expr],
-        order_by: &[SortExpr],
-        functions: &[Expr],
-        schema: &DFSchema,
-    ) -> Result<Built> {
-        let in_schema = input.schema().clone();
-        let (partition, order) = partitioning(partition_by, order_by, &in_schema)?;
-        let functions = WindowFunctions::Exprs(
-            functions
-                .iter()
-                .map(|f| {
-                    Ok(create_window_expr(
-                        f,
-                        &in_schema,
-                        &ExecutionProps::new(),
-                        &PhysicalPlanningContext::default(),
-                    )?)
-                })
-                .collect::<Result<Vec<_>>>()?,
-        );
+        let functions = match calls {
+            WindowCalls::RowNumber { limit } => WindowFunctions::RowNumber { limit },
+            WindowCalls::Exprs(exprs) => WindowFunctions::Exprs(
+                exprs
+                    .iter()
+                    .map(|f| {
+                        Ok(create_window_expr(
+                            f,
+                            &in_schema,
+                            &ExecutionProps::new(),
+                            &PhysicalPlanningContext::default(),
+                        )?)
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
         self.build_partitioned(input, &partition, |builder| {
             Ok(Box::new(OverWindow::new(

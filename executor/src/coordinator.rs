@@ -319,9 +319,9 @@ impl Coordinator {
                 }
             }
             if let Some(mut batch) = batch {
-                for (id, (key, value)) in &pending.writes {
+                for (id, write) in &pending.writes {
                     if state.relations.contains_key(id) {
-                        batch.set_state(*id, key, value.as_deref());
+                        write.write_to(&mut batch, *id);
                     }
                 }
                 for id in &pending.acked {

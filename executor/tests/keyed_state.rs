@@ -57,8 +57,8 @@ impl Harness {
         self.state
             .checkpoint(&mut checkpoint.scope(0, 0), |v| v.to_be_bytes().to_vec());
         let mut batch = CheckpointBatch::default();
-        for (key, value) in checkpoint.writes() {
-            batch.set_state(RELATION, key, value.as_deref());
+        for write in checkpoint.writes() {
+            write.write_to(&mut batch, RELATION);
         }
         batch.finish(epoch, 0, 1);
         batch

@@ -143,6 +143,13 @@ impl CheckpointBatch {
         self.set(STATE, id, key, value);
     }
 
+    /// Removes relation `id`'s state entries from `from` up to, not
+    /// including, `to`.
+    pub fn delete_state_range(&mut self, id: u32, from: &[u8], to: &[u8]) {
+        self.batch
+            .delete_range(relation_key(STATE, id, from), relation_key(STATE, id, to));
+    }
+
     /// Records that relation `id` is held by checkpoints from `epoch` on.
     pub fn mark_checkpointed(&mut self, id: u32, epoch: u64) {
         self.batch

@@ -36,6 +36,8 @@ mod writer;
 pub use bytes::{ValueReader, ValueWriter};
 pub use writer::{BackgroundWriter, CheckpointStats};
 
+use eddy_storage::CheckpointBatch;
+
 use crate::error::Result;
 use crate::relation_rows::{Changes, Delta};
 
@@ -56,8 +58,27 @@ pub fn state_prefix(scope: u32, operator: u16) -> [u8; 6] {
 /// A state key or value.
 pub type Bytes = Box<[u8]>;
 
-/// One state write: put a value, or delete the key (`None`).
-pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
+/// One state write, its key with the operator's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateWrite {
+    /// Sets a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Removes a key.
+    Delete(Vec<u8>),
+    /// Removes every key from the first up to, not including, the second.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+impl StateWrite {
+    /// Writes it into `batch` as relation `id`'s state.
+    pub fn write_to(&self, batch: &mut CheckpointBatch, id: u32) {
+        match self {
+            StateWrite::Put(key, value) => batch.set_state(id, key, Some(value)),
+            StateWrite::Delete(key) => batch.set_state(id, key, None),
+            StateWrite::DeleteRange(from, to) => batch.delete_state_range(id, from, to),
+        }
+    }
+}
 
 /// One fragment's (or reader's) contribution to an epoch's checkpoint.
 #[derive(Debug, Default)]
@@ -117,13 +138,22 @@ impl StateWriter<'_> {
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
         let key = self.key(key);
-        self.checkpoint.writes.push((key, Some(value)));
+        self.checkpoint.writes.push(StateWrite::Put(key, value));
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) {
         let key = self.key(key);
-        self.checkpoint.writes.push((key, None));
+        self.checkpoint.writes.push(StateWrite::Delete(key));
+    }
+
+    /// Removes every key from `from` up to, not including, `to`: one write
+    /// however many keys there are.
+    pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        let (from, to) = (self.key(from), self.key(to));
+        self.checkpoint
+            .writes
+            .push(StateWrite::DeleteRange(from, to));
     }
 
     /// The relation's net change of rows this epoch (its ack).

@@ -24,12 +24,16 @@
 //! deleted as if its input had deleted it, results and all (see
 //! [`crate::state_ttl`]); a later retraction of it is ignored.
 //!
-//! Checkpoints hold every stored row (`r <side> <key> <row>` -> copies and
-//! time, and stamp with a TTL) and the interval join's watermarks (`x`). Degrees are not written:
+//! Checkpoints hold every stored row (copies and time, and stamp with a
+//! TTL; rows with a time keyed by it, see [`state_key`]) and the interval
+//! join's watermarks. Degrees are not written:
 //! they follow from the two sides' rows and are computed again on recovery
 //! (only outer, semi and anti joins read them).
 
 mod expiry;
+mod state_key;
+
+use state_key::StoredKey;
 
 pub use expiry::{Expiry, expiry_rules, key_rules};
 
@@ -45,11 +49,9 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
-use crate::checkpoint::{
-    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
-};
+use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
-use crate::error::{ExecutorError, Result};
+use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::late_rows::LateRows;
@@ -102,8 +104,14 @@ pub struct HashJoin {
     /// Rows stored per side (distinct rows; for state size).
     rows: [u64; 2],
     expiry: Option<Expiry>,
-    /// Stored rows changed since the last checkpoint.
-    dirty: Dirty<StoredRow>,
+    /// Stored rows changed since the last checkpoint, with their time.
+    dirty: Dirty<(u8, Encoded, Encoded, Option<i64>)>,
+    /// Per side, the watermark's expiry threshold since the last
+    /// checkpoint: its rows below it leave the checkpoint in one range.
+    expired_below: [Option<i64>; 2],
+    /// Keys of rows restored from the layout before rows were keyed by
+    /// time, to delete at the next checkpoint (which writes them anew).
+    legacy: Vec<Vec<u8>>,
     ttl: Option<JoinTtl>,
 }
 
@@ -117,16 +125,6 @@ struct JoinTtl {
 
 /// A stored row: (side, join key, row).
 type StoredRow = (u8, Encoded, Encoded);
-
-/// State key of a stored row.
-fn row_state_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10 + key.len() + row.len());
-    k.push(b'r');
-    k.push(side);
-    push_part(&mut k, key);
-    k.extend_from_slice(row);
-    k
-}
 
 /// One output row: left and right encoded rows (None = this side absent).
 type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
@@ -161,6 +159,8 @@ impl HashJoin {
             rows: [0, 0],
             expiry,
             dirty: Dirty::default(),
+            expired_below: [None, None],
+            legacy: Vec::new(),
             ttl: None,
         })
     }
@@ -528,7 +528,8 @@ impl HashJoin {
                         entry.stamp = ttl.rows.touch(&stored_row, previous);
                     }
                 }
-                self.dirty.push(stored_row);
+                self.dirty
+                    .push((side as u8, key.clone(), my_row.into(), entry.time));
                 if entry.copies == 0 {
                     bucket.remove(my_row);
                     self.rows[side] -= 1;
@@ -543,10 +544,6 @@ impl HashJoin {
         }
         Ok(())
     }
-}
-
-fn corrupt_key() -> ExecutorError {
-    ExecutorError::CorruptState("a join's state key is unknown".into())
 }
 
 /// An output row holding only `row`, on `side`.
@@ -572,8 +569,11 @@ impl Operator for HashJoin {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for (side, key, row) in self.dirty.take() {
-            let state_key = row_state_key(side, &key, &row);
+        for key in self.legacy.drain(..) {
+            state.delete(&key);
+        }
+        for (side, key, row, time) in self.dirty.take() {
+            let state_key = state_key::row_key(side, time, &key, &row);
             let entry = self.state[side as usize]
                 .get(&key)
                 .and_then(|b| b.get(&row));
@@ -589,12 +589,18 @@ impl Operator for HashJoin {
                 None => state.delete(&state_key),
             }
         }
+        for (side, threshold) in self.expired_below.iter_mut().enumerate() {
+            if let Some(threshold) = threshold.take() {
+                let (from, to) = state_key::expired_range(side as u8, threshold);
+                state.delete_range(&from, &to);
+            }
+        }
         if let Some(expiry) = &self.expiry {
             let mut value = ValueWriter::new();
             for (side, column, w) in expiry.watermarks() {
                 value.u8(side as u8).u32(column as u32).i64(w);
             }
-            state.put(b"x", value.finish());
+            state.put(state_key::WATERMARKS, value.finish());
         }
     }
 
@@ -604,12 +610,17 @@ impl Operator for HashJoin {
         if let Some(ttl) = self.ttl.as_mut() {
             ttl.rows.clear();
         }
+        self.legacy.clear();
+        self.expired_below = [None, None];
         for (key, value) in entries {
-            match key.split_first() {
-                Some((b'r', rest)) => {
-                    let (&side, rest) = rest.split_first().ok_or_else(corrupt_key)?;
-                    let side = usize::from(side).min(1);
-                    let (join_key, row) = split_part(rest)?;
+            match state_key::parse(&key)? {
+                Some(stored) => {
+                    let StoredKey {
+                        side,
+                        join_key,
+                        row,
+                        timed,
+                    } = stored;
                     let mut value = ValueReader::new(&value);
                     let copies = value.i64()?;
                     let time = value.opt_i64()?;
@@ -622,6 +633,11 @@ impl Operator for HashJoin {
                     };
                     let join_key = Encoded::from(join_key);
                     let row = Encoded::from(row);
+                    if time.is_some() && !timed {
+                        self.legacy.push(key.to_vec());
+                        self.dirty
+                            .push((side as u8, join_key.clone(), row.clone(), time));
+                    }
                     if let Some(ttl) = self.ttl.as_mut() {
                         let stored_row = (side as u8, join_key.clone(), row.clone());
                         ttl.rows.stamp(&stored_row, None, stamp);
@@ -635,7 +651,7 @@ impl Operator for HashJoin {
                         .insert(row, entry);
                     self.rows[side] += 1;
                 }
-                Some((b'x', [])) => {
+                None => {
                     let mut value = ValueReader::new(&value);
                     while !value.rest().is_empty() {
                         let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
@@ -644,7 +660,6 @@ impl Operator for HashJoin {
                         }
                     }
                 }
-                _ => return Err(corrupt_key()),
             }
         }
         if self.reads_degrees() {
@@ -686,21 +701,20 @@ impl Operator for HashJoin {
             let Some((threshold, keys)) = expiry.expired(side) else {
                 continue;
             };
+            // The checkpoint drops them by their time, all at once.
+            let below = &mut self.expired_below[side];
+            *below = Some(below.map_or(threshold, |b| b.max(threshold)));
             for key in keys {
                 let Some(bucket) = self.state[side].get_mut(&key) else {
                     continue;
                 };
                 let before = bucket.len();
-                let dirty = &mut self.dirty;
                 let mut ttl = self.ttl.as_mut();
                 bucket.retain(|row, e| {
                     let keep = e.time.is_none_or(|t| t >= threshold);
-                    if !keep {
-                        let stored_row = (side as u8, key.clone(), row.clone());
-                        if let Some(ttl) = ttl.as_mut() {
-                            ttl.rows.forget(&stored_row, e.stamp);
-                        }
-                        dirty.push(stored_row);
+                    if !keep && let Some(ttl) = ttl.as_mut() {
+                        ttl.rows
+                            .forget(&(side as u8, key.clone(), row.clone()), e.stamp);
                     }
                     keep
                 });

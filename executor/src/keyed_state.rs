@@ -131,6 +131,9 @@ struct Slot<V> {
     changed: bool,
     /// The epoch of the last checkpoint that wrote it (0: the store has it).
     written: u64,
+    /// Whether the store holds a value for it, or a checkpoint wrote one:
+    /// a key that comes and goes between two checkpoints writes nothing.
+    in_store: bool,
     /// The epoch it was last used in.
     used: u64,
     /// Bytes counted for it.
@@ -141,6 +144,7 @@ impl<V> Slot<V> {
     /// A slot holding what the store holds, last used in epoch `used`.
     fn stored(value: Option<V>, used: u64, bytes: usize) -> Self {
         Self {
+            in_store: value.is_some(),
             value,
             changed: false,
             written: 0,
@@ -362,11 +366,14 @@ impl<V> KeyedState<V> {
                     let value = encode(value);
                     let bytes = entry_bytes(&key, value.len());
                     state.put(&key_buf, value);
+                    slot.in_store = true;
                     self.bytes = self.bytes + bytes - slot.bytes;
                     slot.bytes = bytes;
                 }
                 None => {
-                    state.delete(&key_buf);
+                    if std::mem::take(&mut slot.in_store) {
+                        state.delete(&key_buf);
+                    }
                     if limited {
                         self.deletions.push_back((epoch, key));
                     } else {

@@ -573,10 +573,10 @@ impl Operator for HashJoin {
             state.delete(&key);
         }
         for (side, key, row, time) in self.dirty.take() {
-            let state_key = state_key::row_key(side, time, &key, &row);
             let entry = self.state[side as usize]
                 .get(&key)
                 .and_then(|b| b.get(&row));
+            let state_key = || state_key::row_key(side, time, &key, &row);
             match entry {
                 Some(e) => {
                     let mut value = ValueWriter::new();
@@ -584,9 +584,14 @@ impl Operator for HashJoin {
                     if self.ttl.is_some() {
                         value.i64(e.stamp);
                     }
-                    state.put(&state_key, value.finish())
+                    state.put(&state_key(), value.finish())
                 }
-                None => state.delete(&state_key),
+                // The range deletion below covers it (most rows of a fast
+                // stream come and expire within one checkpoint).
+                None if time
+                    .zip(self.expired_below[usize::from(side)])
+                    .is_some_and(|(t, below)| t < below) => {}
+                None => state.delete(&state_key()),
             }
         }
         for (side, threshold) in self.expired_below.iter_mut().enumerate() {

@@ -37,7 +37,7 @@ use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
-use crate::build::{PipelineBuilder, Upstream};
+use crate::build::{PipelineBuilder, SharedPlans, Upstream};
 use crate::checkpoint::{StateEntries, state_prefix};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
@@ -508,6 +508,7 @@ impl Runtime {
             reader_outputs: HashMap::new(),
             readers: Vec::new(),
             windowed_aggregates: 0,
+            shared: SharedPlans::default(),
         };
         // A restarted pipeline writes to the subscribers it had.
         let output = self.subscribers_of(id).unwrap_or_default();

@@ -42,7 +42,7 @@ pub enum AggregateKind {
 }
 
 /// One aggregate call of an [`StreamNode::Aggregate`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AggregateCall {
     /// Which function.
     pub kind: AggregateKind,
@@ -91,7 +91,7 @@ impl JoinKind {
 }
 
 /// A node of the stream plan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StreamNode {
     /// The changelog of a table or materialized view.
     Source {
@@ -246,24 +246,54 @@ impl StreamNode {
     fn visit_sources(&self, out: &mut Vec<String>) {
         match self {
             Self::Source { relation, .. } => out.push(relation.clone()),
-            Self::Values { .. } => {}
+            _ => self.inputs().into_iter().for_each(|i| i.visit_sources(out)),
+        }
+    }
+
+    /// The nodes this one reads, in order.
+    pub fn inputs(&self) -> Vec<&StreamNode> {
+        match self {
+            Self::Source { .. } | Self::Values { .. } => vec![],
             Self::Project { input, .. }
             | Self::Filter { input, .. }
             | Self::TemporalFilter { input, .. }
             | Self::TopN { input, .. }
             | Self::OverWindow { input, .. }
             | Self::SessionWindow { input, .. }
-            | Self::Aggregate { input, .. } => input.visit_sources(out),
-            Self::Join { left, right, .. } => {
-                left.visit_sources(out);
-                right.visit_sources(out);
-            }
-            Self::Union { inputs, .. } => inputs.iter().for_each(|i| i.visit_sources(out)),
+            | Self::Aggregate { input, .. } => vec![input],
+            Self::Join { left, right, .. } => vec![left, right],
+            Self::Union { inputs, .. } => inputs.iter().collect(),
         }
     }
 
-    fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+    /// Whether this node keeps state between rows (so does a plan that
+    /// contains one).
+    pub fn holds_state(&self) -> bool {
+        !matches!(
+            self,
+            Self::Source { .. }
+                | Self::Values { .. }
+                | Self::Project { .. }
+                | Self::Filter { .. }
+                | Self::Union { .. }
+        )
+    }
+
+    /// Writes the plan under this node; a use of a subplan computed
+    /// earlier (one of `repeats`) as a line of its own.
+    fn fmt_indent(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        depth: usize,
+        repeats: &[&StreamNode],
+    ) -> fmt::Result {
         let pad = "  ".repeat(depth);
+        if repeats.iter().any(|r| std::ptr::eq(*r, self)) {
+            return writeln!(
+                f,
+                "{pad}StreamShared: the rows of an equal subplan above, computed once"
+            );
+        }
         let list = |es: &[Expr]| {
             es.iter()
                 .map(|e| e.to_string())
@@ -275,16 +305,16 @@ impl StreamNode {
             Self::Values { rows, .. } => writeln!(f, "{pad}StreamValues: {} rows", rows.len()),
             Self::Project { input, exprs, .. } => {
                 writeln!(f, "{pad}StreamProject: {}", list(exprs))?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::Filter { input, predicate } => {
                 writeln!(f, "{pad}StreamFilter: {predicate}")?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::TemporalFilter { input, bounds } => {
                 let bounds: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
                 writeln!(f, "{pad}StreamTemporalFilter: {}", bounds.join(" AND "))?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::Aggregate {
                 input,
@@ -309,7 +339,7 @@ impl StreamNode {
                     "{pad}StreamHashAggregate: group=[{}], aggs=[{calls}]",
                     list(group)
                 )?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::Join {
                 left,
@@ -329,12 +359,14 @@ impl StreamNode {
                     write!(f, ", filter={filter}")?;
                 }
                 writeln!(f)?;
-                left.fmt_indent(f, depth + 1)?;
-                right.fmt_indent(f, depth + 1)
+                left.fmt_indent(f, depth + 1, repeats)?;
+                right.fmt_indent(f, depth + 1, repeats)
             }
             Self::Union { inputs, .. } => {
                 writeln!(f, "{pad}StreamUnionAll")?;
-                inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
+                inputs
+                    .iter()
+                    .try_for_each(|i| i.fmt_indent(f, depth + 1, repeats))
             }
             Self::TopN {
                 input,
@@ -354,7 +386,7 @@ impl StreamNode {
                     "{pad}StreamTopN: partition=[{}], order=[{order}], limit={limit}",
                     list(partition_by)
                 )?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::OverWindow {
                 input,
@@ -374,7 +406,7 @@ impl StreamNode {
                         .join(", "),
                     list(functions)
                 )?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
             Self::SessionWindow {
                 input,
@@ -388,7 +420,7 @@ impl StreamNode {
                     "{pad}StreamSessionWindow: partition=[{}], time={time}, gap={gap}ns",
                     list(partition_by)
                 )?;
-                input.fmt_indent(f, depth + 1)
+                input.fmt_indent(f, depth + 1, repeats)
             }
         }
     }
@@ -396,7 +428,11 @@ impl StreamNode {
 
 impl fmt::Display for StreamNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.fmt_indent(f, 0)
+        let repeats: Vec<&StreamNode> = crate::shared_subplans(self)
+            .into_iter()
+            .map(|s| s.node)
+            .collect();
+        self.fmt_indent(f, 0, &repeats)
     }
 }
 

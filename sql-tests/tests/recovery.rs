@@ -77,6 +77,19 @@ const VIEWS: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        // Counts per (window, auction) twice, in two group orders: run once.
+        "leaders",
+        "SELECT a.auction, a.window_start, a.n
+         FROM (SELECT window_start, auction, count(*) AS n
+               FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start, auction) a
+         JOIN (SELECT window_start, max(n) AS top
+               FROM (SELECT auction, window_start, count(*) AS n
+                     FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY auction, window_start) c
+               GROUP BY window_start) m
+           ON a.window_start = m.window_start AND a.n = m.top",
+        false,
+    ),
+    (
         "sessions",
         "SELECT bidder, window_end, count(*) AS n
          FROM SESSION(bid, date_time, INTERVAL '50' MILLISECOND, bidder) GROUP BY bidder, window_end",

@@ -44,8 +44,10 @@ use crate::watermark::is_monotone_in;
 
 mod aggregate;
 mod join;
+mod shared;
 mod window_functions;
 
+pub(crate) use shared::SharedPlans;
 use window_functions::WindowCalls;
 
 /// The schema of a node's batches: the node's columns, all nullable.
@@ -118,6 +120,8 @@ pub(crate) struct PipelineBuilder<'a> {
     pub reader_outputs: HashMap<u32, Vec<Arc<Subscribers>>>,
     pub readers: Vec<Reader>,
     pub windowed_aggregates: usize,
+    /// Repeated subplans, run once (see [`shared`]).
+    pub shared: SharedPlans,
 }
 
 fn physical(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
@@ -204,6 +208,7 @@ impl PipelineBuilder<'_> {
         terminal: Option<Box<dyn Operator>>,
     ) -> Result<()> {
         let schema = batch_schema(root.schema());
+        self.find_shared(root);
         let pending = self.build(root)?.instances;
         if self.options.emit_on_window_close && self.windowed_aggregates == 0 {
             return Err(ExecutorError::Windowing(
@@ -288,6 +293,13 @@ impl PipelineBuilder<'_> {
     }
 
     fn build(&mut self, node: &StreamNode) -> Result<Built> {
+        match self.build_shared(node)? {
+            Some(built) => Ok(built),
+            None => self.build_node(node),
+        }
+    }
+
+    fn build_node(&mut self, node: &StreamNode) -> Result<Built> {
         match node {
             StreamNode::Source { relation, .. } => match (self.resolve)(relation)? {
                 Upstream::Changelog { id, subscribers } => {

@@ -49,7 +49,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
-use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
+use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
@@ -67,6 +67,8 @@ struct Entry {
     time: Option<i64>,
     /// When it last changed, with a state TTL.
     stamp: i64,
+    /// Listed in `changed` since the last checkpoint.
+    changed: bool,
 }
 
 /// An encoded row or join key, shared (not copied) by the state, the
@@ -104,8 +106,10 @@ pub struct HashJoin {
     /// Rows stored per side (distinct rows; for state size).
     rows: [u64; 2],
     expiry: Option<Expiry>,
-    /// Stored rows changed since the last checkpoint, with their time.
-    dirty: Dirty<(u8, Encoded, Encoded, Option<i64>)>,
+    /// Stored rows changed since the last checkpoint, with their time:
+    /// each once while it stays stored (its entry's `changed` says so),
+    /// so no sorting to deduplicate.
+    changed: Vec<StoredRowAt>,
     /// Per side, the watermark's expiry threshold since the last
     /// checkpoint: its rows below it leave the checkpoint in one range.
     expired_below: [Option<i64>; 2],
@@ -125,6 +129,9 @@ struct JoinTtl {
 
 /// A stored row: (side, join key, row).
 type StoredRow = (u8, Encoded, Encoded);
+
+/// A stored row and its time.
+type StoredRowAt = (u8, Encoded, Encoded, Option<i64>);
 
 /// One output row: left and right encoded rows (None = this side absent).
 type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
@@ -158,7 +165,7 @@ impl HashJoin {
             state: [HashMap::default(), HashMap::default()],
             rows: [0, 0],
             expiry,
-            dirty: Dirty::default(),
+            changed: Vec::new(),
             expired_below: [None, None],
             legacy: Vec::new(),
             ttl: None,
@@ -528,8 +535,10 @@ impl HashJoin {
                         entry.stamp = ttl.rows.touch(&stored_row, previous);
                     }
                 }
-                self.dirty
-                    .push((side as u8, key.clone(), my_row.into(), entry.time));
+                if !std::mem::replace(&mut entry.changed, true) {
+                    let (side, key, row) = stored_row;
+                    self.changed.push((side, key, row, entry.time));
+                }
                 if entry.copies == 0 {
                     bucket.remove(my_row);
                     self.rows[side] -= 1;
@@ -572,13 +581,16 @@ impl Operator for HashJoin {
         for key in self.legacy.drain(..) {
             state.delete(&key);
         }
-        for (side, key, row, time) in self.dirty.take() {
+        for (side, key, row, time) in std::mem::take(&mut self.changed) {
             let entry = self.state[side as usize]
-                .get(&key)
-                .and_then(|b| b.get(&row));
+                .get_mut(&key)
+                .and_then(|b| b.get_mut(&row));
             let state_key = || state_key::row_key(side, time, &key, &row);
             match entry {
+                // Listed again after it left and came back: written.
+                Some(e) if !e.changed => {}
                 Some(e) => {
+                    e.changed = false;
                     let mut value = ValueWriter::new();
                     value.i64(e.copies).opt_i64(e.time);
                     if self.ttl.is_some() {
@@ -630,17 +642,19 @@ impl Operator for HashJoin {
                     let copies = value.i64()?;
                     let time = value.opt_i64()?;
                     let stamp = if self.ttl.is_some() { value.i64()? } else { 0 };
-                    let entry = Entry {
+                    let mut entry = Entry {
                         copies,
                         degree: 0,
                         time,
                         stamp,
+                        changed: false,
                     };
                     let join_key = Encoded::from(join_key);
                     let row = Encoded::from(row);
                     if time.is_some() && !timed {
                         self.legacy.push(key.to_vec());
-                        self.dirty
+                        entry.changed = true;
+                        self.changed
                             .push((side as u8, join_key.clone(), row.clone(), time));
                     }
                     if let Some(ttl) = self.ttl.as_mut() {

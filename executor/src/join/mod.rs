@@ -109,7 +109,7 @@ pub struct HashJoin {
     /// Stored rows changed since the last checkpoint, with their time:
     /// each once while it stays stored (its entry's `changed` says so),
     /// so no sorting to deduplicate.
-    changed: Vec<StoredRowAt>,
+    changed: Vec<ChangedRow>,
     /// Per side, the watermark's expiry threshold since the last
     /// checkpoint: its rows below it leave the checkpoint in one range.
     expired_below: [Option<i64>; 2],
@@ -130,8 +130,18 @@ struct JoinTtl {
 /// A stored row: (side, join key, row).
 type StoredRow = (u8, Encoded, Encoded);
 
-/// A stored row and its time.
-type StoredRowAt = (u8, Encoded, Encoded, Option<i64>);
+/// A stored row changed since the last checkpoint.
+#[derive(Debug)]
+struct ChangedRow {
+    side: u8,
+    key: Encoded,
+    row: Encoded,
+    time: Option<i64>,
+    /// Whether it was stored before this epoch changed it, and so is in the
+    /// store: a row that comes and goes between two checkpoints (an
+    /// aggregate's old value, retracted) writes nothing.
+    in_store: bool,
+}
 
 /// One output row: left and right encoded rows (None = this side absent).
 type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
@@ -537,7 +547,13 @@ impl HashJoin {
                 }
                 if !std::mem::replace(&mut entry.changed, true) {
                     let (side, key, row) = stored_row;
-                    self.changed.push((side, key, row, entry.time));
+                    self.changed.push(ChangedRow {
+                        side,
+                        key,
+                        row,
+                        time: entry.time,
+                        in_store: was_stored,
+                    });
                 }
                 if entry.copies == 0 {
                     bucket.remove(my_row);
@@ -578,10 +594,18 @@ impl Operator for HashJoin {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        // Keys of the layout before rows were keyed by time.
         for key in self.legacy.drain(..) {
             state.delete(&key);
         }
-        for (side, key, row, time) in std::mem::take(&mut self.changed) {
+        for changed in std::mem::take(&mut self.changed) {
+            let ChangedRow {
+                side,
+                key,
+                row,
+                time,
+                in_store,
+            } = changed;
             let entry = self.state[side as usize]
                 .get_mut(&key)
                 .and_then(|b| b.get_mut(&row));
@@ -600,9 +624,10 @@ impl Operator for HashJoin {
                 }
                 // The range deletion below covers it (most rows of a fast
                 // stream come and expire within one checkpoint).
-                None if time
-                    .zip(self.expired_below[usize::from(side)])
-                    .is_some_and(|(t, below)| t < below) => {}
+                None if !in_store
+                    || time
+                        .zip(self.expired_below[usize::from(side)])
+                        .is_some_and(|(t, below)| t < below) => {}
                 None => state.delete(&state_key()),
             }
         }
@@ -654,8 +679,15 @@ impl Operator for HashJoin {
                     if time.is_some() && !timed {
                         self.legacy.push(key.to_vec());
                         entry.changed = true;
-                        self.changed
-                            .push((side as u8, join_key.clone(), row.clone(), time));
+                        // The next checkpoint deletes its old key (`legacy`)
+                        // and writes the new one, not in the store yet.
+                        self.changed.push(ChangedRow {
+                            side: side as u8,
+                            key: join_key.clone(),
+                            row: row.clone(),
+                            time,
+                            in_store: false,
+                        });
                     }
                     if let Some(ttl) = self.ttl.as_mut() {
                         let stored_row = (side as u8, join_key.clone(), row.clone());

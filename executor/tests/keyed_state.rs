@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use eddy_executor::checkpoint::FragmentCheckpoint;
+use eddy_executor::checkpoint::{FragmentCheckpoint, StateWrite};
 use eddy_executor::keyed_state::{KeyedState, StateBackend, StateConfig, StoreTable};
 use eddy_storage::{CheckpointBatch, Store};
 use tokio::sync::watch;
@@ -50,12 +50,18 @@ impl Harness {
         }
     }
 
-    /// Ends `epoch` and stages its checkpoint; returns the batch.
-    fn checkpoint(&mut self, epoch: u64) -> CheckpointBatch {
+    /// Ends `epoch` and takes its checkpoint's writes.
+    fn stage(&mut self, epoch: u64) -> FragmentCheckpoint {
         self.state.end_epoch(epoch);
         let mut checkpoint = FragmentCheckpoint::default();
         self.state
             .checkpoint(&mut checkpoint.scope(0, 0), |v| v.to_be_bytes().to_vec());
+        checkpoint
+    }
+
+    /// Ends `epoch` and stages its checkpoint; returns the batch.
+    fn checkpoint(&mut self, epoch: u64) -> CheckpointBatch {
+        let checkpoint = self.stage(epoch);
         let mut batch = CheckpointBatch::default();
         for write in checkpoint.writes() {
             write.write_to(&mut batch, RELATION);
@@ -126,6 +132,27 @@ fn what_differs_from_the_store_stays_in_memory() {
     h.commit(&second_removal);
     let _ = h.checkpoint(13);
     assert_eq!(h.get(b"a"), None);
+}
+
+#[test]
+fn a_key_that_comes_and_goes_between_checkpoints_writes_nothing() {
+    let mut h = Harness::new("transient");
+    h.state.load([b"a".as_slice()], |_| Ok(0)).expect("load");
+    h.state.insert(b"a".as_slice().into(), 1);
+    assert_eq!(h.state.remove(b"a"), Some(1));
+    assert!(h.stage(1).writes().is_empty());
+
+    // One that reached the store is deleted from it.
+    h.state.insert(b"a".as_slice().into(), 2);
+    assert!(matches!(
+        h.stage(2).writes(),
+        [StateWrite::Put(..), StateWrite::Put(..)]
+    ));
+    assert_eq!(h.state.remove(b"a"), Some(2));
+    assert!(matches!(
+        h.stage(3).writes(),
+        [StateWrite::Delete(..), StateWrite::Put(..)]
+    ));
 }
 
 #[test]

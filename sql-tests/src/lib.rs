@@ -90,7 +90,25 @@ impl EddyServer {
         server
     }
 
+    /// Starts the process and waits until it listens. A port picked free
+    /// may be taken by another test's server before this one binds it; a
+    /// server that exits during start is tried again on new ports.
     fn spawn(&mut self) {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(status) if attempt < ATTEMPTS => {
+                    eprintln!("eddy exited during start ({status}); trying new ports");
+                    self.port = free_port();
+                    self.metrics_port = free_port();
+                }
+                Err(status) => panic!("eddy exited during start {ATTEMPTS} times: {status}"),
+            }
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let bin = eddy_binary();
         let child = Command::new(&bin)
             .arg("--listen")
@@ -120,7 +138,8 @@ impl EddyServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("eddy exited during start: {status}");
+                self.child = None;
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,
@@ -128,6 +147,7 @@ impl EddyServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// `kill -9` the process.
@@ -138,7 +158,8 @@ impl EddyServer {
         }
     }
 
-    /// Kill -9 and start again on the same data directory and port.
+    /// Kill -9 and start again on the same data directory (and port, unless
+    /// another process took it meanwhile).
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         self.spawn();

@@ -209,3 +209,72 @@ impl Operator for Filter {
         Ok(vec![watermark])
     }
 }
+
+/// `UNION ALL` of projections of one input, as one operator: every chunk
+/// goes through each branch and the results leave as one chunk, so the
+/// input is read, and the output dispatched, once rather than once per
+/// branch. HOP windows are such a union (a branch per window a row falls
+/// in).
+#[derive(Debug)]
+pub struct ProjectUnion {
+    branches: Vec<Project>,
+    schema: SchemaRef,
+}
+
+impl ProjectUnion {
+    /// The union of `branches`, each producing `schema`.
+    pub fn new(branches: Vec<Project>, schema: SchemaRef) -> Self {
+        Self { branches, schema }
+    }
+}
+
+impl Operator for ProjectUnion {
+    fn process(
+        &mut self,
+        port: usize,
+        chunk: StreamChunk,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<()> {
+        let mut projected = Vec::with_capacity(self.branches.len());
+        for branch in &mut self.branches {
+            branch.process(port, chunk.clone(), &mut projected)?;
+        }
+        let batches: Vec<&RecordBatch> = projected.iter().map(|c| &c.batch).collect();
+        let batch = datafusion::arrow::compute::concat_batches(&self.schema, batches)?;
+        let ops: Arc<[_]> = projected
+            .iter()
+            .flat_map(|c| c.ops.iter().copied())
+            .collect();
+        out.push(StreamChunk { batch, ops });
+        Ok(())
+    }
+
+    /// A column's watermark is the least of the branches' (as the union's
+    /// inputs' would merge), when every branch derives one.
+    fn on_watermark(
+        &mut self,
+        port: usize,
+        watermark: Watermark,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        let mut least: Option<Vec<Watermark>> = None;
+        for branch in &mut self.branches {
+            let derived = branch.on_watermark(port, watermark.clone(), out)?;
+            least = Some(match least {
+                None => derived,
+                Some(so_far) => so_far
+                    .into_iter()
+                    .filter_map(|w| {
+                        let other = derived.iter().find(|d| d.column == w.column)?;
+                        Some(if other.value < w.value {
+                            other.clone()
+                        } else {
+                            w
+                        })
+                    })
+                    .collect(),
+            });
+        }
+        Ok(least.unwrap_or_default())
+    }
+}

@@ -35,15 +35,15 @@ use crate::input::{AlignedInput, InputChannel};
 use crate::late_rows::{LateRows, late_rows_id};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
-use crate::operator::{Filter, Operator, Project};
+use crate::operator::{Filter, Operator};
 use crate::progress::Progress;
 use crate::runtime::PipelineOptions;
 use crate::source::{Reader, SourceSpec, SplitClocks};
 use crate::temporal_filter::TemporalFilter;
-use crate::watermark::is_monotone_in;
 
 mod aggregate;
 mod join;
+mod project;
 mod shared;
 mod window_functions;
 
@@ -388,32 +388,7 @@ impl PipelineBuilder<'_> {
                 input,
                 exprs,
                 schema,
-            } => {
-                let exprs = exprs
-                    .iter()
-                    .map(|e| physical(e, input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                let out = batch_schema(schema);
-                let in_schema = batch_schema(input.schema());
-                let mut built = self.build(input)?;
-                for i in &mut built.instances {
-                    i.ops.push(Box::new(Project::new(
-                        exprs.clone(),
-                        in_schema.clone(),
-                        out.clone(),
-                        self.evaluator.clone(),
-                    )));
-                }
-                built.watermarks = (0..exprs.len())
-                    .filter(|&j| {
-                        built
-                            .watermarks
-                            .iter()
-                            .any(|&c| is_monotone_in(&exprs[j], c))
-                    })
-                    .collect();
-                Ok(built)
-            }
+            } => self.build_project(input, exprs, schema),
             StreamNode::Filter { input, predicate } => {
                 let predicate = physical(predicate, input.schema())?;
                 let mut built = self.build(input)?;
@@ -472,22 +447,7 @@ impl PipelineBuilder<'_> {
                 WindowCalls::Exprs(functions),
                 schema,
             ),
-            StreamNode::Union { inputs, .. } => {
-                let mut all = Built::default();
-                for (k, input) in inputs.iter().enumerate() {
-                    let built = self.build(input)?;
-                    all.watermarks = if k == 0 {
-                        built.watermarks
-                    } else {
-                        all.watermarks
-                            .intersection(&built.watermarks)
-                            .copied()
-                            .collect()
-                    };
-                    all.instances.extend(built.instances);
-                }
-                Ok(all)
-            }
+            StreamNode::Union { inputs, schema } => self.build_union(inputs, schema),
             StreamNode::Aggregate {
                 input,
                 group,

@@ -125,38 +125,49 @@ pub(crate) struct PipelineBuilder<'a> {
 }
 
 fn physical(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-    Ok(create_physical_expr(
-        &shift_timestamps(expr.clone(), schema)?,
+    let expr = create_physical_expr(
+        expr,
         schema,
         &ExecutionProps::new(),
         &PhysicalPlanningContext::default(),
-    )?)
+    )?;
+    shift_timestamps(expr, &batch_schema(schema))
 }
 
 /// Rewrites `ts ± INTERVAL` of whole time units (no months or days, as HOP
-/// windows and watermark delays are) into integer arithmetic on the
-/// timestamp's value: the same result (an overflow is an error either way),
-/// without arrow's month-day-nano interval arithmetic, which cost a tenth
-/// of Nexmark q5 (its five HOP windows are `date_bin(..) - k * slide`).
-/// Casts and `±` keep the expression monotone, so watermarks still flow.
-fn shift_timestamps(expr: Expr, schema: &DFSchema) -> Result<Expr> {
+/// windows and watermark delays are) into checked integer arithmetic on the
+/// timestamp's value: the same result, and an overflow is an error as
+/// before (the row gets NULL and the error is counted), without arrow's
+/// month-day-nano interval arithmetic, which cost a tenth of Nexmark q5
+/// (its five HOP windows are `date_bin(..) - k * slide`). Casts and `±`
+/// keep the expression monotone, so watermarks still flow.
+fn shift_timestamps(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &SchemaRef,
+) -> Result<Arc<dyn PhysicalExpr>> {
     use datafusion::arrow::datatypes::TimeUnit;
     use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator, cast, lit};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Literal, cast};
     use datafusion::scalar::ScalarValue;
     Ok(expr
         .transform_up(|e| {
-            let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
+            let Some(binary) = e.as_ref().downcast_ref::<BinaryExpr>() else {
                 return Ok(Transformed::no(e));
             };
-            let (Operator::Plus | Operator::Minus, Expr::Literal(value, _)) = (op, right.as_ref())
+            let op = *binary.op();
+            let Some(literal) = binary.right().as_ref().downcast_ref::<Literal>() else {
+                return Ok(Transformed::no(e));
+            };
+            let (
+                Operator::Plus | Operator::Minus,
+                ScalarValue::IntervalMonthDayNano(Some(interval)),
+            ) = (op, literal.value())
             else {
                 return Ok(Transformed::no(e));
             };
-            let ScalarValue::IntervalMonthDayNano(Some(interval)) = value else {
-                return Ok(Transformed::no(e));
-            };
-            let DataType::Timestamp(unit, tz) = left.get_type(schema)? else {
+            let timestamp = binary.left().data_type(schema)?;
+            let DataType::Timestamp(unit, _) = &timestamp else {
                 return Ok(Transformed::no(e));
             };
             let per_unit = match unit {
@@ -168,16 +179,12 @@ fn shift_timestamps(expr: Expr, schema: &DFSchema) -> Result<Expr> {
             if interval.months != 0 || interval.days != 0 || interval.nanoseconds % per_unit != 0 {
                 return Ok(Transformed::no(e));
             }
-            let raw = cast(left.as_ref().clone(), DataType::Int64);
-            let shifted = Expr::BinaryExpr(BinaryExpr::new(
-                Box::new(raw),
-                *op,
-                Box::new(lit(interval.nanoseconds / per_unit)),
-            ));
-            Ok(Transformed::yes(cast(
-                shifted,
-                DataType::Timestamp(unit, tz),
-            )))
+            let raw = cast(binary.left().clone(), schema, DataType::Int64)?;
+            let shift = Arc::new(Literal::new(ScalarValue::Int64(Some(
+                interval.nanoseconds / per_unit,
+            ))));
+            let shifted = Arc::new(BinaryExpr::new(raw, op, shift).with_fail_on_overflow(true));
+            Ok(Transformed::yes(cast(shifted, schema, timestamp)?))
         })?
         .data)
 }

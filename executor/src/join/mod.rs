@@ -51,7 +51,7 @@ use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
 use crate::late_rows::LateRows;
@@ -113,9 +113,6 @@ pub struct HashJoin {
     /// Per side, the watermark's expiry threshold since the last
     /// checkpoint: its rows below it leave the checkpoint in one range.
     expired_below: [Option<i64>; 2],
-    /// Keys of rows restored from the layout before rows were keyed by
-    /// time, to delete at the next checkpoint (which writes them anew).
-    legacy: Vec<Vec<u8>>,
     ttl: Option<JoinTtl>,
 }
 
@@ -177,7 +174,6 @@ impl HashJoin {
             expiry,
             changed: Vec::new(),
             expired_below: [None, None],
-            legacy: Vec::new(),
             ttl: None,
         })
     }
@@ -594,10 +590,6 @@ impl Operator for HashJoin {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        // Keys of the layout before rows were keyed by time.
-        for key in self.legacy.drain(..) {
-            state.delete(&key);
-        }
         for changed in std::mem::take(&mut self.changed) {
             let ChangedRow {
                 side,
@@ -652,7 +644,6 @@ impl Operator for HashJoin {
         if let Some(ttl) = self.ttl.as_mut() {
             ttl.rows.clear();
         }
-        self.legacy.clear();
         self.expired_below = [None, None];
         for (key, value) in entries {
             match state_key::parse(&key)? {
@@ -667,7 +658,14 @@ impl Operator for HashJoin {
                     let copies = value.i64()?;
                     let time = value.opt_i64()?;
                     let stamp = if self.ttl.is_some() { value.i64()? } else { 0 };
-                    let mut entry = Entry {
+                    if time.is_some() && !timed {
+                        return Err(ExecutorError::CorruptState(
+                            "an interval join's rows are stored as before they were keyed by \
+                             time (an older version wrote them): recreate the view"
+                                .into(),
+                        ));
+                    }
+                    let entry = Entry {
                         copies,
                         degree: 0,
                         time,
@@ -676,19 +674,6 @@ impl Operator for HashJoin {
                     };
                     let join_key = Encoded::from(join_key);
                     let row = Encoded::from(row);
-                    if time.is_some() && !timed {
-                        self.legacy.push(key.to_vec());
-                        entry.changed = true;
-                        // The next checkpoint deletes its old key (`legacy`)
-                        // and writes the new one, not in the store yet.
-                        self.changed.push(ChangedRow {
-                            side: side as u8,
-                            key: join_key.clone(),
-                            row: row.clone(),
-                            time,
-                            in_store: false,
-                        });
-                    }
                     if let Some(ttl) = self.ttl.as_mut() {
                         let stored_row = (side as u8, join_key.clone(), row.clone());
                         ttl.rows.stamp(&stored_row, None, stamp);

@@ -9,9 +9,9 @@
 //! A row with a time (on a side an interval join expires by watermark)
 //! is kept under `t`, whose keys sort by time: the rows the watermark
 //! expires leave the checkpoint in one range deletion per side and
-//! checkpoint, not one deletion per row. Every other row is kept under `r`.
-//! A row with a time found under `r` was written before this layout; it is
-//! moved to `t` at the next checkpoint.
+//! checkpoint, not one deletion per row. Every other row is kept under `r`
+//! (a row with a time found there was written by an older version, and is
+//! refused).
 
 use crate::checkpoint::{push_part, split_part};
 use crate::error::{ExecutorError, Result};

@@ -21,20 +21,15 @@
 use crate::StreamNode;
 
 /// A use of a subplan that an earlier node of the same plan computes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SharedSubplan<'a> {
     /// The repeated subplan.
     pub node: &'a StreamNode,
     /// Its first occurrence, which computes it for every use.
     pub computed_by: &'a StreamNode,
-}
-
-impl SharedSubplan<'_> {
     /// For each column of the repeat, the column of the first occurrence
     /// holding it.
-    pub fn columns(&self) -> Vec<usize> {
-        same_rows(self.node, self.computed_by).unwrap_or_default()
-    }
+    pub columns: Vec<usize>,
 }
 
 /// The repeats in `root`, in pre-order (see the module docs).
@@ -51,8 +46,15 @@ fn visit<'a>(
     repeats: &mut Vec<SharedSubplan<'a>>,
 ) {
     if holds_state(node) {
-        if let Some(computed_by) = first.iter().find(|f| same_rows(node, f).is_some()) {
-            repeats.push(SharedSubplan { node, computed_by });
+        let earlier = first
+            .iter()
+            .find_map(|f| same_rows(node, f).map(|columns| (*f, columns)));
+        if let Some((computed_by, columns)) = earlier {
+            repeats.push(SharedSubplan {
+                node,
+                computed_by,
+                columns,
+            });
             return;
         }
         first.push(node);
@@ -64,7 +66,7 @@ fn visit<'a>(
 
 /// Whether `node` or anything it reads keeps state.
 fn holds_state(node: &StreamNode) -> bool {
-    node.holds_state() || node.inputs().into_iter().any(holds_state)
+    node.is_stateful() || node.inputs().into_iter().any(holds_state)
 }
 
 /// If `a` computes the rows `b` does, for each column of `a` the column of

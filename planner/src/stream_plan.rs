@@ -266,9 +266,8 @@ impl StreamNode {
         }
     }
 
-    /// Whether this node keeps state between rows (so does a plan that
-    /// contains one).
-    pub fn holds_state(&self) -> bool {
+    /// Whether this node itself keeps state between rows.
+    pub fn is_stateful(&self) -> bool {
         !matches!(
             self,
             Self::Source { .. }

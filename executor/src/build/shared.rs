@@ -54,7 +54,7 @@ impl PipelineBuilder<'_> {
             let first = address(shared.computed_by);
             self.shared
                 .uses
-                .insert(address(shared.node), (first, shared.columns()));
+                .insert(address(shared.node), (first, shared.columns));
             self.shared.outputs.insert(first, None);
         }
     }

@@ -142,7 +142,7 @@ async fn views_after_repeated_kill9(name: &str, args: &[&str]) {
     // At 7,000 rows/s the sources take 14 s, longer than creating the
     // views (they start reading at the first) and the kills below: the
     // last kill always lands mid-stream.
-    client.batch_execute(&setup(7_000)).await.expect("setup");
+    client.batch_execute(&setup(5_000)).await.expect("setup");
     for (name, query, on_close) in VIEWS {
         let emit = if *on_close {
             " EMIT ON WINDOW CLOSE"

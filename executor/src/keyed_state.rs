@@ -123,6 +123,54 @@ impl StoreTable {
     }
 }
 
+impl StoreTable {
+    /// Visits the checkpointed entries of the keyed range whose keys start
+    /// with `prefix`, in key order, `prefix` removed.
+    pub(crate) fn scan(&self, prefix: &[u8], visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut full = self.prefix.to_vec();
+        full.extend_from_slice(prefix);
+        Ok(self.store.scan_state(self.relation, &full, visit)?)
+    }
+
+    /// The checkpointed value of `key` in the keyed range.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let values = self.store.get_state(self.relation, &self.prefix, [key])?;
+        Ok(values.into_iter().next().flatten())
+    }
+
+    /// The last durable epoch: a checkpoint of a later one may not be in
+    /// the store yet.
+    pub(crate) fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+}
+
+/// Which cached entries to evict, least recently used first, to bring
+/// `bytes` down to three quarters of `limit` (so eviction runs once in a
+/// while rather than at every checkpoint). `candidates` are the evictable
+/// entries: (epoch last used, bytes, key).
+pub(crate) fn eviction_victims<K>(
+    mut candidates: Vec<(u64, usize, K)>,
+    bytes: usize,
+    limit: usize,
+) -> Vec<K> {
+    if bytes <= limit {
+        return Vec::new();
+    }
+    let target = limit / 4 * 3;
+    candidates.sort_unstable_by_key(|(used, _, _)| *used);
+    let mut left = bytes;
+    candidates
+        .into_iter()
+        .take_while(|(_, size, _)| {
+            let evict = left > target;
+            left = left.saturating_sub(*size);
+            evict
+        })
+        .map(|(_, _, key)| key)
+        .collect()
+}
+
 #[derive(Debug)]
 struct Slot<V> {
     /// None: absent (removed, or looked up and not found).
@@ -398,7 +446,7 @@ impl<V> KeyedState<V> {
         let (Some(limit), Some(table)) = (self.cache_limit(), self.table.as_ref()) else {
             return;
         };
-        let durable = *table.durable.borrow();
+        let durable = table.durable();
         while let Some((epoch, _)) = self.deletions.front() {
             if *epoch > durable {
                 break;
@@ -419,29 +467,13 @@ impl<V> KeyedState<V> {
         if self.bytes <= limit {
             return;
         }
-        // Evict down to three quarters of the limit, so this runs once in
-        // a while rather than at every checkpoint.
-        let target = limit / 4 * 3;
-        let mut candidates: Vec<(u64, usize, &[u8])> = self
+        let candidates: Vec<(u64, usize, Box<[u8]>)> = self
             .slots
             .iter()
             .filter(|(_, s)| !s.changed && s.written <= durable)
-            .map(|(k, s)| (s.used, s.bytes, k.as_ref()))
+            .map(|(k, s)| (s.used, s.bytes, k.clone()))
             .collect();
-        candidates.sort_unstable_by_key(|(used, _, _)| *used);
-        let mut bytes = self.bytes;
-        let mut evicted = 0;
-        for (_, size, _) in &candidates {
-            if bytes <= target {
-                break;
-            }
-            bytes -= size;
-            evicted += 1;
-        }
-        let evict: Vec<Box<[u8]>> = candidates[..evicted]
-            .iter()
-            .map(|(_, _, k)| Box::from(*k))
-            .collect();
+        let evict = eviction_victims(candidates, self.bytes, limit);
         for key in evict {
             if let Some(slot) = self.slots.remove(&key) {
                 self.bytes -= slot.bytes;

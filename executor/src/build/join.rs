@@ -84,7 +84,8 @@ impl PipelineBuilder<'_> {
                     self.evaluator.clone(),
                     Expiry::new(rules.clone(), self.late_rows("interval join")?),
                 )?
-                .with_state_ttl(self.options.state_ttl);
+                .with_state_ttl(self.options.state_ttl)
+                .with_state_config(self.options.state);
                 let ports = [vec![0; l.len()], vec![1; r.len()]].concat();
                 Ok(Instance {
                     inputs: l.into_iter().chain(r).collect(),

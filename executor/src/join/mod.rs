@@ -26,14 +26,16 @@
 //!
 //! Checkpoints hold every stored row (copies and time, and stamp with a
 //! TTL; rows with a time keyed by it, see [`state_key`]) and the interval
-//! join's watermarks. Degrees are not written:
-//! they follow from the two sides' rows and are computed again on recovery
-//! (only outer, semi and anti joins read them).
+//! join's watermarks. Degrees are not written: they follow from the two
+//! sides' rows and are computed again when a join key's rows are read
+//! back, on recovery or by the `rocksdb` backend (see [`state`]; only
+//! outer, semi and anti joins read them).
 
 mod expiry;
+mod state;
 mod state_key;
 
-use state_key::StoredKey;
+use state::{Encoded, JoinState};
 
 pub use expiry::{Expiry, expiry_rules, key_rules};
 
@@ -51,31 +53,13 @@ use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
-use crate::error::{ExecutorError, Result};
+use crate::error::Result;
 use crate::eval::Evaluator;
-use crate::hash::HashMap;
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::state_ttl::StateTtl;
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Entry {
-    copies: i64,
-    degree: i64,
-    /// The row's time, in an interval join (see [`expiry`]).
-    time: Option<i64>,
-    /// When it last changed, with a state TTL.
-    stamp: i64,
-    /// Listed in `changed` since the last checkpoint.
-    changed: bool,
-}
-
-/// An encoded row or join key, shared (not copied) by the state, the
-/// probe's candidates, the expiry index and the changed-row list.
-type Encoded = Arc<[u8]>;
-
-type SideState = HashMap<Encoded, HashMap<Encoded, Entry>>;
 
 /// Fixed description of one join input.
 #[derive(Debug)]
@@ -102,17 +86,8 @@ pub struct HashJoin {
     schema: SchemaRef,
     evaluator: Evaluator,
     // State.
-    state: [SideState; 2],
-    /// Rows stored per side (distinct rows; for state size).
-    rows: [u64; 2],
+    state: JoinState,
     expiry: Option<Expiry>,
-    /// Stored rows changed since the last checkpoint, with their time:
-    /// each once while it stays stored (its entry's `changed` says so),
-    /// so no sorting to deduplicate.
-    changed: Vec<ChangedRow>,
-    /// Per side, the watermark's expiry threshold since the last
-    /// checkpoint: its rows below it leave the checkpoint in one range.
-    expired_below: [Option<i64>; 2],
     ttl: Option<JoinTtl>,
 }
 
@@ -126,19 +101,6 @@ struct JoinTtl {
 
 /// A stored row: (side, join key, row).
 type StoredRow = (u8, Encoded, Encoded);
-
-/// A stored row changed since the last checkpoint.
-#[derive(Debug)]
-struct ChangedRow {
-    side: u8,
-    key: Encoded,
-    row: Encoded,
-    time: Option<i64>,
-    /// Whether it was stored before this epoch changed it, and so is in the
-    /// store: a row that comes and goes between two checkpoints (an
-    /// aggregate's old value, retracted) writes nothing.
-    in_store: bool,
-}
 
 /// One output row: left and right encoded rows (None = this side absent).
 type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
@@ -169,11 +131,8 @@ impl HashJoin {
             joined_schema,
             schema,
             evaluator,
-            state: [HashMap::default(), HashMap::default()],
-            rows: [0, 0],
+            state: JoinState::new(),
             expiry,
-            changed: Vec::new(),
-            expired_below: [None, None],
             ttl: None,
         })
     }
@@ -189,6 +148,13 @@ impl HashJoin {
             rows: StateTtl::new(ttl),
             schemas: [side(0..left), side(left..fields.len())],
         });
+        self.state.stamped(self.ttl.is_some());
+        self
+    }
+
+    /// Keeps the stored rows as `config` says.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.state.configure(config);
         self
     }
 
@@ -197,8 +163,8 @@ impl HashJoin {
     fn expired_already(&self, side: usize, key: Option<&Encoded>, row: &[u8]) -> bool {
         self.ttl.is_some()
             && key.is_some_and(|k| {
-                self.state[side]
-                    .get(k)
+                self.state
+                    .bucket(side, k)
                     .and_then(|b| b.get(row))
                     .is_none_or(|e| e.copies <= 0)
             })
@@ -215,8 +181,9 @@ impl HashJoin {
         for (side, schema) in schemas.into_iter().enumerate() {
             let mut rows: Vec<&[u8]> = Vec::new();
             for (_, key, row) in expired.iter().filter(|(s, _, _)| usize::from(*s) == side) {
-                let copies = self.state[side]
-                    .get(key)
+                let copies = self
+                    .state
+                    .bucket(side, key)
                     .and_then(|b| b.get(row))
                     .map_or(0, |e| e.copies);
                 for _ in 0..copies {
@@ -241,35 +208,34 @@ impl HashJoin {
         self.filtered_side().is_some() || self.pads(0) || self.pads(1)
     }
 
-    /// Computes every stored row's degree from the two sides (recovery).
-    fn compute_degrees(&mut self) -> Result<()> {
-        let keys: Vec<Encoded> = self.state[0]
-            .keys()
-            .filter(|k| self.state[1].contains_key(*k))
-            .cloned()
-            .collect();
+    /// Computes the degrees of the rows under `keys` from the two sides
+    /// (their rows were read back from a checkpoint).
+    fn compute_degrees(&mut self, keys: &[Encoded]) -> Result<()> {
         for key in keys {
-            let (left, right) = (&self.state[0][&key], &self.state[1][&key]);
-            let pairs: Vec<[Encoded; 2]> = left
-                .keys()
-                .flat_map(|l| right.keys().map(move |r| [l.clone(), r.clone()]))
-                .collect();
-            let lefts: Vec<&[u8]> = pairs.iter().map(|[l, _]| l.as_ref()).collect();
-            let rights: Vec<&[u8]> = pairs.iter().map(|[_, r]| r.as_ref()).collect();
-            let passes = self.filter_pairs(0, &lefts, &rights)?;
-            let matched: Vec<&[Encoded; 2]> = pairs
+            let (Some(left), Some(right)) = (self.state.bucket(0, key), self.state.bucket(1, key))
+            else {
+                continue;
+            };
+            let pairs: Vec<([Encoded; 2], [i64; 2])> = left
                 .iter()
-                .zip(passes)
-                .filter_map(|(pair, pass)| pass.then_some(pair))
+                .flat_map(|(l, le)| {
+                    right
+                        .iter()
+                        .map(move |(r, re)| ([l.clone(), r.clone()], [le.copies, re.copies]))
+                })
                 .collect();
-            for [l, r] in matched {
-                let left_copies = self.state[0][&key][l].copies;
-                let right_copies = self.state[1][&key][r].copies;
-                if let Some(e) = self.state[0].get_mut(&key).and_then(|b| b.get_mut(l)) {
-                    e.degree += right_copies;
+            let lefts: Vec<&[u8]> = pairs.iter().map(|([l, _], _)| l.as_ref()).collect();
+            let rights: Vec<&[u8]> = pairs.iter().map(|([_, r], _)| r.as_ref()).collect();
+            let passes = self.filter_pairs(0, &lefts, &rights)?;
+            for (([l, r], [left_copies, right_copies]), pass) in pairs.iter().zip(passes) {
+                if !pass {
+                    continue;
                 }
-                if let Some(e) = self.state[1].get_mut(&key).and_then(|b| b.get_mut(r)) {
-                    e.degree += left_copies;
+                if let Some(degree) = self.state.degree_mut(0, key, l) {
+                    *degree += right_copies;
+                }
+                if let Some(degree) = self.state.degree_mut(1, key, r) {
+                    *degree += left_copies;
                 }
             }
         }
@@ -439,6 +405,10 @@ impl HashJoin {
     ) -> Result<()> {
         let other = 1 - side;
         let keys = self.keys(side, &chunk.batch)?;
+        let loaded = self.state.load(keys.iter().flatten())?;
+        if !loaded.is_empty() && self.reads_degrees() {
+            self.compute_degrees(&loaded)?;
+        }
         let encoded = self.sides[side].codec.encode(chunk.batch.columns())?;
 
         // Candidate pairs, probed against the other side before this chunk
@@ -447,7 +417,7 @@ impl HashJoin {
         let mut mine: Vec<&[u8]> = Vec::new();
         let mut theirs: Vec<Encoded> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let Some(bucket) = key.as_ref().and_then(|k| self.state[other].get(k)) else {
+            let Some(bucket) = key.as_ref().and_then(|k| self.state.bucket(other, k)) else {
                 continue;
             };
             for row in bucket.keys() {
@@ -478,18 +448,18 @@ impl HashJoin {
                 if passes[pair] {
                     let their_row = theirs_refs[pair];
                     // Read the entry and move its degree in one lookup.
-                    let entry = match key
+                    let entry = key
                         .as_ref()
-                        .and_then(|k| self.state[other].get_mut(k))
-                        .and_then(|b| b.get_mut(their_row))
+                        .and_then(|k| self.state.bucket(other, k))
+                        .and_then(|b| b.get(their_row))
+                        .copied()
+                        .unwrap_or_default();
+                    if let Some(degree) = key
+                        .as_ref()
+                        .and_then(|k| self.state.degree_mut(other, k, their_row))
                     {
-                        Some(e) => {
-                            let before = *e;
-                            e.degree += sign;
-                            before
-                        }
-                        None => Entry::default(),
-                    };
+                        *degree += sign;
+                    }
                     matched += entry.copies;
                     if filtered.is_none() {
                         let (l, r) = if side == 0 {
@@ -519,21 +489,14 @@ impl HashJoin {
             // Store or retract the row itself.
             if let Some(key) = key {
                 let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
-                let row = Encoded::from(my_row);
-                let stored_row = (side as u8, key.clone(), row.clone());
-                let bucket = self.state[side].entry(key.clone()).or_default();
-                let entry = bucket.entry(row).or_default();
-                let was_stored = entry.copies != 0;
-                if !was_stored {
-                    entry.time = time;
-                    self.rows[side] += 1;
-                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
-                        expiry.stored(side, t, key);
-                    }
+                let (entry, was_stored) = self.state.change(side, key, my_row, time);
+                if !was_stored && let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
+                    expiry.stored(side, t, key);
                 }
                 entry.copies += sign;
                 entry.degree = matched;
                 if let Some(ttl) = self.ttl.as_mut() {
+                    let stored_row = (side as u8, key.clone(), Encoded::from(my_row));
                     if entry.copies == 0 {
                         ttl.rows.forget(&stored_row, entry.stamp);
                     } else {
@@ -541,22 +504,8 @@ impl HashJoin {
                         entry.stamp = ttl.rows.touch(&stored_row, previous);
                     }
                 }
-                if !std::mem::replace(&mut entry.changed, true) {
-                    let (side, key, row) = stored_row;
-                    self.changed.push(ChangedRow {
-                        side,
-                        key,
-                        row,
-                        time: entry.time,
-                        in_store: was_stored,
-                    });
-                }
                 if entry.copies == 0 {
-                    bucket.remove(my_row);
-                    self.rows[side] -= 1;
-                    if bucket.is_empty() {
-                        self.state[side].remove(key);
-                    }
+                    self.state.remove(side, key, my_row);
                 }
             }
         }
@@ -578,57 +527,27 @@ fn one_side(side: usize, op: Op, row: &[u8]) -> OutRow<'_> {
 
 impl Operator for HashJoin {
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize::in_memory(
-            "HashJoin",
-            self.state.iter().map(|s| s.len() as u64).sum(),
-            self.rows.iter().sum(),
-        ))
+        let (keys, rows, held) = self.state.size();
+        Some(StateSize {
+            operator: "HashJoin",
+            keys,
+            rows,
+            cached: held,
+        })
     }
 
     fn late_rows(&mut self) -> Option<&mut LateRows> {
         self.expiry.as_mut().map(Expiry::late_rows)
     }
 
+    fn attach_store(&mut self, table: StoreTable) {
+        // The interval join's expiry index and the TTL's name every row.
+        let evictable = self.expiry.is_none() && self.ttl.is_none();
+        self.state.attach(table, evictable);
+    }
+
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for changed in std::mem::take(&mut self.changed) {
-            let ChangedRow {
-                side,
-                key,
-                row,
-                time,
-                in_store,
-            } = changed;
-            let entry = self.state[side as usize]
-                .get_mut(&key)
-                .and_then(|b| b.get_mut(&row));
-            let state_key = || state_key::row_key(side, time, &key, &row);
-            match entry {
-                // Listed again after it left and came back: written.
-                Some(e) if !e.changed => {}
-                Some(e) => {
-                    e.changed = false;
-                    let mut value = ValueWriter::new();
-                    value.i64(e.copies).opt_i64(e.time);
-                    if self.ttl.is_some() {
-                        value.i64(e.stamp);
-                    }
-                    state.put(&state_key(), value.finish())
-                }
-                // The range deletion below covers it (most rows of a fast
-                // stream come and expire within one checkpoint).
-                None if !in_store
-                    || time
-                        .zip(self.expired_below[usize::from(side)])
-                        .is_some_and(|(t, below)| t < below) => {}
-                None => state.delete(&state_key()),
-            }
-        }
-        for (side, threshold) in self.expired_below.iter_mut().enumerate() {
-            if let Some(threshold) = threshold.take() {
-                let (from, to) = state_key::expired_range(side as u8, threshold);
-                state.delete_range(&from, &to);
-            }
-        }
+        self.state.checkpoint(state);
         if let Some(expiry) = &self.expiry {
             let mut value = ValueWriter::new();
             for (side, column, w) in expiry.watermarks() {
@@ -639,67 +558,31 @@ impl Operator for HashJoin {
     }
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
-        self.state = [HashMap::default(), HashMap::default()];
-        self.rows = [0, 0];
         if let Some(ttl) = self.ttl.as_mut() {
             ttl.rows.clear();
         }
-        self.expired_below = [None, None];
-        for (key, value) in entries {
-            match state_key::parse(&key)? {
-                Some(stored) => {
-                    let StoredKey {
-                        side,
-                        join_key,
-                        row,
-                        timed,
-                    } = stored;
-                    let mut value = ValueReader::new(&value);
-                    let copies = value.i64()?;
-                    let time = value.opt_i64()?;
-                    let stamp = if self.ttl.is_some() { value.i64()? } else { 0 };
-                    if time.is_some() && !timed {
-                        return Err(ExecutorError::CorruptState(
-                            "an interval join's rows are stored as before they were keyed by \
-                             time (an older version wrote them): recreate the view"
-                                .into(),
-                        ));
-                    }
-                    let entry = Entry {
-                        copies,
-                        degree: 0,
-                        time,
-                        stamp,
-                        changed: false,
-                    };
-                    let join_key = Encoded::from(join_key);
-                    let row = Encoded::from(row);
-                    if let Some(ttl) = self.ttl.as_mut() {
-                        let stored_row = (side as u8, join_key.clone(), row.clone());
-                        ttl.rows.stamp(&stored_row, None, stamp);
-                    }
-                    if let (Some(expiry), Some(t)) = (self.expiry.as_mut(), entry.time) {
-                        expiry.stored(side, t, &join_key);
-                    }
-                    self.state[side]
-                        .entry(join_key)
-                        .or_default()
-                        .insert(row, entry);
-                    self.rows[side] += 1;
-                }
-                None => {
-                    let mut value = ValueReader::new(&value);
-                    while !value.rest().is_empty() {
-                        let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
-                        if let Some(expiry) = self.expiry.as_mut() {
-                            expiry.observe(usize::from(side).min(1), column as usize, w);
-                        }
-                    }
+        let (expiry, ttl) = (&mut self.expiry, &mut self.ttl);
+        let watermarks = self.state.restore(entries, |side, key, row, entry| {
+            if let Some(ttl) = ttl.as_mut() {
+                let stored_row = (side as u8, key.clone(), row.clone());
+                ttl.rows.stamp(&stored_row, None, entry.stamp);
+            }
+            if let (Some(expiry), Some(t)) = (expiry.as_mut(), entry.time) {
+                expiry.stored(side, t, key);
+            }
+        })?;
+        if let Some(watermarks) = watermarks {
+            let mut value = ValueReader::new(&watermarks);
+            while !value.rest().is_empty() {
+                let (side, column, w) = (value.u8()?, value.u32()?, value.i64()?);
+                if let Some(expiry) = self.expiry.as_mut() {
+                    expiry.observe(usize::from(side).min(1), column as usize, w);
                 }
             }
         }
         if self.reads_degrees() {
-            self.compute_degrees()?;
+            let keys = self.state.keys_on_both_sides();
+            self.compute_degrees(&keys)?;
         }
         Ok(())
     }
@@ -715,6 +598,7 @@ impl Operator for HashJoin {
     }
 
     fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.state.end_epoch(barrier.epoch);
         self.expire(barrier.now, out)
     }
 
@@ -734,31 +618,19 @@ impl Operator for HashJoin {
             return Ok(vec![]);
         }
         for side in 0..2 {
+            let Some(expiry) = self.expiry.as_mut() else {
+                break;
+            };
             let Some((threshold, keys)) = expiry.expired(side) else {
                 continue;
             };
-            // The checkpoint drops them by their time, all at once.
-            let below = &mut self.expired_below[side];
-            *below = Some(below.map_or(threshold, |b| b.max(threshold)));
-            for key in keys {
-                let Some(bucket) = self.state[side].get_mut(&key) else {
-                    continue;
-                };
-                let before = bucket.len();
-                let mut ttl = self.ttl.as_mut();
-                bucket.retain(|row, e| {
-                    let keep = e.time.is_none_or(|t| t >= threshold);
-                    if !keep && let Some(ttl) = ttl.as_mut() {
-                        ttl.rows
-                            .forget(&(side as u8, key.clone(), row.clone()), e.stamp);
-                    }
-                    keep
-                });
-                self.rows[side] -= (before - bucket.len()) as u64;
-                if bucket.is_empty() {
-                    self.state[side].remove(&key);
+            let mut ttl = self.ttl.as_mut();
+            self.state.expire(side, threshold, keys, |key, row, entry| {
+                if let Some(ttl) = ttl.as_mut() {
+                    ttl.rows
+                        .forget(&(side as u8, key.clone(), row.clone()), entry.stamp);
                 }
-            }
+            });
         }
         // Stored rows from before the watermark still produce output, so no
         // output column has one.

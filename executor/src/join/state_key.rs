@@ -1,17 +1,22 @@
 //! Where a join's stored rows live in its checkpoints.
 //!
 //! ```text
-//! r <side> <key part> <row>                -> copies, time, [stamp]
-//! t <side> <time: 8 bytes> <key part> <row> -> copies, time, [stamp]
-//! x                                         -> the interval join's watermarks
+//! operator range:
+//!   t <side> <time: 8 bytes> <key part> <row> -> copies, time, [stamp]
+//!   x                                          -> the interval join's watermarks
+//! keyed range (see crate::checkpoint):
+//!   r <key part> <side> <row>                  -> copies, time, [stamp]
+//!   n                                          -> rows stored per side
 //! ```
 //!
 //! A row with a time (on a side an interval join expires by watermark)
 //! is kept under `t`, whose keys sort by time: the rows the watermark
 //! expires leave the checkpoint in one range deletion per side and
 //! checkpoint, not one deletion per row. Every other row is kept under `r`
-//! (a row with a time found there was written by an older version, and is
-//! refused).
+//! in the keyed range, where one join key's rows of both sides sit
+//! together: the `rocksdb` backend reads a key's rows with one prefix scan,
+//! and recovery's read of the operator range leaves them alone. (A `r` row
+//! in the operator range was written by an older version, and is refused.)
 
 use crate::checkpoint::{push_part, split_part};
 use crate::error::{ExecutorError, Result};
@@ -22,23 +27,37 @@ const TIMED_ROW: u8 = b't';
 /// The watermarks' key.
 pub(super) const WATERMARKS: &[u8] = b"x";
 
+/// The key of the row counts, in the keyed range.
+pub(super) const COUNTS: &[u8] = b"n";
+
 /// `time` as bytes that sort as the times do.
 fn time_bytes(time: i64) -> [u8; 8] {
     ((time as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// The state key of a stored row of `side` under join key `key`, with its
-/// time if it expires by one.
-pub(super) fn row_key(side: u8, time: Option<i64>, key: &[u8], row: &[u8]) -> Vec<u8> {
+/// The key, in the operator range, of a stored row of `side` with a time.
+pub(super) fn timed_row_key(side: u8, time: i64, key: &[u8], row: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(18 + key.len() + row.len());
-    match time {
-        Some(t) => {
-            k.extend_from_slice(&[TIMED_ROW, side]);
-            k.extend_from_slice(&time_bytes(t));
-        }
-        None => k.extend_from_slice(&[ROW, side]),
-    }
+    k.extend_from_slice(&[TIMED_ROW, side]);
+    k.extend_from_slice(&time_bytes(time));
     push_part(&mut k, key);
+    k.extend_from_slice(row);
+    k
+}
+
+/// The prefix, in the keyed range, of the rows of join key `key`.
+pub(super) fn key_prefix(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(ROW);
+    push_part(&mut k, key);
+    k
+}
+
+/// The key, in the keyed range, of a stored row of `side` without a time.
+pub(super) fn row_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = key_prefix(key);
+    k.reserve(1 + row.len());
+    k.push(side);
     k.extend_from_slice(row);
     k
 }
@@ -56,28 +75,51 @@ pub(super) struct StoredKey<'a> {
     pub side: usize,
     pub join_key: &'a [u8],
     pub row: &'a [u8],
-    /// Under `t`: keyed by its time.
-    pub timed: bool,
 }
 
-/// Reads a stored row's key; `None` for the watermarks' key.
-pub(super) fn parse(key: &[u8]) -> Result<Option<StoredKey<'_>>> {
-    let corrupt = || ExecutorError::CorruptState("a join's state key is unknown".into());
+fn corrupt() -> ExecutorError {
+    ExecutorError::CorruptState("a join's state key is unknown".into())
+}
+
+/// Reads a key of the operator range: a timed row's, or `None` for the
+/// watermarks' key.
+pub(super) fn parse_timed(key: &[u8]) -> Result<Option<StoredKey<'_>>> {
     if key == WATERMARKS {
         return Ok(None);
     }
-    let (&tag, rest) = key.split_first().ok_or_else(corrupt)?;
-    let (&side, rest) = rest.split_first().ok_or_else(corrupt)?;
-    let rest = match tag {
-        ROW => rest,
-        TIMED_ROW => rest.get(8..).ok_or_else(corrupt)?,
-        _ => return Err(corrupt()),
-    };
-    let (join_key, row) = split_part(rest)?;
-    Ok(Some(StoredKey {
-        side: usize::from(side).min(1),
+    match key {
+        [TIMED_ROW, side, rest @ ..] => {
+            let (join_key, row) = split_part(rest.get(8..).ok_or_else(corrupt)?)?;
+            Ok(Some(StoredKey {
+                side: usize::from(*side).min(1),
+                join_key,
+                row,
+            }))
+        }
+        [ROW, ..] => Err(ExecutorError::CorruptState(
+            "a join's rows are stored as an older version kept them: recreate the view".into(),
+        )),
+        _ => Err(corrupt()),
+    }
+}
+
+/// Reads the rest of a row's key in the keyed range after `r <key part>`
+/// (as a prefix scan of one join key gives it): (side, row).
+pub(super) fn parse_side_row(rest: &[u8]) -> Result<(usize, &[u8])> {
+    let (&side, row) = rest.split_first().ok_or_else(corrupt)?;
+    Ok((usize::from(side).min(1), row))
+}
+
+/// Reads a row's key in the keyed range after its `r`.
+pub(super) fn parse_row(rest: &[u8]) -> Result<StoredKey<'_>> {
+    let (join_key, rest) = split_part(rest)?;
+    let (side, row) = parse_side_row(rest)?;
+    Ok(StoredKey {
+        side,
         join_key,
         row,
-        timed: tag == TIMED_ROW,
-    }))
+    })
 }
+
+/// The keyed range's prefix of every row.
+pub(super) const ROWS: &[u8] = &[ROW];

@@ -1,0 +1,521 @@
+//! A join's stored rows, per side: join key -> row -> entry.
+//!
+//! Under the `memory` backend all of them are in memory, and checkpoints
+//! write the rows changed since the last one. Under the `rocksdb` backend,
+//! the store's rows are the state and memory holds the join keys used
+//! lately, with both sides' rows of each: a change first
+//! [`JoinState::load`]s its key (one prefix scan of the keyed range per key
+//! not held), so the state may be far larger than memory. Interval joins
+//! and joins with a state TTL hold all their rows under either backend:
+//! their indexes (by time, by stamp) name every row already, and their
+//! rows expire.
+//!
+//! Invariants of the held keys (`rocksdb` backend):
+//! - A held join key has all its rows in memory, both sides'; a key not
+//!   held has none there, and the store holds exactly its rows.
+//! - A key whose rows changed since the last durable checkpoint (in this
+//!   epoch, or written by a checkpoint not durable yet) stays held, even
+//!   with no rows left: the store may not have its changes yet.
+//! - Keys leave memory only at checkpoints, after the changed rows were
+//!   written, so only keys loaded in the current call are read.
+
+use std::sync::Arc;
+
+use super::state_key::{self, COUNTS, ROWS, StoredKey};
+use crate::checkpoint::{Bytes, StateEntries, StateWriter, ValueReader, ValueWriter};
+use crate::error::{ExecutorError, Result};
+use crate::hash::HashMap;
+use crate::keyed_state::{StateBackend, StateConfig, StoreTable, eviction_victims};
+
+/// An encoded row or join key, shared (not copied) by the state, the
+/// probe's candidates, the expiry index and the changed-row list.
+pub(super) type Encoded = Arc<[u8]>;
+
+/// One join key's rows of one side.
+pub(super) type Bucket = HashMap<Encoded, Entry>;
+
+/// A stored row.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Entry {
+    pub copies: i64,
+    /// How many rows of the other side it matches (see the join's docs).
+    pub degree: i64,
+    /// The row's time, in an interval join.
+    pub time: Option<i64>,
+    /// When it last changed, with a state TTL.
+    pub stamp: i64,
+    /// Listed in `changed` since the last checkpoint.
+    changed: bool,
+}
+
+/// A stored row changed since the last checkpoint.
+#[derive(Debug)]
+struct ChangedRow {
+    side: u8,
+    key: Encoded,
+    row: Encoded,
+    time: Option<i64>,
+    /// Whether it was stored before this epoch changed it, and so is in the
+    /// store: a row that comes and goes between two checkpoints (an
+    /// aggregate's old value, retracted) writes nothing.
+    in_store: bool,
+}
+
+/// Bytes counted for a held key or row besides its bytes: map slots and
+/// bookkeeping.
+const OVERHEAD: usize = 64;
+
+/// The join keys held in memory under the `rocksdb` backend.
+#[derive(Debug)]
+struct HeldKeys {
+    keys: HashMap<Encoded, HeldKey>,
+    /// Bytes counted for held keys and their rows.
+    bytes: usize,
+    limit: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldKey {
+    /// The epoch it was last used in.
+    used: u64,
+    /// The epoch of the last checkpoint that wrote one of its rows.
+    written: u64,
+}
+
+/// Both sides' stored rows.
+#[derive(Debug)]
+pub(super) struct JoinState {
+    sides: [HashMap<Encoded, Bucket>; 2],
+    /// Distinct rows stored per side, in memory or not.
+    rows: [u64; 2],
+    /// `rows` as last checkpointed.
+    written_rows: [u64; 2],
+    /// Rows in memory.
+    held_rows: u64,
+    /// Stored rows changed since the last checkpoint: each once while it
+    /// stays stored (its entry's `changed` says so), so no sorting.
+    changed: Vec<ChangedRow>,
+    /// Per side, the watermark's expiry threshold since the last
+    /// checkpoint: its rows below it leave the checkpoint in one range.
+    expired_below: [Option<i64>; 2],
+    /// Values carry a TTL stamp.
+    stamped: bool,
+    config: StateConfig,
+    table: Option<StoreTable>,
+    /// `rocksdb` backend, rows that may leave memory: the keys held.
+    held: Option<HeldKeys>,
+    /// The epoch being processed.
+    epoch: u64,
+}
+
+impl JoinState {
+    pub fn new() -> Self {
+        Self {
+            sides: [HashMap::default(), HashMap::default()],
+            rows: [0, 0],
+            written_rows: [0, 0],
+            held_rows: 0,
+            changed: Vec::new(),
+            expired_below: [None, None],
+            stamped: false,
+            config: StateConfig::default(),
+            table: None,
+            held: None,
+            epoch: 1,
+        }
+    }
+
+    /// Values carry a TTL stamp.
+    pub fn stamped(&mut self, stamped: bool) {
+        self.stamped = stamped;
+    }
+
+    /// Keeps the rows as `config` says (once the state has a place in a store).
+    pub fn configure(&mut self, config: StateConfig) {
+        self.config = config;
+    }
+
+    /// Gives the state its place in the store; `evictable`: whether rows
+    /// may leave memory (no index of the join's names them).
+    pub fn attach(&mut self, table: StoreTable, evictable: bool) {
+        self.table = Some(table);
+        self.held = (evictable && self.config.backend == StateBackend::Rocksdb).then(|| HeldKeys {
+            keys: HashMap::default(),
+            bytes: 0,
+            limit: usize::try_from(self.config.cache_bytes).unwrap_or(usize::MAX),
+        });
+    }
+
+    /// Join keys in memory (counted per side), rows stored, rows in memory.
+    pub fn size(&self) -> (u64, u64, u64) {
+        let keys = self.sides.iter().map(|s| s.len() as u64).sum();
+        (keys, self.rows.iter().sum(), self.held_rows)
+    }
+
+    /// The rows of `side` under `key` (loaded).
+    pub fn bucket(&self, side: usize, key: &[u8]) -> Option<&Bucket> {
+        self.sides[side].get(key)
+    }
+
+    /// The entry of `row` of `side` under `key` (loaded), to change its
+    /// degree (which checkpoints do not hold).
+    pub fn degree_mut(&mut self, side: usize, key: &[u8], row: &[u8]) -> Option<&mut i64> {
+        let entry = self.sides[side].get_mut(key)?.get_mut(row)?;
+        Some(&mut entry.degree)
+    }
+
+    /// The join keys with rows on both sides.
+    pub fn keys_on_both_sides(&self) -> Vec<Encoded> {
+        self.sides[0]
+            .keys()
+            .filter(|k| self.sides[1].contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Makes sure the rows of every one of `keys` are in memory; returns
+    /// the keys read from the store (their degrees are not known yet).
+    pub fn load<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k Encoded>,
+    ) -> Result<Vec<Encoded>> {
+        let Self {
+            sides,
+            held_rows,
+            held,
+            table,
+            stamped,
+            epoch,
+            ..
+        } = self;
+        let (Some(held), Some(table)) = (held.as_mut(), table.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let mut loaded = Vec::new();
+        for key in keys {
+            if let Some(h) = held.keys.get_mut(key) {
+                h.used = *epoch;
+                continue;
+            }
+            let mut bytes = OVERHEAD + key.len();
+            let mut failed = None;
+            table.scan(&state_key::key_prefix(key), |rest, value| {
+                if failed.is_some() {
+                    return;
+                }
+                let row = state_key::parse_side_row(rest)
+                    .and_then(|(side, row)| Ok((side, row, decode_entry(value, *stamped)?)));
+                match row {
+                    Ok((side, row, entry)) => {
+                        bytes += OVERHEAD + row.len();
+                        *held_rows += 1;
+                        sides[side]
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(row.into(), entry);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            held.bytes += bytes;
+            let h = HeldKey {
+                used: *epoch,
+                written: 0,
+            };
+            held.keys.insert(key.clone(), h);
+            loaded.push(key.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// The entry of `row` of `side` under `key` (loaded), to change; created
+    /// with `time` if the row is not stored. Also says whether it was.
+    pub fn change(
+        &mut self,
+        side: usize,
+        key: &Encoded,
+        row: &[u8],
+        time: Option<i64>,
+    ) -> (&mut Entry, bool) {
+        let row = Encoded::from(row);
+        let bucket = self.sides[side].entry(key.clone()).or_default();
+        let entry = bucket.entry(row.clone()).or_default();
+        let was_stored = entry.copies != 0;
+        if !was_stored {
+            entry.time = time;
+            self.rows[side] += 1;
+            self.held_rows += 1;
+            if let Some(held) = self.held.as_mut() {
+                held.bytes += OVERHEAD + row.len();
+            }
+        }
+        if !std::mem::replace(&mut entry.changed, true) {
+            self.changed.push(ChangedRow {
+                side: side as u8,
+                key: key.clone(),
+                row,
+                time: entry.time,
+                in_store: was_stored,
+            });
+        }
+        (entry, was_stored)
+    }
+
+    /// Removes `row` of `side` under `key`, whose copies came to zero.
+    pub fn remove(&mut self, side: usize, key: &[u8], row: &[u8]) {
+        let Some(bucket) = self.sides[side].get_mut(key) else {
+            return;
+        };
+        if bucket.remove(row).is_some() {
+            self.rows[side] -= 1;
+            self.held_rows -= 1;
+            if let Some(held) = self.held.as_mut() {
+                held.bytes -= OVERHEAD + row.len();
+            }
+        }
+        if bucket.is_empty() {
+            self.sides[side].remove(key);
+        }
+    }
+
+    /// Drops the rows of `side` under `keys` whose time is below
+    /// `threshold` (watermark expiry), showing each to `forget` first.
+    pub fn expire(
+        &mut self,
+        side: usize,
+        threshold: i64,
+        keys: Vec<Encoded>,
+        mut forget: impl FnMut(&Encoded, &Encoded, &Entry),
+    ) {
+        // The checkpoint drops them by their time, all at once.
+        let below = &mut self.expired_below[side];
+        *below = Some(below.map_or(threshold, |b| b.max(threshold)));
+        for key in keys {
+            let Some(bucket) = self.sides[side].get_mut(&key) else {
+                continue;
+            };
+            let before = bucket.len();
+            bucket.retain(|row, e| {
+                let keep = e.time.is_none_or(|t| t >= threshold);
+                if !keep {
+                    forget(&key, row, e);
+                }
+                keep
+            });
+            let removed = (before - bucket.len()) as u64;
+            self.rows[side] -= removed;
+            self.held_rows -= removed;
+            if bucket.is_empty() {
+                self.sides[side].remove(&key);
+            }
+        }
+    }
+
+    /// Epoch `epoch` ends: the next checkpoint is its.
+    pub fn end_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// Writes the rows changed since the last checkpoint; then, under the
+    /// `rocksdb` backend, drops from memory what need not stay.
+    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        let epoch = self.epoch;
+        for changed in std::mem::take(&mut self.changed) {
+            let ChangedRow {
+                side,
+                key,
+                row,
+                time,
+                in_store,
+            } = changed;
+            if let Some(h) = self.held.as_mut().and_then(|h| h.keys.get_mut(&key)) {
+                h.written = epoch;
+            }
+            let entry = self.sides[usize::from(side)]
+                .get_mut(&key)
+                .and_then(|b| b.get_mut(&row));
+            let value = match entry {
+                // Listed again after it left and came back: written.
+                Some(e) if !e.changed => continue,
+                Some(e) => {
+                    e.changed = false;
+                    Some(encode_entry(e, self.stamped))
+                }
+                // The range deletion below covers it (most rows of a fast
+                // stream come and expire within one checkpoint).
+                None if !in_store
+                    || time
+                        .zip(self.expired_below[usize::from(side)])
+                        .is_some_and(|(t, below)| t < below) =>
+                {
+                    continue;
+                }
+                None => None,
+            };
+            match (time, value) {
+                (Some(t), Some(v)) => state.put(&state_key::timed_row_key(side, t, &key, &row), v),
+                (Some(t), None) => state.delete(&state_key::timed_row_key(side, t, &key, &row)),
+                (None, Some(v)) => state.keyed().put(&state_key::row_key(side, &key, &row), v),
+                (None, None) => state.keyed().delete(&state_key::row_key(side, &key, &row)),
+            }
+        }
+        for (side, threshold) in self.expired_below.iter_mut().enumerate() {
+            if let Some(threshold) = threshold.take() {
+                let (from, to) = state_key::expired_range(side as u8, threshold);
+                state.delete_range(&from, &to);
+            }
+        }
+        if self.rows != self.written_rows {
+            let mut value = ValueWriter::new();
+            value.i64(self.rows[0] as i64).i64(self.rows[1] as i64);
+            state.keyed().put(COUNTS, value.finish());
+            self.written_rows = self.rows;
+        }
+        self.epoch = epoch + 1;
+        self.shed();
+    }
+
+    /// `rocksdb` backend: beyond the cache's size, evicts the keys used
+    /// longest ago whose rows the store holds.
+    fn shed(&mut self) {
+        let Self {
+            sides,
+            held,
+            held_rows,
+            table,
+            ..
+        } = self;
+        let (Some(held), Some(table)) = (held.as_mut(), table.as_ref()) else {
+            return;
+        };
+        if held.bytes <= held.limit {
+            return;
+        }
+        let durable = table.durable();
+        let rows_bytes =
+            |bucket: &Bucket| -> usize { bucket.keys().map(|row| OVERHEAD + row.len()).sum() };
+        let candidates: Vec<(u64, usize, Encoded)> = held
+            .keys
+            .iter()
+            .filter(|(_, h)| h.written <= durable)
+            .map(|(key, h)| {
+                let rows: usize = sides
+                    .iter()
+                    .filter_map(|s| s.get(key))
+                    .map(rows_bytes)
+                    .sum();
+                (h.used, OVERHEAD + key.len() + rows, key.clone())
+            })
+            .collect();
+        for key in eviction_victims(candidates, held.bytes, held.limit) {
+            held.keys.remove(&key);
+            held.bytes -= OVERHEAD + key.len();
+            for side in sides.iter_mut() {
+                if let Some(bucket) = side.remove(&key) {
+                    held.bytes -= rows_bytes(&bucket);
+                    *held_rows -= bucket.len() as u64;
+                }
+            }
+        }
+    }
+
+    /// Starts from the checkpointed rows: the timed ones in `entries` (the
+    /// operator's own range), the others in the keyed range, which the
+    /// `rocksdb` backend leaves in the store. `visit` sees every row read.
+    /// Returns the value of the watermarks' key, if any.
+    pub fn restore(
+        &mut self,
+        entries: StateEntries,
+        mut visit: impl FnMut(usize, &Encoded, &Encoded, &Entry),
+    ) -> Result<Option<Bytes>> {
+        let (table, config, stamped) = (self.table.take(), self.config, self.stamped);
+        let evictable = self.held.is_some();
+        *self = Self::new();
+        self.stamped = stamped;
+        self.config = config;
+        if let Some(table) = table {
+            self.attach(table, evictable);
+        }
+        let mut watermarks = None;
+        for (key, value) in entries {
+            match state_key::parse_timed(&key)? {
+                Some(stored) => self.restored(stored, &value, &mut visit)?,
+                None => watermarks = Some(value),
+            }
+        }
+        let Some(table) = self.table.clone() else {
+            return Ok(watermarks);
+        };
+        if self.held.is_none() {
+            let mut failed = None;
+            table.scan(ROWS, |rest, value| {
+                if failed.is_none() {
+                    failed = state_key::parse_row(rest)
+                        .and_then(|stored| self.restored(stored, value, &mut visit))
+                        .err();
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        } else if let Some(counts) = table.get(COUNTS)? {
+            let mut value = ValueReader::new(&counts);
+            self.rows = [value.i64()? as u64, value.i64()? as u64];
+        }
+        self.written_rows = self.rows;
+        Ok(watermarks)
+    }
+
+    /// Holds a row read back from a checkpoint.
+    fn restored(
+        &mut self,
+        stored: StoredKey<'_>,
+        value: &[u8],
+        visit: &mut impl FnMut(usize, &Encoded, &Encoded, &Entry),
+    ) -> Result<()> {
+        let StoredKey {
+            side,
+            join_key,
+            row,
+        } = stored;
+        let entry = decode_entry(value, self.stamped)?;
+        let (key, row) = (Encoded::from(join_key), Encoded::from(row));
+        visit(side, &key, &row, &entry);
+        self.sides[side].entry(key).or_default().insert(row, entry);
+        self.rows[side] += 1;
+        self.held_rows += 1;
+        Ok(())
+    }
+}
+
+/// A stored row's value: copies, time, and stamp if `stamped`.
+fn encode_entry(entry: &Entry, stamped: bool) -> Vec<u8> {
+    let mut value = ValueWriter::new();
+    value.i64(entry.copies).opt_i64(entry.time);
+    if stamped {
+        value.i64(entry.stamp);
+    }
+    value.finish()
+}
+
+fn decode_entry(value: &[u8], stamped: bool) -> Result<Entry> {
+    let mut value = ValueReader::new(value);
+    let copies = value.i64()?;
+    let time = value.opt_i64()?;
+    let stamp = if stamped { value.i64()? } else { 0 };
+    if copies == 0 {
+        return Err(ExecutorError::CorruptState(
+            "a join's stored row has no copies".into(),
+        ));
+    }
+    Ok(Entry {
+        copies,
+        degree: 0,
+        time,
+        stamp,
+        changed: false,
+    })
+}

@@ -32,7 +32,9 @@ use tokio::sync::watch;
 
 use eddy_storage::{CheckpointBatch, Store};
 
-use crate::checkpoint::{BackgroundWriter, CheckpointStats, FragmentCheckpoint, StateWrite};
+use crate::checkpoint::{
+    BackgroundWriter, CheckpointStats, FragmentCheckpoint, STATE_LAYOUT, StateWrite,
+};
 use crate::error::{ExecutorError, Result};
 use crate::relation_rows::{Changes, RelationRows};
 
@@ -329,7 +331,7 @@ impl Coordinator {
                         && !r.checkpointed
                     {
                         r.checkpointed = true;
-                        batch.mark_checkpointed(*id, epoch);
+                        batch.mark_checkpointed(*id, epoch, STATE_LAYOUT);
                     }
                 }
                 if let Some(writer) = state.writer.as_ref() {

@@ -29,6 +29,17 @@ pub enum ExecutorError {
     /// Checkpointed state cannot be read back: a damaged data directory or a bug.
     #[error("checkpointed state is unreadable: {0}")]
     CorruptState(String),
+    /// Checkpointed state laid out by another version (see
+    /// [`crate::checkpoint::STATE_LAYOUT`]).
+    #[error(
+        "its checkpoint was written by an older version of Eddy, in state layout {found} \
+         (this version reads layout {})",
+        crate::checkpoint::STATE_LAYOUT
+    )]
+    StateLayout {
+        /// The layout found.
+        found: u32,
+    },
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] eddy_storage::StorageError),

@@ -44,6 +44,8 @@ pub struct Fragment {
     pub coordinator: Arc<Coordinator>,
     /// This fragment's number within its relation's pipeline.
     pub index: usize,
+    /// Where its operators' state is in checkpoints (see [`crate::checkpoint`]).
+    pub scope: u32,
     /// Receives state sizes, at every barrier.
     pub progress: Arc<Progress>,
 }
@@ -106,7 +108,7 @@ impl Fragment {
     fn checkpoint(&mut self, epoch: u64) {
         let mut checkpoint = FragmentCheckpoint::default();
         for (i, op) in self.ops.iter_mut().enumerate() {
-            let mut state = checkpoint.scope(self.index as u32, i as u16);
+            let mut state = checkpoint.scope(self.scope, i as u16);
             if let Some(late) = op.late_rows() {
                 late.checkpoint(&mut state);
             }

@@ -37,8 +37,8 @@ use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
-use crate::build::{PipelineBuilder, SharedPlans, Upstream};
-use crate::checkpoint::{StateEntries, state_prefix};
+use crate::build::{FragmentScopes, PipelineBuilder, SharedPlans, Upstream};
+use crate::checkpoint::{STATE_LAYOUT, StateEntries, state_prefix};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
@@ -229,6 +229,19 @@ impl Runtime {
         }
     }
 
+    /// Whether pipeline `id` recovers from a checkpoint; an error if its
+    /// checkpoint's state is laid out as this version would not find it.
+    fn restores_pipeline(&self, id: u32) -> Result<bool> {
+        let Some(store) = self.coordinator.store() else {
+            return Ok(false);
+        };
+        match store.checkpoint_layout(id)? {
+            None => Ok(false),
+            Some(STATE_LAYOUT) => Ok(true),
+            Some(found) => Err(ExecutorError::StateLayout { found }),
+        }
+    }
+
     /// Starts table `id`: empty, or, when a checkpoint holds it, with its
     /// checkpointed rows. Its later changes come through [`Runtime::publish`]
     /// (and, on recovery, [`Runtime::recovered`]).
@@ -249,6 +262,7 @@ impl Runtime {
             output: Output::Subscribers(Arc::new(Subscribers::default())),
             coordinator: self.coordinator.clone(),
             index: 0,
+            scope: 0,
             progress: self.progress.clone(),
         };
         self.subscribers
@@ -488,7 +502,7 @@ impl Runtime {
                 ))),
             }
         };
-        let restore = self.is_checkpointed(id)?;
+        let restore = self.restores_pipeline(id)?;
         self.progress.restart_late(id);
         let mut builder = PipelineBuilder {
             relation: id,
@@ -509,6 +523,7 @@ impl Runtime {
             readers: Vec::new(),
             windowed_aggregates: 0,
             shared: SharedPlans::default(),
+            scopes: FragmentScopes::default(),
         };
         // A restarted pipeline writes to the subscribers it had.
         let output = self.subscribers_of(id).unwrap_or_default();
@@ -524,7 +539,7 @@ impl Runtime {
             };
             for f in &mut builder.fragments {
                 for (i, op) in f.ops.iter_mut().enumerate() {
-                    let (scope, operator) = (f.index as u32, i as u16);
+                    let (scope, operator) = (f.scope, i as u16);
                     op.attach_store(StoreTable::new(
                         store.clone(),
                         id,

@@ -161,7 +161,10 @@ impl EddyError {
             // As postgres_fdw reports a foreign server it cannot reach.
             EddyError::Executor(eddy_executor::ExecutorError::Connector(_)) => "08001",
             EddyError::Executor(eddy_executor::ExecutorError::UnknownTopic(_)) => "42704",
-            EddyError::Executor(eddy_executor::ExecutorError::CorruptState(_)) => "XX001",
+            EddyError::Executor(
+                eddy_executor::ExecutorError::CorruptState(_)
+                | eddy_executor::ExecutorError::StateLayout { .. },
+            ) => "XX001",
             EddyError::Executor(eddy_executor::ExecutorError::DataFusion(e)) => {
                 datafusion_sqlstate(e)
             }

@@ -150,10 +150,12 @@ impl CheckpointBatch {
             .delete_range(relation_key(STATE, id, from), relation_key(STATE, id, to));
     }
 
-    /// Records that relation `id` is held by checkpoints from `epoch` on.
-    pub fn mark_checkpointed(&mut self, id: u32, epoch: u64) {
-        self.batch
-            .put(relation_prefix(CHECKPOINTED, id), epoch.to_be_bytes());
+    /// Records that relation `id` is held by checkpoints from `epoch` on,
+    /// its state keys laid out as version `layout` says.
+    pub fn mark_checkpointed(&mut self, id: u32, epoch: u64, layout: u32) {
+        let mut value = epoch.to_be_bytes().to_vec();
+        value.extend_from_slice(&layout.to_be_bytes());
+        self.batch.put(relation_prefix(CHECKPOINTED, id), value);
     }
 
     /// Seals the batch as epoch `epoch`, holding table changes up to

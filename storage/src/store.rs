@@ -229,10 +229,18 @@ impl Store {
 
     /// Whether a committed checkpoint holds relation `id`.
     pub fn is_checkpointed(&self, id: u32) -> Result<bool> {
-        Ok(self
-            .db
-            .get_pinned(relation_prefix(CHECKPOINTED, id))?
-            .is_some())
+        Ok(self.checkpoint_layout(id)?.is_some())
+    }
+
+    /// The state layout version relation `id`'s checkpoints were written
+    /// in (0: before layouts had versions), if a checkpoint holds it.
+    pub fn checkpoint_layout(&self, id: u32) -> Result<Option<u32>> {
+        let value = self.db.get_pinned(relation_prefix(CHECKPOINTED, id))?;
+        Ok(value.map(|v| {
+            v.get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_be_bytes)
+        }))
     }
 
     /// Visits the committed rows of relation `id`, oldest part first (see

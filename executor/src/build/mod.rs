@@ -25,7 +25,7 @@ use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::checkpoint::READER_SCOPE;
+use crate::checkpoint::{MAX_SOURCES, MAX_SPLIT_GROUPS, READER_SCOPE, SPLIT_SCOPE};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -80,6 +80,9 @@ struct Instance {
     inputs: Vec<InputChannel>,
     ports: Vec<usize>,
     ops: Vec<Box<dyn Operator>>,
+    /// The source split it runs on, for an instance of a reader's rows
+    /// before their first shuffle: (the source's index << 16) | the split's.
+    split: Option<u32>,
 }
 
 /// A node built into instances, with the output columns that carry watermarks.
@@ -117,11 +120,51 @@ pub(crate) struct PipelineBuilder<'a> {
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
     /// Outputs of this pipeline's readers, per source id.
-    pub reader_outputs: HashMap<u32, Vec<Arc<Subscribers>>>,
+    pub reader_outputs: HashMap<u32, Vec<(u32, Arc<Subscribers>)>>,
     pub readers: Vec<Reader>,
     pub windowed_aggregates: usize,
     /// Repeated subplans, run once (see [`shared`]).
     pub shared: SharedPlans,
+    pub scopes: FragmentScopes,
+}
+
+/// Gives fragments their checkpoint scopes (see [`crate::checkpoint`]), so
+/// that a fragment's scope does not depend on how many splits a source
+/// has: per-split fragments are named by their group and split, the
+/// others counted in plan order.
+#[derive(Debug, Default)]
+pub(crate) struct FragmentScopes {
+    /// Fragments not per split, so far.
+    fixed: u32,
+    /// Groups of per-split fragments, so far.
+    split_groups: u32,
+}
+
+impl FragmentScopes {
+    /// A group for `instances`, spawned together, if any runs on a split.
+    fn group(&mut self, instances: &[Instance]) -> Result<Option<u32>> {
+        if instances.iter().all(|i| i.split.is_none()) {
+            return Ok(None);
+        }
+        if self.split_groups == MAX_SPLIT_GROUPS {
+            return Err(ExecutorError::Unsupported(format!(
+                "a view with more than {MAX_SPLIT_GROUPS} scans of sources"
+            )));
+        }
+        self.split_groups += 1;
+        Ok(Some(self.split_groups - 1))
+    }
+
+    /// The scope of a fragment running `split` (if any) in `group`.
+    fn scope(&mut self, split: Option<u32>, group: Option<u32>) -> u32 {
+        match split.zip(group) {
+            Some((split, group)) => SPLIT_SCOPE + (group << 22) + split,
+            None => {
+                self.fixed += 1;
+                self.fixed - 1
+            }
+        }
+    }
 }
 
 fn physical(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
@@ -223,7 +266,7 @@ impl PipelineBuilder<'_> {
             ));
         }
         let inputs = self
-            .connect(pending, 1, Dispatch::Broadcast)
+            .connect(pending, 1, Dispatch::Broadcast)?
             .pop()
             .unwrap_or_default();
         let terminal = match terminal {
@@ -239,8 +282,10 @@ impl PipelineBuilder<'_> {
                 ports: vec![0; inputs.len()],
                 inputs,
                 ops: vec![terminal],
+                split: None,
             },
             Output::Subscribers(output),
+            None,
         );
         Ok(())
     }
@@ -254,7 +299,10 @@ impl PipelineBuilder<'_> {
         LateRows::new(self.relation, self.progress.clone(), keep_in, operator)
     }
 
-    fn spawnable(&mut self, instance: Instance, output: Output) {
+    /// Makes `instance` a fragment writing to `output`; `group`: its
+    /// group of per-split fragments, if it is one.
+    fn spawnable(&mut self, instance: Instance, output: Output, group: Option<u32>) {
+        let scope = self.scopes.scope(instance.split, group);
         self.fragments.push(Fragment {
             relation: self.relation,
             input: AlignedInput::with_ports(instance.inputs, instance.ports),
@@ -262,6 +310,7 @@ impl PipelineBuilder<'_> {
             output,
             coordinator: self.coordinator.clone(),
             index: self.fragments.len(),
+            scope,
             progress: self.progress.clone(),
         });
     }
@@ -272,7 +321,8 @@ impl PipelineBuilder<'_> {
         upstream: Vec<Instance>,
         n: usize,
         dispatch: Dispatch,
-    ) -> Vec<Vec<InputChannel>> {
+    ) -> Result<Vec<Vec<InputChannel>>> {
+        let group = self.scopes.group(&upstream)?;
         let mut downstream: Vec<Vec<InputChannel>> = (0..n).map(|_| Vec::new()).collect();
         for instance in upstream {
             let mut targets = Vec::with_capacity(n);
@@ -286,9 +336,9 @@ impl PipelineBuilder<'_> {
                 targets,
                 evaluator: self.evaluator.clone(),
             };
-            self.spawnable(instance, output);
+            self.spawnable(instance, output, group);
         }
-        downstream
+        Ok(downstream)
     }
 
     fn single(inputs: Vec<InputChannel>, op: Box<dyn Operator>) -> Instance {
@@ -296,6 +346,7 @@ impl PipelineBuilder<'_> {
             ports: vec![0; inputs.len()],
             inputs,
             ops: vec![op],
+            split: None,
         }
     }
 
@@ -329,19 +380,21 @@ impl PipelineBuilder<'_> {
                         inputs: vec![InputChannel::with_prefix(prefix, rx)],
                         ports: vec![0],
                         ops: vec![],
+                        split: None,
                     }]))
                 }
                 Upstream::Stream(spec) => {
                     let outputs = self.reader_outputs_of(&spec)?;
                     let instances = outputs
                         .into_iter()
-                        .map(|output| {
+                        .map(|(split, output)| {
                             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                             self.subscriptions.push((output, tx));
                             Instance {
                                 inputs: vec![InputChannel::new(rx)],
                                 ports: vec![0],
                                 ops: vec![],
+                                split: Some(split),
                             }
                         })
                         .collect();
@@ -389,6 +442,7 @@ impl PipelineBuilder<'_> {
                     inputs: vec![InputChannel::with_prefix(prefix, rx)],
                     ports: vec![0],
                     ops: vec![],
+                    split: None,
                 }]))
             }
             StreamNode::Project {
@@ -491,14 +545,22 @@ impl PipelineBuilder<'_> {
 
     /// The outputs of this pipeline's readers of `spec`, one per split,
     /// creating the readers at the first scan of the source.
-    fn reader_outputs_of(&mut self, spec: &Arc<SourceSpec>) -> Result<Vec<Arc<Subscribers>>> {
+    fn reader_outputs_of(
+        &mut self,
+        spec: &Arc<SourceSpec>,
+    ) -> Result<Vec<(u32, Arc<Subscribers>)>> {
         if let Some(outputs) = self.reader_outputs.get(&spec.id) {
             return Ok(outputs.clone());
         }
         let splits = spec.split_count(self.parallelism);
-        // A reader's scope names its source (by order of first scan) and
-        // split, so a source gaining splits moves no other reader's state.
-        let source_scope = READER_SCOPE + ((self.reader_outputs.len() as u32) << 16);
+        let source = self.reader_outputs.len() as u32;
+        if source == MAX_SOURCES || splits > 1 << 16 {
+            return Err(ExecutorError::Unsupported(format!(
+                "a view reading more than {MAX_SOURCES} sources, or a source of more than 65536 splits"
+            )));
+        }
+        // A split names its source (by order of first scan) and its index,
+        // so a source gaining splits moves no other reader's state.
         let mut outputs = Vec::with_capacity(splits);
         for index in 0..splits {
             let output = Arc::new(Subscribers::default());
@@ -507,7 +569,7 @@ impl PipelineBuilder<'_> {
             self.readers.push(Reader {
                 relation: self.relation,
                 spec: spec.clone(),
-                scope: source_scope + index as u32,
+                scope: READER_SCOPE + (source << 16) + index as u32,
                 index,
                 split: spec.split(index, splits, 0)?,
                 splits,
@@ -524,7 +586,7 @@ impl PipelineBuilder<'_> {
                 coordinator: self.coordinator.clone(),
                 exhausted: false,
             });
-            outputs.push(output);
+            outputs.push(((source << 16) + index as u32, output));
         }
         self.reader_outputs.insert(spec.id, outputs.clone());
         Ok(outputs)

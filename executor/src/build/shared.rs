@@ -38,7 +38,8 @@ pub(crate) struct SharedPlans {
 
 #[derive(Debug)]
 struct SharedOutputs {
-    subscribers: Vec<Arc<Subscribers>>,
+    /// Per instance: its split (see [`super::Instance`]) and outputs.
+    subscribers: Vec<(Option<u32>, Arc<Subscribers>)>,
     watermarks: BTreeSet<usize>,
     schema: SchemaRef,
 }
@@ -67,13 +68,15 @@ impl PipelineBuilder<'_> {
             Some((first, columns)) => (*first, columns.clone()),
             None if self.shared.outputs.get(&at).is_some_and(Option::is_none) => {
                 let built = self.build_node(node)?;
+                let group = self.scopes.group(&built.instances)?;
                 let subscribers = built
                     .instances
                     .into_iter()
                     .map(|instance| {
                         let output = Arc::new(Subscribers::default());
-                        self.spawnable(instance, Output::Subscribers(output.clone()));
-                        output
+                        let split = instance.split;
+                        self.spawnable(instance, Output::Subscribers(output.clone()), group);
+                        (split, output)
                     })
                     .collect();
                 let outputs = SharedOutputs {
@@ -108,7 +111,7 @@ impl PipelineBuilder<'_> {
             .filter(|&i| outputs.watermarks.contains(&columns[i]))
             .collect();
         let mut instances = Vec::with_capacity(outputs.subscribers.len());
-        for subscribers in outputs.subscribers.clone() {
+        for (split, subscribers) in outputs.subscribers.clone() {
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
             self.subscriptions.push((subscribers, tx));
             let ops = permute
@@ -126,6 +129,7 @@ impl PipelineBuilder<'_> {
                 inputs: vec![InputChannel::new(rx)],
                 ports: vec![0],
                 ops,
+                split,
             });
         }
         Ok(Some(Built {

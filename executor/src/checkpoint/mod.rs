@@ -17,10 +17,19 @@
 //! <scope:u32be> <operator:u16be> <operator's own key>
 //! ```
 //!
-//! `scope` is the fragment's index in its pipeline, or [`READER_SCOPE`] +
-//! (the source's index in the pipeline << 16) + the split's index; both are
-//! assigned in plan order, so a pipeline built again from the same plan
-//! finds its state under the same keys, even with more splits than before.
+//! `scope` names where the operator runs, the same whenever the pipeline is
+//! built again from the same plan, even with more splits than before:
+//!
+//! - a source reader: [`READER_SCOPE`] + its split (the source's index in
+//!   the pipeline << 16, + the split's index);
+//! - a fragment with one instance per split of a source (the operators a
+//!   reader's rows pass before their first shuffle): [`SPLIT_SCOPE`] + (the
+//!   group's index among such groups << 22) + its split;
+//! - any other fragment: its index among those, in plan order.
+//!
+//! A relation's first checkpoint records [`STATE_LAYOUT`]; a pipeline
+//! checkpointed under another layout is not restored from keys it would
+//! not find (see [`crate::runtime`]).
 //! An operator's keyed state ([`crate::keyed_state`]) has a range of its
 //! own, its operator index with [`KEYED`] set: recovery reads an operator's
 //! other state in one scan and leaves the keyed state where it is, for the
@@ -43,6 +52,23 @@ use crate::relation_rows::{Changes, Delta};
 
 /// Scopes of source readers start here.
 pub const READER_SCOPE: u32 = 0x8000_0000;
+
+/// Scopes of fragments with one instance per split start here.
+pub const SPLIT_SCOPE: u32 = 0x4000_0000;
+
+/// How many sources one pipeline may read (a split's source index has six
+/// bits in [`SPLIT_SCOPE`]), and how many groups of per-split fragments it
+/// may have (eight bits).
+pub const MAX_SOURCES: u32 = 1 << 6;
+pub const MAX_SPLIT_GROUPS: u32 = 1 << 8;
+
+/// The version of the state key layout, recorded with each relation's
+/// first checkpoint. Bump it when a change moves pipeline state: a
+/// pipeline checkpointed under another layout fails to restore, loudly,
+/// instead of starting from state it cannot find. (Version 1: fragment
+/// scopes no longer shift when a source gains splits; join rows without a
+/// time in the keyed range.)
+pub const STATE_LAYOUT: u32 = 1;
 
 /// Set in the operator index of an operator's keyed state.
 pub const KEYED: u16 = 0x8000;

@@ -46,7 +46,10 @@ pub(super) async fn watch(engine: Weak<Engine>) {
             let Some(interval) = spec.kafka().and_then(|k| k.discovery_interval()) else {
                 continue;
             };
-            if last.get(&info.id).is_some_and(|t| t.elapsed() < interval) {
+            // A source looks first one interval after it was seen (it
+            // started with the partitions it knows).
+            let seen = *last.entry(info.id).or_insert_with(Instant::now);
+            if seen.elapsed() < interval {
                 continue;
             }
             last.insert(info.id, Instant::now());

@@ -304,6 +304,86 @@ async fn a_view_that_no_longer_plans_is_kept_failed() {
     );
 }
 
+/// A view whose checkpoint records another state layout (here, the
+/// unversioned one of versions before layouts were recorded) is not
+/// restored from keys this version would not find: it is kept failed,
+/// saying why, and the rest of the server starts as usual.
+#[tokio::test]
+async fn a_view_checkpointed_in_an_older_state_layout_is_kept_failed() {
+    let mut server = EddyServer::start("restart_old_layout");
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (k INT, v INT);
+             INSERT INTO t VALUES (1, 10), (1, 20), (2, 5);
+             CREATE MATERIALIZED VIEW sums AS SELECT k, sum(v) AS total FROM t GROUP BY k;
+             CREATE MATERIALIZED VIEW kept AS SELECT count(*) AS n FROM t;
+             FLUSH;",
+        )
+        .await
+        .expect("setup");
+    server.kill9();
+    // What an earlier version recorded with its first checkpoint of `sums`.
+    let store = eddy_storage::Store::open(&server.data_dir).expect("open the data dir");
+    let id = store
+        .catalog()
+        .expect("catalog")
+        .into_iter()
+        .find(|e| e.name == "sums")
+        .expect("sums is stored")
+        .id;
+    assert!(
+        store
+            .checkpoint_layout(id)
+            .expect("layout")
+            .is_some_and(|l| l > 0)
+    );
+    let mut old = eddy_storage::CheckpointBatch::default();
+    old.mark_checkpointed(id, 1, 0);
+    store.commit_checkpoint(&old).expect("write the old marker");
+    drop(store);
+    server.restart_after_kill9();
+    let client = server.client().await;
+    assert_eq!(
+        rows_sorted(&client, "SELECT * FROM kept")
+            .await
+            .expect("read"),
+        ["3"]
+    );
+    let error = client
+        .simple_query("SELECT * FROM sums")
+        .await
+        .expect_err("a failed view");
+    let message = error.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(
+        message.contains("older version of Eddy, in state layout 0"),
+        "unexpected error: {error:?}"
+    );
+    assert_eq!(
+        rows_sorted(
+            &client,
+            "SELECT state FROM eddy_catalog.jobs WHERE job = 'sums'"
+        )
+        .await
+        .expect("jobs"),
+        ["failed"]
+    );
+    // Created again, it is whole.
+    client
+        .batch_execute(
+            "DROP MATERIALIZED VIEW sums;
+             CREATE MATERIALIZED VIEW sums AS SELECT k, sum(v) AS total FROM t GROUP BY k;",
+        )
+        .await
+        .expect("recreate");
+    assert_eq!(
+        rows_sorted(&client, "SELECT * FROM sums")
+            .await
+            .expect("read"),
+        ["1|30", "2|5"]
+    );
+}
+
 /// A relation nothing was ever retracted from keeps its rows as the batches
 /// that arrived (stored as Arrow parts); the first retraction turns them
 /// into counted rows (a base part replaces the Arrow ones). Both forms, and

@@ -134,8 +134,15 @@ impl StoreTable {
 
     /// The checkpointed value of `key` in the keyed range.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let values = self.store.get_state(self.relation, &self.prefix, [key])?;
-        Ok(values.into_iter().next().flatten())
+        Ok(self.get_many([key])?.into_iter().next().flatten())
+    }
+
+    /// The checkpointed values of `keys` in the keyed range, in order.
+    pub(crate) fn get_many<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(self.store.get_state(self.relation, &self.prefix, keys)?)
     }
 
     /// The last durable epoch: a checkpoint of a later one may not be in

@@ -405,11 +405,16 @@ impl HashJoin {
     ) -> Result<()> {
         let other = 1 - side;
         let keys = self.keys(side, &chunk.batch)?;
-        let loaded = self.state.load(keys.iter().flatten())?;
-        if !loaded.is_empty() && self.reads_degrees() {
-            self.compute_degrees(&loaded)?;
-        }
         let encoded = self.sides[side].codec.encode(chunk.batch.columns())?;
+        let rows = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some((k.as_ref()?, encoded.row(i).data())));
+        let whole = self.reads_degrees();
+        let read_whole = self.state.load(side, rows, whole)?;
+        if whole && !read_whole.is_empty() {
+            self.compute_degrees(&read_whole)?;
+        }
 
         // Candidate pairs, probed against the other side before this chunk
         // (rows of one chunk are all on one side, so they never meet each other).

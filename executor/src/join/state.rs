@@ -3,21 +3,30 @@
 //! Under the `memory` backend all of them are in memory, and checkpoints
 //! write the rows changed since the last one. Under the `rocksdb` backend,
 //! the store's rows are the state and memory holds the join keys used
-//! lately, with both sides' rows of each: a change first
-//! [`JoinState::load`]s its key (one prefix scan of the keyed range per key
-//! not held), so the state may be far larger than memory. Interval joins
-//! and joins with a state TTL hold all their rows under either backend:
-//! their indexes (by time, by stamp) name every row already, and their
-//! rows expire.
+//! lately: a change first [`JoinState::load`]s, under its key, the other
+//! side's rows in whole (one prefix scan of the keyed range, to probe) and
+//! its own row's entry (one `multi_get` per chunk), so neither a large
+//! state nor a key with many rows on the changing side (a fact table's
+//! rows under one dimension key) is read for each change. A join that
+//! reads degrees (outer, semi, anti) loads both sides' rows in whole, as
+//! degrees are computed from them. Interval joins and joins with a state
+//! TTL hold all their rows under either backend: their indexes (by time,
+//! by stamp) name every row already, and their rows expire.
 //!
 //! Invariants of the held keys (`rocksdb` backend):
-//! - A held join key has all its rows in memory, both sides'; a key not
-//!   held has none there, and the store holds exactly its rows.
+//! - Per side, a held join key has all its rows in memory (complete), or
+//!   some: rows read one by one, and those removed since as tombstones (an
+//!   entry without copies), so reading the rest later cannot bring one
+//!   back. A key not held has no rows in memory, and the store holds
+//!   exactly its rows. Only complete sides are probed.
 //! - A key whose rows changed since the last durable checkpoint (in this
-//!   epoch, or written by a checkpoint not durable yet) stays held, even
-//!   with no rows left: the store may not have its changes yet.
-//! - Keys leave memory only at checkpoints, after the changed rows were
-//!   written, so only keys loaded in the current call are read.
+//!   epoch, or written by a checkpoint not durable yet) stays held: the
+//!   store may not have its changes yet.
+//! - Rows leave memory only at checkpoints, after the changed rows were
+//!   written, so only keys loaded in the current call are read. Over the
+//!   cache's size, the rows of incomplete sides go first (they were read
+//!   to be changed, and are seldom read again), then the keys used
+//!   longest ago, whole.
 
 use std::sync::Arc;
 
@@ -80,6 +89,10 @@ struct HeldKey {
     used: u64,
     /// The epoch of the last checkpoint that wrote one of its rows.
     written: u64,
+    /// Per side, whether all its rows are in memory: else only some (read
+    /// one by one, to change them), and a row removed since is kept as a
+    /// tombstone (no copies), so reading the rest cannot bring it back.
+    complete: [bool; 2],
 }
 
 /// Both sides' stored rows.
@@ -173,11 +186,17 @@ impl JoinState {
             .collect()
     }
 
-    /// Makes sure the rows of every one of `keys` are in memory; returns
-    /// the keys read from the store (their degrees are not known yet).
+    /// Makes sure a change of `side` to `rows` ((join key, row) pairs) can
+    /// be applied: under each key, the other side's rows are all in memory
+    /// (to probe), and so is each row's own entry if it is stored; with
+    /// `whole`, all of both sides' rows are (a join that reads degrees).
+    /// Returns the keys whose rows of both sides were just read in whole:
+    /// their degrees are not known yet.
     pub fn load<'k>(
         &mut self,
-        keys: impl IntoIterator<Item = &'k Encoded>,
+        side: usize,
+        rows: impl IntoIterator<Item = (&'k Encoded, &'k [u8])>,
+        whole: bool,
     ) -> Result<Vec<Encoded>> {
         let Self {
             sides,
@@ -191,44 +210,62 @@ impl JoinState {
         let (Some(held), Some(table)) = (held.as_mut(), table.as_ref()) else {
             return Ok(Vec::new());
         };
-        let mut loaded = Vec::new();
-        for key in keys {
-            if let Some(h) = held.keys.get_mut(key) {
-                h.used = *epoch;
-                continue;
-            }
-            let mut bytes = OVERHEAD + key.len();
-            let mut failed = None;
-            table.scan(&state_key::key_prefix(key), |rest, value| {
-                if failed.is_some() {
-                    return;
+        let other = 1 - side;
+        let mut read_whole = Vec::new();
+        let mut lookups: Vec<(&Encoded, &[u8])> = Vec::new();
+        for (key, row) in rows {
+            let h = held.keys.entry(key.clone()).or_insert_with(|| {
+                held.bytes += OVERHEAD + key.len();
+                HeldKey {
+                    used: *epoch,
+                    written: 0,
+                    complete: [false, false],
                 }
-                let row = state_key::parse_side_row(rest)
-                    .and_then(|(side, row)| Ok((side, row, decode_entry(value, *stamped)?)));
-                match row {
-                    Ok((side, row, entry)) => {
-                        bytes += OVERHEAD + row.len();
-                        *held_rows += 1;
-                        sides[side]
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(row.into(), entry);
+            });
+            h.used = *epoch;
+            let was_whole = h.complete == [true, true];
+            for s in [other, side] {
+                if !h.complete[s] && (s == other || whole) {
+                    let bucket = sides[s].entry(key.clone()).or_default();
+                    let (rows, bytes) = read_rows(table, *stamped, key, s, bucket)?;
+                    *held_rows += rows;
+                    held.bytes = held.bytes + bytes.0 - bytes.1;
+                    if bucket.is_empty() {
+                        sides[s].remove(key);
                     }
-                    Err(e) => failed = Some(e),
+                    h.complete[s] = true;
                 }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
             }
-            held.bytes += bytes;
-            let h = HeldKey {
-                used: *epoch,
-                written: 0,
-            };
-            held.keys.insert(key.clone(), h);
-            loaded.push(key.clone());
+            if !was_whole && h.complete == [true, true] {
+                read_whole.push(key.clone());
+            }
+            if !h.complete[side] && !sides[side].get(key).is_some_and(|b| b.contains_key(row)) {
+                lookups.push((key, row));
+            }
         }
-        Ok(loaded)
+        if lookups.is_empty() {
+            return Ok(read_whole);
+        }
+        lookups.sort_unstable();
+        lookups.dedup();
+        let keys: Vec<Vec<u8>> = lookups
+            .iter()
+            .map(|(key, row)| state_key::row_key(side as u8, key, row))
+            .collect();
+        let values = table.get_many(keys.iter().map(Vec::as_slice))?;
+        for ((key, row), value) in lookups.into_iter().zip(values) {
+            let Some(value) = value else {
+                continue;
+            };
+            let entry = decode_entry(&value, *stamped)?;
+            sides[side]
+                .entry(key.clone())
+                .or_default()
+                .insert(row.into(), entry);
+            *held_rows += 1;
+            held.bytes += OVERHEAD + row.len();
+        }
+        Ok(read_whole)
     }
 
     /// The entry of `row` of `side` under `key` (loaded), to change; created
@@ -242,15 +279,19 @@ impl JoinState {
     ) -> (&mut Entry, bool) {
         let row = Encoded::from(row);
         let bucket = self.sides[side].entry(key.clone()).or_default();
-        let entry = bucket.entry(row.clone()).or_default();
+        let mut created = false;
+        let entry = bucket.entry(row.clone()).or_insert_with(|| {
+            created = true;
+            Entry::default()
+        });
         let was_stored = entry.copies != 0;
         if !was_stored {
             entry.time = time;
             self.rows[side] += 1;
             self.held_rows += 1;
-            if let Some(held) = self.held.as_mut() {
-                held.bytes += OVERHEAD + row.len();
-            }
+        }
+        if created && let Some(held) = self.held.as_mut() {
+            held.bytes += OVERHEAD + row.len();
         }
         if !std::mem::replace(&mut entry.changed, true) {
             self.changed.push(ChangedRow {
@@ -269,6 +310,19 @@ impl JoinState {
         let Some(bucket) = self.sides[side].get_mut(key) else {
             return;
         };
+        let partial = self
+            .held
+            .as_ref()
+            .and_then(|h| h.keys.get(key))
+            .is_some_and(|h| !h.complete[side]);
+        if partial {
+            // A tombstone: its entry stays, with no copies.
+            if bucket.contains_key(row) {
+                self.rows[side] -= 1;
+                self.held_rows -= 1;
+            }
+            return;
+        }
         if bucket.remove(row).is_some() {
             self.rows[side] -= 1;
             self.held_rows -= 1;
@@ -340,20 +394,25 @@ impl JoinState {
             let value = match entry {
                 // Listed again after it left and came back: written.
                 Some(e) if !e.changed => continue,
-                Some(e) => {
+                Some(e) if e.copies != 0 => {
                     e.changed = false;
                     Some(encode_entry(e, self.stamped))
                 }
                 // The range deletion below covers it (most rows of a fast
                 // stream come and expire within one checkpoint).
-                None if !in_store
-                    || time
+                // Removed (a tombstone, or gone from memory).
+                removed => {
+                    if let Some(e) = removed {
+                        e.changed = false;
+                    }
+                    let expired = time
                         .zip(self.expired_below[usize::from(side)])
-                        .is_some_and(|(t, below)| t < below) =>
-                {
-                    continue;
+                        .is_some_and(|(t, below)| t < below);
+                    if !in_store || expired {
+                        continue;
+                    }
+                    None
                 }
-                None => None,
             };
             match (time, value) {
                 (Some(t), Some(v)) => state.put(&state_key::timed_row_key(side, t, &key, &row), v),
@@ -397,6 +456,17 @@ impl JoinState {
         let durable = table.durable();
         let rows_bytes =
             |bucket: &Bucket| -> usize { bucket.keys().map(|row| OVERHEAD + row.len()).sum() };
+        let live = |bucket: &Bucket| bucket.values().filter(|e| e.copies != 0).count() as u64;
+        // Rows read one by one, to change them, are seldom read again: they
+        // go first, and the sides that probes read in whole stay.
+        for (key, h) in held.keys.iter().filter(|(_, h)| h.written <= durable) {
+            for (side, complete) in sides.iter_mut().zip(h.complete) {
+                if !complete && let Some(bucket) = side.remove(key) {
+                    held.bytes -= rows_bytes(&bucket);
+                    *held_rows -= live(&bucket);
+                }
+            }
+        }
         let candidates: Vec<(u64, usize, Encoded)> = held
             .keys
             .iter()
@@ -416,7 +486,7 @@ impl JoinState {
             for side in sides.iter_mut() {
                 if let Some(bucket) = side.remove(&key) {
                     held.bytes -= rows_bytes(&bucket);
-                    *held_rows -= bucket.len() as u64;
+                    *held_rows -= live(&bucket);
                 }
             }
         }
@@ -489,6 +559,44 @@ impl JoinState {
         self.held_rows += 1;
         Ok(())
     }
+}
+
+/// Reads the stored rows of `side` under `key` into `bucket`, which holds
+/// some of them already (those are newer, and kept), and drops its
+/// tombstones. Returns the rows added, and the bytes added and dropped.
+fn read_rows(
+    table: &StoreTable,
+    stamped: bool,
+    key: &[u8],
+    side: usize,
+    bucket: &mut Bucket,
+) -> Result<(u64, (usize, usize))> {
+    let (mut rows, mut added) = (0, 0);
+    let mut failed = None;
+    table.scan(&state_key::side_prefix(key, side as u8), |row, value| {
+        if failed.is_some() || bucket.contains_key(row) {
+            return;
+        }
+        match decode_entry(value, stamped) {
+            Ok(entry) => {
+                bucket.insert(row.into(), entry);
+                rows += 1;
+                added += OVERHEAD + row.len();
+            }
+            Err(e) => failed = Some(e),
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut dropped = 0;
+    bucket.retain(|row, e| {
+        if e.copies == 0 {
+            dropped += OVERHEAD + row.len();
+        }
+        e.copies != 0
+    });
+    Ok((rows, (added, dropped)))
 }
 
 /// A stored row's value: copies, time, and stamp if `stamped`.

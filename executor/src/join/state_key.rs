@@ -13,9 +13,9 @@
 //! is kept under `t`, whose keys sort by time: the rows the watermark
 //! expires leave the checkpoint in one range deletion per side and
 //! checkpoint, not one deletion per row. Every other row is kept under `r`
-//! in the keyed range, where one join key's rows of both sides sit
-//! together: the `rocksdb` backend reads a key's rows with one prefix scan,
-//! and recovery's read of the operator range leaves them alone. (A `r` row
+//! in the keyed range, where one join key's rows of a side sit together:
+//! the `rocksdb` backend reads them with one prefix scan, and recovery's
+//! read of the operator range leaves them alone. (A `r` row
 //! in the operator range was written by an older version, and is refused.)
 
 use crate::checkpoint::{push_part, split_part};
@@ -45,19 +45,18 @@ pub(super) fn timed_row_key(side: u8, time: i64, key: &[u8], row: &[u8]) -> Vec<
     k
 }
 
-/// The prefix, in the keyed range, of the rows of join key `key`.
-pub(super) fn key_prefix(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5 + key.len());
+/// The prefix, in the keyed range, of the rows of `side` under join key `key`.
+pub(super) fn side_prefix(key: &[u8], side: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + key.len());
     k.push(ROW);
     push_part(&mut k, key);
+    k.push(side);
     k
 }
 
 /// The key, in the keyed range, of a stored row of `side` without a time.
 pub(super) fn row_key(side: u8, key: &[u8], row: &[u8]) -> Vec<u8> {
-    let mut k = key_prefix(key);
-    k.reserve(1 + row.len());
-    k.push(side);
+    let mut k = side_prefix(key, side);
     k.extend_from_slice(row);
     k
 }
@@ -103,19 +102,12 @@ pub(super) fn parse_timed(key: &[u8]) -> Result<Option<StoredKey<'_>>> {
     }
 }
 
-/// Reads the rest of a row's key in the keyed range after `r <key part>`
-/// (as a prefix scan of one join key gives it): (side, row).
-pub(super) fn parse_side_row(rest: &[u8]) -> Result<(usize, &[u8])> {
-    let (&side, row) = rest.split_first().ok_or_else(corrupt)?;
-    Ok((usize::from(side).min(1), row))
-}
-
 /// Reads a row's key in the keyed range after its `r`.
 pub(super) fn parse_row(rest: &[u8]) -> Result<StoredKey<'_>> {
     let (join_key, rest) = split_part(rest)?;
-    let (side, row) = parse_side_row(rest)?;
+    let (&side, row) = rest.split_first().ok_or_else(corrupt)?;
     Ok(StoredKey {
-        side,
+        side: usize::from(side).min(1),
         join_key,
         row,
     })

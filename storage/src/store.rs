@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 
 use crate::catalog::CatalogEntry;
@@ -61,6 +62,18 @@ fn row_prefix(table: u32) -> [u8; 5] {
 
 fn row_key(table: u32, key: &[u8]) -> Vec<u8> {
     relation_key(ROWS, table, key)
+}
+
+/// The least key above every key starting with `prefix`; None if there is
+/// none (`prefix` is all 0xff bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    let last = end.last_mut()?;
+    *last += 1;
+    Some(end)
 }
 
 fn catalog_key(id: u32) -> [u8; 5] {
@@ -328,9 +341,16 @@ impl Store {
     }
 
     fn scan_prefix(&self, prefix: &[u8], mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        // The bound keeps the iterator from reading a block past the
+        // prefix (and files that hold none of it): a join's per-key scans
+        // would otherwise read and decompress one more block each.
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            options.set_iterate_upper_bound(end);
+        }
         let iter = self
             .db
-            .iterator(IteratorMode::From(prefix, Direction::Forward));
+            .iterator_opt(IteratorMode::From(prefix, Direction::Forward), options);
         for item in iter {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
@@ -344,13 +364,7 @@ impl Store {
     /// The greatest key starting with `prefix` (which must not be all 0xff bytes).
     fn last_key_with(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         // Seek backwards from the least key above every key with `prefix`.
-        let mut end = prefix.to_vec();
-        while end.last() == Some(&0xff) {
-            end.pop();
-        }
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
+        let end = prefix_end(prefix).unwrap_or_default();
         let mut iter = self
             .db
             .iterator(IteratorMode::From(&end, Direction::Reverse));

@@ -3,7 +3,8 @@
 //! writes, every pipeline, commit).
 //!
 //! ```text
-//! cargo run --release --bin eddy-bench -- [--rows N] [--batch B] [--parallelism P]
+//! cargo run --release --bin eddy-bench -- [--rows N] [--batch B] [--parallelism P] \
+//!     [--state-backend memory|rocksdb] [--state-cache-mb MB]
 //! ```
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use eddy_executor::{StateBackend, StateConfig};
 use eddy_server::{Engine, EngineConfig, Settings};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -84,9 +86,25 @@ async fn main() {
         .unwrap_or(1);
     let parallelism = arg("--parallelism", cores);
     let customers = 10_000i64;
+    let backend = std::env::args()
+        .skip_while(|a| a != "--state-backend")
+        .nth(1)
+        .map_or(Some(StateBackend::Memory), |name| {
+            StateBackend::named(&name)
+        })
+        .unwrap_or_else(|| {
+            eprintln!("eddy-bench: --state-backend takes memory or rocksdb");
+            std::process::exit(2);
+        });
+    let cache_mb = arg("--state-cache-mb", 64) as u64;
+    let mut config = EngineConfig::new(parallelism);
+    config.state = StateConfig {
+        backend,
+        cache_bytes: cache_mb << 20,
+    };
     let dir = std::env::temp_dir().join(format!("eddy-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = match Engine::open(&dir, EngineConfig::new(parallelism)).await {
+    let engine = match Engine::open(&dir, config).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("eddy-bench: {e}");
@@ -97,7 +115,8 @@ async fn main() {
     sql(&engine, &format!("INSERT INTO customers SELECT value, value % 50 FROM generate_series(0, {}) AS t(value)", customers - 1)).await;
 
     println!(
-        "eddy-bench: {rows} rows in batches of {batch}, parallelism {parallelism}, {cores} cores"
+        "eddy-bench: {rows} rows in batches of {batch}, parallelism {parallelism}, {cores} cores, state backend {} ({cache_mb} MiB cache)",
+        backend.name()
     );
     println!(
         "{:<34} {:>12} {:>14} {:>14}",

@@ -181,6 +181,42 @@ async fn temporal_filter_catches_up_after_kill9() {
     assert_eq!(rows_sorted(&client, sql).await.expect("read"), ["2", "3"]);
 }
 
+/// A view reading a source twice has per-split fragments for each read (a
+/// temporal filter runs before the first shuffle, once per split): each
+/// keeps its pending rows under a scope of its own, so after `kill -9`
+/// neither gets the other's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scans_of_a_source_keep_their_state_apart_after_kill9() {
+    let mut server = EddyServer::start("restart_two_scans");
+    let client = server.client().await;
+    // Rows become due every 3 seconds from the source's creation on.
+    client
+        .batch_execute(
+            "CREATE SOURCE ticks (id BIGINT, ts TIMESTAMP) WITH (connector = 'datagen',
+               datagen.rows.total = '6', fields.id.kind = 'sequence',
+               fields.ts.kind = 'sequence', fields.ts.step = '3 seconds');
+             CREATE MATERIALIZED VIEW due AS
+               SELECT id, 'even' AS kind FROM ticks WHERE ts <= now() AND id % 2 = 0
+               UNION ALL
+               SELECT id, 'odd' AS kind FROM ticks WHERE ts <= now() AND id % 2 = 1;
+             FLUSH;",
+        )
+        .await
+        .expect("setup");
+    let sql = "SELECT * FROM due";
+    let before = rows_sorted(&client, sql).await.expect("read");
+    assert!(before.len() < 6, "rows were due too soon: {before:?}");
+    server.kill9();
+    tokio::time::sleep(std::time::Duration::from_secs(17)).await;
+    server.restart_after_kill9();
+    let client = server.client().await;
+    client.batch_execute("FLUSH").await.expect("flush");
+    assert_eq!(
+        rows_sorted(&client, sql).await.expect("read"),
+        ["1|odd", "2|even", "3|odd", "4|even", "5|odd", "6|even"]
+    );
+}
+
 /// State TTL stamps are checkpointed: after `kill -9`, unexpired state is
 /// back (a retraction finds it), and what stopped changing still expires.
 #[tokio::test]

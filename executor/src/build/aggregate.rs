@@ -98,7 +98,7 @@ impl PipelineBuilder<'_> {
         if window.is_some() {
             self.windowed_aggregates += 1;
         }
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(group_exprs.clone()))?;
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(group_exprs.clone()));
         let instances = inputs
             .into_iter()
             .zip(specs_per_instance)

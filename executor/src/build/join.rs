@@ -56,8 +56,8 @@ impl PipelineBuilder<'_> {
             })
             .collect();
         let (left_pending, right_pending) = (left_built.instances, right_built.instances);
-        let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()))?;
-        let right_inputs = self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()))?;
+        let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()));
+        let right_inputs = self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()));
         let (lb, rb) = (batch_schema(&ls), batch_schema(&rs));
         let instances = left_inputs
             .into_iter()

@@ -25,7 +25,7 @@ use tokio::sync::{RwLock, mpsc};
 
 use eddy_planner::StreamNode;
 
-use crate::checkpoint::{MAX_SOURCES, MAX_SPLIT_GROUPS, READER_SCOPE, SPLIT_SCOPE};
+use crate::checkpoint::{MAX_SCANS, READER_SCOPE, SPLIT_SCOPE};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Dispatch, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
@@ -80,8 +80,8 @@ struct Instance {
     inputs: Vec<InputChannel>,
     ports: Vec<usize>,
     ops: Vec<Box<dyn Operator>>,
-    /// The source split it runs on, for an instance of a reader's rows
-    /// before their first shuffle: (the source's index << 16) | the split's.
+    /// For an instance of a source's rows before their first shuffle, the
+    /// split it runs on: (the scan's number << 16) | the split's index.
     split: Option<u32>,
 }
 
@@ -120,7 +120,7 @@ pub(crate) struct PipelineBuilder<'a> {
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
     /// Outputs of this pipeline's readers, per source id.
-    pub reader_outputs: HashMap<u32, Vec<(u32, Arc<Subscribers>)>>,
+    pub reader_outputs: HashMap<u32, Vec<Arc<Subscribers>>>,
     pub readers: Vec<Reader>,
     pub windowed_aggregates: usize,
     /// Repeated subplans, run once (see [`shared`]).
@@ -130,35 +130,33 @@ pub(crate) struct PipelineBuilder<'a> {
 
 /// Gives fragments their checkpoint scopes (see [`crate::checkpoint`]), so
 /// that a fragment's scope does not depend on how many splits a source
-/// has: per-split fragments are named by their group and split, the
-/// others counted in plan order.
+/// has: a per-split fragment is named by its scan (each read of a
+/// source's splits, or of a shared subplan's per-split outputs, numbered
+/// in plan order) and split; the others are counted in plan order.
 #[derive(Debug, Default)]
 pub(crate) struct FragmentScopes {
     /// Fragments not per split, so far.
     fixed: u32,
-    /// Groups of per-split fragments, so far.
-    split_groups: u32,
+    /// Scans, so far.
+    scans: u32,
 }
 
 impl FragmentScopes {
-    /// A group for `instances`, spawned together, if any runs on a split.
-    fn group(&mut self, instances: &[Instance]) -> Result<Option<u32>> {
-        if instances.iter().all(|i| i.split.is_none()) {
-            return Ok(None);
-        }
-        if self.split_groups == MAX_SPLIT_GROUPS {
+    /// The number of a new scan.
+    fn scan(&mut self) -> Result<u32> {
+        if self.scans == MAX_SCANS {
             return Err(ExecutorError::Unsupported(format!(
-                "a view with more than {MAX_SPLIT_GROUPS} scans of sources"
+                "a view with more than {MAX_SCANS} scans of sources"
             )));
         }
-        self.split_groups += 1;
-        Ok(Some(self.split_groups - 1))
+        self.scans += 1;
+        Ok(self.scans - 1)
     }
 
-    /// The scope of a fragment running `split` (if any) in `group`.
-    fn scope(&mut self, split: Option<u32>, group: Option<u32>) -> u32 {
-        match split.zip(group) {
-            Some((split, group)) => SPLIT_SCOPE + (group << 22) + split,
+    /// The scope of a fragment running on `split`, if it runs on one.
+    fn scope(&mut self, split: Option<u32>) -> u32 {
+        match split {
+            Some(split) => SPLIT_SCOPE + split,
             None => {
                 self.fixed += 1;
                 self.fixed - 1
@@ -266,7 +264,7 @@ impl PipelineBuilder<'_> {
             ));
         }
         let inputs = self
-            .connect(pending, 1, Dispatch::Broadcast)?
+            .connect(pending, 1, Dispatch::Broadcast)
             .pop()
             .unwrap_or_default();
         let terminal = match terminal {
@@ -285,7 +283,6 @@ impl PipelineBuilder<'_> {
                 split: None,
             },
             Output::Subscribers(output),
-            None,
         );
         Ok(())
     }
@@ -299,10 +296,9 @@ impl PipelineBuilder<'_> {
         LateRows::new(self.relation, self.progress.clone(), keep_in, operator)
     }
 
-    /// Makes `instance` a fragment writing to `output`; `group`: its
-    /// group of per-split fragments, if it is one.
-    fn spawnable(&mut self, instance: Instance, output: Output, group: Option<u32>) {
-        let scope = self.scopes.scope(instance.split, group);
+    /// Makes `instance` a fragment writing to `output`.
+    fn spawnable(&mut self, instance: Instance, output: Output) {
+        let scope = self.scopes.scope(instance.split);
         self.fragments.push(Fragment {
             relation: self.relation,
             input: AlignedInput::with_ports(instance.inputs, instance.ports),
@@ -321,8 +317,7 @@ impl PipelineBuilder<'_> {
         upstream: Vec<Instance>,
         n: usize,
         dispatch: Dispatch,
-    ) -> Result<Vec<Vec<InputChannel>>> {
-        let group = self.scopes.group(&upstream)?;
+    ) -> Vec<Vec<InputChannel>> {
         let mut downstream: Vec<Vec<InputChannel>> = (0..n).map(|_| Vec::new()).collect();
         for instance in upstream {
             let mut targets = Vec::with_capacity(n);
@@ -336,9 +331,9 @@ impl PipelineBuilder<'_> {
                 targets,
                 evaluator: self.evaluator.clone(),
             };
-            self.spawnable(instance, output, group);
+            self.spawnable(instance, output);
         }
-        Ok(downstream)
+        downstream
     }
 
     fn single(inputs: Vec<InputChannel>, op: Box<dyn Operator>) -> Instance {
@@ -385,16 +380,18 @@ impl PipelineBuilder<'_> {
                 }
                 Upstream::Stream(spec) => {
                     let outputs = self.reader_outputs_of(&spec)?;
+                    let scan = self.scopes.scan()?;
                     let instances = outputs
                         .into_iter()
-                        .map(|(split, output)| {
+                        .enumerate()
+                        .map(|(index, output)| {
                             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                             self.subscriptions.push((output, tx));
                             Instance {
                                 inputs: vec![InputChannel::new(rx)],
                                 ports: vec![0],
                                 ops: vec![],
-                                split: Some(split),
+                                split: Some((scan << 16) + index as u32),
                             }
                         })
                         .collect();
@@ -545,22 +542,20 @@ impl PipelineBuilder<'_> {
 
     /// The outputs of this pipeline's readers of `spec`, one per split,
     /// creating the readers at the first scan of the source.
-    fn reader_outputs_of(
-        &mut self,
-        spec: &Arc<SourceSpec>,
-    ) -> Result<Vec<(u32, Arc<Subscribers>)>> {
+    fn reader_outputs_of(&mut self, spec: &Arc<SourceSpec>) -> Result<Vec<Arc<Subscribers>>> {
         if let Some(outputs) = self.reader_outputs.get(&spec.id) {
             return Ok(outputs.clone());
         }
         let splits = spec.split_count(self.parallelism);
         let source = self.reader_outputs.len() as u32;
-        if source == MAX_SOURCES || splits > 1 << 16 {
-            return Err(ExecutorError::Unsupported(format!(
-                "a view reading more than {MAX_SOURCES} sources, or a source of more than 65536 splits"
-            )));
+        if source >= 1 << 15 || splits > 1 << 16 {
+            return Err(ExecutorError::Unsupported(
+                "a view reading more than 32768 sources, or a source of more than 65536 splits"
+                    .into(),
+            ));
         }
-        // A split names its source (by order of first scan) and its index,
-        // so a source gaining splits moves no other reader's state.
+        // A reader's scope names its source (by order of first scan) and
+        // split, so a source gaining splits moves no other reader's state.
         let mut outputs = Vec::with_capacity(splits);
         for index in 0..splits {
             let output = Arc::new(Subscribers::default());
@@ -586,7 +581,7 @@ impl PipelineBuilder<'_> {
                 coordinator: self.coordinator.clone(),
                 exhausted: false,
             });
-            outputs.push(((source << 16) + index as u32, output));
+            outputs.push(output);
         }
         self.reader_outputs.insert(spec.id, outputs.clone());
         Ok(outputs)

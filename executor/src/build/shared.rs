@@ -38,8 +38,8 @@ pub(crate) struct SharedPlans {
 
 #[derive(Debug)]
 struct SharedOutputs {
-    /// Per instance: its split (see [`super::Instance`]) and outputs.
-    subscribers: Vec<(Option<u32>, Arc<Subscribers>)>,
+    /// Per instance: whether it runs on a split, and its outputs.
+    subscribers: Vec<(bool, Arc<Subscribers>)>,
     watermarks: BTreeSet<usize>,
     schema: SchemaRef,
 }
@@ -68,15 +68,14 @@ impl PipelineBuilder<'_> {
             Some((first, columns)) => (*first, columns.clone()),
             None if self.shared.outputs.get(&at).is_some_and(Option::is_none) => {
                 let built = self.build_node(node)?;
-                let group = self.scopes.group(&built.instances)?;
                 let subscribers = built
                     .instances
                     .into_iter()
                     .map(|instance| {
                         let output = Arc::new(Subscribers::default());
-                        let split = instance.split;
-                        self.spawnable(instance, Output::Subscribers(output.clone()), group);
-                        (split, output)
+                        let per_split = instance.split.is_some();
+                        self.spawnable(instance, Output::Subscribers(output.clone()));
+                        (per_split, output)
                     })
                     .collect();
                 let outputs = SharedOutputs {
@@ -111,7 +110,11 @@ impl PipelineBuilder<'_> {
             .filter(|&i| outputs.watermarks.contains(&columns[i]))
             .collect();
         let mut instances = Vec::with_capacity(outputs.subscribers.len());
-        for (split, subscribers) in outputs.subscribers.clone() {
+        // Each use reads per-split outputs as a scan of its own.
+        let scan = self.scopes.scan()?;
+        for (index, (per_split, subscribers)) in outputs.subscribers.clone().into_iter().enumerate()
+        {
+            let split = per_split.then_some((scan << 16) + index as u32);
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
             self.subscriptions.push((subscribers, tx));
             let ops = permute

@@ -70,7 +70,7 @@ impl PipelineBuilder<'_> {
             self.parallelism
         };
         let child = self.build(input)?;
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.to_vec()))?;
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.to_vec()));
         let instances = inputs
             .into_iter()
             .map(|inputs| Ok(Self::single(inputs, make(self)?)))
@@ -144,7 +144,7 @@ impl PipelineBuilder<'_> {
         };
         let child = self.build(input)?;
         let watermarked = time_column.is_some_and(|c| child.watermarks.contains(&c));
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()))?;
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
         let instances = inputs
             .into_iter()

@@ -24,7 +24,7 @@
 //!   the pipeline << 16, + the split's index);
 //! - a fragment with one instance per split of a source (the operators a
 //!   reader's rows pass before their first shuffle): [`SPLIT_SCOPE`] + (the
-//!   group's index among such groups << 22) + its split;
+//!   scan's number in plan order << 16) + the split's index;
 //! - any other fragment: its index among those, in plan order.
 //!
 //! A relation's first checkpoint records [`STATE_LAYOUT`]; a pipeline
@@ -56,11 +56,9 @@ pub const READER_SCOPE: u32 = 0x8000_0000;
 /// Scopes of fragments with one instance per split start here.
 pub const SPLIT_SCOPE: u32 = 0x4000_0000;
 
-/// How many sources one pipeline may read (a split's source index has six
-/// bits in [`SPLIT_SCOPE`]), and how many groups of per-split fragments it
-/// may have (eight bits).
-pub const MAX_SOURCES: u32 = 1 << 6;
-pub const MAX_SPLIT_GROUPS: u32 = 1 << 8;
+/// How many scans of sources one pipeline may have (a scan's number has
+/// 14 bits in [`SPLIT_SCOPE`]).
+pub const MAX_SCANS: u32 = 1 << 14;
 
 /// The version of the state key layout, recorded with each relation's
 /// first checkpoint. Bump it when a change moves pipeline state: a

@@ -224,6 +224,17 @@ pub async fn rows_sorted(client: &Client, sql: &str) -> Result<Vec<String>, toki
     Ok(rows)
 }
 
+/// Runs `sql`, which must fail, and returns the server's error message.
+pub async fn error_message(client: &Client, sql: &str) -> String {
+    match client.simple_query(sql).await {
+        Ok(_) => panic!("{sql} did not fail"),
+        Err(e) => e
+            .as_db_error()
+            .map(|db| db.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
 /// A sqllogictest database over one Postgres connection.
 pub struct PgDb {
     client: Client,

@@ -231,12 +231,8 @@ impl HashJoin {
                 if !pass {
                     continue;
                 }
-                if let Some(degree) = self.state.degree_mut(0, key, l) {
-                    *degree += right_copies;
-                }
-                if let Some(degree) = self.state.degree_mut(1, key, r) {
-                    *degree += left_copies;
-                }
+                self.state.add_degree(0, key, l, *right_copies);
+                self.state.add_degree(1, key, r, *left_copies);
             }
         }
         Ok(())
@@ -455,16 +451,8 @@ impl HashJoin {
                     // Read the entry and move its degree in one lookup.
                     let entry = key
                         .as_ref()
-                        .and_then(|k| self.state.bucket(other, k))
-                        .and_then(|b| b.get(their_row))
-                        .copied()
+                        .and_then(|k| self.state.add_degree(other, k, their_row, sign))
                         .unwrap_or_default();
-                    if let Some(degree) = key
-                        .as_ref()
-                        .and_then(|k| self.state.degree_mut(other, k, their_row))
-                    {
-                        *degree += sign;
-                    }
                     matched += entry.copies;
                     if filtered.is_none() {
                         let (l, r) = if side == 0 {

@@ -34,7 +34,7 @@ use super::state_key::{self, COUNTS, ROWS, StoredKey};
 use crate::checkpoint::{Bytes, StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::error::{ExecutorError, Result};
 use crate::hash::HashMap;
-use crate::keyed_state::{StateBackend, StateConfig, StoreTable, eviction_victims};
+use crate::keyed_state::{StateConfig, StoreTable, eviction_victims};
 
 /// An encoded row or join key, shared (not copied) by the state, the
 /// probe's candidates, the expiry index and the changed-row list.
@@ -152,11 +152,15 @@ impl JoinState {
     /// may leave memory (no index of the join's names them).
     pub fn attach(&mut self, table: StoreTable, evictable: bool) {
         self.table = Some(table);
-        self.held = (evictable && self.config.backend == StateBackend::Rocksdb).then(|| HeldKeys {
-            keys: HashMap::default(),
-            bytes: 0,
-            limit: usize::try_from(self.config.cache_bytes).unwrap_or(usize::MAX),
-        });
+        self.held = self
+            .config
+            .cache_limit()
+            .filter(|_| evictable)
+            .map(|limit| HeldKeys {
+                keys: HashMap::default(),
+                bytes: 0,
+                limit,
+            });
     }
 
     /// Join keys in memory (counted per side), rows stored, rows in memory.
@@ -170,11 +174,13 @@ impl JoinState {
         self.sides[side].get(key)
     }
 
-    /// The entry of `row` of `side` under `key` (loaded), to change its
-    /// degree (which checkpoints do not hold).
-    pub fn degree_mut(&mut self, side: usize, key: &[u8], row: &[u8]) -> Option<&mut i64> {
+    /// Adds `delta` to the degree of `row` of `side` under `key` (loaded;
+    /// checkpoints do not hold degrees); returns the entry as it was.
+    pub fn add_degree(&mut self, side: usize, key: &[u8], row: &[u8], delta: i64) -> Option<Entry> {
         let entry = self.sides[side].get_mut(key)?.get_mut(row)?;
-        Some(&mut entry.degree)
+        let before = *entry;
+        entry.degree += delta;
+        Some(before)
     }
 
     /// The join keys with rows on both sides.

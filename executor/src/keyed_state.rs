@@ -70,6 +70,15 @@ pub struct StateConfig {
     pub cache_bytes: u64,
 }
 
+impl StateConfig {
+    /// The cache's size in bytes when state may leave memory (the
+    /// `rocksdb` backend); None when all of it stays.
+    pub fn cache_limit(&self) -> Option<usize> {
+        (self.backend == StateBackend::Rocksdb)
+            .then(|| usize::try_from(self.cache_bytes).unwrap_or(usize::MAX))
+    }
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
@@ -121,9 +130,7 @@ impl StoreTable {
             durable,
         }
     }
-}
 
-impl StoreTable {
     /// Visits the checkpointed entries of the keyed range whose keys start
     /// with `prefix`, in key order, `prefix` removed.
     pub(crate) fn scan(&self, prefix: &[u8], visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
@@ -272,12 +279,7 @@ impl<V> KeyedState<V> {
 
     /// The cache limit, when entries leave memory.
     fn cache_limit(&self) -> Option<usize> {
-        match (self.config.backend, &self.table) {
-            (StateBackend::Rocksdb, Some(_)) => {
-                Some(usize::try_from(self.config.cache_bytes).unwrap_or(usize::MAX))
-            }
-            _ => None,
-        }
+        self.table.as_ref().and(self.config.cache_limit())
     }
 
     /// Keys present.

@@ -94,28 +94,32 @@ impl PipelineBuilder<'_> {
                     .push(Box::new(ProjectUnion::new(branches, output.clone())));
             }
             let input_watermarks = std::mem::take(&mut built.watermarks);
-            built.watermarks = projections
-                .iter()
-                .map(|p| p.watermarks(&input_watermarks))
-                .reduce(|a, b| a.intersection(&b).copied().collect())
-                .unwrap_or_default();
+            built.watermarks =
+                carried_by_all(projections.iter().map(|p| p.watermarks(&input_watermarks)));
             return Ok(built);
         }
-        let mut all = Built::default();
-        for (k, input) in inputs.iter().enumerate() {
+        let mut instances = Vec::new();
+        let mut watermarks = Vec::with_capacity(inputs.len());
+        for input in inputs {
             let built = self.build(input)?;
-            all.watermarks = if k == 0 {
-                built.watermarks
-            } else {
-                all.watermarks
-                    .intersection(&built.watermarks)
-                    .copied()
-                    .collect()
-            };
-            all.instances.extend(built.instances);
+            instances.extend(built.instances);
+            watermarks.push(built.watermarks);
         }
-        Ok(all)
+        Ok(Built {
+            instances,
+            watermarks: carried_by_all(watermarks),
+        })
     }
+}
+
+/// The columns with a watermark in every branch of a union: the union's
+/// watermark is the least of its branches', so a branch without one holds
+/// the column back.
+fn carried_by_all(branches: impl IntoIterator<Item = BTreeSet<usize>>) -> BTreeSet<usize> {
+    branches
+        .into_iter()
+        .reduce(|a, b| a.intersection(&b).copied().collect())
+        .unwrap_or_default()
 }
 
 /// When every branch of a union (two or more) projects the same input:

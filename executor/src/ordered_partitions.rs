@@ -14,6 +14,10 @@
 //!   way each time), so checkpoints hold only the rows (`<partition> <order
 //!   key> <row>` -> multiplicity) and recovery computes `emitted` again.
 //! - A partition with no rows and nothing emitted is removed.
+//! - With [`OrderedPartitions::keep_first`] (a top-N over an append-only
+//!   input) a partition holds at most its first `keep` rows: a row past
+//!   them can never move up, as nothing above it is ever deleted, so it is
+//!   not stored; a row pushed past them leaves state.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -27,7 +31,7 @@ use crate::checkpoint::{
     Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
 };
 use crate::codec::RowCodec;
-use crate::error::Result;
+use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::{HashMap, HashSet};
 use crate::key::KeyEncoder;
@@ -43,6 +47,8 @@ pub(crate) type Encoded = Arc<[u8]>;
 pub(crate) struct Partition {
     /// (order key, row) -> multiplicity.
     rows: BTreeMap<(Encoded, Encoded), i64>,
+    /// The multiplicities' sum.
+    len: usize,
     /// Encoded output rows as last emitted, in the operator's order.
     pub(crate) emitted: Vec<Encoded>,
 }
@@ -66,6 +72,8 @@ pub(crate) struct OrderedPartitions {
     evaluator: Evaluator,
     partitions: HashMap<Encoded, Partition>,
     touched: HashSet<Encoded>,
+    /// The most rows a partition keeps, if the input never deletes.
+    keep: Option<usize>,
     /// Distinct (order key, row) entries over all partitions.
     stored: u64,
     /// (partition, order key, row) changed since the last checkpoint.
@@ -106,9 +114,16 @@ impl OrderedPartitions {
             evaluator,
             partitions: HashMap::default(),
             touched: HashSet::default(),
+            keep: None,
             stored: 0,
             dirty: Dirty::default(),
         })
+    }
+
+    /// Keeps only the first `n` rows of each partition, for an input that
+    /// only inserts: a deletion is then an error.
+    pub(crate) fn keep_first(&mut self, n: usize) {
+        self.keep = Some(n);
     }
 
     /// The codec of the input rows the partitions hold.
@@ -136,15 +151,33 @@ impl OrderedPartitions {
         let rows = self.row_codec.encode(batch.columns())?;
         for (i, (key, order)) in partitions.into_iter().zip(orders).enumerate() {
             let sign = chunk.ops[i].sign();
+            let row = rows.row(i);
+            if let Some(keep) = self.keep {
+                if sign < 0 {
+                    return Err(ExecutorError::Internal(
+                        "a top-N over an append-only input received a deletion".into(),
+                    ));
+                }
+                let past_the_last = |p: &Partition| {
+                    p.len >= keep
+                        && p.rows.last_key_value().is_some_and(|((o, r), _)| {
+                            (order.as_ref(), row.as_ref()) >= (o.as_ref(), r.as_ref())
+                        })
+                };
+                if self.partitions.get(&key).is_some_and(past_the_last) {
+                    continue;
+                }
+            }
             if !self.touched.contains(&key) {
                 self.touched.insert(key.clone());
             }
-            let row: Encoded = rows.row(i).as_ref().into();
+            let row: Encoded = row.as_ref().into();
             self.dirty.push((key.clone(), order.clone(), row.clone()));
-            let partition = self.partitions.entry(key).or_default();
+            let partition = self.partitions.entry(key.clone()).or_default();
             match partition.rows.entry((order, row)) {
                 Entry::Occupied(mut o) => {
                     *o.get_mut() += sign;
+                    partition.len = partition.len.wrapping_add_signed(sign as isize);
                     if *o.get() <= 0 {
                         o.remove();
                         self.stored -= 1;
@@ -153,9 +186,13 @@ impl OrderedPartitions {
                 Entry::Vacant(v) => {
                     if sign > 0 {
                         v.insert(sign);
+                        partition.len += 1;
                         self.stored += 1;
                     }
                 }
+            }
+            if let Some(keep) = self.keep {
+                trim(partition, &key, keep, &mut self.dirty, &mut self.stored);
             }
         }
         Ok(())
@@ -217,13 +254,42 @@ impl OrderedPartitions {
             let (partition, rest) = split_part(&key)?;
             let (order, row) = split_part(rest)?;
             let count = ValueReader::new(&value).i64()?;
-            self.partitions
-                .entry(partition.into())
-                .or_default()
-                .rows
-                .insert((order.into(), row.into()), count);
+            let partition = self.partitions.entry(partition.into()).or_default();
+            partition.rows.insert((order.into(), row.into()), count);
+            partition.len += count as usize;
             self.stored += 1;
         }
+        // A checkpoint written before the input was known append-only may
+        // hold more rows than are kept now.
+        if let Some(keep) = self.keep {
+            for (key, partition) in &mut self.partitions {
+                trim(partition, key, keep, &mut self.dirty, &mut self.stored);
+            }
+        }
         Ok(())
+    }
+}
+
+/// Drops `partition`'s last rows until at most `keep` remain, noting them
+/// for the next checkpoint.
+fn trim(
+    partition: &mut Partition,
+    key: &Encoded,
+    keep: usize,
+    dirty: &mut Dirty<(Encoded, Encoded, Encoded)>,
+    stored: &mut u64,
+) {
+    while partition.len > keep {
+        let Some(mut last) = partition.rows.last_entry() else {
+            break;
+        };
+        let (order, row) = last.key().clone();
+        *last.get_mut() -= 1;
+        partition.len -= 1;
+        if *last.get() <= 0 {
+            last.remove();
+            *stored -= 1;
+        }
+        dirty.push((key.clone(), order, row));
     }
 }

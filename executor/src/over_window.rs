@@ -4,7 +4,8 @@
 //! partitioning and order; and top-N, `ROW_NUMBER()` cut at N.
 //!
 //! Every input row is kept per partition, in order ([`OrderedPartitions`]):
-//! a top-N keeps more than N, as a deleted winner is replaced by the next.
+//! a top-N keeps more than N, as a deleted winner is replaced by the next,
+//! unless its input only inserts: then it keeps N.
 //! At the barrier the rows of every touched partition are decoded into one
 //! batch, and each window expression is evaluated by DataFusion's own
 //! implementation over each partition's slice of it, so a view computes
@@ -82,6 +83,16 @@ impl OverWindow {
             out_codec: RowCodec::for_schema(&schema)?,
             schema,
         })
+    }
+
+    /// Tells a top-N its input only inserts, so each partition keeps only
+    /// its first N rows (see [`OrderedPartitions::keep_first`]); other
+    /// window functions need every row still.
+    pub fn over_append_only_input(mut self) -> Self {
+        if let WindowFunctions::RowNumber { limit: Some(n) } = self.functions {
+            self.rows.keep_first(n);
+        }
+        self
     }
 
     /// The rows of a partition the functions' output covers.

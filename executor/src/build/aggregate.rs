@@ -128,6 +128,8 @@ impl PipelineBuilder<'_> {
         Ok(Built {
             instances,
             watermarks: window.map(|(g, _)| g).into_iter().collect(),
+            // Each window's row goes out once, final, when it closes.
+            append_only: window.is_some() && self.options.emit_on_window_close,
         })
     }
 }

@@ -55,6 +55,15 @@ impl PipelineBuilder<'_> {
                     && watermarked[1 - r.side].contains(&r.other_column)
             })
             .collect();
+        // Without deletions on either side, only a padded row (outer) or a
+        // lost match (anti) is retracted, and a TTL retracts what expires.
+        let append_only = left_built.append_only
+            && right_built.append_only
+            && self.options.state_ttl.is_none()
+            && matches!(
+                kind,
+                JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi
+            );
         let (left_pending, right_pending) = (left_built.instances, right_built.instances);
         let left_inputs = self.connect(left_pending, n, Dispatch::Hash(left_keys.clone()));
         let right_inputs = self.connect(right_pending, n, Dispatch::Hash(right_keys.clone()));
@@ -95,6 +104,9 @@ impl PipelineBuilder<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Built::plain(instances))
+        Ok(Built {
+            append_only,
+            ..Built::plain(instances)
+        })
     }
 }

@@ -85,18 +85,26 @@ struct Instance {
     split: Option<u32>,
 }
 
-/// A node built into instances, with the output columns that carry watermarks.
+/// A node built into instances, with the output columns that carry
+/// watermarks and whether its output is append-only.
 #[derive(Debug, Default)]
 struct Built {
     instances: Vec<Instance>,
     watermarks: BTreeSet<usize>,
+    /// Whether the node's output never holds a deletion, whatever its
+    /// inputs do (so an operator over it may forget what can no longer
+    /// matter: a top-N, the rows past its N).
+    append_only: bool,
 }
 
 impl Built {
+    /// Instances of a node whose output carries no watermark and may hold
+    /// deletions.
     fn plain(instances: Vec<Instance>) -> Self {
         Self {
             instances,
             watermarks: BTreeSet::new(),
+            append_only: false,
         }
     }
 }
@@ -398,6 +406,7 @@ impl PipelineBuilder<'_> {
                     Ok(Built {
                         instances,
                         watermarks: spec.watermark_columns().collect(),
+                        append_only: spec.is_append_only(),
                     })
                 }
             },
@@ -435,12 +444,15 @@ impl PipelineBuilder<'_> {
                 };
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 self.subscriptions.push((self.ticks.clone(), tx));
-                Ok(Built::plain(vec![Instance {
-                    inputs: vec![InputChannel::with_prefix(prefix, rx)],
-                    ports: vec![0],
-                    ops: vec![],
-                    split: None,
-                }]))
+                Ok(Built {
+                    append_only: true,
+                    ..Built::plain(vec![Instance {
+                        inputs: vec![InputChannel::with_prefix(prefix, rx)],
+                        ports: vec![0],
+                        ops: vec![],
+                        split: None,
+                    }])
+                })
             }
             StreamNode::Project {
                 input,
@@ -477,6 +489,7 @@ impl PipelineBuilder<'_> {
                 // Rows leave (or enter) as time passes, whatever their
                 // event time: no watermark holds past it.
                 built.watermarks.clear();
+                built.append_only = false;
                 Ok(built)
             }
             StreamNode::TopN {

@@ -100,14 +100,17 @@ impl PipelineBuilder<'_> {
         }
         let mut instances = Vec::new();
         let mut watermarks = Vec::with_capacity(inputs.len());
+        let mut append_only = true;
         for input in inputs {
             let built = self.build(input)?;
             instances.extend(built.instances);
             watermarks.push(built.watermarks);
+            append_only &= built.append_only;
         }
         Ok(Built {
             instances,
             watermarks: carried_by_all(watermarks),
+            append_only,
         })
     }
 }

@@ -41,6 +41,7 @@ struct SharedOutputs {
     /// Per instance: whether it runs on a split, and its outputs.
     subscribers: Vec<(bool, Arc<Subscribers>)>,
     watermarks: BTreeSet<usize>,
+    append_only: bool,
     schema: SchemaRef,
 }
 
@@ -81,6 +82,7 @@ impl PipelineBuilder<'_> {
                 let outputs = SharedOutputs {
                     subscribers,
                     watermarks: built.watermarks,
+                    append_only: built.append_only,
                     schema: batch_schema(node.schema()),
                 };
                 self.shared.outputs.insert(at, Some(outputs));
@@ -138,6 +140,7 @@ impl PipelineBuilder<'_> {
         Ok(Some(Built {
             instances,
             watermarks,
+            append_only: outputs.append_only,
         }))
     }
 }

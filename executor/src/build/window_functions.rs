@@ -57,12 +57,13 @@ fn partitioning(
 
 impl PipelineBuilder<'_> {
     /// Builds `input` and hash-partitions it on `partition` into as many
-    /// instances of the operator `make` returns (one without PARTITION BY).
+    /// instances of the operator `make` returns (one without PARTITION BY),
+    /// told whether the input is append-only.
     fn build_partitioned(
         &mut self,
         input: &StreamNode,
         partition: &[Arc<dyn PhysicalExpr>],
-        mut make: impl FnMut(&Self) -> Result<Box<dyn Operator>>,
+        mut make: impl FnMut(&Self, bool) -> Result<Box<dyn Operator>>,
     ) -> Result<Built> {
         let n = if partition.is_empty() {
             1
@@ -73,7 +74,7 @@ impl PipelineBuilder<'_> {
         let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.to_vec()));
         let instances = inputs
             .into_iter()
-            .map(|inputs| Ok(Self::single(inputs, make(self)?)))
+            .map(|inputs| Ok(Self::single(inputs, make(self, child.append_only)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Built::plain(instances))
     }
@@ -106,15 +107,20 @@ impl PipelineBuilder<'_> {
             ),
         };
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
-        self.build_partitioned(input, &partition, |builder| {
-            Ok(Box::new(OverWindow::new(
+        self.build_partitioned(input, &partition, |builder, append_only| {
+            let window = OverWindow::new(
                 partition.clone(),
                 order.clone(),
                 functions.clone(),
                 &in_arrow,
                 out.clone(),
                 builder.evaluator.clone(),
-            )?))
+            )?;
+            Ok(Box::new(if append_only {
+                window.over_append_only_input()
+            } else {
+                window
+            }))
         })
     }
 
@@ -176,6 +182,7 @@ impl PipelineBuilder<'_> {
         Ok(Built {
             instances,
             watermarks,
+            append_only: false,
         })
     }
 }

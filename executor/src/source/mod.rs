@@ -329,6 +329,15 @@ impl SourceSpec {
         self.watermark.iter().map(|w| w.column).chain(self.proctime)
     }
 
+    /// Whether the source only ever inserts rows: all but a Kafka topic of
+    /// upserts or Debezium change events.
+    pub fn is_append_only(&self) -> bool {
+        match &self.connector {
+            Connector::Nexmark(_) | Connector::Datagen(_) => true,
+            Connector::Kafka(kafka) => kafka.is_append_only(),
+        }
+    }
+
     /// `batch` of the connector's columns with the processing-time column,
     /// if the source has one, set to `now_nanos` for every row.
     pub fn with_processing_time(&self, batch: RecordBatch, now_nanos: i64) -> Result<RecordBatch> {

@@ -151,6 +151,12 @@ fn connection_options(options: &mut Options) -> Result<(String, Vec<(String, Str
 }
 
 impl KafkaSource {
+    /// Whether every message is a row inserted (not an upsert or a change
+    /// event).
+    pub fn is_append_only(&self) -> bool {
+        self.envelope == Envelope::Plain
+    }
+
     /// A source of `schema` rows (declared columns, then the metadata
     /// columns [`metadata_fields`] gave) from `options`.
     pub fn new(schema: SchemaRef, options: &mut Options) -> Result<Self> {

@@ -31,7 +31,8 @@ fn setup(rate: u64) -> String {
 }
 
 /// Views and their defining queries: a windowed aggregate emitted on close,
-/// an unwindowed aggregate, a top-N over it, window functions over it, a
+/// an unwindowed aggregate, a top-N over it, a top-N over a source (which
+/// keeps only its N rows per partition), window functions over it, a
 /// join of two sources and a table, an interval join (its rows expire by
 /// watermark, in ranges of the checkpoint), and session windows.
 const VIEWS: &[(&str, &str, bool)] = &[
@@ -50,6 +51,14 @@ const VIEWS: &[(&str, &str, bool)] = &[
         "top_auctions",
         "SELECT auction, n FROM (SELECT auction, n, ROW_NUMBER() OVER (ORDER BY n DESC, auction) AS rn
          FROM per_auction) WHERE rn <= 5",
+        false,
+    ),
+    (
+        "top_bids",
+        "SELECT auction, bidder, price, date_time FROM (
+           SELECT auction, bidder, price, date_time,
+                  ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time, bidder) AS rn
+           FROM bid) t WHERE rn <= 3",
         false,
     ),
     (

@@ -12,6 +12,7 @@
 pub mod aggregate;
 mod build;
 pub mod checkpoint;
+mod closing_partitions;
 mod codec;
 mod coordinator;
 mod dispatch;

@@ -2,9 +2,9 @@
 //! input row of a changelog, per PARTITION BY key, sorted by ORDER BY, and
 //! what the operator last emitted for the partition.
 //!
-//! Top-N ([`crate::top_n`]) and window functions ([`crate::over_window`])
-//! apply changes here as they arrive and, at the barrier, recompute the
-//! partitions changes touched against what they emitted before.
+//! Top-N and window functions ([`crate::over_window`]) apply changes here as
+//! they arrive and, at the barrier, recompute the partitions changes
+//! touched against what they emitted before.
 //!
 //! Invariants:
 //! - A partition's rows are a multiset keyed by (order key, whole row): the
@@ -18,6 +18,8 @@
 //!   input) a partition holds at most its first `keep` rows: a row past
 //!   them can never move up, as nothing above it is ever deleted, so it is
 //!   not stored; a row pushed past them leaves state.
+//! - With [`OrderedPartitions::close_by_watermark`] partitions leave state
+//!   once the watermark passes them (see [`crate::closing_partitions`]).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -30,11 +32,13 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use crate::checkpoint::{
     Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
 };
+use crate::closing_partitions::{CLOSED_KEY, ClosingPartitions};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::hash::{HashMap, HashSet};
 use crate::key::KeyEncoder;
+use crate::late_rows::LateRows;
 use crate::message::StreamChunk;
 use crate::operator::StateSize;
 
@@ -74,6 +78,8 @@ pub(crate) struct OrderedPartitions {
     touched: HashSet<Encoded>,
     /// The most rows a partition keeps, if the input never deletes.
     keep: Option<usize>,
+    /// Partitions closed by a watermark, if a PARTITION BY column has one.
+    closing: Option<ClosingPartitions>,
     /// Distinct (order key, row) entries over all partitions.
     stored: u64,
     /// (partition, order key, row) changed since the last checkpoint.
@@ -115,6 +121,7 @@ impl OrderedPartitions {
             partitions: HashMap::default(),
             touched: HashSet::default(),
             keep: None,
+            closing: None,
             stored: 0,
             dirty: Dirty::default(),
         })
@@ -124,6 +131,42 @@ impl OrderedPartitions {
     /// only inserts: a deletion is then an error.
     pub(crate) fn keep_first(&mut self, n: usize) {
         self.keep = Some(n);
+    }
+
+    /// Closes partitions as the watermark of input column `column` (a
+    /// PARTITION BY column) passes them; rows behind it go to `late`.
+    pub(crate) fn close_by_watermark(
+        &mut self,
+        column: usize,
+        input: &SchemaRef,
+        late: LateRows,
+    ) -> Result<()> {
+        let data_type = input.field(column).data_type().clone();
+        self.closing = Some(ClosingPartitions::new(column, data_type, late)?);
+        Ok(())
+    }
+
+    /// The partitions that close by watermark, if they do.
+    pub(crate) fn closing(&mut self) -> Option<&mut ClosingPartitions> {
+        self.closing.as_mut()
+    }
+
+    /// Whether partition `key` changed since the last [`Self::take_touched`].
+    pub(crate) fn is_touched(&self, key: &[u8]) -> bool {
+        self.touched.contains(key)
+    }
+
+    /// Removes partitions `keys` (closed) from state.
+    pub(crate) fn forget(&mut self, keys: &[Encoded]) {
+        for key in keys {
+            self.touched.remove(key);
+            if let Some(partition) = self.partitions.remove(key) {
+                for ((order, row), _) in partition.rows {
+                    self.stored -= 1;
+                    self.dirty.push((key.clone(), order, row));
+                }
+            }
+        }
     }
 
     /// The codec of the input rows the partitions hold.
@@ -149,9 +192,24 @@ impl OrderedPartitions {
             encoded.iter().map(|r| r.as_ref().into()).collect()
         };
         let rows = self.row_codec.encode(batch.columns())?;
+        let values = match &self.closing {
+            Some(closing) => Some(closing.values(batch.column(closing.column()))?),
+            None => None,
+        };
+        let mut late = Vec::new();
         for (i, (key, order)) in partitions.into_iter().zip(orders).enumerate() {
             let sign = chunk.ops[i].sign();
             let row = rows.row(i);
+            if let (Some(closing), Some(values)) = (self.closing.as_mut(), &values) {
+                let value = values.row(i);
+                if closing.is_late(value.as_ref()) {
+                    late.push(i);
+                    continue;
+                }
+                if !self.partitions.contains_key(&key) {
+                    closing.open(value.as_ref(), &key);
+                }
+            }
             if let Some(keep) = self.keep {
                 if sign < 0 {
                     return Err(ExecutorError::Internal(
@@ -195,6 +253,9 @@ impl OrderedPartitions {
                 trim(partition, &key, keep, &mut self.dirty, &mut self.stored);
             }
         }
+        if let Some(closing) = self.closing.as_mut() {
+            closing.dropped(batch, &chunk.ops, &late)?;
+        }
         Ok(())
     }
 
@@ -231,6 +292,9 @@ impl OrderedPartitions {
 
     /// Writes every row changed since the last checkpoint.
     pub(crate) fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        if let Some(closing) = self.closing.as_mut() {
+            closing.checkpoint(state);
+        }
         for (partition, order, row) in self.dirty.take() {
             let state_key = row_state_key(&partition, &order, &row);
             let count = self
@@ -250,7 +314,12 @@ impl OrderedPartitions {
         self.partitions.clear();
         self.touched.clear();
         self.stored = 0;
+        let mut closed_below = None;
         for (key, value) in entries {
+            if key.as_ref() == CLOSED_KEY {
+                closed_below = Some(value.into());
+                continue;
+            }
             let (partition, rest) = split_part(&key)?;
             let (order, row) = split_part(rest)?;
             let count = ValueReader::new(&value).i64()?;
@@ -265,6 +334,21 @@ impl OrderedPartitions {
             for (key, partition) in &mut self.partitions {
                 trim(partition, key, keep, &mut self.dirty, &mut self.stored);
             }
+        }
+        if let Some(closing) = self.closing.as_mut() {
+            // A partition's value is in each of its rows: read it from one.
+            let (keys, firsts): (Vec<Encoded>, Vec<&[u8]>) = self
+                .partitions
+                .iter()
+                .filter_map(|(key, p)| p.rows().next().map(|row| (key.clone(), row.as_ref())))
+                .unzip();
+            let columns = if keys.is_empty() {
+                None
+            } else {
+                Some(self.row_codec.decode(firsts.into_iter())?)
+            };
+            let values = columns.as_ref().map(|c| &c[closing.column()]);
+            closing.restore(closed_below, &keys, values)?;
         }
         Ok(())
     }

@@ -19,6 +19,12 @@
 //!
 //! Checkpoints hold the rows; recovery evaluates every partition once to
 //! know what was emitted.
+//!
+//! A PARTITION BY column with a watermark (a window's bound) closes
+//! partitions: when the watermark passes one, its pending changes go out
+//! and it leaves state, rows behind the watermark are dropped as late, and
+//! the watermark passes on, as the output's rows of a closed partition
+//! never change again (see [`crate::closing_partitions`]).
 
 use std::sync::Arc;
 
@@ -33,7 +39,8 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
-use crate::message::{Barrier, Op, StreamChunk};
+use crate::late_rows::LateRows;
+use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::ordered_partitions::{Encoded, OrderedPartitions};
 
@@ -93,6 +100,32 @@ impl OverWindow {
             self.rows.keep_first(n);
         }
         self
+    }
+
+    /// Closes partitions as input column `column`'s watermark passes them
+    /// (it must be a PARTITION BY column); rows behind it go to `late`.
+    pub fn closed_by_watermark(mut self, column: usize, late: LateRows) -> Result<Self> {
+        self.rows.close_by_watermark(column, &self.input, late)?;
+        Ok(self)
+    }
+
+    /// The changes to the output of partitions `keys`, and the output rows
+    /// they now have.
+    fn changes(&self, keys: &[Encoded], out: &mut Vec<StreamChunk>) -> Result<Vec<Vec<Encoded>>> {
+        let outputs = self.evaluate(keys)?;
+        let mut changes = Vec::new();
+        for (key, new) in keys.iter().zip(&outputs) {
+            let old = self.rows.get(key).map_or(&[][..], |p| &p.emitted);
+            changes.extend(difference(old, new));
+        }
+        if !changes.is_empty() {
+            let columns = self.out_codec.decode(changes.iter().map(|(_, r)| *r))?;
+            out.push(StreamChunk {
+                batch: RecordBatch::try_new(self.schema.clone(), columns)?,
+                ops: changes.iter().map(|(op, _)| *op).collect::<Vec<_>>().into(),
+            });
+        }
+        Ok(outputs)
     }
 
     /// The rows of a partition the functions' output covers.
@@ -238,22 +271,39 @@ impl Operator for OverWindow {
         }
         // Same input, same output order: hash sets iterate in no fixed order.
         keys.sort_unstable();
-        let outputs = self.evaluate(&keys)?;
-        let mut changes = Vec::new();
-        for (key, new) in keys.iter().zip(&outputs) {
-            let old = self.rows.get(key).map_or(&[][..], |p| &p.emitted);
-            changes.extend(difference(old, new));
-        }
-        if !changes.is_empty() {
-            let columns = self.out_codec.decode(changes.iter().map(|(_, r)| *r))?;
-            out.push(StreamChunk {
-                batch: RecordBatch::try_new(self.schema.clone(), columns)?,
-                ops: changes.iter().map(|(op, _)| *op).collect::<Vec<_>>().into(),
-            });
-        }
+        let outputs = self.changes(&keys, out)?;
         for (key, new) in keys.iter().zip(outputs) {
             self.rows.set_emitted(key, new);
         }
         Ok(())
+    }
+
+    fn late_rows(&mut self) -> Option<&mut LateRows> {
+        self.rows.closing().map(|c| c.late_rows())
+    }
+
+    fn on_watermark(
+        &mut self,
+        _port: usize,
+        watermark: Watermark,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<Vec<Watermark>> {
+        let Some(closing) = self.rows.closing() else {
+            return Ok(vec![]);
+        };
+        if watermark.column != closing.column() {
+            return Ok(vec![]);
+        }
+        let closed = closing.close_below(&watermark.value)?;
+        // Their last changes go out now: they leave before the barrier.
+        let pending: Vec<Encoded> = closed
+            .iter()
+            .filter(|key| self.rows.is_touched(key))
+            .cloned()
+            .collect();
+        self.changes(&pending, out)?;
+        self.rows.forget(&closed);
+        // Output columns start with the input's, at the same places.
+        Ok(vec![watermark])
     }
 }

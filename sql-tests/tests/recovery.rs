@@ -32,7 +32,8 @@ fn setup(rate: u64) -> String {
 
 /// Views and their defining queries: a windowed aggregate emitted on close,
 /// an unwindowed aggregate, a top-N over it, a top-N over a source (which
-/// keeps only its N rows per partition), window functions over it, a
+/// keeps only its N rows per partition), a top-N per window (whose
+/// partitions close by watermark), window functions over it, a
 /// join of two sources and a table, an interval join (its rows expire by
 /// watermark, in ranges of the checkpoint), and session windows.
 const VIEWS: &[(&str, &str, bool)] = &[
@@ -59,6 +60,14 @@ const VIEWS: &[(&str, &str, bool)] = &[
            SELECT auction, bidder, price, date_time,
                   ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time, bidder) AS rn
            FROM bid) t WHERE rn <= 3",
+        false,
+    ),
+    (
+        "window_top",
+        "SELECT window_start, auction, price FROM (
+           SELECT window_start, auction, price,
+                  ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY price DESC, auction, bidder, date_time) AS rn
+           FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND)) t WHERE rn <= 2",
         false,
     ),
     (

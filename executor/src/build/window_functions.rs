@@ -16,7 +16,6 @@ use eddy_planner::{SessionBound, StreamNode};
 use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::operator::Operator;
 use crate::over_window::{OverWindow, WindowFunctions};
 use crate::session::{SessionWindow, SessionWindowSpec};
 
@@ -56,29 +55,6 @@ fn partitioning(
 }
 
 impl PipelineBuilder<'_> {
-    /// Builds `input` and hash-partitions it on `partition` into as many
-    /// instances of the operator `make` returns (one without PARTITION BY),
-    /// told whether the input is append-only.
-    fn build_partitioned(
-        &mut self,
-        input: &StreamNode,
-        partition: &[Arc<dyn PhysicalExpr>],
-        mut make: impl FnMut(&Self, bool) -> Result<Box<dyn Operator>>,
-    ) -> Result<Built> {
-        let n = if partition.is_empty() {
-            1
-        } else {
-            self.parallelism
-        };
-        let child = self.build(input)?;
-        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.to_vec()));
-        let instances = inputs
-            .into_iter()
-            .map(|inputs| Ok(Self::single(inputs, make(self, child.append_only)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Built::plain(instances))
-    }
-
     /// A window operator (a top-N with `WindowCalls::RowNumber`).
     pub(super) fn build_window(
         &mut self,
@@ -107,20 +83,49 @@ impl PipelineBuilder<'_> {
             ),
         };
         let (in_arrow, out) = (batch_schema(&in_schema), batch_schema(schema));
-        self.build_partitioned(input, &partition, |builder, append_only| {
-            let window = OverWindow::new(
-                partition.clone(),
-                order.clone(),
-                functions.clone(),
-                &in_arrow,
-                out.clone(),
-                builder.evaluator.clone(),
-            )?;
-            Ok(Box::new(if append_only {
-                window.over_append_only_input()
-            } else {
-                window
-            }))
+        let child = self.build(input)?;
+        // A PARTITION BY column with a watermark closes partitions.
+        let closing = partition_by.iter().find_map(|e| match e {
+            Expr::Column(c) => in_schema
+                .index_of_column(c)
+                .ok()
+                .filter(|i| child.watermarks.contains(i)),
+            _ => None,
+        });
+        let n = if partition.is_empty() {
+            1
+        } else {
+            self.parallelism
+        };
+        let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
+        let instances = inputs
+            .into_iter()
+            .map(|inputs| {
+                let mut window = OverWindow::new(
+                    partition.clone(),
+                    order.clone(),
+                    functions.clone(),
+                    &in_arrow,
+                    out.clone(),
+                    self.evaluator.clone(),
+                )?;
+                if child.append_only {
+                    window = window.over_append_only_input();
+                }
+                if let Some(column) = closing {
+                    let late = self.late_rows(match functions {
+                        WindowFunctions::RowNumber { .. } => "top-N",
+                        WindowFunctions::Exprs(_) => "window function",
+                    })?;
+                    window = window.closed_by_watermark(column, late)?;
+                }
+                Ok(Self::single(inputs, Box::new(window)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Built {
+            instances,
+            watermarks: closing.into_iter().collect(),
+            append_only: false,
         })
     }
 

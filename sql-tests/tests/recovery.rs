@@ -35,7 +35,8 @@ fn setup(rate: u64) -> String {
 /// keeps only its N rows per partition), a top-N per window (whose
 /// partitions close by watermark), window functions over it, a
 /// join of two sources and a table, an interval join (its rows expire by
-/// watermark, in ranges of the checkpoint), and session windows.
+/// watermark, in ranges of the checkpoint), a window join emitted on
+/// window close (the join passes the watermark on), and session windows.
 const VIEWS: &[(&str, &str, bool)] = &[
     (
         "windows",
@@ -106,6 +107,17 @@ const VIEWS: &[(&str, &str, bool)] = &[
                GROUP BY window_start) m
            ON a.window_start = m.window_start AND a.n = m.top",
         false,
+    ),
+    (
+        "window_pairs",
+        "SELECT b.window_start, sum(b.n) AS bids, max(h.hi) AS hi
+         FROM (SELECT window_start, count(*) AS n
+               FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start) b
+         JOIN (SELECT window_start, max(price) AS hi
+               FROM TUMBLE(bid, date_time, INTERVAL '2' SECOND) GROUP BY window_start) h
+           ON b.window_start = h.window_start
+         GROUP BY b.window_start",
+        true,
     ),
     (
         "sessions",

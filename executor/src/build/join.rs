@@ -12,7 +12,9 @@ use super::{Built, Instance, PipelineBuilder, batch_schema, cast_to, physical};
 use crate::codec::RowCodec;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::join::{Expiry, HashJoin, JoinSide, expiry_rules, key_rules};
+use crate::join::{
+    Expiry, HashJoin, JoinSide, equal_time_key, expiry_rules, key_rules, watermark_columns,
+};
 
 impl PipelineBuilder<'_> {
     #[allow(clippy::too_many_arguments)]
@@ -104,9 +106,16 @@ impl PipelineBuilder<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // A window join's time key carries a watermark, but a TTL retracts
+        // rows of any time.
+        let watermarks = match self.options.state_ttl {
+            None => watermark_columns(kind, ls.fields().len(), equal_time_key(&rules)),
+            Some(_) => Vec::new(),
+        };
         Ok(Built {
+            instances,
+            watermarks: watermarks.into_iter().collect(),
             append_only,
-            ..Built::plain(instances)
         })
     }
 }

@@ -37,7 +37,7 @@ mod state_key;
 
 use state::{Encoded, JoinState};
 
-pub use expiry::{Expiry, expiry_rules, key_rules};
+pub use expiry::{Expiry, equal_time_key, expiry_rules, key_rules};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +48,9 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, filter, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
 
-use eddy_planner::{JoinKind, scalar_nanos, time_nanos};
+use eddy_planner::{JoinKind, nanos_to_time, scalar_nanos, time_nanos};
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
@@ -89,6 +90,31 @@ pub struct HashJoin {
     state: JoinState,
     expiry: Option<Expiry>,
     ttl: Option<JoinTtl>,
+    /// Output columns holding a window join's equal time key, with their
+    /// types: they carry its watermark (see [`equal_time_key`]).
+    watermark_columns: Vec<(usize, DataType)>,
+    /// The watermark last passed on, in nanoseconds.
+    passed: Option<i64>,
+}
+
+/// The output columns of a join of `kind` (whose left side has
+/// `left_width` columns) that hold the equal time key `key` of a window
+/// join (left and right columns), and so carry its watermark.
+pub fn watermark_columns(
+    kind: JoinKind,
+    left_width: usize,
+    key: Option<(usize, usize)>,
+) -> Vec<usize> {
+    let Some((left, right)) = key else {
+        return Vec::new();
+    };
+    match kind {
+        JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full => {
+            vec![left, left_width + right]
+        }
+        JoinKind::LeftSemi | JoinKind::LeftAnti => vec![left],
+        JoinKind::RightSemi | JoinKind::RightAnti => vec![right],
+    }
 }
 
 /// A join's state TTL: its stored rows by stamp, and each side's schema
@@ -120,6 +146,11 @@ impl HashJoin {
         expiry: Option<Expiry>,
     ) -> Result<Self> {
         let null_rows = [sides[0].codec.null_row()?, sides[1].codec.null_row()?];
+        let key = expiry.as_ref().and_then(|e| e.equal_time_key());
+        let watermark_columns = watermark_columns(kind, sides[0].codec.types().len(), key)
+            .into_iter()
+            .map(|c| (c, schema.field(c).data_type().clone()))
+            .collect();
         Ok(Self {
             kind,
             nulls_equal,
@@ -134,6 +165,8 @@ impl HashJoin {
             state: JoinState::new(),
             expiry,
             ttl: None,
+            watermark_columns,
+            passed: None,
         })
     }
 
@@ -625,8 +658,24 @@ impl Operator for HashJoin {
                 }
             });
         }
-        // Stored rows from before the watermark still produce output, so no
-        // output column has one.
-        Ok(vec![])
+        // A TTL retracts expired rows whatever their time; otherwise only a
+        // window join's equal time key is bounded (see `equal_time_key`).
+        let Some(low) = self.expiry.as_ref().and_then(Expiry::equal_key_watermark) else {
+            return Ok(vec![]);
+        };
+        if self.ttl.is_some() || self.passed.is_some_and(|p| p >= low) {
+            return Ok(vec![]);
+        }
+        self.passed = Some(low);
+        self.watermark_columns
+            .iter()
+            .map(|(column, data_type)| {
+                let value = nanos_to_time(Int64Array::from(vec![low]), data_type)?;
+                Ok(Watermark {
+                    column: *column,
+                    value: ScalarValue::try_from_array(&value, 0)?,
+                })
+            })
+            .collect()
     }
 }

@@ -19,10 +19,11 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::checkpoint::FragmentCheckpoint;
+use crate::checkpoint::{FragmentCheckpoint, OWN_STATE};
 use crate::coordinator::Coordinator;
 use crate::dispatch::Output;
 use crate::error::Result;
+use crate::eval::RowErrors;
 use crate::input::AlignedInput;
 use crate::message::{Barrier, Message, StreamChunk, Watermark};
 use crate::operator::Operator;
@@ -48,6 +49,8 @@ pub struct Fragment {
     pub scope: u32,
     /// Receives state sizes, at every barrier.
     pub progress: Arc<Progress>,
+    /// Rows whose expressions failed in its operators.
+    pub errors: RowErrors,
 }
 
 fn push(
@@ -114,6 +117,8 @@ impl Fragment {
             }
             op.checkpoint(&mut state);
         }
+        self.errors
+            .checkpoint(&mut checkpoint.scope(self.scope, OWN_STATE));
         if !checkpoint.is_empty() {
             self.coordinator.stage(self.relation, epoch, checkpoint);
         }
@@ -134,6 +139,7 @@ impl Fragment {
             let mut forward = None;
             let mut watermarks = Vec::new();
             let port = self.input.port(index);
+            RowErrors::discard_noted();
             let step = match msg {
                 Message::Chunk(_) | Message::Watermark(_) if failed => Ok(()),
                 Message::Chunk(c) => push(&mut self.ops, port, c, &mut out),
@@ -146,6 +152,7 @@ impl Fragment {
                         Ok(())
                     } else {
                         let done = barrier(&mut self.ops, b, &mut out);
+                        self.errors.take_noted();
                         if done.is_ok() {
                             self.checkpoint(b.epoch);
                         }
@@ -154,6 +161,7 @@ impl Fragment {
                     }
                 }
             };
+            self.errors.take_noted();
             if let Err(e) = step {
                 warn!(relation = self.relation, error = %e, "pipeline failed");
                 self.coordinator.fail(self.relation, e.to_string());

@@ -38,7 +38,7 @@ use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
 use crate::build::{FragmentScopes, PipelineBuilder, SharedPlans, Upstream};
-use crate::checkpoint::{STATE_LAYOUT, StateEntries, state_prefix};
+use crate::checkpoint::{OWN_STATE, STATE_LAYOUT, StateEntries, state_prefix};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
@@ -264,6 +264,7 @@ impl Runtime {
             index: 0,
             scope: 0,
             progress: self.progress.clone(),
+            errors: Default::default(),
         };
         self.subscribers
             .lock()
@@ -504,6 +505,11 @@ impl Runtime {
         };
         let restore = self.restores_pipeline(id)?;
         self.progress.restart_late(id);
+        if restore {
+            // The checkpoint says what was counted: what came after is
+            // counted again as it is replayed.
+            self.errors.forget(id);
+        }
         let mut builder = PipelineBuilder {
             relation: id,
             parallelism: self.parallelism,
@@ -557,9 +563,16 @@ impl Runtime {
                 }
             }
             if restore {
+                for f in &mut builder.fragments {
+                    f.errors
+                        .restore(entries(f.scope, OWN_STATE)?, id, &self.errors)?;
+                }
                 for reader in &mut builder.readers {
                     reader.restore(entries(reader.scope, 0)?)?;
                     reader.restore_split(entries(reader.scope, 1)?)?;
+                    reader
+                        .errors
+                        .restore(entries(reader.scope, OWN_STATE)?, id, &self.errors)?;
                 }
             }
         }

@@ -589,3 +589,46 @@ async fn expired_interval_join_rows_leave_the_checkpoint() {
     server.kill9();
     assert_eq!(stored_join_rows(&server.data_dir, "pairs"), 0);
 }
+
+/// Expression-error counts are checkpointed with the state of the
+/// fragments (and source readers) that counted them: after `kill -9`
+/// mid-stream, each view has counted every failing row once, as an
+/// uninterrupted run does, not only those after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expression_error_counts_survive_kill9() {
+    let mut server = EddyServer::start("restart_error_counts");
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE SOURCE nums (id BIGINT, v INT) WITH (connector = 'datagen',
+               datagen.rows.total = '20000', datagen.rows.per.second = '4000',
+               fields.id.kind = 'sequence', fields.v.min = '0', fields.v.max = '9', fields.v.seed = '5');
+             CREATE MATERIALIZED VIEW ratios AS SELECT id, 100 / v AS r FROM nums;
+             CREATE MATERIALIZED VIEW by_ratio AS SELECT 100 / v AS r, count(*) AS n FROM nums GROUP BY 100 / v;",
+        )
+        .await
+        .expect("setup");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let counts = "SELECT relation, error_count FROM eddy_catalog.view_errors";
+    let before = rows_sorted(&client, counts).await.expect("read");
+    assert_eq!(before.len(), 2, "both views counted errors: {before:?}");
+    let pending = rows_sorted(
+        &client,
+        "SELECT relation FROM eddy_catalog.source_readers WHERE finished_splits < splits",
+    )
+    .await
+    .expect("source_readers");
+    assert!(!pending.is_empty(), "the source ended before the kill");
+    server.kill9();
+    server.restart_after_kill9();
+    let client = server.client().await;
+    crate::nexmark::wait_for_sources(&client).await;
+    let zeros = rows_sorted(&client, "SELECT count(*) FROM nums WHERE v = 0")
+        .await
+        .expect("read");
+    let zeros = &zeros[0];
+    assert_eq!(
+        rows_sorted(&client, counts).await.expect("read"),
+        [format!("by_ratio|{zeros}"), format!("ratios|{zeros}")]
+    );
+}

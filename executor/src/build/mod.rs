@@ -316,6 +316,7 @@ impl PipelineBuilder<'_> {
             index: self.fragments.len(),
             scope,
             progress: self.progress.clone(),
+            errors: Default::default(),
         });
     }
 
@@ -337,7 +338,8 @@ impl PipelineBuilder<'_> {
             let output = Output::Channels {
                 dispatch: dispatch.clone(),
                 targets,
-                evaluator: self.evaluator.clone(),
+                // The operators downstream evaluate the keys again.
+                evaluator: self.evaluator.quiet(),
             };
             self.spawnable(instance, output);
         }
@@ -593,6 +595,7 @@ impl PipelineBuilder<'_> {
                 progress: self.progress.clone(),
                 coordinator: self.coordinator.clone(),
                 exhausted: false,
+                errors: Default::default(),
             });
             outputs.push(output);
         }

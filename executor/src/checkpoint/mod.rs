@@ -30,6 +30,9 @@
 //! A relation's first checkpoint records [`STATE_LAYOUT`]; a pipeline
 //! checkpointed under another layout is not restored from keys it would
 //! not find (see [`crate::runtime`]).
+//! A fragment's or reader's own state (its count of rows whose expressions
+//! failed, [`crate::eval::RowErrors`]) is under the operator index
+//! [`OWN_STATE`], which no operator chain reaches.
 //! An operator's keyed state ([`crate::keyed_state`]) has a range of its
 //! own, its operator index with [`KEYED`] set: recovery reads an operator's
 //! other state in one scan and leaves the keyed state where it is, for the
@@ -70,6 +73,9 @@ pub const STATE_LAYOUT: u32 = 1;
 
 /// Set in the operator index of an operator's keyed state.
 pub const KEYED: u16 = 0x8000;
+
+/// The operator index of a fragment's or reader's own state.
+pub const OWN_STATE: u16 = KEYED - 1;
 
 /// The prefix of the state keys of operator `operator` of scope `scope`.
 pub fn state_prefix(scope: u32, operator: u16) -> [u8; 6] {

@@ -17,11 +17,11 @@ use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::{CHUNK_ROWS, SourceSpec, SplitClock, SplitReader, end_of_time};
-use crate::checkpoint::{FragmentCheckpoint, StateEntries, ValueReader, ValueWriter};
+use crate::checkpoint::{FragmentCheckpoint, OWN_STATE, StateEntries, ValueReader, ValueWriter};
 use crate::coordinator::Coordinator;
 use crate::dispatch::Subscribers;
 use crate::error::Result;
-use crate::eval::Evaluator;
+use crate::eval::{Evaluator, RowErrors};
 use crate::message::{Barrier, Message, Watermark};
 use crate::progress::Progress;
 
@@ -56,6 +56,8 @@ pub(crate) struct Reader {
     pub coordinator: Arc<Coordinator>,
     /// The split ended (or failed): only barriers pass from now on.
     pub exhausted: bool,
+    /// Rows whose watermark expression failed.
+    pub errors: RowErrors,
 }
 
 /// Unregisters a reader from its split's clock when it ends.
@@ -177,6 +179,7 @@ impl Reader {
         }
         self.progress
             .rows_read(self.relation, self.spec.id, chunk.len() as u64);
+        RowErrors::discard_noted();
         let candidate = match &self.spec.watermark {
             Some(spec) => self
                 .evaluator
@@ -185,6 +188,7 @@ impl Reader {
                 .and_then(|a| max_value(&a)),
             None => None,
         };
+        self.errors.take_noted();
         self.output.send(Message::Chunk(chunk)).await;
         if let Some(candidate) = candidate {
             self.emit_watermark(candidate, false).await;
@@ -222,6 +226,8 @@ impl Reader {
             });
         let mut checkpoint = FragmentCheckpoint::default();
         self.split.checkpoint(&mut checkpoint.scope(self.scope, 1));
+        self.errors
+            .checkpoint(&mut checkpoint.scope(self.scope, OWN_STATE));
         checkpoint.scope(self.scope, 0).put(
             &[],
             ValueWriter::new()

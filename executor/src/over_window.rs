@@ -17,8 +17,11 @@
 //! partition at the next barrier (a top-N: N), whatever the frame;
 //! partitions are meant to be keys, not the whole stream.
 //!
-//! Checkpoints hold the rows; recovery evaluates every partition once to
-//! know what was emitted.
+//! Checkpoints hold the rows; recovery evaluates every partition in memory
+//! once to know what was emitted. With the `rocksdb` state backend the
+//! partitions used lately are in memory and the others in the store: a
+//! chunk's partitions are read back before it is applied, and evaluated
+//! then to know what they emitted.
 //!
 //! A PARTITION BY column with a watermark (a window's bound) closes
 //! partitions: when the watermark passes one, its pending changes go out
@@ -39,6 +42,7 @@ use crate::codec::RowCodec;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::hash::HashMap;
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
@@ -99,6 +103,12 @@ impl OverWindow {
         if let WindowFunctions::RowNumber { limit: Some(n) } = self.functions {
             self.rows.keep_first(n);
         }
+        self
+    }
+
+    /// Keeps the partitions as `config` says.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.rows.configure(config);
         self
     }
 
@@ -241,7 +251,13 @@ impl Operator for OverWindow {
         chunk: StreamChunk,
         _out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
-        self.rows.apply(&chunk)
+        let partitions = self.rows.partitions_of(&chunk)?;
+        let read = self.rows.load(partitions.keys())?;
+        // What a partition read back emitted is what its rows give now.
+        for (key, emitted) in read.iter().zip(self.evaluate(&read)?) {
+            self.rows.set_emitted(key, emitted);
+        }
+        self.rows.apply(&chunk, partitions)
     }
 
     fn state_size(&self) -> Option<StateSize> {
@@ -255,6 +271,10 @@ impl Operator for OverWindow {
         self.rows.checkpoint(state);
     }
 
+    fn attach_store(&mut self, table: StoreTable) {
+        self.rows.attach(table);
+    }
+
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
         self.rows.restore(entries)?;
         let keys = self.rows.keys();
@@ -264,7 +284,8 @@ impl Operator for OverWindow {
         Ok(())
     }
 
-    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.rows.end_epoch(barrier.epoch);
         let mut keys = self.rows.take_touched();
         if keys.is_empty() {
             return Ok(());
@@ -295,6 +316,9 @@ impl Operator for OverWindow {
             return Ok(vec![]);
         }
         let closed = closing.close_below(&watermark.value)?;
+        // Their rows leave state: count them (the `rocksdb` backend reads
+        // the ones not in memory).
+        self.rows.load(&closed)?;
         // Their last changes go out now: they leave before the barrier.
         let pending: Vec<Encoded> = closed
             .iter()

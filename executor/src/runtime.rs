@@ -38,7 +38,7 @@ use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
 use crate::build::{FragmentScopes, PipelineBuilder, SharedPlans, Upstream};
-use crate::checkpoint::{OWN_STATE, STATE_LAYOUT, StateEntries, state_prefix};
+use crate::checkpoint::{OWN_STATE, STATE_LAYOUT, StateEntries, oldest_layout_for, state_prefix};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::Coordinator;
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
@@ -229,15 +229,16 @@ impl Runtime {
         }
     }
 
-    /// Whether pipeline `id` recovers from a checkpoint; an error if its
-    /// checkpoint's state is laid out as this version would not find it.
-    fn restores_pipeline(&self, id: u32) -> Result<bool> {
+    /// Whether pipeline `id`, of `plan`, recovers from a checkpoint; an
+    /// error if its checkpoint's state is laid out as this version would
+    /// not find it.
+    fn restores_pipeline(&self, id: u32, plan: &StreamNode) -> Result<bool> {
         let Some(store) = self.coordinator.store() else {
             return Ok(false);
         };
         match store.checkpoint_layout(id)? {
             None => Ok(false),
-            Some(STATE_LAYOUT) => Ok(true),
+            Some(found) if (oldest_layout_for(plan)..=STATE_LAYOUT).contains(&found) => Ok(true),
             Some(found) => Err(ExecutorError::StateLayout { found }),
         }
     }
@@ -503,7 +504,7 @@ impl Runtime {
                 ))),
             }
         };
-        let restore = self.restores_pipeline(id)?;
+        let restore = self.restores_pipeline(id, &def.plan)?;
         self.progress.restart_late(id);
         if restore {
             // The checkpoint says what was counted: what came after is

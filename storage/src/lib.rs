@@ -27,4 +27,4 @@ pub use catalog::{CatalogEntry, RelationKind};
 pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange};
 pub use error::{Result, StorageError};
 pub use row_parts::{RowPartWriter, StoredPart, StoredRows};
-pub use store::{RowWrite, Store};
+pub use store::{RowWrite, Store, prefix_end};

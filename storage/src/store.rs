@@ -66,7 +66,7 @@ fn row_key(table: u32, key: &[u8]) -> Vec<u8> {
 
 /// The least key above every key starting with `prefix`; None if there is
 /// none (`prefix` is all 0xff bytes).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while end.last() == Some(&0xff) {
         end.pop();

@@ -108,7 +108,8 @@ impl PipelineBuilder<'_> {
                     &in_arrow,
                     out.clone(),
                     self.evaluator.clone(),
-                )?;
+                )?
+                .with_state_config(self.options.state);
                 if child.append_only {
                     window = window.over_append_only_input();
                 }

@@ -68,8 +68,25 @@ pub const MAX_SCANS: u32 = 1 << 14;
 /// pipeline checkpointed under another layout fails to restore, loudly,
 /// instead of starting from state it cannot find. (Version 1: fragment
 /// scopes no longer shift when a source gains splits; join rows without a
-/// time in the keyed range.)
-pub const STATE_LAYOUT: u32 = 1;
+/// time in the keyed range. Version 2: top-N and window function rows in
+/// the keyed range.) A pipeline restores from a layout at least
+/// [`oldest_layout_for`] its plan.
+pub const STATE_LAYOUT: u32 = 2;
+
+/// The oldest state layout a pipeline of `plan` restores from: 2 if it has
+/// a top-N or window function (their rows moved), else 1.
+pub fn oldest_layout_for(plan: &eddy_planner::StreamNode) -> u32 {
+    use eddy_planner::StreamNode;
+    let moved = matches!(
+        plan,
+        StreamNode::TopN { .. } | StreamNode::OverWindow { .. }
+    );
+    let oldest = if moved { 2 } else { 1 };
+    plan.inputs()
+        .into_iter()
+        .map(oldest_layout_for)
+        .fold(oldest, u32::max)
+}
 
 /// Set in the operator index of an operator's keyed state.
 pub const KEYED: u16 = 0x8000;

@@ -465,10 +465,12 @@ impl OrderedPartitions {
         p.emitted = emitted;
         p.bytes += p.emitted_bytes();
         self.sizes.account(before, p);
-        if !limited && p.emitted.is_empty() && p.rows.is_empty() {
-            if let Some(p) = self.partitions.remove(key) {
-                self.sizes.evicted(&p, true);
-            }
+        if !limited
+            && p.emitted.is_empty()
+            && p.rows.is_empty()
+            && let Some(p) = self.partitions.remove(key)
+        {
+            self.sizes.evicted(&p, true);
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Partition {
     used: u64,
     /// The epoch of the last checkpoint that wrote its rows.
     written: u64,
+    /// Whether the store (or a checkpoint on its way) marks it as having rows.
+    in_store: bool,
 }
 
 impl Partition {
@@ -347,20 +349,27 @@ impl OrderedPartitions {
         let Some(table) = self.table.clone().filter(|_| self.cache_limit().is_some()) else {
             return Ok(Vec::new());
         };
-        let mut read = Vec::new();
+        let mut missing = Vec::new();
         for key in keys {
-            if let Some(partition) = self.partitions.get_mut(key) {
-                partition.used = self.epoch;
-                continue;
+            match self.partitions.get_mut(key) {
+                Some(partition) => partition.used = self.epoch,
+                None => missing.push(key),
             }
-            let mut partition = stored::read_partition(&table, key)?;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let mut read = Vec::new();
+        for (key, mut partition) in missing
+            .iter()
+            .zip(stored::read_partitions(&table, &missing)?)
+        {
             partition.used = self.epoch;
             self.sizes.cached_rows += partition.rows.len() as u64;
             self.sizes.bytes += partition.bytes;
             if !partition.rows.is_empty() {
-                read.push(key.clone());
+                read.push((*key).clone());
             }
-            self.partitions.insert(key.clone(), partition);
+            self.partitions.insert((*key).clone(), partition);
         }
         Ok(read)
     }

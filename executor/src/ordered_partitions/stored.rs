@@ -3,6 +3,7 @@
 //! ```text
 //! keyed range (see crate::checkpoint):
 //!   r <partition part> <order part> <row> -> multiplicity
+//!   m <partition part>                    -> (empty): the partition has rows
 //!   n                                     -> partitions with rows, rows
 //! operator range:
 //!   w                                     -> the closed bound (crate::closing_partitions)
@@ -11,7 +12,9 @@
 //! One partition's rows sit together, in order: the `rocksdb` backend reads
 //! a partition with one prefix scan, a closed partition leaves in one range
 //! deletion, and recovery's read of the operator range leaves the rows
-//! alone (the `memory` backend reads them all itself).
+//! alone (the `memory` backend reads them all itself). The marker lets the
+//! `rocksdb` backend ask for many partitions in one `multi_get`, whose
+//! bloom filters answer for the new ones, and scan only those that exist.
 
 use eddy_storage::prefix_end;
 
@@ -24,7 +27,16 @@ use crate::error::{ExecutorError, Result};
 use crate::keyed_state::StoreTable;
 
 const ROW: u8 = b'r';
+const MARKER: u8 = b'm';
 const SIZES: &[u8] = b"n";
+
+/// The key of partition `partition`'s marker.
+fn marker_key(partition: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + partition.len());
+    k.push(MARKER);
+    push_part(&mut k, partition);
+    k
+}
 
 /// The prefix of partition `partition`'s rows.
 fn partition_prefix(partition: &[u8]) -> Vec<u8> {
@@ -61,9 +73,25 @@ fn add_row(partition: &mut Partition, order: &[u8], row: &[u8], value: &[u8]) ->
     Ok(())
 }
 
-/// Partition `key` as the store holds it (empty if it holds none).
-pub(super) fn read_partition(table: &StoreTable, key: &[u8]) -> Result<Partition> {
-    let mut partition = Partition::default();
+/// Partitions `keys` as the store holds them (empty where it holds none).
+pub(super) fn read_partitions(table: &StoreTable, keys: &[&Encoded]) -> Result<Vec<Partition>> {
+    let markers: Vec<Vec<u8>> = keys.iter().map(|k| marker_key(k)).collect();
+    let found = table.get_many(markers.iter().map(Vec::as_slice))?;
+    keys.iter()
+        .zip(found)
+        .map(|(key, marker)| match marker {
+            Some(_) => read_partition(table, key),
+            None => Ok(Partition::default()),
+        })
+        .collect()
+}
+
+/// Partition `key` as the store holds it.
+fn read_partition(table: &StoreTable, key: &[u8]) -> Result<Partition> {
+    let mut partition = Partition {
+        in_store: true,
+        ..Partition::default()
+    };
     let mut failed = None;
     table.scan(&partition_prefix(key), |rest, value| {
         if failed.is_none() {
@@ -88,18 +116,33 @@ impl OrderedPartitions {
         let epoch = self.epoch;
         let written = self.sizes;
         let mut keyed = state.keyed();
+        let mut unmarked: Option<Encoded> = None;
         for (partition, order, row) in self.dirty.take() {
             let key = row_key(&partition, &order, &row);
             let stored = self.partitions.get_mut(&partition);
             let count = stored
                 .as_ref()
                 .and_then(|p| p.rows.get(&(order, row)).copied());
-            if let Some(p) = stored {
-                p.written = epoch;
-            }
             match count {
                 Some(n) => keyed.put(&key, ValueWriter::new().i64(n).finish()),
                 None => keyed.delete(&key),
+            }
+            let Some(p) = stored else {
+                // Gone from memory with no rows (emptied, or closed).
+                if unmarked.as_ref() != Some(&partition) {
+                    keyed.delete(&marker_key(&partition));
+                    unmarked = Some(partition);
+                }
+                continue;
+            };
+            p.written = epoch;
+            // The marker follows whether the partition has rows.
+            if p.in_store == p.rows.is_empty() {
+                p.in_store = !p.rows.is_empty();
+                match p.in_store {
+                    true => keyed.put(&marker_key(&partition), Vec::new()),
+                    false => keyed.delete(&marker_key(&partition)),
+                }
             }
         }
         for partition in self.closed.drain(..) {
@@ -107,6 +150,7 @@ impl OrderedPartitions {
             if let Some(to) = prefix_end(&from) {
                 keyed.delete_range(&from, &to);
             }
+            keyed.delete(&marker_key(&partition));
         }
         if (written.partitions, written.rows) != (self.written.partitions, self.written.rows) {
             keyed.put(
@@ -160,6 +204,7 @@ impl OrderedPartitions {
                     }
                     if keep_all {
                         let p = self.partitions.entry(partition.into()).or_default();
+                        p.in_store = true;
                         let before = (p.rows.len(), p.bytes);
                         add_row(p, order, row, value)?;
                         self.sizes.account(before, p);

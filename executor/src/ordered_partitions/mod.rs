@@ -129,7 +129,7 @@ impl Partition {
 }
 
 /// What is stored, and what of it is in memory.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Sizes {
     /// Partitions with rows, in memory or not.
     partitions: u64,
@@ -200,12 +200,15 @@ pub(crate) struct OrderedPartitions {
     /// Partitions closed by a watermark, if a PARTITION BY column has one.
     closing: Option<ClosingPartitions>,
     sizes: Sizes,
-    /// `sizes` as last checkpointed.
-    written: Sizes,
+    /// Partitions and rows as last checkpointed.
+    written: (u64, u64),
     /// (partition, order key, row) changed since the last checkpoint.
     dirty: Dirty<(Encoded, Encoded, Encoded)>,
     /// Partitions closed since the last checkpoint, whose rows leave it.
     closed: Vec<Encoded>,
+    /// `rocksdb` backend: partitions left with no rows, to forget once
+    /// the store has their rows' removal.
+    emptied: Vec<Encoded>,
     config: StateConfig,
     table: Option<StoreTable>,
     /// The epoch being processed.
@@ -240,9 +243,10 @@ impl OrderedPartitions {
             keep: None,
             closing: None,
             sizes: Sizes::default(),
-            written: Sizes::default(),
+            written: (0, 0),
             dirty: Dirty::default(),
             closed: Vec::new(),
+            emptied: Vec::new(),
             config: StateConfig::default(),
             table: None,
             epoch: 1,
@@ -346,7 +350,7 @@ impl OrderedPartitions {
         &mut self,
         keys: impl IntoIterator<Item = &'k Encoded>,
     ) -> Result<Vec<Encoded>> {
-        let Some(table) = self.table.clone().filter(|_| self.cache_limit().is_some()) else {
+        let (Some(table), Some(_)) = (self.table.as_ref(), self.config.cache_limit()) else {
             return Ok(Vec::new());
         };
         let mut missing = Vec::new();
@@ -361,7 +365,7 @@ impl OrderedPartitions {
         let mut read = Vec::new();
         for (key, mut partition) in missing
             .iter()
-            .zip(stored::read_partitions(&table, &missing)?)
+            .zip(stored::read_partitions(table, &missing)?)
         {
             partition.used = self.epoch;
             self.sizes.cached_rows += partition.rows.len() as u64;
@@ -474,11 +478,14 @@ impl OrderedPartitions {
         p.emitted = emitted;
         p.bytes += p.emitted_bytes();
         self.sizes.account(before, p);
-        if !limited
-            && p.emitted.is_empty()
-            && p.rows.is_empty()
-            && let Some(p) = self.partitions.remove(key)
-        {
+        if !(p.emitted.is_empty() && p.rows.is_empty()) {
+            return;
+        }
+        if limited {
+            if let Some((key, _)) = self.partitions.get_key_value(key) {
+                self.emptied.push(key.clone());
+            }
+        } else if let Some(p) = self.partitions.remove(key) {
             self.sizes.evicted(&p, true);
         }
     }
@@ -506,21 +513,32 @@ impl OrderedPartitions {
             return;
         };
         let durable = table.durable();
-        let mut candidates = Vec::new();
-        let mut empty = Vec::new();
-        for (key, p) in &self.partitions {
-            if p.written > durable || self.touched.contains(key) {
-                continue;
-            }
-            if p.rows.is_empty() {
-                empty.push(key.clone());
-            } else {
-                candidates.push((p.used, p.bytes, key.clone()));
+        let evictable = |p: &Partition| p.written <= durable;
+        for key in std::mem::take(&mut self.emptied) {
+            match self.partitions.get(&key) {
+                Some(p) if p.rows.is_empty() && p.emitted.is_empty() => {
+                    if evictable(p) && !self.touched.contains(&key) {
+                        if let Some(p) = self.partitions.remove(&key) {
+                            self.sizes.evicted(&p, true);
+                        }
+                    } else {
+                        self.emptied.push(key);
+                    }
+                }
+                _ => {}
             }
         }
-        let evicted = eviction_victims(candidates, self.sizes.bytes, limit);
-        for key in empty.iter().chain(&evicted) {
-            if let Some(p) = self.partitions.remove(key) {
+        if self.sizes.bytes <= limit {
+            return;
+        }
+        let candidates = self
+            .partitions
+            .iter()
+            .filter(|(key, p)| evictable(p) && !self.touched.contains(*key))
+            .map(|(key, p)| (p.used, p.bytes, key.clone()))
+            .collect();
+        for key in eviction_victims(candidates, self.sizes.bytes, limit) {
+            if let Some(p) = self.partitions.remove(&key) {
                 self.sizes.evicted(&p, true);
             }
         }

@@ -114,7 +114,6 @@ impl OrderedPartitions {
             closing.checkpoint(state);
         }
         let epoch = self.epoch;
-        let written = self.sizes;
         let mut keyed = state.keyed();
         let mut unmarked: Option<Encoded> = None;
         for (partition, order, row) in self.dirty.take() {
@@ -152,15 +151,16 @@ impl OrderedPartitions {
             }
             keyed.delete(&marker_key(&partition));
         }
-        if (written.partitions, written.rows) != (self.written.partitions, self.written.rows) {
+        let sizes = (self.sizes.partitions, self.sizes.rows);
+        if sizes != self.written {
             keyed.put(
                 SIZES,
                 ValueWriter::new()
-                    .i64(written.partitions as i64)
-                    .i64(written.rows as i64)
+                    .i64(sizes.0 as i64)
+                    .i64(sizes.1 as i64)
                     .finish(),
             );
-            self.written = written;
+            self.written = sizes;
         }
         self.epoch = epoch + 1;
         self.shed();
@@ -175,6 +175,7 @@ impl OrderedPartitions {
         self.partitions.clear();
         self.touched.clear();
         self.closed.clear();
+        self.emptied.clear();
         self.sizes = Sizes::default();
         let mut closed_below = None;
         for (key, value) in entries {
@@ -222,7 +223,7 @@ impl OrderedPartitions {
             self.sizes.partitions = value.i64()? as u64;
             self.sizes.rows = value.i64()? as u64;
         }
-        self.written = self.sizes;
+        self.written = (self.sizes.partitions, self.sizes.rows);
         if let Some(closing) = self.closing.as_mut() {
             let keys: Vec<Encoded> = firsts.iter().map(|(p, _)| p.clone()).collect();
             let columns = if firsts.is_empty() {

@@ -33,11 +33,7 @@ impl PipelineBuilder<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let out = batch_schema(schema);
         let mut specs_per_instance = Vec::new();
-        let n = if group.is_empty() {
-            1
-        } else {
-            self.parallelism
-        };
+        let n = self.instances_for(!group.is_empty());
         for _ in 0..n {
             let mut specs = Vec::new();
             for (i, call) in calls.iter().enumerate() {

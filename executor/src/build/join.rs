@@ -45,7 +45,7 @@ impl PipelineBuilder<'_> {
             rules.extend(expiry_rules(f, &joined, ls.fields().len()));
         }
         let filter = filter.map(|f| physical(f, &joined)).transpose()?;
-        let n = if on.is_empty() { 1 } else { self.parallelism };
+        let n = self.instances_for(!on.is_empty());
         let left_built = self.build(left)?;
         let right_built = self.build(right)?;
         // Only rules on columns with watermarks on both sides can ever fire.

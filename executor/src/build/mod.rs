@@ -346,6 +346,13 @@ impl PipelineBuilder<'_> {
         downstream
     }
 
+    /// How many instances an operator keyed by a hash of its input runs:
+    /// one without a key (a global aggregate, a cross join, a window over
+    /// the whole stream), else the pipeline's parallelism.
+    fn instances_for(&self, keyed: bool) -> usize {
+        if keyed { self.parallelism } else { 1 }
+    }
+
     fn single(inputs: Vec<InputChannel>, op: Box<dyn Operator>) -> Instance {
         Instance {
             ports: vec![0; inputs.len()],

@@ -92,11 +92,7 @@ impl PipelineBuilder<'_> {
                 .filter(|i| child.watermarks.contains(i)),
             _ => None,
         });
-        let n = if partition.is_empty() {
-            1
-        } else {
-            self.parallelism
-        };
+        let n = self.instances_for(!partition.is_empty());
         let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));
         let instances = inputs
             .into_iter()
@@ -149,11 +145,7 @@ impl PipelineBuilder<'_> {
             Expr::Column(c) => in_schema.index_of_column(c).ok(),
             _ => None,
         };
-        let n = if partition.is_empty() {
-            1
-        } else {
-            self.parallelism
-        };
+        let n = self.instances_for(!partition.is_empty());
         let child = self.build(input)?;
         let watermarked = time_column.is_some_and(|c| child.watermarks.contains(&c));
         let inputs = self.connect(child.instances, n, Dispatch::Hash(partition.clone()));

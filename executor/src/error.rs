@@ -40,6 +40,9 @@ pub enum ExecutorError {
         /// The layout found.
         found: u32,
     },
+    /// A pipeline failed, and a restart from its checkpoint would not be exact.
+    #[error("it had failed: {0}")]
+    Failed(String),
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] eddy_storage::StorageError),

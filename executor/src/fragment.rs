@@ -16,6 +16,7 @@
 //! forwarded (see [`crate::checkpoint`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::warn;
 
@@ -43,6 +44,12 @@ pub struct Fragment {
     pub output: Output,
     /// Receives failure reports.
     pub coordinator: Arc<Coordinator>,
+    /// Which run of the relation's pipeline this fragment belongs to: the
+    /// coordinator ignores what a stopped run still hands over.
+    pub incarnation: u64,
+    /// Set when the relation failed: the run then only forwards barriers
+    /// (so nothing downstream waits), until it is stopped.
+    pub halted: Arc<AtomicBool>,
     /// This fragment's number within its relation's pipeline.
     pub index: usize,
     /// Where its operators' state is in checkpoints (see [`crate::checkpoint`]).
@@ -120,7 +127,8 @@ impl Fragment {
         self.errors
             .checkpoint(&mut checkpoint.scope(self.scope, OWN_STATE));
         if !checkpoint.is_empty() {
-            self.coordinator.stage(self.relation, epoch, checkpoint);
+            self.coordinator
+                .stage(self.relation, self.incarnation, epoch, checkpoint);
         }
     }
 
@@ -135,6 +143,7 @@ impl Fragment {
     pub async fn run(mut self) {
         let mut failed = false;
         while let Some((index, msg)) = self.input.next().await {
+            failed |= self.halted.load(Ordering::Relaxed);
             let mut out = Vec::new();
             let mut forward = None;
             let mut watermarks = Vec::new();
@@ -164,7 +173,8 @@ impl Fragment {
             self.errors.take_noted();
             if let Err(e) = step {
                 warn!(relation = self.relation, error = %e, "pipeline failed");
-                self.coordinator.fail(self.relation, e.to_string());
+                self.coordinator
+                    .fail_pipeline(self.relation, self.incarnation, e.to_string());
                 failed = true;
                 out.clear();
                 watermarks.clear();

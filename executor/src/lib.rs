@@ -45,7 +45,7 @@ mod watermark;
 
 pub use build::batch_schema;
 pub use codec::{RowCodec, encode_change};
-pub use coordinator::Coordinator;
+pub use coordinator::{Coordinator, Feed};
 pub use error::{ExecutorError, Result};
 pub use eval::ErrorStats;
 pub use keyed_state::{StateBackend, StateConfig};

@@ -40,7 +40,7 @@ use eddy_storage::Store;
 use crate::build::{FragmentScopes, PipelineBuilder, SharedPlans, Upstream};
 use crate::checkpoint::{OWN_STATE, STATE_LAYOUT, StateEntries, oldest_layout_for, state_prefix};
 use crate::codec::{RowCodec, decode_change};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Feed};
 use crate::dispatch::{CHANNEL_CAPACITY, Output, Subscribers};
 use crate::error::{ExecutorError, Result};
 use crate::eval::{ErrorLog, ErrorStats, Evaluator};
@@ -100,6 +100,8 @@ struct PipelineDef {
 pub struct Runtime {
     coordinator: Arc<Coordinator>,
     errors: Arc<ErrorLog>,
+    /// The last pipeline run started (see [`Feed::Pipeline`]).
+    incarnations: AtomicU64,
     /// Changelog subscribers of each table and view.
     subscribers: Mutex<HashMap<u32, Arc<Subscribers>>>,
     /// Tables: the relations barriers are injected into.
@@ -136,7 +138,7 @@ impl Runtime {
     /// its last checkpoint: no source is read until [`Runtime::recovered`].
     pub fn durable(parallelism: usize, store: Arc<Store>) -> Result<Arc<Self>> {
         let meta = store.meta()?;
-        let coordinator = Coordinator::durable(store, meta.epoch, parallelism)?;
+        let coordinator = Coordinator::durable(store, parallelism)?;
         Ok(Self::with_coordinator(
             parallelism,
             coordinator,
@@ -147,6 +149,7 @@ impl Runtime {
     fn with_coordinator(parallelism: usize, coordinator: Coordinator, published: u64) -> Arc<Self> {
         Arc::new(Self {
             published: AtomicU64::new(published),
+            incarnations: AtomicU64::new(0),
             barrier_time: AtomicI64::new(0),
             running: tokio::sync::watch::channel(false).0,
             clocks: Arc::new(SplitClocks::default()),
@@ -200,7 +203,8 @@ impl Runtime {
     /// instead of leaving every later epoch waiting for its ack.
     fn spawn(fragments: Vec<Fragment>) {
         for f in fragments {
-            let (relation, coordinator) = (f.relation, f.coordinator.clone());
+            let (relation, incarnation) = (f.relation, f.incarnation);
+            let coordinator = f.coordinator.clone();
             let task = tokio::spawn(f.run());
             tokio::spawn(async move {
                 if let Err(e) = task.await
@@ -212,8 +216,9 @@ impl Runtime {
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    coordinator.fail(
+                    coordinator.fail_pipeline(
                         relation,
+                        incarnation,
                         format!("internal error (this is a bug in Eddy): {message}"),
                     );
                 }
@@ -236,6 +241,11 @@ impl Runtime {
         let Some(store) = self.coordinator.store() else {
             return Ok(false);
         };
+        if let Some(failure) = store.failure(id)?
+            && !failure.restartable
+        {
+            return Err(ExecutorError::Failed(failure.reason));
+        }
         match store.checkpoint_layout(id)? {
             None => Ok(false),
             Some(found) if (oldest_layout_for(plan)..=STATE_LAYOUT).contains(&found) => Ok(true),
@@ -248,7 +258,8 @@ impl Runtime {
     /// (and, on recovery, [`Runtime::recovered`]).
     pub fn create_table(&self, _guard: &WriteGuard<'_>, id: u32, schema: SchemaRef) -> Result<()> {
         let restore = self.is_checkpointed(id)?;
-        self.coordinator.add_relation(id, schema.clone(), restore)?;
+        self.coordinator
+            .add_relation(id, schema.clone(), restore, Feed::Statements)?;
         let subscribers = Arc::new(Subscribers::default());
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         subscribers.add(id, tx);
@@ -262,6 +273,8 @@ impl Runtime {
             )?)],
             output: Output::Subscribers(Arc::new(Subscribers::default())),
             coordinator: self.coordinator.clone(),
+            incarnation: 0,
+            halted: Default::default(),
             index: 0,
             scope: 0,
             progress: self.progress.clone(),
@@ -297,28 +310,57 @@ impl Runtime {
     }
 
     async fn replay_log(&self, guard: &WriteGuard<'_>) -> Result<usize> {
-        let Some(store) = self.coordinator.store() else {
-            return Ok(0);
-        };
-        let changes = store.logged_after(self.published.load(Ordering::SeqCst))?;
+        let changes = self.logged_after(self.published.load(Ordering::SeqCst), u64::MAX)?;
         let count = changes.len();
-        let mut codecs: HashMap<u32, (SchemaRef, RowCodec)> = HashMap::new();
-        for logged in changes {
-            let (schema, codec) = match codecs.entry(logged.table) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    // A change to a table dropped since is not replayed.
-                    let Some(schema) = self.coordinator.schema(logged.table) else {
-                        continue;
-                    };
-                    let codec = RowCodec::for_schema(&schema)?;
-                    e.insert((schema, codec))
-                }
-            };
-            let chunk = decode_change(schema, codec, &logged.change)?;
-            self.publish(guard, logged.table, chunk, logged.seq).await;
+        for (table, seq, chunk) in changes {
+            self.publish(guard, table, chunk, seq).await;
         }
         Ok(count)
+    }
+
+    /// The logged table changes after position `after`, up to `until`, in
+    /// order: (table, position, change). Changes to tables dropped since
+    /// are left out.
+    fn logged_after(&self, after: u64, until: u64) -> Result<Vec<(u32, u64, StreamChunk)>> {
+        let Some(store) = self.coordinator.store() else {
+            return Ok(vec![]);
+        };
+        let mut codecs: HashMap<u32, Option<(SchemaRef, RowCodec)>> = HashMap::new();
+        let mut out = Vec::new();
+        for logged in store.logged_after(after)? {
+            if logged.seq > until {
+                break;
+            }
+            let codec = match codecs.entry(logged.table) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let codec = match self.coordinator.schema(logged.table) {
+                        Some(schema) => Some((schema.clone(), RowCodec::for_schema(&schema)?)),
+                        None => None,
+                    };
+                    e.insert(codec)
+                }
+            };
+            if let Some((schema, codec)) = codec {
+                let chunk = decode_change(schema, codec, &logged.change)?;
+                out.push((logged.table, logged.seq, chunk));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What pipeline `id` is replayed, per table, when it goes on from a
+    /// failure: the table changes its checkpoint lacks, up to the last one
+    /// published (later ones reach it as they are published).
+    fn replay_for(&self, id: u32) -> Result<HashMap<u32, Vec<Message>>> {
+        let mut replay: HashMap<u32, Vec<Message>> = HashMap::new();
+        if let Some(after) = self.coordinator.replays_after(id) {
+            let until = self.published.load(Ordering::SeqCst);
+            for (table, _, chunk) in self.logged_after(after, until)? {
+                replay.entry(table).or_default().push(Message::Chunk(chunk));
+            }
+        }
+        Ok(replay)
     }
 
     /// Ends the current epoch: a barrier into every source. Returns the epoch.
@@ -490,9 +532,14 @@ impl Runtime {
                 status.clone(),
             )) as Box<dyn Operator>
         });
+        let inputs = std::cell::RefCell::new(Vec::<(u32, String)>::new());
         let resolve_source = |name: &str| -> Result<Upstream> {
             match resolve(name) {
                 Some(ReadTarget::Relation(id)) => {
+                    let mut inputs = inputs.borrow_mut();
+                    if inputs.iter().all(|(i, _)| *i != id) {
+                        inputs.push((id, name.to_string()));
+                    }
                     let subscribers = self.subscribers_of(id).ok_or_else(|| {
                         ExecutorError::Internal(format!("relation {name} has no changelog"))
                     })?;
@@ -505,14 +552,23 @@ impl Runtime {
             }
         };
         let restore = self.restores_pipeline(id, &def.plan)?;
+        let replay = if restore {
+            self.replay_for(id)?
+        } else {
+            HashMap::new()
+        };
         self.progress.restart_late(id);
         if restore {
             // The checkpoint says what was counted: what came after is
             // counted again as it is replayed.
             self.errors.forget(id);
         }
+        let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
+        let halted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut builder = PipelineBuilder {
             relation: id,
+            incarnation,
+            halted: halted.clone(),
             parallelism: self.parallelism,
             coordinator: self.coordinator.clone(),
             evaluator: Evaluator::new(id, self.errors.clone()),
@@ -524,6 +580,7 @@ impl Runtime {
             progress: self.progress.clone(),
             options: def.options,
             backfill: !restore,
+            replay,
             fragments: Vec::new(),
             subscriptions: Vec::new(),
             reader_outputs: HashMap::new(),
@@ -578,7 +635,12 @@ impl Runtime {
             }
         }
         let schema = crate::build::batch_schema(def.plan.schema());
-        self.coordinator.add_relation(id, schema, restore)?;
+        let inputs = Feed::Pipeline {
+            inputs: inputs.take(),
+            incarnation,
+            halted,
+        };
+        self.coordinator.add_relation(id, schema, restore, inputs)?;
         def.sources = builder.reader_outputs.keys().copied().collect();
         self.pipelines
             .lock()

@@ -145,6 +145,22 @@ async fn run(config: Config) -> Result<(), String> {
     }
 }
 
+/// Arms the fail points `FAILPOINTS` configures (`name=actions;...`, as
+/// the `fail` crate reads them): the tests inject faults this way, e.g. a
+/// pipeline failure to restart from. Without the variable, none is armed.
+fn arm_fail_points() -> Result<(), String> {
+    let Ok(points) = std::env::var("FAILPOINTS") else {
+        return Ok(());
+    };
+    for point in points.split(';').filter(|p| !p.trim().is_empty()) {
+        let (name, actions) = point
+            .split_once('=')
+            .ok_or_else(|| format!("{point:?} is not name=actions"))?;
+        fail::cfg(name.trim(), actions.trim())?;
+    }
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -153,6 +169,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
+    if let Err(e) = arm_fail_points() {
+        eprintln!("eddy: FAILPOINTS: {e}");
+        std::process::exit(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

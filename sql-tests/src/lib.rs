@@ -26,6 +26,8 @@ pub struct EddyServer {
     /// Command-line arguments besides the listen addresses, data directory
     /// and checkpoint interval (kept across restarts).
     args: Vec<String>,
+    /// Environment variables besides `RUST_LOG` (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 /// Path of the `eddy` binary: `EDDY_BIN`, else the one built beside this one.
@@ -73,18 +75,32 @@ impl EddyServer {
         Self::start_on_with(fresh_dir(name), args)
     }
 
+    /// Starts a server on a new data directory, with environment `env`
+    /// (e.g. `FAILPOINTS`, to inject faults).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_on_with_env(fresh_dir(name), &[], env)
+    }
+
     /// Starts a server on `data_dir` (which may hold earlier data).
     pub fn start_on(data_dir: PathBuf) -> Self {
         Self::start_on_with(data_dir, &[])
     }
 
     fn start_on_with(data_dir: PathBuf, args: &[&str]) -> Self {
+        Self::start_on_with_env(data_dir, args, &[])
+    }
+
+    fn start_on_with_env(data_dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             metrics_port: free_port(),
             data_dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn();
         server
@@ -121,6 +137,7 @@ impl EddyServer {
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -156,6 +173,14 @@ impl EddyServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sets the environment variables the next start gets besides `RUST_LOG`.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Kill -9 and start again on the same data directory (and port, unless

@@ -3,6 +3,7 @@
 
 mod disk_full;
 mod extended;
+mod failures;
 mod kafka;
 mod nexmark;
 mod oracle;

@@ -7,6 +7,7 @@
 //! s <rel:u32be> <key>        -> bytes   operator state and source positions of a view's pipeline
 //! k <rel:u32be>              -> u64be   the epoch that first held the relation
 //! l <seq:u64be>              -> <table:u32be> <change>   a table change no checkpoint holds yet
+//! f <rel:u32be>              -> <log:u64be> <restartable:u8> <reason>   a failed pipeline (see [`StoredFailure`])
 //! m epoch | log | parallelism -> u64be
 //! ```
 //!
@@ -17,7 +18,10 @@
 //!   all of the last committed epoch and nothing of a later one.
 //! - Table changes are logged (`l`) in the same synced write as the rows
 //!   they change. `m log` is the last change an epoch holds; a checkpoint
-//!   deletes the log up to it, recovery replays the rest.
+//!   deletes the log up to it, recovery replays the rest — but for the
+//!   changes a failed pipeline's checkpoint lacks: the log is kept after
+//!   the oldest restartable failure's position (`f`), so its restart can
+//!   replay them, until it checkpoints again.
 //! - State keys are opaque here: the executor lays out `s <rel> ...`.
 
 use std::collections::HashMap;
@@ -30,6 +34,7 @@ use crate::row_parts::{ROW_PARTS, RowPartWriter};
 pub(crate) const STATE: u8 = b's';
 pub(crate) const CHECKPOINTED: u8 = b'k';
 pub(crate) const LOG: u8 = b'l';
+pub(crate) const FAILED: u8 = b'f';
 
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
 pub(crate) const META_LOG: &[u8] = b"mlog";
@@ -77,6 +82,37 @@ pub struct LoggedChange {
     pub change: Vec<u8>,
 }
 
+/// A pipeline that failed, as the checkpoints after its failure record it:
+/// its own checkpoint stays at its last good epoch, so a restart (or a
+/// recovery) must know where that epoch left the table log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFailure {
+    /// The last table change its checkpoint holds.
+    pub log_position: u64,
+    /// Whether restarting from its checkpoint is exact; when not, it stays
+    /// failed, across restarts of the server too, until dropped.
+    pub restartable: bool,
+    /// Why it failed.
+    pub reason: String,
+}
+
+impl StoredFailure {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.log_position.to_be_bytes().to_vec();
+        v.push(u8::from(self.restartable));
+        v.extend_from_slice(self.reason.as_bytes());
+        v
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        Some(Self {
+            log_position: read_u64(bytes.get(..8)?)?,
+            restartable: *bytes.get(8)? != 0,
+            reason: String::from_utf8_lossy(bytes.get(9..)?).into_owned(),
+        })
+    }
+}
+
 /// The writes of one epoch, built up by the coordinator and committed by
 /// [`crate::Store::commit_checkpoint`].
 #[derive(Default)]
@@ -84,6 +120,8 @@ pub struct CheckpointBatch {
     pub(crate) batch: WriteBatch,
     /// The epoch, once [`CheckpointBatch::finish`] was called.
     pub(crate) epoch: u64,
+    /// Table changes after this position are kept whatever the epoch holds.
+    keep_log_after: Option<u64>,
     /// Reused to build keys: a batch holds one write per changed state entry.
     key: Vec<u8>,
     /// The next sequence number of each relation's parts in this batch.
@@ -158,6 +196,18 @@ impl CheckpointBatch {
         self.batch.put(relation_prefix(CHECKPOINTED, id), value);
     }
 
+    /// Records (`Some`) or clears (`None`) relation `id`'s failure.
+    pub fn set_failure(&mut self, id: u32, failure: Option<&StoredFailure>) {
+        let value = failure.map(StoredFailure::encode);
+        self.set(FAILED, id, &[], value.as_deref());
+    }
+
+    /// Keeps the table changes after `position` in the log, for a failed
+    /// pipeline's restart to replay.
+    pub fn keep_log_after(&mut self, position: u64) {
+        self.keep_log_after = Some(self.keep_log_after.map_or(position, |p| p.min(position)));
+    }
+
     /// Seals the batch as epoch `epoch`, holding table changes up to
     /// `log_position`, for pipelines of `parallelism` partitions.
     pub fn finish(&mut self, epoch: u64, log_position: u64, parallelism: u64) {
@@ -165,9 +215,12 @@ impl CheckpointBatch {
         self.batch.put(META_EPOCH, epoch.to_be_bytes());
         self.batch.put(META_LOG, log_position.to_be_bytes());
         self.batch.put(META_PARALLELISM, parallelism.to_be_bytes());
+        let held = self
+            .keep_log_after
+            .map_or(log_position, |p| p.min(log_position));
         self.batch.delete_range(
             log_key(0).as_slice(),
-            log_key(log_position.saturating_add(1)).as_slice(),
+            log_key(held.saturating_add(1)).as_slice(),
         );
     }
 

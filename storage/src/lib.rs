@@ -24,7 +24,7 @@ mod row_parts;
 mod store;
 
 pub use catalog::{CatalogEntry, RelationKind};
-pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange};
+pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange, StoredFailure};
 pub use error::{Result, StorageError};
 pub use row_parts::{RowPartWriter, StoredPart, StoredRows};
 pub use store::{RowWrite, Store, prefix_end};

@@ -10,8 +10,8 @@ use rocksdb::{
 
 use crate::catalog::CatalogEntry;
 use crate::checkpoint::{
-    CHECKPOINTED, CheckpointBatch, CheckpointMeta, LOG, LoggedChange, META_EPOCH, META_LOG,
-    META_PARALLELISM, STATE, log_key, read_u64, relation_key, relation_prefix,
+    CHECKPOINTED, CheckpointBatch, CheckpointMeta, FAILED, LOG, LoggedChange, META_EPOCH, META_LOG,
+    META_PARALLELISM, STATE, StoredFailure, log_key, read_u64, relation_key, relation_prefix,
 };
 use crate::error::{Result, StorageError};
 use crate::row_parts::{ROW_PARTS, StoredPart, StoredRows, read_part};
@@ -164,7 +164,7 @@ impl Store {
     pub fn drop_relation(&self, id: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete(catalog_key(id));
-        for tag in [ROWS, ROW_PARTS, STATE, CHECKPOINTED] {
+        for tag in [ROWS, ROW_PARTS, STATE, CHECKPOINTED, FAILED] {
             batch.delete_range(relation_prefix(tag, id), relation_prefix(tag, id + 1));
         }
         self.write_synced(batch)
@@ -238,6 +238,27 @@ impl Store {
             log_position: get(META_LOG)?.unwrap_or(0),
             parallelism: get(META_PARALLELISM)?,
         })
+    }
+
+    /// Relation `id`'s failure, if the last checkpoint records one.
+    pub fn failure(&self, id: u32) -> Result<Option<StoredFailure>> {
+        let value = self.db.get_pinned(relation_prefix(FAILED, id))?;
+        Ok(value.and_then(|v| StoredFailure::decode(&v)))
+    }
+
+    /// Every failure the last checkpoint records, by relation.
+    pub fn failures(&self) -> Result<Vec<(u32, StoredFailure)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(&[FAILED], |key, value| {
+            let id = key
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes);
+            if let (Some(id), Some(failure)) = (id, StoredFailure::decode(value)) {
+                out.push((id, failure));
+            }
+        })?;
+        Ok(out)
     }
 
     /// Whether a committed checkpoint holds relation `id`.

@@ -523,6 +523,10 @@ impl Operator for HashAggregate {
         if touched.is_empty() && expired.is_empty() {
             return Ok(());
         }
+        // Tests fail a pipeline here, at a barrier after changes, to restart it.
+        fail::fail_point!("aggregate-barrier", |_| Err(ExecutorError::Internal(
+            "injected by fail point aggregate-barrier".into()
+        )));
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
         for (key, before) in &touched {

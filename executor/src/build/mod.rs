@@ -112,6 +112,10 @@ impl Built {
 /// Builds one relation's pipeline.
 pub(crate) struct PipelineBuilder<'a> {
     pub relation: u32,
+    /// Which run of the relation's pipeline this is.
+    pub incarnation: u64,
+    /// Set when the relation fails (see [`Fragment::halted`]).
+    pub halted: Arc<std::sync::atomic::AtomicBool>,
     pub parallelism: usize,
     pub coordinator: Arc<Coordinator>,
     pub evaluator: Evaluator,
@@ -125,6 +129,9 @@ pub(crate) struct PipelineBuilder<'a> {
     /// Whether inputs start with what they hold now (a new view), or the
     /// pipeline's state comes from a checkpoint (recovery).
     pub backfill: bool,
+    /// Without backfill: what each table input replays first, per table
+    /// id (the changes a failed pipeline's checkpoint lacks).
+    pub replay: HashMap<u32, Vec<Message>>,
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
     /// Outputs of this pipeline's readers, per source id.
@@ -313,6 +320,8 @@ impl PipelineBuilder<'_> {
             ops: instance.ops,
             output,
             coordinator: self.coordinator.clone(),
+            incarnation: self.incarnation,
+            halted: self.halted.clone(),
             index: self.fragments.len(),
             scope,
             progress: self.progress.clone(),
@@ -384,7 +393,7 @@ impl PipelineBuilder<'_> {
                             })
                             .unwrap_or_default()
                     } else {
-                        vec![]
+                        self.replay.get(&id).cloned().unwrap_or_default()
                     };
                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                     self.subscriptions.push((subscribers, tx));
@@ -601,6 +610,7 @@ impl PipelineBuilder<'_> {
                 evaluator: self.evaluator.clone(),
                 progress: self.progress.clone(),
                 coordinator: self.coordinator.clone(),
+                incarnation: self.incarnation,
                 exhausted: false,
                 errors: Default::default(),
             });

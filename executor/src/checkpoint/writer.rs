@@ -204,8 +204,8 @@ impl BackgroundWriter {
             log_position,
             began,
         };
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
             // Only a panic on the writer's thread ends it early.
             tracing::error!(
                 epoch,

@@ -54,6 +54,8 @@ pub(crate) struct Reader {
     pub progress: Arc<Progress>,
     /// Told when the split fails, so the view reports it.
     pub coordinator: Arc<Coordinator>,
+    /// Which run of the relation's pipeline it belongs to (see [`crate::fragment::Fragment`]).
+    pub incarnation: u64,
     /// The split ended (or failed): only barriers pass from now on.
     pub exhausted: bool,
     /// Rows whose watermark expression failed.
@@ -156,8 +158,11 @@ impl Reader {
     /// forwarding barriers for everyone else.
     fn fail(&self, e: crate::error::ExecutorError) {
         tracing::warn!(relation = self.relation, error = %e, "source split failed");
-        self.coordinator
-            .fail(self.relation, format!("reading the source failed: {e}"));
+        self.coordinator.fail_pipeline(
+            self.relation,
+            self.incarnation,
+            format!("reading the source failed: {e}"),
+        );
     }
 
     /// Reads and sends the rows up to position `end`; false if the split failed.
@@ -235,7 +240,8 @@ impl Reader {
                 .opt_i64(raw)
                 .finish(),
         );
-        self.coordinator.stage(self.relation, epoch, checkpoint);
+        self.coordinator
+            .stage(self.relation, self.incarnation, epoch, checkpoint);
         self.output.send(msg).await;
         self.clock.forwarded(id, epoch);
         // Rows after the barrier are read at its time or later.

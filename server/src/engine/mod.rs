@@ -309,7 +309,16 @@ impl Engine {
         tracing::error!(relation = %entry.name, %error, "a stored view or sink no longer plans; it is kept, failed, until dropped");
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
         let coordinator = self.runtime.coordinator();
-        coordinator.add_relation(entry.id, schema.clone(), false)?;
+        coordinator.add_relation(
+            entry.id,
+            schema.clone(),
+            false,
+            eddy_executor::Feed::Pipeline {
+                inputs: vec![],
+                incarnation: 0,
+                halted: Default::default(),
+            },
+        )?;
         coordinator.fail(entry.id, reason.clone());
         self.catalog.insert(crate::catalog::RelationInfo {
             id: entry.id,
@@ -542,17 +551,26 @@ impl Engine {
     }
 
     fn name_failure(&self, e: eddy_executor::ExecutorError, ids: &[u32]) -> EddyError {
-        let failed =
-            self.catalog.all().into_iter().find(|r| {
-                ids.contains(&r.id) && self.runtime.coordinator().failure(r.id).is_some()
-            });
+        let coordinator = self.runtime.coordinator();
+        let failed = self
+            .catalog
+            .all()
+            .into_iter()
+            .filter(|r| ids.contains(&r.id))
+            .find_map(|r| Some((coordinator.failure(r.id)?, r)));
         match failed {
-            Some(r) => EddyError::Coded {
+            Some((reason, r)) => EddyError::Coded {
                 code: "XX000",
-                message: format!(
-                    "materialized view \"{}\" failed and is no longer maintained: {}; drop and recreate it",
-                    r.name, e
-                ),
+                message: match coordinator.restartable(r.id) {
+                    Ok(()) => format!(
+                        "materialized view \"{}\" failed and is not maintained until it restarts: {reason} (SHOW JOBS says when)",
+                        r.name
+                    ),
+                    Err(why) => format!(
+                        "materialized view \"{}\" failed and is no longer maintained: {reason} (not restarted: {why}); drop and recreate it",
+                        r.name
+                    ),
+                },
             },
             None => e.into(),
         }

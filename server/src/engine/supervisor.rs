@@ -8,14 +8,12 @@
 //! pipeline restarts from its last checkpoint (`Runtime::restart_pipeline`).
 //!
 //! A failed pipeline's checkpoint stays where its last good epoch left it,
-//! so a restart is exact only when
-//! - everything it reads is a source: its readers go back to their
-//!   checkpointed positions and read the stream again (a table's or
-//!   view's changes since that epoch could not be replayed to it), and
-//! - nothing reads it: what it emitted in the epoch it failed in is not
-//!   in its checkpoint, and a view reading it would get it twice.
-//!
-//! Other failures are final, and say so. Failures count "in a row": a
+//! so a restart is exact only when what it read since can be read again:
+//! its readers go back to their checkpointed positions, and the table
+//! changes its checkpoint lacks are kept in the log and replayed to it.
+//! A view's changes are not logged: a pipeline reading a view, or read by
+//! one (which fails with it), cannot restart exactly (see the
+//! coordinator's `Failure`). Those failures are final, and say so. Failures count "in a row": a
 //! pipeline that ran for [`STABLE`] since its last restart starts its
 //! count again.
 
@@ -56,6 +54,7 @@ impl Engine {
         let default = self.parameters.restart_strategy();
         let now = Instant::now();
         let mut due = Vec::new();
+        let mut given_up = Vec::new();
         for info in relations
             .iter()
             .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
@@ -74,10 +73,11 @@ impl Engine {
                         Err(why) => (JobState::Failed, format!("{reason} ({why})")),
                         Ok(()) => match strategy.delay(&job.failures, spread) {
                             Some(delay) => (JobState::Restarting { at: now + delay }, reason),
-                            None => (
-                                JobState::Failed,
-                                format!("{reason} (restart strategy {strategy} gave up)"),
-                            ),
+                            None => {
+                                let why = format!("restart strategy {strategy} gave up");
+                                given_up.push((info.id, why.clone()));
+                                (JobState::Failed, format!("{reason} ({why})"))
+                            }
                         },
                     };
                     warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
@@ -88,6 +88,9 @@ impl Engine {
                 _ => {}
             });
         }
+        for (id, why) in given_up {
+            self.runtime.coordinator().give_up(id, why);
+        }
         for info in due {
             self.restart_job(&info).await;
         }
@@ -95,25 +98,10 @@ impl Engine {
 
     /// Why `info`'s pipeline cannot restart exactly, if it cannot.
     fn restartable(&self, info: &RelationInfo) -> Result<(), String> {
-        let reads_relations = info.depends_on.iter().any(|d| {
-            self.catalog
-                .get(d)
-                .is_none_or(|r| r.kind != RelationKind::Source)
-        });
-        if reads_relations {
-            return Err(
-                "not restarted: it reads tables or views; drop it and create it again".into(),
-            );
-        }
-        if !self.catalog.dependents(&info.name).is_empty() {
-            return Err(
-                "not restarted: views read it; drop them and it, and create them again".into(),
-            );
-        }
-        match self.store.is_checkpointed(info.id) {
-            Ok(true) => Ok(()),
-            _ => Err("not restarted: it failed before its first checkpoint".into()),
-        }
+        self.runtime
+            .coordinator()
+            .restartable(info.id)
+            .map_err(|why| format!("not restarted: {why}; drop it and create it again"))
     }
 
     async fn restart_job(&self, info: &Arc<RelationInfo>) {

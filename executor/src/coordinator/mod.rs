@@ -38,10 +38,19 @@ use crate::checkpoint::{
 use crate::error::{ExecutorError, Result};
 use crate::relation_rows::{Changes, RelationRows};
 
+mod failure;
+
+use failure::Failure;
+pub use failure::Feed;
+
 #[derive(Debug)]
 struct Relation {
     rows: RelationRows,
-    failed: Option<String>,
+    feed: Feed,
+    failed: Option<Failure>,
+    /// The log position a restart from a failure replays after, until the
+    /// relation's next checkpoint (see [`Failure`]).
+    replays_after: Option<u64>,
     /// Whether a checkpoint holds this relation yet.
     checkpointed: bool,
     /// Whether epochs wait for its ack. A late-rows relation's rows come in
@@ -73,6 +82,12 @@ struct State {
     pending: BTreeMap<u64, PendingEpoch>,
     next_epoch: u64,
     committed: u64,
+    /// The last table change the committed epoch holds.
+    committed_log: u64,
+    /// Restartable failures the store recorded, by relation, until the
+    /// relation is tracked again: its restart replays the log after them,
+    /// so no checkpoint deletes it meanwhile.
+    recorded_failures: HashMap<u32, u64>,
     carried: HashMap<u32, Carried>,
     /// Makes epochs durable; `None` runs in memory only.
     writer: Option<BackgroundWriter>,
@@ -106,6 +121,8 @@ impl Coordinator {
                 pending: BTreeMap::new(),
                 next_epoch: committed + 1,
                 committed,
+                committed_log: 0,
+                recorded_failures: HashMap::new(),
                 carried: HashMap::new(),
                 writer,
             }),
@@ -115,15 +132,27 @@ impl Coordinator {
     }
 
     /// A coordinator checkpointing into `store`, continuing after its last
-    /// committed epoch `committed`; pipelines run `parallelism` partitions.
-    pub fn durable(store: Arc<Store>, committed: u64, parallelism: usize) -> Result<Self> {
-        let durable_tx = Arc::new(watch::channel(committed).0);
+    /// committed checkpoint; pipelines run `parallelism` partitions.
+    pub fn durable(store: Arc<Store>, parallelism: usize) -> Result<Self> {
+        let meta = store.meta()?;
+        let failures = store.failures()?;
+        let durable_tx = Arc::new(watch::channel(meta.epoch).0);
         let writer =
-            BackgroundWriter::spawn(store, committed, parallelism as u64, durable_tx.clone())
+            BackgroundWriter::spawn(store, meta.epoch, parallelism as u64, durable_tx.clone())
                 .map_err(|e| {
                     ExecutorError::Internal(format!("starting the checkpoint writer failed: {e}"))
                 })?;
-        Ok(Self::with_writer(Some(writer), committed, durable_tx))
+        let coordinator = Self::with_writer(Some(writer), meta.epoch, durable_tx);
+        {
+            let mut state = coordinator.lock();
+            state.committed_log = meta.log_position;
+            state.recorded_failures = failures
+                .into_iter()
+                .filter(|(_, f)| f.restartable)
+                .map(|(id, f)| (id, f.log_position))
+                .collect();
+        }
+        Ok(coordinator)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -144,20 +173,39 @@ impl Coordinator {
         }
     }
 
-    /// Starts tracking relation `id` with rows of `schema`: empty, or, with
-    /// `restore`, its rows as of the last checkpoint that held it.
-    pub fn add_relation(&self, id: u32, schema: SchemaRef, restore: bool) -> Result<()> {
-        self.track(id, schema, restore, true)
+    /// Starts tracking relation `id`, fed by `feed`, with rows of `schema`:
+    /// empty, or, with `restore`, its rows as of the last checkpoint that
+    /// held it.
+    pub fn add_relation(
+        &self,
+        id: u32,
+        schema: SchemaRef,
+        restore: bool,
+        feed: Feed,
+    ) -> Result<()> {
+        self.track(id, schema, restore, true, feed)
     }
 
     /// Starts tracking view `view`'s late-rows relation, with the rows the
     /// last checkpoint holds (it is only ever written with the view's).
     pub fn add_late_rows(&self, view: u32) -> Result<()> {
         let id = crate::late_rows::late_rows_id(view);
-        self.track(id, crate::late_rows::schema(), true, false)
+        let feed = Feed::Pipeline {
+            inputs: vec![],
+            incarnation: 0,
+            halted: Default::default(),
+        };
+        self.track(id, crate::late_rows::schema(), true, false, feed)
     }
 
-    fn track(&self, id: u32, schema: SchemaRef, restore: bool, acks: bool) -> Result<()> {
+    fn track(
+        &self,
+        id: u32,
+        schema: SchemaRef,
+        restore: bool,
+        acks: bool,
+        feed: Feed,
+    ) -> Result<()> {
         let store = if restore { self.store() } else { None };
         let rows = match &store {
             Some(store) => RelationRows::restore(schema, store, id)?,
@@ -166,11 +214,17 @@ impl Coordinator {
         let mut state = self.lock();
         // Anything carried is from a pipeline this one replaces.
         state.carried.remove(&id);
+        // A restart, or a recovery, of a pipeline that failed goes on from
+        // its checkpoint: the table changes after it are replayed to it.
+        let replays_after = Self::replay_position(&state, id).filter(|_| restore);
+        state.recorded_failures.remove(&id);
         state.relations.insert(
             id,
             Relation {
                 rows,
+                feed,
                 failed: None,
+                replays_after,
                 checkpointed: store.is_some(),
                 acks,
             },
@@ -182,34 +236,13 @@ impl Coordinator {
     pub fn remove_relation(&self, id: u32) {
         let mut state = self.lock();
         state.relations.remove(&id);
+        state.recorded_failures.remove(&id);
         state.carried.remove(&id);
         for pending in state.pending.values_mut() {
             pending.writes.retain(|(rel, _)| *rel != id);
         }
         for pending in state.pending.values_mut() {
             pending.waiting.remove(&id);
-        }
-        self.commit_ready(&mut state);
-    }
-
-    /// Marks relation `id` failed: queries on it report `reason`, epochs stop waiting for it.
-    pub fn fail(&self, id: u32, reason: String) {
-        let mut state = self.lock();
-        if let Some(r) = state.relations.get_mut(&id) {
-            r.failed.get_or_insert(reason);
-        }
-        // Its checkpoint stays at the last committed epoch: parts of later
-        // epochs (a reader's position past rows the failed operator never
-        // took in) would make a restart from it skip input. Its late rows
-        // go too: the restart drops them again.
-        let late = crate::late_rows::late_rows_id(id);
-        for pending in state.pending.values_mut() {
-            pending.waiting.remove(&id);
-            pending.writes.retain(|(rel, _)| *rel != id);
-            pending
-                .changes
-                .retain(|(rel, _)| *rel != id && *rel != late);
-            pending.acked.retain(|rel| *rel != id);
         }
         self.commit_ready(&mut state);
     }
@@ -242,20 +275,25 @@ impl Coordinator {
         epoch
     }
 
-    /// A fragment or reader of relation `id` hands over its part of epoch
-    /// `epoch`'s checkpoint; with rows (from the materialize operator) this
+    /// A fragment or reader of run `incarnation` of relation `id`'s
+    /// pipeline hands over its part of epoch `epoch`'s checkpoint; with rows (from the materialize operator) this
     /// is the relation's ack.
     ///
     /// A relation created right after a quiesce can see the barrier of an
     /// epoch that committed before it existed (its upstream acked, then
     /// forwarded the barrier). What it hands over then — its backfill —
     /// belongs to the relation's first epoch and is carried into it.
-    pub fn stage(&self, id: u32, epoch: u64, checkpoint: FragmentCheckpoint) {
+    pub fn stage(&self, id: u32, incarnation: u64, epoch: u64, checkpoint: FragmentCheckpoint) {
         let FragmentCheckpoint { writes, rows, late } = checkpoint;
         let mut state = self.lock();
         // A failed relation's checkpoint stays at its last good epoch (a
-        // restart starts from there); what it stages since is dropped.
-        if state.relations.get(&id).is_some_and(|r| r.failed.is_some()) {
+        // restart starts from there); what it stages since is dropped, as
+        // is what a stopped run of its pipeline stages while it drains.
+        if state
+            .relations
+            .get(&id)
+            .is_none_or(|r| r.failed.is_some() || !r.feed.is_fed_by(incarnation))
+        {
             return;
         }
         let waited = state
@@ -307,7 +345,12 @@ impl Coordinator {
                 if let Err(e) = relation.rows.apply(id, epoch, changes, batch.as_mut()) {
                     // Only a bug can get here (the rows were encoded with
                     // this schema); the relation stops rather than diverge.
-                    relation.failed.get_or_insert(e.to_string());
+                    relation.failed.get_or_insert(Failure {
+                        reason: e.to_string(),
+                        not_restartable: Some("its rows could not be applied".into()),
+                        log_position: state.committed_log,
+                        recorded: false,
+                    });
                 }
                 if !changed.contains(&id) {
                     changed.push(id);
@@ -327,18 +370,24 @@ impl Coordinator {
                     }
                 }
                 for id in &pending.acked {
-                    if let Some(r) = state.relations.get_mut(id)
-                        && !r.checkpointed
-                    {
-                        r.checkpointed = true;
-                        batch.mark_checkpointed(*id, epoch, STATE_LAYOUT);
+                    if let Some(r) = state.relations.get_mut(id) {
+                        if !r.checkpointed {
+                            r.checkpointed = true;
+                            batch.mark_checkpointed(*id, epoch, STATE_LAYOUT);
+                        }
+                        // Its checkpoint took in what the restart replayed.
+                        if r.replays_after.take().is_some() {
+                            batch.set_failure(*id, None);
+                        }
                     }
                 }
+                Self::record_failures(state, &mut batch);
                 if let Some(writer) = state.writer.as_ref() {
                     writer.submit(batch, epoch, pending.log_position, pending.began);
                 }
             }
             state.committed = epoch;
+            state.committed_log = pending.log_position;
             self.committed_tx.send_replace(epoch);
             if state.writer.is_none() {
                 // Nothing to write: what is committed is all there is.
@@ -383,9 +432,10 @@ impl Coordinator {
                 .relations
                 .get_mut(id)
                 .ok_or_else(|| ExecutorError::Internal(format!("relation {id} is not tracked")))?;
-            if let Some(reason) = &relation.failed {
+            if let Some(failure) = &relation.failed {
                 return Err(ExecutorError::Unsupported(format!(
-                    "this view failed and is no longer maintained: {reason}"
+                    "this view failed and is no longer maintained: {}",
+                    failure.reason
                 )));
             }
             out.insert(*id, relation.rows.batches()?);
@@ -399,13 +449,5 @@ impl Coordinator {
             .relations
             .get(&id)
             .map(|r| r.rows.schema().clone())
-    }
-
-    /// The failure of relation `id`, if it failed.
-    pub fn failure(&self, id: u32) -> Option<String> {
-        self.lock()
-            .relations
-            .get(&id)
-            .and_then(|r| r.failed.clone())
     }
 }

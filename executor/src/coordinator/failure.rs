@@ -1,0 +1,260 @@
+//! Failures: a pipeline that fails stops being waited for, with every
+//! view and sink reading it, and can restart from its checkpoint when
+//! that is exact (see [`Failure`]).
+//!
+//! Invariants: a failed relation's checkpoint stays at the last epoch it
+//! committed, and the table log is kept after that epoch's position while
+//! a restart may replay it; a run of a pipeline that was stopped (see
+//! [`Feed::Pipeline`]) can neither stage nor fail anything.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use eddy_storage::{CheckpointBatch, StoredFailure};
+
+use super::{Coordinator, State};
+
+/// What feeds a relation's rows.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// Statements: a table, whose changes are logged.
+    Statements,
+    /// A view's or sink's pipeline, reading `inputs`, tables and views
+    /// (by id and name; the sources it reads are its own readers'). A
+    /// restart starts another run of it, `incarnation`: what a stopped run
+    /// still hands over or reports (it drains) is ignored.
+    Pipeline {
+        /// The tables and views it reads.
+        inputs: Vec<(u32, String)>,
+        /// Which run of the pipeline feeds the relation.
+        incarnation: u64,
+        /// Halts the run's fragments when the relation fails.
+        halted: Arc<AtomicBool>,
+    },
+}
+
+impl Feed {
+    /// The tables and views it reads.
+    pub(super) fn inputs(&self) -> &[(u32, String)] {
+        match self {
+            Feed::Statements => &[],
+            Feed::Pipeline { inputs, .. } => inputs,
+        }
+    }
+
+    /// Whether what the run `incarnation` hands over is its relation's.
+    pub(super) fn is_fed_by(&self, incarnation: u64) -> bool {
+        match self {
+            Feed::Statements => incarnation == 0,
+            Feed::Pipeline { incarnation: i, .. } => *i == incarnation,
+        }
+    }
+}
+
+/// Why a pipeline stopped, and whether it can restart from its checkpoint.
+///
+/// Its checkpoint stays at its last good epoch. A restart from it is exact
+/// when what it reads since can be read again: its sources' splits from
+/// their checkpointed positions, its tables' changes from the log after
+/// [`Failure::log_position`] (kept while the failure lasts). A view's
+/// changes are not logged, so a pipeline reading a view, or read by one
+/// (which took in part of the failed epoch), cannot.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) reason: String,
+    /// Why a restart from its checkpoint would not be exact, if it would not.
+    pub(super) not_restartable: Option<String>,
+    /// The last table change its checkpoint holds.
+    pub(super) log_position: u64,
+    /// Whether a checkpoint records it yet.
+    pub(super) recorded: bool,
+}
+
+impl Coordinator {
+    /// The table log position after which relation `id`'s pipeline, if
+    /// restored from its checkpoint now, must be replayed the table changes:
+    /// when it goes on from a failure (a restart, or a recovery after one).
+    pub fn replays_after(&self, id: u32) -> Option<u64> {
+        Self::replay_position(&self.lock(), id)
+    }
+
+    pub(super) fn replay_position(state: &State, id: u32) -> Option<u64> {
+        match state.relations.get(&id) {
+            Some(old) => match &old.failed {
+                Some(f) => f.not_restartable.is_none().then_some(f.log_position),
+                None => old.replays_after,
+            },
+            None => state.recorded_failures.get(&id).copied(),
+        }
+    }
+
+    /// Run `incarnation` of relation `id`'s pipeline failed (see
+    /// [`Coordinator::fail`]); a run since stopped is ignored.
+    pub fn fail_pipeline(&self, id: u32, incarnation: u64, reason: String) {
+        let mut state = self.lock();
+        if state
+            .relations
+            .get(&id)
+            .is_some_and(|r| r.feed.is_fed_by(incarnation))
+        {
+            Self::fail_locked(&mut state, id, reason);
+            self.commit_ready(&mut state);
+        }
+    }
+
+    /// Marks relation `id` failed: queries on it report `reason`, epochs
+    /// stop waiting for it. Every view and sink reading it fails with it,
+    /// before an epoch commits what they took in of its failed epoch.
+    pub fn fail(&self, id: u32, reason: String) {
+        let mut state = self.lock();
+        Self::fail_locked(&mut state, id, reason);
+        self.commit_ready(&mut state);
+    }
+
+    pub(super) fn fail_locked(state: &mut State, id: u32, reason: String) {
+        let mut failing = vec![(id, reason)];
+        let mut i = 0;
+        while let Some((failed, _)) = failing.get(i) {
+            let failed = *failed;
+            i += 1;
+            for (reader, r) in &state.relations {
+                if let Some((_, name)) = r.feed.inputs().iter().find(|(input, _)| *input == failed)
+                    && r.failed.is_none()
+                    && failing.iter().all(|(f, _)| f != reader)
+                {
+                    failing.push((*reader, format!("its input {name} failed")));
+                }
+            }
+        }
+        for (id, reason) in failing {
+            let not_restartable = Self::not_restartable(state, id);
+            let log_position = state.committed_log;
+            if let Some(r) = state.relations.get_mut(&id)
+                && r.failed.is_none()
+            {
+                if let Feed::Pipeline { halted, .. } = &r.feed {
+                    halted.store(true, Ordering::Relaxed);
+                }
+                r.failed = Some(Failure {
+                    reason,
+                    not_restartable,
+                    log_position: r.replays_after.unwrap_or(log_position),
+                    recorded: false,
+                });
+            }
+            // Its checkpoint stays at the last committed epoch: parts of later
+            // epochs (a reader's position past rows the failed operator never
+            // took in) would make a restart from it skip input. Its late rows
+            // go too: the restart drops them again.
+            let late = crate::late_rows::late_rows_id(id);
+            for pending in state.pending.values_mut() {
+                pending.waiting.remove(&id);
+                pending.writes.retain(|(rel, _)| *rel != id);
+                pending
+                    .changes
+                    .retain(|(rel, _)| *rel != id && *rel != late);
+                pending.acked.retain(|rel| *rel != id);
+            }
+        }
+    }
+
+    /// Why restarting relation `id` from its checkpoint would not be exact
+    /// (see [`Failure`]), if it would not.
+    fn not_restartable(state: &State, id: u32) -> Option<String> {
+        let relation = state.relations.get(&id)?;
+        if state.writer.is_none() {
+            return Some("the server runs without a data directory".into());
+        }
+        if !relation.checkpointed {
+            return Some("it failed before its first checkpoint".into());
+        }
+        let read = state
+            .relations
+            .values()
+            .any(|r| r.feed.inputs().iter().any(|(i, _)| *i == id));
+        if read {
+            return Some("views read it".into());
+        }
+        relation.feed.inputs().iter().find_map(|(input, name)| {
+            let table = state
+                .relations
+                .get(input)
+                .is_some_and(|r| matches!(r.feed, Feed::Statements));
+            (!table).then(|| format!("it reads view {name}"))
+        })
+    }
+
+    /// Writes the failures no checkpoint records yet, and keeps the table
+    /// log after the oldest position a restart will replay from.
+    pub(super) fn record_failures(state: &mut State, batch: &mut CheckpointBatch) {
+        // Recorded before the server started, not restarted yet.
+        for position in state.recorded_failures.values() {
+            batch.keep_log_after(*position);
+        }
+        for (id, r) in state.relations.iter_mut() {
+            if let Some(position) = r.replays_after {
+                batch.keep_log_after(position);
+            }
+            let Some(failure) = r.failed.as_mut() else {
+                continue;
+            };
+            if failure.not_restartable.is_none() {
+                batch.keep_log_after(failure.log_position);
+            }
+            // A relation no checkpoint holds starts afresh anyway.
+            if !failure.recorded && r.checkpointed {
+                failure.recorded = true;
+                let reason = match &failure.not_restartable {
+                    Some(why) => format!("{} (not restarted: {why})", failure.reason),
+                    None => failure.reason.clone(),
+                };
+                batch.set_failure(
+                    *id,
+                    Some(&StoredFailure {
+                        log_position: failure.log_position,
+                        restartable: failure.not_restartable.is_none(),
+                        reason,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The failure of relation `id`, if it failed.
+    pub fn failure(&self, id: u32) -> Option<String> {
+        self.lock()
+            .relations
+            .get(&id)
+            .and_then(|r| r.failed.as_ref().map(|f| f.reason.clone()))
+    }
+
+    /// Failed relation `id` will not be restarted (its restart strategy
+    /// gave up, `why`): the log is no longer kept for it, and it stays
+    /// failed across restarts of the server, until dropped.
+    pub fn give_up(&self, id: u32, why: String) {
+        let mut state = self.lock();
+        if let Some(failure) = state.relations.get_mut(&id).and_then(|r| r.failed.as_mut())
+            && failure.not_restartable.is_none()
+        {
+            failure.not_restartable = Some(why);
+            failure.recorded = false;
+        }
+    }
+
+    /// Whether failed relation `id` can restart from its checkpoint
+    /// exactly; if not, why not.
+    pub fn restartable(&self, id: u32) -> Result<(), String> {
+        match self
+            .lock()
+            .relations
+            .get(&id)
+            .and_then(|r| r.failed.as_ref())
+        {
+            Some(Failure {
+                not_restartable: Some(why),
+                ..
+            }) => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
+}

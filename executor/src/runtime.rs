@@ -95,6 +95,21 @@ struct PipelineDef {
     sources: Vec<u32>,
 }
 
+/// A pipeline built and connected, not running yet.
+struct ConnectedPipeline {
+    fragments: Vec<Fragment>,
+    readers: Vec<crate::source::Reader>,
+}
+
+impl ConnectedPipeline {
+    fn run(self) {
+        Runtime::spawn(self.fragments);
+        for reader in self.readers {
+            tokio::spawn(reader.run());
+        }
+    }
+}
+
 /// Owns every running pipeline.
 #[derive(Debug)]
 pub struct Runtime {
@@ -478,30 +493,55 @@ impl Runtime {
         ids
     }
 
-    /// Stops pipeline `id` and builds it again from its checkpoint (with
-    /// as many splits as its sources have now). Must be called quiesced.
-    pub fn restart_pipeline(
+    /// Stops pipelines `ids` (a failed pipeline and those that failed
+    /// with it, readers after what they read) and builds them again from
+    /// their checkpoints (with as many splits as their sources have now),
+    /// all connected before any runs, so none misses what another emits.
+    /// Must be called quiesced.
+    pub fn restart_pipelines(
         &self,
         quiesced: &Quiesced<'_>,
-        id: u32,
+        ids: &[u32],
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
     ) -> Result<()> {
-        let def = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ExecutorError::Internal(format!("relation {id} has no pipeline")))?;
-        if !self.is_checkpointed(id)? {
-            return Err(ExecutorError::Unsupported(
-                "restarting a pipeline without a checkpoint (the server runs without a data directory)"
-                    .into(),
-            ));
+        let mut defs = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let def = self
+                .pipelines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| ExecutorError::Internal(format!("relation {id} has no pipeline")))?;
+            if !self.is_checkpointed(id)? {
+                return Err(ExecutorError::Unsupported(
+                    "restarting a pipeline without a checkpoint (the server runs without a data directory)"
+                        .into(),
+                ));
+            }
+            defs.push((id, def));
         }
-        self.stop_pipeline(id);
-        self.progress.readers_restarted(id);
-        self.start_pipeline(quiesced, id, def, resolve)
+        for &id in ids {
+            self.stop_pipeline(id);
+            self.progress.readers_restarted(id);
+        }
+        let mut ready = Vec::with_capacity(ids.len());
+        let mut built = Ok(());
+        for (id, def) in defs {
+            match self.connect_pipeline(quiesced, id, def, resolve) {
+                Ok(pipeline) => ready.push(pipeline),
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            }
+        }
+        // What was connected runs (the coordinator waits for it); one that
+        // could not be built stays failed.
+        for pipeline in ready {
+            pipeline.run();
+        }
+        built
     }
 
     /// Disconnects pipeline `id` from its inputs and ticks: its tasks end.
@@ -518,13 +558,33 @@ impl Runtime {
         self.ticks.remove_owner(id);
     }
 
+    /// Starts pipeline `id`: from its checkpoint when one holds it, else
+    /// backfilled. One recovered failed stays stopped (connected, so what
+    /// it reads and what reads it are in place) for the supervisor to
+    /// restart with the pipelines that failed with it.
     fn start_pipeline(
+        &self,
+        quiesced: &Quiesced<'_>,
+        id: u32,
+        def: PipelineDef,
+        resolve: &dyn Fn(&str) -> Option<ReadTarget>,
+    ) -> Result<()> {
+        let pipeline = self.connect_pipeline(quiesced, id, def, resolve)?;
+        if self.coordinator.failure(id).is_none() {
+            pipeline.run();
+        }
+        Ok(())
+    }
+
+    /// Builds pipeline `id`, restores its state, and connects it to its
+    /// inputs and the coordinator; it runs once [`ConnectedPipeline::run`].
+    fn connect_pipeline(
         &self,
         _quiesced: &Quiesced<'_>,
         id: u32,
         mut def: PipelineDef,
         resolve: &dyn Fn(&str) -> Option<ReadTarget>,
-    ) -> Result<()> {
+    ) -> Result<ConnectedPipeline> {
         let terminal = def.sink.as_ref().map(|(spec, status)| {
             Box::new(SinkWriter::new(
                 spec.clone(),
@@ -653,11 +713,10 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, output);
-        Self::spawn(builder.fragments);
-        for reader in builder.readers {
-            tokio::spawn(reader.run());
-        }
-        Ok(())
+        Ok(ConnectedPipeline {
+            fragments: builder.fragments,
+            readers: builder.readers,
+        })
     }
 
     /// Stops relation `id` (table, view or source) and forgets its rows.

@@ -24,6 +24,12 @@ pub enum JobState {
         /// When.
         at: Instant,
     },
+    /// Failed with a relation it reads (`root`), and restarts with it,
+    /// under its strategy.
+    RestartsWith {
+        /// The relation whose failure came first.
+        root: u32,
+    },
     /// Failed for good (the strategy gave up, or it cannot restart).
     Failed,
 }
@@ -118,7 +124,9 @@ impl Jobs {
                 let job = jobs.get(&r.id);
                 let failure = runtime.coordinator().failure(r.id);
                 let state = match (job.map(|j| j.state), &failure) {
-                    (Some(JobState::Restarting { .. }), _) => "restarting",
+                    (Some(JobState::Restarting { .. } | JobState::RestartsWith { .. }), _) => {
+                        "restarting"
+                    }
                     (Some(JobState::Failed), _) => "failed",
                     // Failed a moment ago; the supervisor has yet to see it.
                     (_, Some(_)) => "failed",

@@ -7,7 +7,7 @@
 //! s <rel:u32be> <key>        -> bytes   operator state and source positions of a view's pipeline
 //! k <rel:u32be>              -> u64be   the epoch that first held the relation
 //! l <seq:u64be>              -> <table:u32be> <change>   a table change no checkpoint holds yet
-//! f <rel:u32be>              -> <log:u64be> <restartable:u8> <reason>   a failed pipeline (see [`StoredFailure`])
+//! f <rel:u32be>              -> <log:u64be> <restartable:u8> <cause:u32be> <reason>   a failed pipeline (see [`StoredFailure`])
 //! m epoch | log | parallelism -> u64be
 //! ```
 //!
@@ -92,6 +92,9 @@ pub struct StoredFailure {
     /// Whether restarting from its checkpoint is exact; when not, it stays
     /// failed, across restarts of the server too, until dropped.
     pub restartable: bool,
+    /// The relation whose failure it failed with (it reads it), if any:
+    /// they restart together.
+    pub cause: Option<u32>,
     /// Why it failed.
     pub reason: String,
 }
@@ -100,15 +103,18 @@ impl StoredFailure {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = self.log_position.to_be_bytes().to_vec();
         v.push(u8::from(self.restartable));
+        v.extend_from_slice(&self.cause.unwrap_or(u32::MAX).to_be_bytes());
         v.extend_from_slice(self.reason.as_bytes());
         v
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let cause = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
         Some(Self {
             log_position: read_u64(bytes.get(..8)?)?,
             restartable: *bytes.get(8)? != 0,
-            reason: String::from_utf8_lossy(bytes.get(9..)?).into_owned(),
+            cause: (cause != u32::MAX).then_some(cause),
+            reason: String::from_utf8_lossy(bytes.get(13..)?).into_owned(),
         })
     }
 }

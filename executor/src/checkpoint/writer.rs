@@ -204,7 +204,10 @@ impl BackgroundWriter {
             log_position,
             began,
         };
-        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
         if !sent {
             // Only a panic on the writer's thread ends it early.
             tracing::error!(

@@ -56,12 +56,19 @@ impl Feed {
 /// Its checkpoint stays at its last good epoch. A restart from it is exact
 /// when what it reads since can be read again: its sources' splits from
 /// their checkpointed positions, its tables' changes from the log after
-/// [`Failure::log_position`] (kept while the failure lasts). A view's
-/// changes are not logged, so a pipeline reading a view, or read by one
-/// (which took in part of the failed epoch), cannot.
+/// [`Failure::log_position`] (kept while the failure lasts), and the views
+/// it reads' output since — which they emit again only when they restart
+/// with it, from the same epoch. So a failure fails every view and sink
+/// reading the failed one in the same step (their checkpoints are at that
+/// epoch, and what they took in of the failed epoch is dropped), and they
+/// restart together: the *group* of the failure's *cause*. A pipeline
+/// reading a view outside its group cannot restart exactly.
 #[derive(Debug, Clone)]
 pub(super) struct Failure {
     pub(super) reason: String,
+    /// The relation whose failure this one's came with (a relation it
+    /// reads), if any.
+    pub(super) cause: Option<u32>,
     /// Why a restart from its checkpoint would not be exact, if it would not.
     pub(super) not_restartable: Option<String>,
     /// The last table change its checkpoint holds.
@@ -84,7 +91,8 @@ impl Coordinator {
                 Some(f) => f.not_restartable.is_none().then_some(f.log_position),
                 None => old.replays_after,
             },
-            None => state.recorded_failures.get(&id).copied(),
+            // Recovered as failed: the supervisor restarts it (see `track`).
+            None => None,
         }
     }
 
@@ -111,8 +119,8 @@ impl Coordinator {
         self.commit_ready(&mut state);
     }
 
-    pub(super) fn fail_locked(state: &mut State, id: u32, reason: String) {
-        let mut failing = vec![(id, reason)];
+    pub(super) fn fail_locked(state: &mut State, root: u32, reason: String) {
+        let mut failing = vec![(root, reason)];
         let mut i = 0;
         while let Some((failed, _)) = failing.get(i) {
             let failed = *failed;
@@ -126,8 +134,15 @@ impl Coordinator {
                 }
             }
         }
+        // Readers after what they read (a relation reads only older ones).
+        failing[1..].sort_by_key(|(id, _)| *id);
+        let group_replay = state.relations.get(&root).and_then(|r| r.replays_after);
+        let mut group = Vec::new();
         for (id, reason) in failing {
-            let not_restartable = Self::not_restartable(state, id);
+            let not_restartable = Self::not_restartable(state, id, &group, group_replay);
+            if not_restartable.is_none() {
+                group.push(id);
+            }
             let log_position = state.committed_log;
             if let Some(r) = state.relations.get_mut(&id)
                 && r.failed.is_none()
@@ -137,6 +152,7 @@ impl Coordinator {
                 }
                 r.failed = Some(Failure {
                     reason,
+                    cause: (id != root).then_some(root),
                     not_restartable,
                     log_position: r.replays_after.unwrap_or(log_position),
                     recorded: false,
@@ -158,9 +174,17 @@ impl Coordinator {
         }
     }
 
-    /// Why restarting relation `id` from its checkpoint would not be exact
-    /// (see [`Failure`]), if it would not.
-    fn not_restartable(state: &State, id: u32) -> Option<String> {
+    /// Why restarting relation `id` from its checkpoint, with the
+    /// relations of `group` (restartable, failed with it), would not be
+    /// exact (see [`Failure`]), if it would not. `group_replay` is where
+    /// the group's checkpoints left the table log, if a restart they have
+    /// not checkpointed since left it behind the committed epoch's.
+    fn not_restartable(
+        state: &State,
+        id: u32,
+        group: &[u32],
+        group_replay: Option<u64>,
+    ) -> Option<String> {
         let relation = state.relations.get(&id)?;
         if state.writer.is_none() {
             return Some("the server runs without a data directory".into());
@@ -168,28 +192,24 @@ impl Coordinator {
         if !relation.checkpointed {
             return Some("it failed before its first checkpoint".into());
         }
-        let read = state
-            .relations
-            .values()
-            .any(|r| r.feed.inputs().iter().any(|(i, _)| *i == id));
-        if read {
-            return Some("views read it".into());
+        if relation.replays_after != group_replay {
+            return Some("it had not checkpointed since it last restarted".into());
         }
         relation.feed.inputs().iter().find_map(|(input, name)| {
             let table = state
                 .relations
                 .get(input)
                 .is_some_and(|r| matches!(r.feed, Feed::Statements));
-            (!table).then(|| format!("it reads view {name}"))
+            (!table && !group.contains(input)).then(|| format!("it reads view {name}"))
         })
     }
 
     /// Writes the failures no checkpoint records yet, and keeps the table
     /// log after the oldest position a restart will replay from.
     pub(super) fn record_failures(state: &mut State, batch: &mut CheckpointBatch) {
-        // Recorded before the server started, not restarted yet.
-        for position in state.recorded_failures.values() {
-            batch.keep_log_after(*position);
+        // Recorded before the server started, not tracked yet.
+        for failure in state.recorded_failures.values() {
+            batch.keep_log_after(failure.log_position);
         }
         for (id, r) in state.relations.iter_mut() {
             if let Some(position) = r.replays_after {
@@ -213,6 +233,7 @@ impl Coordinator {
                     Some(&StoredFailure {
                         log_position: failure.log_position,
                         restartable: failure.not_restartable.is_none(),
+                        cause: failure.cause,
                         reason,
                     }),
                 );
@@ -239,6 +260,31 @@ impl Coordinator {
             failure.not_restartable = Some(why);
             failure.recorded = false;
         }
+    }
+
+    /// The relations that failed with failed relation `root` (reading it)
+    /// and restart with it, in creation order.
+    pub fn failed_with(&self, root: u32) -> Vec<u32> {
+        let state = self.lock();
+        let mut group: Vec<u32> = state
+            .relations
+            .iter()
+            .filter_map(|(id, r)| {
+                let f = r.failed.as_ref()?;
+                (f.cause == Some(root) && f.not_restartable.is_none()).then_some(*id)
+            })
+            .collect();
+        group.sort();
+        group
+    }
+
+    /// The relation whose failure failed relation `id` (one it reads), if
+    /// its failure came with another's.
+    pub fn failure_cause(&self, id: u32) -> Option<u32> {
+        self.lock()
+            .relations
+            .get(&id)
+            .and_then(|r| r.failed.as_ref()?.cause)
     }
 
     /// Whether failed relation `id` can restart from its checkpoint

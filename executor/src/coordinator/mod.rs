@@ -30,7 +30,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
-use eddy_storage::{CheckpointBatch, Store};
+use eddy_storage::{CheckpointBatch, Store, StoredFailure};
 
 use crate::checkpoint::{
     BackgroundWriter, CheckpointStats, FragmentCheckpoint, STATE_LAYOUT, StateWrite,
@@ -85,9 +85,10 @@ struct State {
     /// The last table change the committed epoch holds.
     committed_log: u64,
     /// Restartable failures the store recorded, by relation, until the
-    /// relation is tracked again: its restart replays the log after them,
-    /// so no checkpoint deletes it meanwhile.
-    recorded_failures: HashMap<u32, u64>,
+    /// relation is tracked again (failed, for the supervisor to restart):
+    /// its restart replays the log after them, so no checkpoint deletes it
+    /// meanwhile.
+    recorded_failures: HashMap<u32, StoredFailure>,
     carried: HashMap<u32, Carried>,
     /// Makes epochs durable; `None` runs in memory only.
     writer: Option<BackgroundWriter>,
@@ -149,7 +150,6 @@ impl Coordinator {
             state.recorded_failures = failures
                 .into_iter()
                 .filter(|(_, f)| f.restartable)
-                .map(|(id, f)| (id, f.log_position))
                 .collect();
         }
         Ok(coordinator)
@@ -214,16 +214,33 @@ impl Coordinator {
         let mut state = self.lock();
         // Anything carried is from a pipeline this one replaces.
         state.carried.remove(&id);
-        // A restart, or a recovery, of a pipeline that failed goes on from
-        // its checkpoint: the table changes after it are replayed to it.
+        // A restart of a pipeline that failed goes on from its checkpoint:
+        // the table changes after it are replayed to it. Recovered, it is
+        // still failed, as recorded, for the supervisor to restart (with
+        // the relations that failed with it, which are not tracked yet).
         let replays_after = Self::replay_position(&state, id).filter(|_| restore);
-        state.recorded_failures.remove(&id);
+        let recorded = state
+            .recorded_failures
+            .remove(&id)
+            .filter(|_| restore && !state.relations.contains_key(&id));
+        let failed = recorded.map(|f| {
+            if let Feed::Pipeline { halted, .. } = &feed {
+                halted.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Failure {
+                reason: f.reason,
+                cause: f.cause,
+                not_restartable: None,
+                log_position: f.log_position,
+                recorded: true,
+            }
+        });
         state.relations.insert(
             id,
             Relation {
                 rows,
                 feed,
-                failed: None,
+                failed,
                 replays_after,
                 checkpointed: store.is_some(),
                 acks,
@@ -347,6 +364,7 @@ impl Coordinator {
                     // this schema); the relation stops rather than diverge.
                     relation.failed.get_or_insert(Failure {
                         reason: e.to_string(),
+                        cause: None,
                         not_restartable: Some("its rows could not be applied".into()),
                         log_position: state.committed_log,
                         recorded: false,

@@ -119,7 +119,7 @@ impl Engine {
         for id in &pipelines {
             if let Err(e) = self
                 .runtime
-                .restart_pipeline(&quiesced, *id, &|n| self.catalog.read_target(n))
+                .restart_pipelines(&quiesced, &[*id], &|n| self.catalog.read_target(n))
             {
                 self.runtime
                     .coordinator()

@@ -5,15 +5,18 @@
 //! pipeline goes on. The supervisor sees the failure, counts it, and asks
 //! its strategy (the view's or sink's `WITH (restart_strategy = ...)`,
 //! else the server's `SET restart_strategy`) for a delay; after it, the
-//! pipeline restarts from its last checkpoint (`Runtime::restart_pipeline`).
+//! pipeline restarts from its last checkpoint (`Runtime::restart_pipelines`),
+//! with the views and sinks that failed with it (they read it).
 //!
 //! A failed pipeline's checkpoint stays where its last good epoch left it,
 //! so a restart is exact only when what it read since can be read again:
 //! its readers go back to their checkpointed positions, and the table
 //! changes its checkpoint lacks are kept in the log and replayed to it.
-//! A view's changes are not logged: a pipeline reading a view, or read by
-//! one (which fails with it), cannot restart exactly (see the
-//! coordinator's `Failure`). Those failures are final, and say so. Failures count "in a row": a
+//! A view's changes are not logged: what reads a failed view fails with
+//! it, and they restart together, from the same epoch, so it is emitted
+//! again; a pipeline reading a view that did not fail with it cannot
+//! restart exactly (see the coordinator's `Failure`). Those failures are
+//! final, and say so. Failures count "in a row": a
 //! pipeline that ran for [`STABLE`] since its last restart starts its
 //! count again.
 
@@ -59,9 +62,20 @@ impl Engine {
             .iter()
             .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
         {
-            let failure = self.runtime.coordinator().failure(info.id);
+            let coordinator = self.runtime.coordinator();
+            let failure = coordinator.failure(info.id);
             let restartable = failure.as_ref().map(|_| self.restartable(info));
+            let follows = coordinator
+                .failure_cause(info.id)
+                .filter(|_| matches!(restartable, Some(Ok(()))));
             self.jobs.with(info.id, |job| match (job.state, failure) {
+                (JobState::Running, Some(reason)) if follows.is_some() => {
+                    let root = follows.unwrap_or_default();
+                    let state = JobState::RestartsWith { root };
+                    warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
+                    job.state = state;
+                    job.last_error = Some((SystemTime::now(), reason));
+                }
                 (JobState::Running, Some(reason)) => {
                     let strategy = job.restart_strategy.as_ref().unwrap_or(&default);
                     if job.restarted_at.is_some_and(|t| now - t > STABLE) {
@@ -88,8 +102,19 @@ impl Engine {
                 _ => {}
             });
         }
-        for (id, why) in given_up {
-            self.runtime.coordinator().give_up(id, why);
+        for (root, why) in given_up {
+            let coordinator = self.runtime.coordinator();
+            for member in coordinator.failed_with(root) {
+                let why = format!("{why} for the view it reads");
+                self.jobs.with(member, |job| {
+                    job.state = JobState::Failed;
+                    if let Some((_, reason)) = job.last_error.as_mut() {
+                        *reason = format!("{reason} ({why})");
+                    }
+                });
+                coordinator.give_up(member, why);
+            }
+            coordinator.give_up(root, why);
         }
         for info in due {
             self.restart_job(&info).await;
@@ -104,6 +129,7 @@ impl Engine {
             .map_err(|why| format!("not restarted: {why}; drop it and create it again"))
     }
 
+    /// Restarts `info`'s pipeline with those that failed with it.
     async fn restart_job(&self, info: &Arc<RelationInfo>) {
         let guard = self.runtime.write_lock().await;
         let quiesced = self.runtime.quiesce(&guard).await;
@@ -111,18 +137,25 @@ impl Engine {
         if self.catalog.get(&info.name).is_none_or(|r| r.id != info.id) {
             return;
         }
+        let mut group = vec![info.id];
+        group.extend(self.runtime.coordinator().failed_with(info.id));
         let restarted = self
             .runtime
-            .restart_pipeline(&quiesced, info.id, &|n| self.catalog.read_target(n));
-        self.jobs.with(info.id, |job| {
-            job.state = JobState::Running;
-            if restarted.is_ok() {
-                job.restarts += 1;
-                job.restarted_at = Some(Instant::now());
-            }
-        });
+            .restart_pipelines(&quiesced, &group, &|n| self.catalog.read_target(n));
+        let now = Instant::now();
+        for &id in &group {
+            self.jobs.with(id, |job| {
+                job.state = JobState::Running;
+                if restarted.is_ok() {
+                    job.restarts += 1;
+                    job.restarted_at = Some(now);
+                }
+            });
+        }
         match restarted {
-            Ok(()) => info!(job = %info.name, "restarted from the last checkpoint"),
+            Ok(()) => {
+                info!(job = %info.name, with = group.len() - 1, "restarted from the last checkpoint")
+            }
             // Seen as a new failure at the next look.
             Err(e) => self
                 .runtime

@@ -13,7 +13,7 @@ use crate::codec::RowCodec;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
 use crate::join::{
-    Expiry, HashJoin, JoinSide, equal_time_key, expiry_rules, key_rules, watermark_columns,
+    Expiry, HashJoin, JoinSide, expiry_rules, key_rules, time_columns, watermark_columns,
 };
 
 impl PipelineBuilder<'_> {
@@ -106,15 +106,15 @@ impl PipelineBuilder<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // A window join's time key carries a watermark, but a TTL retracts
-        // rows of any time.
+        // The time columns whose rows expire carry a watermark, but a TTL
+        // retracts rows of any time.
         let watermarks = match self.options.state_ttl {
-            None => watermark_columns(kind, ls.fields().len(), equal_time_key(&rules)),
+            None => watermark_columns(kind, ls.fields().len(), time_columns(&rules)),
             Some(_) => Vec::new(),
         };
         Ok(Built {
             instances,
-            watermarks: watermarks.into_iter().collect(),
+            watermarks: watermarks.into_iter().map(|(column, _)| column).collect(),
             append_only,
         })
     }

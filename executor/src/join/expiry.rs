@@ -155,26 +155,12 @@ fn rules_per_side(rules: Vec<ExpiryRule>) -> [Vec<ExpiryRule>; 2] {
     per_side
 }
 
-/// The time columns (left, right) both sides expire and judge late rows by,
-/// if they must be equal (a window join).
-fn equal_key(per_side: &[Vec<ExpiryRule>; 2]) -> Option<(usize, usize)> {
-    let left = per_side[0].first()?.column;
-    let right = per_side[1].first()?.column;
-    let equal = |side: usize, column, other| {
-        per_side[side]
-            .iter()
-            .any(|r| r.column == column && r.other_column == other && r.offset == 0)
-    };
-    (equal(0, left, right) && equal(1, right, left)).then_some((left, right))
-}
-
-/// The time columns (left, right) of a window join under `rules`: an
-/// equal time key by which both sides expire and drop late rows. Output
-/// rows are made by a row arriving on one side, at a value of the key at
-/// or above that side's watermark (or it is late), so the smaller of the
-/// two watermarks bounds every later output row's key.
-pub fn equal_time_key(rules: &[ExpiryRule]) -> Option<(usize, usize)> {
-    equal_key(&rules_per_side(rules.to_vec()))
+/// The time column of each side (left, right) whose rows expire under
+/// `rules`, if any: the join's output carries a watermark on it (see
+/// [`Expiry::output_watermark`]).
+pub fn time_columns(rules: &[ExpiryRule]) -> [Option<usize>; 2] {
+    let per_side = rules_per_side(rules.to_vec());
+    [0, 1].map(|side| per_side[side].first().map(|r| r.column))
 }
 
 /// Expiry state of an interval join: watermarks seen and stored rows by time.
@@ -184,9 +170,6 @@ pub struct Expiry {
     rules: [Vec<ExpiryRule>; 2],
     /// Per side: column -> watermark in nanoseconds.
     watermarks: [HashMap<usize, i64>; 2],
-    /// The time columns (left, right) of an equal time key both sides'
-    /// late rows are judged by, if there is one (a window join).
-    equal_key: Option<(usize, usize)>,
     /// Per side: time -> join keys under which a row of that time was
     /// stored. Entries of rows retracted since are left to expire with the
     /// rest (the join's own state says which rows are still there).
@@ -199,7 +182,6 @@ impl Expiry {
     pub fn new(rules: Vec<ExpiryRule>, late: LateRows) -> Option<Self> {
         let per_side = rules_per_side(rules);
         (!per_side.iter().all(Vec::is_empty)).then(|| Self {
-            equal_key: equal_key(&per_side),
             rules: per_side,
             watermarks: [HashMap::new(), HashMap::new()],
             stored: [BTreeMap::new(), BTreeMap::new()],
@@ -207,19 +189,14 @@ impl Expiry {
         })
     }
 
-    /// The time columns (left, right) of its equal time key, if it is a
-    /// window join.
-    pub fn equal_time_key(&self) -> Option<(usize, usize)> {
-        self.equal_key
-    }
-
-    /// The watermark of the equal time key's values in the output: the
-    /// smaller of the two sides' (see [`equal_time_key`]).
-    pub fn equal_key_watermark(&self) -> Option<i64> {
-        let (left, right) = self.equal_key?;
-        let left = self.watermarks[0].get(&left)?;
-        let right = self.watermarks[1].get(&right)?;
-        Some(*left.min(right))
+    /// The watermark of `side`'s time column in the join's output: its
+    /// stored rows below it have left state, and its later rows arrive at
+    /// or above its own watermark (or are late, and dropped), so every
+    /// later output row made of one of its rows is at or above it — a
+    /// stored row's or a new one's. (For a window join, `l = r`, it is the
+    /// smaller of the two sides' watermarks.)
+    pub fn output_watermark(&self, side: usize) -> Option<i64> {
+        self.threshold(side)
     }
 
     /// The time column of `side` whose rows expire, if any.

@@ -37,7 +37,7 @@ mod state_key;
 
 use state::{Encoded, JoinState};
 
-pub use expiry::{Expiry, equal_time_key, expiry_rules, key_rules};
+pub use expiry::{Expiry, expiry_rules, key_rules, time_columns};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,30 +90,31 @@ pub struct HashJoin {
     state: JoinState,
     expiry: Option<Expiry>,
     ttl: Option<JoinTtl>,
-    /// Output columns holding a window join's equal time key, with their
-    /// types: they carry its watermark (see [`equal_time_key`]).
-    watermark_columns: Vec<(usize, DataType)>,
-    /// The watermark last passed on, in nanoseconds.
-    passed: Option<i64>,
+    /// Output columns carrying a side's watermark: (column, its type,
+    /// side); see [`watermark_columns`].
+    watermark_columns: Vec<(usize, DataType, usize)>,
+    /// Per side, the watermark last passed on, in nanoseconds.
+    passed: [Option<i64>; 2],
 }
 
 /// The output columns of a join of `kind` (whose left side has
-/// `left_width` columns) that hold the equal time key `key` of a window
-/// join (left and right columns), and so carry its watermark.
+/// `left_width` columns) that carry a watermark: each side's time column
+/// whose rows expire (`time`, left and right; see
+/// [`Expiry::output_watermark`]), where the output holds it. Returns
+/// (output column, side).
 pub fn watermark_columns(
     kind: JoinKind,
     left_width: usize,
-    key: Option<(usize, usize)>,
-) -> Vec<usize> {
-    let Some((left, right)) = key else {
-        return Vec::new();
-    };
+    time: [Option<usize>; 2],
+) -> Vec<(usize, usize)> {
+    let left = time[0].map(|c| (c, 0));
     match kind {
-        JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full => {
-            vec![left, left_width + right]
-        }
-        JoinKind::LeftSemi | JoinKind::LeftAnti => vec![left],
-        JoinKind::RightSemi | JoinKind::RightAnti => vec![right],
+        JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full => left
+            .into_iter()
+            .chain(time[1].map(|c| (left_width + c, 1)))
+            .collect(),
+        JoinKind::LeftSemi | JoinKind::LeftAnti => left.into_iter().collect(),
+        JoinKind::RightSemi | JoinKind::RightAnti => time[1].map(|c| (c, 1)).into_iter().collect(),
     }
 }
 
@@ -146,10 +147,10 @@ impl HashJoin {
         expiry: Option<Expiry>,
     ) -> Result<Self> {
         let null_rows = [sides[0].codec.null_row()?, sides[1].codec.null_row()?];
-        let key = expiry.as_ref().and_then(|e| e.equal_time_key());
-        let watermark_columns = watermark_columns(kind, sides[0].codec.types().len(), key)
+        let time = [0, 1].map(|side| expiry.as_ref().and_then(|e| e.time_column(side)));
+        let watermark_columns = watermark_columns(kind, sides[0].codec.types().len(), time)
             .into_iter()
-            .map(|c| (c, schema.field(c).data_type().clone()))
+            .map(|(c, side)| (c, schema.field(c).data_type().clone(), side))
             .collect();
         Ok(Self {
             kind,
@@ -166,7 +167,7 @@ impl HashJoin {
             expiry,
             ttl: None,
             watermark_columns,
-            passed: None,
+            passed: [None, None],
         })
     }
 
@@ -658,24 +659,25 @@ impl Operator for HashJoin {
                 }
             });
         }
-        // A TTL retracts expired rows whatever their time; otherwise only a
-        // window join's equal time key is bounded (see `equal_time_key`).
-        let Some(low) = self.expiry.as_ref().and_then(Expiry::equal_key_watermark) else {
-            return Ok(vec![]);
-        };
-        if self.ttl.is_some() || self.passed.is_some_and(|p| p >= low) {
+        // A TTL retracts expired rows whatever their time.
+        if self.ttl.is_some() {
             return Ok(vec![]);
         }
-        self.passed = Some(low);
-        self.watermark_columns
-            .iter()
-            .map(|(column, data_type)| {
-                let value = nanos_to_time(Int64Array::from(vec![low]), data_type)?;
-                Ok(Watermark {
-                    column: *column,
-                    value: ScalarValue::try_from_array(&value, 0)?,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (column, data_type, side) in &self.watermark_columns {
+            let Some(w) = self.expiry.as_ref().and_then(|e| e.output_watermark(*side)) else {
+                continue;
+            };
+            if self.passed[*side].is_some_and(|p| p >= w) {
+                continue;
+            }
+            self.passed[*side] = Some(w);
+            let value = nanos_to_time(Int64Array::from(vec![w]), data_type)?;
+            out.push(Watermark {
+                column: *column,
+                value: ScalarValue::try_from_array(&value, 0)?,
+            });
+        }
+        Ok(out)
     }
 }

@@ -63,8 +63,13 @@ pub struct AggregateSpec {
 pub struct WindowKey {
     /// Index of the group expression (and output column).
     pub group: usize,
-    /// The input column the group expression is.
+    /// The input column with a watermark the group expression is, or is
+    /// non-decreasing in.
     pub input_column: usize,
+    /// The input's schema when the group expression is not the column
+    /// itself: the bound it closes windows at is the expression of the
+    /// column's watermark (see [`crate::watermark::derive`]).
+    pub input: Option<SchemaRef>,
     /// `EMIT ON WINDOW CLOSE`: emit each group once, when its window closes.
     pub emit_on_close: bool,
     /// Where late rows are counted.
@@ -561,7 +566,17 @@ impl Operator for HashAggregate {
             return Ok(vec![]);
         }
         let group = w.key.group;
-        let value = watermark.value.cast_to(&w.codec.types()[0])?;
+        let value = match &w.key.input {
+            Some(schema) => {
+                let expr = &self.group_exprs[group];
+                match crate::watermark::derive(expr, schema, watermark.column, &watermark.value)? {
+                    Some(value) => value,
+                    None => return Ok(vec![]),
+                }
+            }
+            None => watermark.value,
+        };
+        let value = value.cast_to(&w.codec.types()[0])?;
         let encoded = w.codec.encode(&[value.to_array()?])?;
         let bound: Box<[u8]> = encoded.row(0).as_ref().into();
         // Every entry below (bound, the smallest key) closed: one split

@@ -12,6 +12,7 @@ use super::{Built, PipelineBuilder, batch_schema, physical};
 use crate::aggregate::{AggregateSpec, CallShape, HashAggregate, ValueKind, WindowKey};
 use crate::dispatch::Dispatch;
 use crate::error::{ExecutorError, Result};
+use crate::watermark::is_monotone_in;
 use eddy_planner::StreamNode;
 
 impl PipelineBuilder<'_> {
@@ -23,6 +24,7 @@ impl PipelineBuilder<'_> {
         schema: &DFSchema,
     ) -> Result<Built> {
         let in_schema = input.schema().clone();
+        let group_exprs_logical = group;
         let group_exprs = group
             .iter()
             .map(|e| physical(e, &in_schema))
@@ -77,18 +79,18 @@ impl PipelineBuilder<'_> {
             specs_per_instance.push(specs);
         }
         let child = self.build(input)?;
-        // The first group column that is an input column with a watermark.
-        let window = group.iter().enumerate().find_map(|(g, e)| match e {
-            Expr::Column(c) => in_schema
-                .index_of_column(c)
-                .ok()
-                .filter(|i| child.watermarks.contains(i))
-                .map(|i| (g, i)),
-            _ => None,
+        // The first group expression that is an input column with a
+        // watermark, or non-decreasing in one alone (`date_bin(.., ts)`).
+        let window = group_exprs.iter().enumerate().find_map(|(g, e)| {
+            child
+                .watermarks
+                .iter()
+                .find(|&&i| is_monotone_in(e, i))
+                .map(|&i| (g, i))
         });
         if self.options.emit_on_window_close && window.is_none() {
             return Err(ExecutorError::Windowing(
-                "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
+                "EMIT ON WINDOW CLOSE needs the GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP, window_end of SESSION, or date_bin / date_trunc of a column with a watermark, over a source with WATERMARK FOR)".into(),
             ));
         }
         if window.is_some() {
@@ -103,6 +105,8 @@ impl PipelineBuilder<'_> {
                     Some((group, input_column)) => Some(WindowKey {
                         group,
                         input_column,
+                        input: (!matches!(group_exprs_logical[group], Expr::Column(_)))
+                            .then(|| batch_schema(&in_schema)),
                         emit_on_close: self.options.emit_on_window_close,
                         late: self.late_rows("window aggregate")?,
                     }),

@@ -81,6 +81,56 @@ async fn change_until(
     }
 }
 
+/// A server whose aggregates fail as `failpoints` says (the `fail`
+/// crate's actions for `aggregate-barrier`), with tables `a (k, v)` and
+/// `b (k, w)`, the server's restart strategy `strategy`, and `views`.
+async fn start(
+    name: &str,
+    failpoints: &str,
+    strategy: &str,
+    views: &[(&str, &str)],
+) -> (EddyServer, tokio_postgres::Client) {
+    let failpoints = format!("aggregate-barrier={failpoints}");
+    let server = EddyServer::start_with_env(name, &[("FAILPOINTS", &failpoints)]);
+    let client = server.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE a (k BIGINT, v BIGINT);
+             CREATE TABLE b (k BIGINT, w BIGINT);
+             SET restart_strategy = '{strategy}';"
+        ))
+        .await
+        .expect("setup");
+    for (name, query) in views {
+        client
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+            .await
+            .expect("create view");
+    }
+    (server, client)
+}
+
+/// Waits until each of `views` equals its query run as a batch query.
+async fn wait_for_views(client: &tokio_postgres::Client, views: &[(&str, &str)]) {
+    for (name, query) in views {
+        let want = rows_sorted(client, query).await.expect("batch query");
+        assert!(!want.is_empty(), "{name} has rows");
+        let sql = format!("SELECT * FROM {name}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = rows_sorted(client, &sql).await.expect("view");
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} differs from its query:\n view: {got:?}\nquery: {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 const VIEWS: &[(&str, &str)] = &[
     (
         "per_k",
@@ -96,28 +146,10 @@ const VIEWS: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_over_tables_restart_exactly_after_failures() {
     let mut rng = seeded_rng();
-    // Failures after a few epochs with changes (a failed pipeline runs
-    // on until restarted, so some strike it again, to no effect).
-    let env = [(
-        "FAILPOINTS",
-        "aggregate-barrier=12*off->1*return->40*off->1*return->40*off->1*return->40*off->1*return->off",
-    )];
-    let mut server = EddyServer::start_with_env("failures_restart", &env);
-    let client = server.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE a (k BIGINT, v BIGINT);
-             CREATE TABLE b (k BIGINT, w BIGINT);
-             SET restart_strategy = 'fixed-delay(attempts = 10, delay = 3s)';",
-        )
-        .await
-        .expect("setup");
-    for (name, query) in VIEWS {
-        client
-            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
-            .await
-            .expect("create view");
-    }
+    // Failures after a few epochs with changes.
+    let failpoints = "12*off->1*return->40*off->1*return->40*off->1*return->40*off->1*return->off";
+    let strategy = "fixed-delay(attempts = 10, delay = 3s)";
+    let (mut server, client) = start("failures_restart", failpoints, strategy, VIEWS).await;
     let restarts = "SELECT sum(restarts) FROM eddy_catalog.jobs";
     let restarting = "SELECT job FROM eddy_catalog.jobs WHERE state = 'restarting'";
 
@@ -153,23 +185,7 @@ async fn views_over_tables_restart_exactly_after_failures() {
         |states: &[String]| states.iter().all(|s| s == "running"),
     )
     .await;
-    for (name, query) in VIEWS {
-        let want = rows_sorted(&client, query).await.expect("batch query");
-        assert!(!want.is_empty(), "{name} has rows");
-        let sql = format!("SELECT * FROM {name}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = rows_sorted(&client, &sql).await.expect("view");
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} differs from its query:\n view: {got:?}\nquery: {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_for_views(&client, VIEWS).await;
 }
 
 const LAYERED: &[(&str, &str)] = &[
@@ -187,26 +203,9 @@ const LAYERED: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_view_restarts_with_its_readers() {
     let mut rng = seeded_rng();
-    let env = [(
-        "FAILPOINTS",
-        "aggregate-barrier=6*off->1*return->30*off->1*return->off",
-    )];
-    let mut server = EddyServer::start_with_env("failures_readers", &env);
-    let client = server.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE a (k BIGINT, v BIGINT);
-             CREATE TABLE b (k BIGINT, w BIGINT);
-             SET restart_strategy = 'fixed-delay(attempts = 10, delay = 2s)';",
-        )
-        .await
-        .expect("setup");
-    for (name, query) in LAYERED {
-        client
-            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
-            .await
-            .expect("create view");
-    }
+    let failpoints = "6*off->1*return->30*off->1*return->off";
+    let strategy = "fixed-delay(attempts = 10, delay = 2s)";
+    let (mut server, client) = start("failures_readers", failpoints, strategy, LAYERED).await;
     // The views reading per_k fail with it, saying why, and restart with it.
     let states = "SELECT job, state, last_error FROM eddy_catalog.jobs";
     let want = [
@@ -234,11 +233,7 @@ async fn a_failed_view_restarts_with_its_readers() {
     );
     change_tables(&server, &mut rng, Duration::from_millis(500)).await;
     wait_until(&client, restarts, |got| got == once).await;
-    for (name, query) in LAYERED {
-        let want = rows_sorted(&client, query).await.expect("batch query");
-        assert!(!want.is_empty(), "{name} has rows");
-        wait_until(&client, &format!("SELECT * FROM {name}"), |got| got == want).await;
-    }
+    wait_for_views(&client, LAYERED).await;
 }
 
 /// Table changes a stopped server's log holds at or before its last
@@ -253,18 +248,9 @@ fn log_kept_for_restarts(data_dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_the_strategy_gives_up_on_is_final() {
     let mut rng = seeded_rng();
-    let env = [("FAILPOINTS", "aggregate-barrier=3*off->1*return->off")];
-    let mut server = EddyServer::start_with_env("failures_given_up", &env);
-    let client = server.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE a (k BIGINT, v BIGINT);
-             CREATE TABLE b (k BIGINT, w BIGINT);
-             CREATE MATERIALIZED VIEW per_k WITH (restart_strategy = 'none')
-               AS SELECT k, count(*) AS n FROM a GROUP BY k;",
-        )
-        .await
-        .expect("setup");
+    let views = [("per_k", "SELECT k, count(*) AS n FROM a GROUP BY k")];
+    let failpoints = "3*off->1*return->off";
+    let (mut server, client) = start("failures_given_up", failpoints, "none", &views).await;
     let failed = "SELECT job, last_error FROM eddy_catalog.jobs WHERE state = 'failed'";
     change_until(&server, &mut rng, failed, |r| r.len() == 1).await;
     let want = [

@@ -4,6 +4,7 @@
 //! key, so all rows of one key (one group, one join key) meet in the same
 //! downstream partition. Barriers go to every target.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
@@ -21,40 +22,70 @@ pub const CHANNEL_CAPACITY: usize = 16;
 
 /// Senders that can be added and removed while the pipeline runs (the
 /// subscribers of a table or view), each tagged with the relation that owns it.
+///
+/// It remembers the last watermark sent on each column, and sends those
+/// to a subscriber when it is added: a view created (or recovered) after
+/// its input's watermark passed learns it, as its rows from then on are
+/// at or above it.
 #[derive(Debug, Default)]
 pub struct Subscribers {
-    senders: Mutex<Vec<(u32, Sender<Message>)>>,
+    state: Mutex<SubscribersState>,
+}
+
+#[derive(Debug, Default)]
+struct SubscribersState {
+    senders: Vec<(u32, Sender<Message>)>,
+    /// The last watermark sent on each column.
+    watermarks: BTreeMap<usize, Message>,
 }
 
 impl Subscribers {
-    /// Adds a subscriber owned by relation `owner`.
+    /// Adds a subscriber owned by relation `owner`; it is sent the last
+    /// watermark of each column first.
     pub fn add(&self, owner: u32, tx: Sender<Message>) {
-        self.lock().push((owner, tx));
+        let mut state = self.lock();
+        for watermark in state.watermarks.values() {
+            // A new channel has room for them (fewer than its capacity).
+            let _ = tx.try_send(watermark.clone());
+        }
+        state.senders.push((owner, tx));
     }
 
     /// Whether nobody subscribes (any more).
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().senders.is_empty()
     }
 
     /// Removes every subscriber owned by `owner`; its pipeline then drains and ends.
     pub fn remove_owner(&self, owner: u32) {
-        self.lock().retain(|(o, _)| *o != owner);
+        self.lock().senders.retain(|(o, _)| *o != owner);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Sender<Message>)>> {
-        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets the watermarks sent: the pipeline writing here restarts
+    /// from a checkpoint, behind them, and sends its own again.
+    pub fn forget_watermarks(&self) {
+        self.lock().watermarks.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubscribersState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends `msg` to every subscriber; ones whose pipeline ended are dropped.
     pub async fn send(&self, msg: Message) {
-        let targets: Vec<_> = self.lock().iter().map(|(_, tx)| tx.clone()).collect();
+        let targets: Vec<_> = {
+            let mut state = self.lock();
+            if let Message::Watermark(w) = &msg {
+                state.watermarks.insert(w.column, msg.clone());
+            }
+            state.senders.iter().map(|(_, tx)| tx.clone()).collect()
+        };
         let mut gone = false;
         for tx in &targets {
             gone |= tx.send(msg.clone()).await.is_err();
         }
         if gone {
-            self.lock().retain(|(_, tx)| !tx.is_closed());
+            self.lock().senders.retain(|(_, tx)| !tx.is_closed());
         }
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::{MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 use eddy_planner::StreamNode;
 use eddy_storage::Store;
 
-use crate::build::{FragmentScopes, PipelineBuilder, SharedPlans, Upstream};
+use crate::build::{FragmentScopes, OutputTraits, PipelineBuilder, SharedPlans, Upstream};
 use crate::checkpoint::{OWN_STATE, STATE_LAYOUT, StateEntries, oldest_layout_for, state_prefix};
 use crate::codec::{RowCodec, decode_change};
 use crate::coordinator::{Coordinator, Feed};
@@ -117,6 +117,8 @@ pub struct Runtime {
     errors: Arc<ErrorLog>,
     /// The last pipeline run started (see [`Feed::Pipeline`]).
     incarnations: AtomicU64,
+    /// What each view's output carries, for the views that read it.
+    traits: Mutex<HashMap<u32, OutputTraits>>,
     /// Changelog subscribers of each table and view.
     subscribers: Mutex<HashMap<u32, Arc<Subscribers>>>,
     /// Tables: the relations barriers are injected into.
@@ -165,6 +167,7 @@ impl Runtime {
         Arc::new(Self {
             published: AtomicU64::new(published),
             incarnations: AtomicU64::new(0),
+            traits: Mutex::new(HashMap::new()),
             barrier_time: AtomicI64::new(0),
             running: tokio::sync::watch::channel(false).0,
             clocks: Arc::new(SplitClocks::default()),
@@ -524,6 +527,10 @@ impl Runtime {
         for &id in ids {
             self.stop_pipeline(id);
             self.progress.readers_restarted(id);
+            // It goes back to its checkpoint, behind what it passed on.
+            if let Some(output) = self.subscribers_of(id) {
+                output.forget_watermarks();
+            }
         }
         let mut ready = Vec::with_capacity(ids.len());
         let mut built = Ok(());
@@ -600,10 +607,21 @@ impl Runtime {
                     if inputs.iter().all(|(i, _)| *i != id) {
                         inputs.push((id, name.to_string()));
                     }
+                    let traits = self
+                        .traits
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_default();
                     let subscribers = self.subscribers_of(id).ok_or_else(|| {
                         ExecutorError::Internal(format!("relation {name} has no changelog"))
                     })?;
-                    Ok(Upstream::Changelog { id, subscribers })
+                    Ok(Upstream::Changelog {
+                        id,
+                        subscribers,
+                        traits,
+                    })
                 }
                 Some(ReadTarget::Source(spec)) => Ok(Upstream::Stream(spec)),
                 None => Err(ExecutorError::Unsupported(format!(
@@ -651,7 +669,7 @@ impl Runtime {
         };
         // A restarted pipeline writes to the subscribers it had.
         let output = self.subscribers_of(id).unwrap_or_default();
-        builder.build_root(&def.plan, output.clone(), terminal)?;
+        let traits = builder.build_root(&def.plan, output.clone(), terminal)?;
         if let Some(store) = self.coordinator.store() {
             let durable = self.coordinator.durable_epoch();
             let entries = |scope: u32, operator: u16| -> Result<StateEntries> {
@@ -702,6 +720,10 @@ impl Runtime {
         };
         self.coordinator.add_relation(id, schema, restore, inputs)?;
         def.sources = builder.reader_outputs.keys().copied().collect();
+        self.traits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, traits);
         self.pipelines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -730,6 +752,10 @@ impl Runtime {
             .remove(&id);
         drop(removed);
         self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.traits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);

@@ -30,8 +30,9 @@ fn setup(rate: u64) -> String {
     )
 }
 
-/// Views and their defining queries: a windowed aggregate emitted on close,
-/// an unwindowed aggregate, a top-N over it, a top-N over a source (which
+/// Views and their defining queries: a windowed aggregate emitted on close
+/// and one over it (the view passes its watermark on), an unwindowed
+/// aggregate, a top-N over it, a top-N over a source (which
 /// keeps only its N rows per partition), a top-N per window (whose
 /// partitions close by watermark), window functions over it, a
 /// join of two sources and a table, an aggregate over an interval join
@@ -42,6 +43,13 @@ const VIEWS: &[(&str, &str, bool)] = &[
         "windows",
         "SELECT auction, window_start, count(*) AS n, max(price) AS hi
          FROM TUMBLE(bid, date_time, INTERVAL '2' SECOND) GROUP BY auction, window_start",
+        true,
+    ),
+    (
+        // Windows of a view's windows: its watermark passes on.
+        "windows_4s",
+        "SELECT date_bin(INTERVAL '4' SECOND, window_start) AS w, count(*) AS cells, sum(n) AS n
+         FROM windows GROUP BY date_bin(INTERVAL '4' SECOND, window_start)",
         true,
     ),
     (

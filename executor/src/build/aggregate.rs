@@ -89,9 +89,7 @@ impl PipelineBuilder<'_> {
                 .map(|&i| (g, i))
         });
         if self.options.emit_on_window_close && window.is_none() {
-            return Err(ExecutorError::Windowing(
-                "EMIT ON WINDOW CLOSE needs the GROUP BY to include a window column with a watermark (window_start or window_end of TUMBLE / HOP, window_end of SESSION, or date_bin / date_trunc of a column with a watermark, over a source with WATERMARK FOR)".into(),
-            ));
+            return Err(ExecutorError::Windowing(super::EOWC_NEEDS_A_WINDOW.into()));
         }
         if window.is_some() {
             self.windowed_aggregates += 1;

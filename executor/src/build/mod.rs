@@ -61,6 +61,20 @@ pub fn batch_schema(schema: &DFSchema) -> SchemaRef {
     ))
 }
 
+/// Why a query cannot `EMIT ON WINDOW CLOSE`.
+const EOWC_NEEDS_A_WINDOW: &str = "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP, window_end of SESSION, or date_bin / date_trunc of a column with one: a source's WATERMARK FOR, passed on by windows, joins on time and views)";
+
+/// What a view's output carries, for the views that read it: the columns
+/// with a watermark (its changelog passes them on) and whether it only
+/// inserts (emitted on window close, say).
+#[derive(Debug, Clone, Default)]
+pub struct OutputTraits {
+    /// Output columns that carry a watermark.
+    pub watermarks: BTreeSet<usize>,
+    /// Whether it never emits a deletion.
+    pub append_only: bool,
+}
+
 /// A relation a plan reads.
 #[derive(Debug)]
 pub enum Upstream {
@@ -70,6 +84,8 @@ pub enum Upstream {
         id: u32,
         /// Its changelog.
         subscribers: Arc<Subscribers>,
+        /// What its output carries (nothing for a table).
+        traits: OutputTraits,
     },
     /// A source: read from its beginning by readers of this pipeline's own.
     Stream(Arc<SourceSpec>),
@@ -269,14 +285,17 @@ impl PipelineBuilder<'_> {
         root: &StreamNode,
         output: Arc<Subscribers>,
         terminal: Option<Box<dyn Operator>>,
-    ) -> Result<()> {
+    ) -> Result<OutputTraits> {
         let schema = batch_schema(root.schema());
         self.find_shared(root);
-        let pending = self.build(root)?.instances;
+        let built = self.build(root)?;
+        let traits = OutputTraits {
+            watermarks: built.watermarks,
+            append_only: built.append_only,
+        };
+        let pending = built.instances;
         if self.options.emit_on_window_close && self.windowed_aggregates == 0 {
-            return Err(ExecutorError::Windowing(
-                "EMIT ON WINDOW CLOSE needs a GROUP BY on a window column with a watermark (window_start or window_end of TUMBLE / HOP, or window_end of SESSION, over a source with WATERMARK FOR)".into(),
-            ));
+            return Err(ExecutorError::Windowing(EOWC_NEEDS_A_WINDOW.into()));
         }
         let inputs = self
             .connect(pending, 1, Dispatch::Broadcast)
@@ -299,7 +318,7 @@ impl PipelineBuilder<'_> {
             },
             Output::Subscribers(output),
         );
-        Ok(())
+        Ok(traits)
     }
 
     /// Where an operator that drops late rows puts them.
@@ -381,7 +400,11 @@ impl PipelineBuilder<'_> {
     fn build_node(&mut self, node: &StreamNode) -> Result<Built> {
         match node {
             StreamNode::Source { relation, .. } => match (self.resolve)(relation)? {
-                Upstream::Changelog { id, subscribers } => {
+                Upstream::Changelog {
+                    id,
+                    subscribers,
+                    traits,
+                } => {
                     let prefix = if self.backfill {
                         let rows = self.coordinator.read(&[id])?;
                         rows.get(&id)
@@ -397,12 +420,16 @@ impl PipelineBuilder<'_> {
                     };
                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                     self.subscriptions.push((subscribers, tx));
-                    Ok(Built::plain(vec![Instance {
-                        inputs: vec![InputChannel::with_prefix(prefix, rx)],
-                        ports: vec![0],
-                        ops: vec![],
-                        split: None,
-                    }]))
+                    Ok(Built {
+                        instances: vec![Instance {
+                            inputs: vec![InputChannel::with_prefix(prefix, rx)],
+                            ports: vec![0],
+                            ops: vec![],
+                            split: None,
+                        }],
+                        watermarks: traits.watermarks,
+                        append_only: traits.append_only,
+                    })
                 }
                 Upstream::Stream(spec) => {
                     let outputs = self.reader_outputs_of(&spec)?;

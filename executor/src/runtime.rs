@@ -551,6 +551,17 @@ impl Runtime {
         built
     }
 
+    /// Stops failed pipeline `id` until it restarts (or is dropped): its
+    /// halted run would go on reading its sources and forwarding barriers
+    /// for nothing. Whatever reads it failed with it, so nothing waits for
+    /// it; it stays subscribed to what it reads no longer, so nothing it
+    /// reads waits for it either.
+    pub fn stop_failed(&self, id: u32) {
+        if self.coordinator.failure(id).is_some() {
+            self.stop_pipeline(id);
+        }
+    }
+
     /// Disconnects pipeline `id` from its inputs and ticks: its tasks end.
     /// What reads it stays subscribed to its output.
     fn stop_pipeline(&self, id: u32) {

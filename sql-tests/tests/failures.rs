@@ -272,3 +272,46 @@ async fn a_failure_the_strategy_gives_up_on_is_final() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_view_stops_reading_its_source() {
+    let server = EddyServer::start_with_env(
+        "failures_stop",
+        &[("FAILPOINTS", "aggregate-barrier=2*off->1*return->off")],
+    );
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE SOURCE ticks (id BIGINT) WITH (connector = 'datagen',
+               fields.id.kind = 'sequence', datagen.rows.per.second = '2000');
+             CREATE MATERIALIZED VIEW per_k WITH (restart_strategy = 'none') AS
+               SELECT id % 10 AS k, count(*) AS n FROM ticks GROUP BY id % 10;
+             CREATE MATERIALIZED VIEW all_ticks AS SELECT id FROM ticks;",
+        )
+        .await
+        .expect("setup");
+    let failed = "SELECT job FROM eddy_catalog.jobs WHERE state = 'failed'";
+    wait_until(&client, failed, |got| got == ["per_k"]).await;
+    let read = |relation: &str| {
+        format!(
+            "SELECT sum(rows_read) FROM eddy_catalog.source_readers WHERE relation = '{relation}'"
+        )
+    };
+    let before = rows_sorted(&client, &read("per_k")).await.expect("readers");
+    let beside = rows_sorted(&client, &read("all_ticks"))
+        .await
+        .expect("readers");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        rows_sorted(&client, &read("per_k")).await.expect("readers"),
+        before,
+        "a view failed for good reads its source no more"
+    );
+    assert_ne!(
+        rows_sorted(&client, &read("all_ticks"))
+            .await
+            .expect("readers"),
+        beside,
+        "the view beside it goes on"
+    );
+}

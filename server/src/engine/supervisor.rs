@@ -58,6 +58,7 @@ impl Engine {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut given_up = Vec::new();
+        let mut failed = Vec::new();
         for info in relations
             .iter()
             .filter(|r| matches!(r.kind, RelationKind::MaterializedView | RelationKind::Sink))
@@ -70,6 +71,7 @@ impl Engine {
                 .filter(|_| matches!(restartable, Some(Ok(()))));
             self.jobs.with(info.id, |job| match (job.state, failure) {
                 (JobState::Running, Some(reason)) if follows.is_some() => {
+                    failed.push(info.id);
                     let root = follows.unwrap_or_default();
                     let state = JobState::RestartsWith { root };
                     warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
@@ -77,6 +79,7 @@ impl Engine {
                     job.last_error = Some((SystemTime::now(), reason));
                 }
                 (JobState::Running, Some(reason)) => {
+                    failed.push(info.id);
                     let strategy = job.restart_strategy.as_ref().unwrap_or(&default);
                     if job.restarted_at.is_some_and(|t| now - t > STABLE) {
                         job.failures.clear();
@@ -101,6 +104,10 @@ impl Engine {
                 (JobState::Restarting { at }, _) if at <= now => due.push(info.clone()),
                 _ => {}
             });
+        }
+        // Halted, they would go on reading their sources for nothing.
+        for id in failed {
+            self.runtime.stop_failed(id);
         }
         for (root, why) in given_up {
             let coordinator = self.runtime.coordinator();

@@ -4,10 +4,11 @@
 //! They are always counted (`eddy_catalog.watermarks`); each operator's
 //! count is checkpointed under [`LATE_COUNT_KEY`] beside its own state, so
 //! the count goes on from where the checkpoint left it. A view created
-//! `WITH (late_rows = 'name')` also keeps them, in a read-only relation of
-//! that name (a *late-rows relation*) with the columns of [`schema`]: which
-//! operator dropped the row, its change (`insert` / `delete`), the row as
-//! the operator saw it, in JSON, and when it was dropped.
+//! `WITH (late_rows = 'name')` also keeps them, in a relation of that name
+//! (a *late-rows relation*; DELETE clears rows from it) with the columns of
+//! [`schema`]: which operator dropped the row, its change (`insert` /
+//! `delete`), the row as the operator saw it, in JSON, and when it was
+//! dropped.
 //!
 //! Exactly once: the fragment hands the rows an operator dropped during an
 //! epoch (its [`crate::operator::Operator::late_rows`]) to that epoch's

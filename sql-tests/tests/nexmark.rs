@@ -266,6 +266,18 @@ async fn late_rows_are_dropped_counted_and_kept() {
     .await
     .expect("late rows' shape");
     assert_eq!(shape, ["window aggregate|insert|t"]);
+    // Rows handled can be cleared; they stay cleared across kill -9.
+    exec(
+        &client,
+        "DELETE FROM per_window_late WHERE data = (SELECT min(data) FROM per_window_late)",
+    )
+    .await;
+    let kept_late = "SELECT count(*) FROM per_window_late";
+    let left = rows_sorted(&client, kept_late).await.expect("late rows");
+    assert!(
+        left[0].parse::<u64>().expect("a count") < late,
+        "DELETE cleared some: {left:?} of {late}"
+    );
 
     exec(
         &client,
@@ -298,4 +310,9 @@ async fn late_rows_are_dropped_counted_and_kept() {
     .await
     .expect("slow view");
     assert_eq!(slow, ["20000|t|t"]);
+    assert_eq!(
+        rows_sorted(&client, kept_late).await.expect("late rows"),
+        left,
+        "the cleared rows stay cleared"
+    );
 }

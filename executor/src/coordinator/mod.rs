@@ -90,6 +90,9 @@ struct State {
     /// meanwhile.
     recorded_failures: HashMap<u32, StoredFailure>,
     carried: HashMap<u32, Carried>,
+    /// Changes made outside every pipeline (a DELETE of kept late rows),
+    /// applied with the next epoch that commits.
+    edits: Vec<(u32, Changes)>,
     /// Makes epochs durable; `None` runs in memory only.
     writer: Option<BackgroundWriter>,
 }
@@ -125,6 +128,7 @@ impl Coordinator {
                 committed_log: 0,
                 recorded_failures: HashMap::new(),
                 carried: HashMap::new(),
+                edits: Vec::new(),
                 writer,
             }),
             committed_tx: watch::channel(committed).0,
@@ -353,6 +357,8 @@ impl Coordinator {
                 break;
             }
             let (epoch, pending) = entry.remove_entry();
+            let mut pending = pending;
+            pending.changes.append(&mut state.edits);
             let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
             let mut changed = Vec::new();
             for (id, changes) in pending.changes {
@@ -459,6 +465,30 @@ impl Coordinator {
             out.insert(*id, relation.rows.batches()?);
         }
         Ok(out)
+    }
+
+    /// Removes `rows` (one copy each) from relation `id`, a late-rows
+    /// relation, with the next epoch that commits. Call quiesced, with
+    /// rows read from its committed ones.
+    pub fn retract(&self, id: u32, rows: &[RecordBatch]) -> Result<()> {
+        let mut state = self.lock();
+        let relation = state
+            .relations
+            .get(&id)
+            .ok_or_else(|| ExecutorError::Internal(format!("relation {id} is not tracked")))?;
+        let codec = crate::codec::RowCodec::for_schema(relation.rows.schema())?;
+        let mut delta = crate::relation_rows::Delta::default();
+        for batch in rows {
+            let columns = batch
+                .columns()
+                .get(..codec.types().len())
+                .ok_or_else(|| ExecutorError::Internal("rows to remove lack columns".into()))?;
+            for row in codec.encode(columns)?.iter() {
+                crate::relation_rows::add_change(&mut delta, row.data(), -1);
+            }
+        }
+        state.edits.push((id, Changes::Counted(delta)));
+        Ok(())
     }
 
     /// The schema of relation `id`'s rows.

@@ -25,7 +25,9 @@ use crate::catalog::{Catalog, RelationInfo};
 use crate::error::{EddyError, Result};
 use crate::providers::ROW_KEY;
 
-fn retarget_factor(table: &mut TableWithJoins, catalog: &Catalog) -> Result<()> {
+/// `deleting` allows a late-rows relation, which is deleted from as it is
+/// (see [`Engine::delete_late_rows`]).
+fn retarget_factor(table: &mut TableWithJoins, catalog: &Catalog, deleting: bool) -> Result<()> {
     let TableFactor::Table { name, alias, .. } = &mut table.relation else {
         return Err(EddyError::Unsupported(
             "UPDATE / DELETE of something other than a table".into(),
@@ -35,8 +37,12 @@ fn retarget_factor(table: &mut TableWithJoins, catalog: &Catalog) -> Result<()> 
         return Err(EddyError::Syntax("missing table name".into()));
     };
     let normalized = crate::functions::normalize_ident(&last.to_string());
-    if let Some(info) = catalog.get(&normalized)
-        && info.kind != RelationKind::Table
+    let kind = catalog.get(&normalized).map(|info| info.kind);
+    if deleting && kind == Some(RelationKind::LateRows) {
+        return Ok(());
+    }
+    if let Some(kind) = kind
+        && kind != RelationKind::Table
     {
         return Err(EddyError::WrongObjectType {
             name: normalized,
@@ -70,7 +76,7 @@ pub(super) fn retarget(mut stmt: Statement, catalog: &Catalog) -> Result<Stateme
             if update.from.is_some() || update.returning.is_some() {
                 return Err(EddyError::Unsupported("UPDATE ... FROM / RETURNING".into()));
             }
-            retarget_factor(&mut update.table, catalog)?;
+            retarget_factor(&mut update.table, catalog, false)?;
         }
         Statement::Delete(Delete {
             from,
@@ -89,7 +95,7 @@ pub(super) fn retarget(mut stmt: Statement, catalog: &Catalog) -> Result<Stateme
             let [table] = tables.as_mut_slice() else {
                 return Err(EddyError::Unsupported("DELETE from several tables".into()));
             };
-            retarget_factor(table, catalog)?;
+            retarget_factor(table, catalog, true)?;
         }
         _ => {}
     }
@@ -104,6 +110,9 @@ impl Engine {
     ) -> Result<Outcome> {
         let name = dml.table_name.table().to_string();
         let info = self.catalog.require(&name)?;
+        if info.kind == RelationKind::LateRows && matches!(dml.op, WriteOp::Delete) {
+            return self.delete_late_rows(&dml).await;
+        }
         if info.kind != RelationKind::Table {
             return Err(EddyError::WrongObjectType {
                 name,
@@ -150,6 +159,31 @@ impl Engine {
         }
         Ok(Outcome::Command {
             tag: tag.to_string(),
+            rows: Some(rows),
+        })
+    }
+
+    /// DELETE from a late-rows relation: clears rows once handled. Its rows
+    /// change only in checkpoints, so the rows the statement selects are
+    /// removed with the next epoch, which it waits for: durable (or
+    /// reported, on a full disk) on return.
+    async fn delete_late_rows(&self, dml: &DmlStatement) -> Result<Outcome> {
+        let epoch = {
+            let guard = self.runtime.write_lock().await;
+            let quiesced = self.runtime.quiesce(&guard).await;
+            let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
+            let name = dml.table_name.table();
+            let info = self.catalog.require(name)?;
+            self.runtime.coordinator().retract(info.id, &batches)?;
+            drop(quiesced);
+            let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            (self.runtime.inject_barrier(&guard).await, rows)
+        };
+        let (epoch, rows) = epoch;
+        self.runtime.coordinator().wait_committed(epoch).await;
+        self.runtime.coordinator().wait_written(epoch).await;
+        Ok(Outcome::Command {
+            tag: "DELETE".to_string(),
             rows: Some(rows),
         })
     }

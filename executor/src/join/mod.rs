@@ -100,21 +100,22 @@ pub struct HashJoin {
 /// The output columns of a join of `kind` (whose left side has
 /// `left_width` columns) that carry a watermark: each side's time column
 /// whose rows expire (`time`, left and right; see
-/// [`Expiry::output_watermark`]), where the output holds it. Returns
-/// (output column, side).
+/// [`Expiry::output_watermark`]), where the output holds it and never
+/// pads it with NULL (a padded row's NULL time would sort below every
+/// watermark). Returns (output column, side).
 pub fn watermark_columns(
     kind: JoinKind,
     left_width: usize,
     time: [Option<usize>; 2],
 ) -> Vec<(usize, usize)> {
     let left = time[0].map(|c| (c, 0));
+    let right = time[1].map(|c| (left_width + c, 1));
     match kind {
-        JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full => left
-            .into_iter()
-            .chain(time[1].map(|c| (left_width + c, 1)))
-            .collect(),
-        JoinKind::LeftSemi | JoinKind::LeftAnti => left.into_iter().collect(),
+        JoinKind::Inner => left.into_iter().chain(right).collect(),
+        JoinKind::Left | JoinKind::LeftSemi | JoinKind::LeftAnti => left.into_iter().collect(),
+        JoinKind::Right => right.into_iter().collect(),
         JoinKind::RightSemi | JoinKind::RightAnti => time[1].map(|c| (c, 1)).into_iter().collect(),
+        JoinKind::Full => Vec::new(),
     }
 }
 

@@ -315,3 +315,63 @@ async fn a_failed_view_stops_reading_its_source() {
         "the view beside it goes on"
     );
 }
+
+/// Windows of a failed view's windows: the view restarts from its
+/// checkpoint, behind the watermark it had passed on, and emits again
+/// what its readers need. The reader restarts with it, and is not told
+/// the old watermark first (its rows would be late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_view_restarts_behind_the_watermark_it_passed_on() {
+    let server = EddyServer::start_with_env(
+        "failures_watermarks",
+        &[("FAILPOINTS", "aggregate-barrier=8*off->1*return->off")],
+    );
+    let client = server.client().await;
+    let views = [
+        (
+            "per_window",
+            "SELECT k, window_start, count(*) AS n
+             FROM TUMBLE(events, ts, INTERVAL '10' SECOND) GROUP BY k, window_start",
+        ),
+        (
+            "leaders",
+            "SELECT window_start, k, n FROM (
+               SELECT window_start, k, n,
+                      ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY n DESC, k) AS rn
+               FROM per_window) t WHERE rn <= 1",
+        ),
+    ];
+    client
+        .batch_execute(
+            "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 300ms)';
+             CREATE SOURCE events (k BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (connector = 'datagen', datagen.rows.total = '12000', datagen.rows.per.second = '4000',
+                     fields.k.kind = 'random', fields.k.min = '0', fields.k.max = '4', fields.k.seed = '7',
+                     fields.ts.kind = 'sequence', fields.ts.start = '2026-01-01 00:00:00',
+                     fields.ts.step = '1 second');",
+        )
+        .await
+        .expect("setup");
+    let (name, query) = views[0];
+    client
+        .batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW {name} AS {query} EMIT ON WINDOW CLOSE"
+        ))
+        .await
+        .expect("create view");
+    let (name, query) = views[1];
+    client
+        .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+        .await
+        .expect("create view");
+    let restarts = "SELECT job, state, restarts FROM eddy_catalog.jobs";
+    wait_until(&client, restarts, |got| {
+        got == ["leaders|running|1", "per_window|running|1"]
+    })
+    .await;
+    crate::nexmark::wait_for_sources(&client).await;
+    wait_for_views(&client, &views).await;
+    let late = "SELECT relation, late_rows FROM eddy_catalog.watermarks WHERE relation = 'leaders'";
+    let late = rows_sorted(&client, late).await.expect("watermarks");
+    assert!(late.iter().all(|r| r.ends_with("|0")), "{late:?}");
+}

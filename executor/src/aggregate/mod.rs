@@ -163,6 +163,8 @@ pub struct HashAggregate {
     touched: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>>,
     /// Groups by the time they last changed, with a state TTL.
     ttl: Option<StateTtl<Encoded>>,
+    /// Whether input arrived in the epoch (where tests inject failures).
+    had_input: bool,
 }
 
 impl HashAggregate {
@@ -205,6 +207,7 @@ impl HashAggregate {
             groups: KeyedState::default(),
             touched: HashMap::default(),
             ttl: None,
+            had_input: false,
         };
         if global {
             // The one row of a global aggregate exists before any input.
@@ -381,6 +384,7 @@ impl Operator for HashAggregate {
         _out: &mut Vec<StreamChunk>,
     ) -> Result<()> {
         let batch = &chunk.batch;
+        self.had_input = true;
         let (keys, windows) = self.group_keys(batch)?;
         // Keys are borrowed from the encoded rows; only a new group or a
         // group's first touch in the epoch copies its key.
@@ -523,15 +527,17 @@ impl Operator for HashAggregate {
 
     fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
         self.groups.end_epoch(barrier.epoch);
+        if std::mem::take(&mut self.had_input) {
+            // Tests fail a pipeline here, at a barrier after input, to restart it.
+            fail::fail_point!("aggregate-barrier", |_| Err(ExecutorError::Internal(
+                "injected by fail point aggregate-barrier".into()
+            )));
+        }
         let touched = std::mem::take(&mut self.touched);
         let expired = self.expire(barrier.now, &touched)?;
         if touched.is_empty() && expired.is_empty() {
             return Ok(());
         }
-        // Tests fail a pipeline here, at a barrier after changes, to restart it.
-        fail::fail_point!("aggregate-barrier", |_| Err(ExecutorError::Internal(
-            "injected by fail point aggregate-barrier".into()
-        )));
         let mut rows = Vec::new();
         let mut emptied = Vec::new();
         for (key, before) in &touched {

@@ -5,15 +5,14 @@
 //! emitted stays in the view.
 //!
 //! Invariants:
-//! - Every open partition is in `open`, by (value, key); a key may stay
-//!   there after its partition emptied out (closing it then finds nothing).
-//! - A row whose value is below `closed_below` is late: dropped and counted,
-//!   never applied.
-//! - `closed_below` is checkpointed (key [`CLOSED_KEY`], which no row key
-//!   of [`crate::ordered_partitions`] can be: those start with a 4-byte
-//!   length); `open` is rebuilt from the partitions on recovery.
-
-use std::collections::BTreeSet;
+//! - Every open partition is in the [`WindowIndex`], by (value, key); a key
+//!   may stay there after its partition emptied out (closing it then finds
+//!   nothing).
+//! - A row whose value is below the closed bound is late: dropped and
+//!   counted, never applied.
+//! - The closed bound is checkpointed (key [`CLOSED_KEY`], which no row
+//!   key of [`crate::ordered_partitions`] can be: those start with a 4-byte
+//!   length); the open partitions are indexed again on recovery.
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
@@ -25,9 +24,8 @@ use crate::error::Result;
 use crate::late_rows::LateRows;
 use crate::message::Op;
 use crate::ordered_partitions::Encoded;
-
-/// The state key of the closed bound.
-pub(crate) const CLOSED_KEY: &[u8] = b"w";
+pub(crate) use crate::window_index::CLOSED_KEY;
+use crate::window_index::WindowIndex;
 
 /// The open partitions of one operator instance, by the value of their
 /// watermarked column.
@@ -38,12 +36,7 @@ pub(crate) struct ClosingPartitions {
     data_type: DataType,
     /// Encodes the column's values so that byte order is value order.
     codec: RowConverter,
-    /// (value, partition key) of every open partition.
-    open: BTreeSet<(Box<[u8]>, Encoded)>,
-    /// Values below this are closed.
-    closed_below: Option<Box<[u8]>>,
-    /// Whether `closed_below` moved since the last checkpoint.
-    moved: bool,
+    index: WindowIndex<Encoded>,
     late: LateRows,
 }
 
@@ -55,9 +48,7 @@ impl ClosingPartitions {
             column,
             codec: RowConverter::new(vec![SortField::new(data_type.clone())])?,
             data_type,
-            open: BTreeSet::new(),
-            closed_below: None,
-            moved: false,
+            index: WindowIndex::default(),
             late,
         })
     }
@@ -74,12 +65,12 @@ impl ClosingPartitions {
 
     /// Whether a row of encoded value `value` is late.
     pub(crate) fn is_late(&self, value: &[u8]) -> bool {
-        self.closed_below.as_deref().is_some_and(|c| value < c)
+        self.index.is_late(value)
     }
 
     /// Notes partition `key`, of encoded value `value`, as open.
     pub(crate) fn open(&mut self, value: &[u8], key: &Encoded) {
-        self.open.insert((value.into(), key.clone()));
+        self.index.open(value, key.clone());
     }
 
     /// Counts (and keeps, if the view keeps them) rows `rows` of `batch`
@@ -98,17 +89,7 @@ impl ClosingPartitions {
     pub(crate) fn close_below(&mut self, watermark: &ScalarValue) -> Result<Vec<Encoded>> {
         let value = watermark.cast_to(&self.data_type)?;
         let encoded = self.codec.convert_columns(&[value.to_array()?])?;
-        let bound: Box<[u8]> = encoded.row(0).as_ref().into();
-        if self.closed_below.as_ref().is_some_and(|c| *c >= bound) {
-            return Ok(Vec::new());
-        }
-        let still_open = self
-            .open
-            .split_off(&(bound.clone(), Encoded::from(&[][..])));
-        let closed = std::mem::replace(&mut self.open, still_open);
-        self.closed_below = Some(bound);
-        self.moved = true;
-        Ok(closed.into_iter().map(|(_, key)| key).collect())
+        Ok(self.index.close_below(encoded.row(0).as_ref().into()))
     }
 
     /// Where late rows go.
@@ -118,10 +99,7 @@ impl ClosingPartitions {
 
     /// Writes the closed bound if it moved.
     pub(crate) fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        if let Some(bound) = self.closed_below.as_ref().filter(|_| self.moved) {
-            state.put(CLOSED_KEY, bound.to_vec());
-            self.moved = false;
-        }
+        self.index.checkpoint(state);
     }
 
     /// Takes up the checkpointed bound and the open partitions: `keys`, of
@@ -132,9 +110,7 @@ impl ClosingPartitions {
         keys: &[Encoded],
         values: Option<&ArrayRef>,
     ) -> Result<()> {
-        self.closed_below = closed_below;
-        self.moved = false;
-        self.open.clear();
+        self.index.restore(closed_below);
         if let Some(values) = values {
             let values = self.values(values)?;
             for (i, key) in keys.iter().enumerate() {

@@ -42,6 +42,7 @@ pub mod source;
 pub mod state_ttl;
 mod temporal_filter;
 mod watermark;
+mod window_index;
 
 pub use build::batch_schema;
 pub use codec::{RowCodec, encode_change};

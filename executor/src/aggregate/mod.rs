@@ -19,7 +19,6 @@
 
 mod accumulator;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
 use crate::state_ttl::StateTtl;
+use crate::window_index::{CLOSED_KEY, WindowIndex};
 
 /// One aggregate call, ready to run.
 #[derive(Debug)]
@@ -80,10 +80,8 @@ pub struct WindowKey {
 struct Windows {
     key: WindowKey,
     codec: RowCodec,
-    /// Encoded watermark: windows below it are closed.
-    closed_below: Option<Box<[u8]>>,
-    /// (encoded window value, group key) of every group in state.
-    open: BTreeSet<(Encoded, Encoded)>,
+    /// The groups in state, by encoded window value; the closed bound.
+    index: WindowIndex<Encoded>,
 }
 
 #[derive(Debug)]
@@ -183,8 +181,7 @@ impl HashAggregate {
                 Ok::<_, crate::error::ExecutorError>(Windows {
                     key,
                     codec,
-                    closed_below: None,
-                    open: BTreeSet::new(),
+                    index: WindowIndex::default(),
                 })
             })
             .transpose()?;
@@ -314,7 +311,7 @@ impl HashAggregate {
             return;
         };
         if let (Some(window), Some(w)) = (group.window, self.windows.as_mut()) {
-            w.open.remove(&(window, key.into()));
+            w.index.remove(&window, key.into());
         }
         if let (Some(stamp), Some(ttl)) = (group.stamp, self.ttl.as_mut()) {
             ttl.forget(&key.into(), stamp);
@@ -423,7 +420,7 @@ impl Operator for HashAggregate {
             }
             let window = windows.as_ref().map(|w| w.row(i).data());
             if let (Some(window), Some(w)) = (window, &self.windows)
-                && w.closed_below.as_deref().is_some_and(|c| window < c)
+                && w.index.is_late(window)
             {
                 late.push(i);
                 continue;
@@ -441,7 +438,7 @@ impl Operator for HashAggregate {
                     let mut group = new_group(&self.calls);
                     if let (Some(window), Some(w)) = (window, self.windows.as_mut()) {
                         group.window = Some(window.into());
-                        w.open.insert((window.into(), key.into()));
+                        w.index.open(window, key.into());
                     }
                     self.groups.insert(key.into(), group)
                 }
@@ -476,8 +473,8 @@ impl Operator for HashAggregate {
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
         self.groups.checkpoint(state, Group::encode);
-        if let Some(closed) = self.windows.as_ref().and_then(|w| w.closed_below.as_ref()) {
-            state.put(b"w", closed.to_vec());
+        if let Some(w) = self.windows.as_mut() {
+            w.index.checkpoint(state);
         }
     }
 
@@ -486,12 +483,10 @@ impl Operator for HashAggregate {
         if let Some(ttl) = self.ttl.as_mut() {
             ttl.clear();
         }
-        if let Some(w) = self.windows.as_mut() {
-            w.open.clear();
-        }
+        let mut closed_below = None;
         for (key, value) in entries {
-            match (key.as_ref(), self.windows.as_mut()) {
-                (b"w", Some(w)) => w.closed_below = Some(value),
+            match (key.as_ref(), self.windows.as_ref()) {
+                (CLOSED_KEY, Some(_)) => closed_below = Some(value),
                 _ => {
                     return Err(ExecutorError::CorruptState(
                         "an aggregate's state key is unknown".into(),
@@ -499,13 +494,16 @@ impl Operator for HashAggregate {
                 }
             }
         }
+        if let Some(w) = self.windows.as_mut() {
+            w.index.restore(closed_below);
+        }
         // Windows and TTL stamps index every group: rebuild the indexes.
         let (calls, stamped) = (&self.calls, self.ttl.is_some());
         let (windows, ttl) = (&mut self.windows, &mut self.ttl);
         let indexed = windows.is_some() || ttl.is_some();
         let mut index = |key: &[u8], group: &Group| {
             if let (Some(window), Some(w)) = (&group.window, windows.as_mut()) {
-                w.open.insert((window.clone(), key.into()));
+                w.index.open(window, key.into());
             }
             if let (Some(stamp), Some(ttl)) = (group.stamp, ttl.as_mut()) {
                 ttl.stamp(&key.into(), None, stamp);
@@ -584,15 +582,7 @@ impl Operator for HashAggregate {
         };
         let value = value.cast_to(&w.codec.types()[0])?;
         let encoded = w.codec.encode(&[value.to_array()?])?;
-        let bound: Box<[u8]> = encoded.row(0).as_ref().into();
-        // Every entry below (bound, the smallest key) closed: one split
-        // takes them out of the index.
-        let still_open = w.open.split_off(&(bound.clone(), Box::default()));
-        let closed: Vec<Box<[u8]>> = std::mem::replace(&mut w.open, still_open)
-            .into_iter()
-            .map(|(_, key)| key)
-            .collect();
-        w.closed_below = Some(bound);
+        let closed = w.index.close_below(encoded.row(0).as_ref().into());
         self.load(closed.iter().map(AsRef::as_ref))?;
         let mut rows = Vec::new();
         for key in &closed {

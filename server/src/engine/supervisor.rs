@@ -69,41 +69,41 @@ impl Engine {
             let follows = coordinator
                 .failure_cause(info.id)
                 .filter(|_| matches!(restartable, Some(Ok(()))));
-            self.jobs.with(info.id, |job| match (job.state, failure) {
-                (JobState::Running, Some(reason)) if follows.is_some() => {
-                    failed.push(info.id);
-                    let root = follows.unwrap_or_default();
-                    let state = JobState::RestartsWith { root };
-                    warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
-                    job.state = state;
-                    job.last_error = Some((SystemTime::now(), reason));
-                }
-                (JobState::Running, Some(reason)) => {
-                    failed.push(info.id);
-                    let strategy = job.restart_strategy.as_ref().unwrap_or(&default);
-                    if job.restarted_at.is_some_and(|t| now - t > STABLE) {
-                        job.failures.clear();
+            self.jobs
+                .with(info.id, |job| match (job.state, failure, follows) {
+                    (JobState::Running, Some(reason), Some(root)) => {
+                        failed.push(info.id);
+                        let state = JobState::RestartsWith { root };
+                        warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
+                        job.state = state;
+                        job.last_error = Some((SystemTime::now(), reason));
                     }
-                    job.failures.push(now);
-                    let spread = rand::random_range(-1.0..=1.0);
-                    let (state, reason) = match restartable.unwrap_or(Ok(())) {
-                        Err(why) => (JobState::Failed, format!("{reason} ({why})")),
-                        Ok(()) => match strategy.delay(&job.failures, spread) {
-                            Some(delay) => (JobState::Restarting { at: now + delay }, reason),
-                            None => {
-                                let why = format!("restart strategy {strategy} gave up");
-                                given_up.push((info.id, why.clone()));
-                                (JobState::Failed, format!("{reason} ({why})"))
-                            }
-                        },
-                    };
-                    warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
-                    job.state = state;
-                    job.last_error = Some((SystemTime::now(), reason));
-                }
-                (JobState::Restarting { at }, _) if at <= now => due.push(info.clone()),
-                _ => {}
-            });
+                    (JobState::Running, Some(reason), None) => {
+                        failed.push(info.id);
+                        let strategy = job.restart_strategy.as_ref().unwrap_or(&default);
+                        if job.restarted_at.is_some_and(|t| now - t > STABLE) {
+                            job.failures.clear();
+                        }
+                        job.failures.push(now);
+                        let spread = rand::random_range(-1.0..=1.0);
+                        let (state, reason) = match restartable.unwrap_or(Ok(())) {
+                            Err(why) => (JobState::Failed, format!("{reason} ({why})")),
+                            Ok(()) => match strategy.delay(&job.failures, spread) {
+                                Some(delay) => (JobState::Restarting { at: now + delay }, reason),
+                                None => {
+                                    let why = format!("restart strategy {strategy} gave up");
+                                    given_up.push((info.id, why.clone()));
+                                    (JobState::Failed, format!("{reason} ({why})"))
+                                }
+                            },
+                        };
+                        warn!(job = %info.name, error = %reason, state = ?state, "pipeline failed");
+                        job.state = state;
+                        job.last_error = Some((SystemTime::now(), reason));
+                    }
+                    (JobState::Restarting { at }, _, _) if at <= now => due.push(info.clone()),
+                    _ => {}
+                });
         }
         // Halted, they would go on reading their sources for nothing.
         for id in failed {

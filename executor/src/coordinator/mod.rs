@@ -356,8 +356,7 @@ impl Coordinator {
             if !entry.get().waiting.is_empty() {
                 break;
             }
-            let (epoch, pending) = entry.remove_entry();
-            let mut pending = pending;
+            let (epoch, mut pending) = entry.remove_entry();
             pending.changes.append(&mut state.edits);
             let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
             let mut changed = Vec::new();

@@ -111,7 +111,7 @@ impl Engine {
         let name = dml.table_name.table().to_string();
         let info = self.catalog.require(&name)?;
         if info.kind == RelationKind::LateRows && matches!(dml.op, WriteOp::Delete) {
-            return self.delete_late_rows(&dml).await;
+            return self.delete_late_rows(&info, &dml).await;
         }
         if info.kind != RelationKind::Table {
             return Err(EddyError::WrongObjectType {
@@ -167,19 +167,16 @@ impl Engine {
     /// change only in checkpoints, so the rows the statement selects are
     /// removed with the next epoch, which it waits for: durable (or
     /// reported, on a full disk) on return.
-    async fn delete_late_rows(&self, dml: &DmlStatement) -> Result<Outcome> {
-        let epoch = {
+    async fn delete_late_rows(&self, info: &RelationInfo, dml: &DmlStatement) -> Result<Outcome> {
+        let (epoch, rows) = {
             let guard = self.runtime.write_lock().await;
             let quiesced = self.runtime.quiesce(&guard).await;
             let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
-            let name = dml.table_name.table();
-            let info = self.catalog.require(name)?;
             self.runtime.coordinator().retract(info.id, &batches)?;
             drop(quiesced);
             let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
             (self.runtime.inject_barrier(&guard).await, rows)
         };
-        let (epoch, rows) = epoch;
         self.runtime.coordinator().wait_committed(epoch).await;
         self.runtime.coordinator().wait_written(epoch).await;
         Ok(Outcome::Command {

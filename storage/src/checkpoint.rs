@@ -84,11 +84,15 @@ pub struct LoggedChange {
 
 /// A pipeline that failed, as the checkpoints after its failure record it:
 /// its own checkpoint stays at its last good epoch, so a restart (or a
-/// recovery) must know where that epoch left the table log.
+/// recovery) must know where that epoch left the table log, and which
+/// epoch it was (the views it reads are replayed what they changed since).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFailure {
     /// The last table change its checkpoint holds.
     pub log_position: u64,
+    /// The epoch its checkpoint holds; `None` when recorded by a version
+    /// that did not record it.
+    pub epoch: Option<u64>,
     /// Whether restarting from its checkpoint is exact; when not, it stays
     /// failed, across restarts of the server too, until dropped.
     pub restartable: bool,
@@ -99,22 +103,38 @@ pub struct StoredFailure {
     pub reason: String,
 }
 
+/// Flags of a stored failure: restartable, and an epoch follows the cause
+/// (records written before epochs were recorded lack it).
+const RESTARTABLE: u8 = 1;
+const HAS_EPOCH: u8 = 2;
+
 impl StoredFailure {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = self.log_position.to_be_bytes().to_vec();
-        v.push(u8::from(self.restartable));
+        let epoch_flag = if self.epoch.is_some() { HAS_EPOCH } else { 0 };
+        v.push(u8::from(self.restartable) | epoch_flag);
         v.extend_from_slice(&self.cause.unwrap_or(u32::MAX).to_be_bytes());
+        if let Some(epoch) = self.epoch {
+            v.extend_from_slice(&epoch.to_be_bytes());
+        }
         v.extend_from_slice(self.reason.as_bytes());
         v
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let flags = *bytes.get(8)?;
         let cause = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
+        let (epoch, reason) = if flags & HAS_EPOCH != 0 {
+            (Some(read_u64(bytes.get(13..21)?)?), bytes.get(21..)?)
+        } else {
+            (None, bytes.get(13..)?)
+        };
         Some(Self {
             log_position: read_u64(bytes.get(..8)?)?,
-            restartable: *bytes.get(8)? != 0,
+            epoch,
+            restartable: flags & RESTARTABLE != 0,
             cause: (cause != u32::MAX).then_some(cause),
-            reason: String::from_utf8_lossy(bytes.get(13..)?).into_owned(),
+            reason: String::from_utf8_lossy(reason).into_owned(),
         })
     }
 }

@@ -282,12 +282,25 @@ impl Store {
     pub fn scan_committed_rows(
         &self,
         id: u32,
+        visit: impl FnMut(StoredPart<'_>),
+    ) -> Result<StoredRows> {
+        self.scan_committed_rows_until(id, u64::MAX, visit)
+    }
+
+    /// Visits the parts of relation `id`'s rows up to epoch `until`,
+    /// oldest first: its rows at that epoch, if no base part written since
+    /// replaced them.
+    pub fn scan_committed_rows_until(
+        &self,
+        id: u32,
+        until: u64,
         mut visit: impl FnMut(StoredPart<'_>),
     ) -> Result<StoredRows> {
         let mut stored = StoredRows::default();
         let mut failed = None;
         self.scan_prefix(&relation_prefix(ROW_PARTS, id), |key, part| {
-            if failed.is_none() {
+            let epoch = key.get(..8).and_then(read_u64).unwrap_or(0);
+            if failed.is_none() && epoch <= until {
                 stored.stored_bytes += part.len() as u64;
                 failed = read_part(id, key, part, &mut visit).err();
             }

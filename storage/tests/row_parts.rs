@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use eddy_storage::{CheckpointBatch, Store, StoredPart, StoredRows};
+use eddy_storage::{CheckpointBatch, Store, StoredFailure, StoredPart, StoredRows};
 
 const REL: u32 = 3;
 
@@ -50,10 +50,15 @@ impl TempStore {
     /// The committed rows, folded as recovery folds them (appended parts
     /// are taken for one row each).
     fn read(&self) -> (BTreeMap<Vec<u8>, i64>, StoredRows) {
+        self.read_at(u64::MAX)
+    }
+
+    /// The committed rows at epoch `epoch`, folded from the parts up to it.
+    fn read_at(&self, epoch: u64) -> (BTreeMap<Vec<u8>, i64>, StoredRows) {
         let mut rows = BTreeMap::new();
         let stored = self
             .store()
-            .scan_committed_rows(REL, |part| match part {
+            .scan_committed_rows_until(REL, epoch, |part| match part {
                 StoredPart::Row(row, 0) => {
                     rows.remove(row);
                 }
@@ -99,6 +104,24 @@ fn deltas_fold_in_epoch_order_and_a_base_replaces_them() {
     assert_eq!(stored.stored_bytes, bytes);
     s.commit(5, false, &[(row(3, 8), 0)]);
     assert_eq!(s.read().0, BTreeMap::from([(row(1, 8), 3)]));
+}
+
+#[test]
+fn parts_up_to_an_epoch_fold_to_the_rows_at_that_epoch() {
+    let s = TempStore::new("until");
+    s.commit(1, false, &[(row(1, 8), 1), (row(2, 8), 2)]);
+    s.commit(2, false, &[(row(2, 8), 0), (row(3, 8), 1)]);
+    s.commit(3, false, &[(row(1, 8), 3)]);
+    assert_eq!(s.read_at(0).0, BTreeMap::new());
+    assert_eq!(
+        s.read_at(1).0,
+        BTreeMap::from([(row(1, 8), 1), (row(2, 8), 2)])
+    );
+    assert_eq!(
+        s.read_at(2).0,
+        BTreeMap::from([(row(1, 8), 1), (row(3, 8), 1)])
+    );
+    assert_eq!(s.read_at(3).0, s.read().0);
 }
 
 #[test]
@@ -175,4 +198,29 @@ fn rows_in_the_old_one_key_per_row_layout_are_refused_not_misread() {
         .scan_committed_rows(REL, |_| {})
         .expect_err("the old layout must be refused");
     assert!(err.to_string().contains("unreadable"), "{err}");
+}
+
+#[test]
+fn a_failure_reads_back_as_recorded_with_or_without_its_epoch() {
+    let s = TempStore::new("failure");
+    let failure = |epoch| StoredFailure {
+        log_position: 17,
+        epoch,
+        restartable: true,
+        cause: Some(2),
+        reason: "it failed".into(),
+    };
+    let mut batch = CheckpointBatch::default();
+    batch.set_failure(REL, Some(&failure(Some(9))));
+    batch.set_failure(REL + 1, Some(&failure(None)));
+    batch.finish(1, 0, 1);
+    s.store().commit_checkpoint(&batch).expect("commit");
+    assert_eq!(
+        s.store().failure(REL).expect("read"),
+        Some(failure(Some(9)))
+    );
+    assert_eq!(
+        s.store().failure(REL + 1).expect("read"),
+        Some(failure(None))
+    );
 }

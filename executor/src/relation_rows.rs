@@ -13,9 +13,16 @@
 //! parts before it) when it stops being appended or when superseded entries
 //! outweigh the live rows.
 //!
+//! A relation can be *held*: while a failed pipeline reading it may restart
+//! from an older epoch (see the coordinator's `replay`), it writes no base
+//! part, so its parts up to any epoch fold to its rows at that epoch, and
+//! [`RelationRows::changes_since`] tells what changed since.
+//!
 //! Invariants: `Appended` holds every row of the relation exactly as often
-//! as it was inserted; once a bag, never appended again; what the parts in
-//! the store fold to equals the rows here at every durable epoch.
+//! as it was inserted, in the order inserted; once a bag, never appended
+//! again; what the parts in the store fold to equals the rows here at every
+//! durable epoch, and the parts up to an epoch no base followed fold to the
+//! rows at that epoch.
 
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use eddy_storage::{CheckpointBatch, Store, StoredPart, StoredRows};
 
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
+use crate::message::{Op, StreamChunk};
 
 /// Net change of a relation's rows: encoded row -> change in multiplicity.
 pub type Delta = crate::hash::HashMap<Box<[u8]>, i64>;
@@ -94,15 +102,26 @@ impl RelationRows {
 
     /// The rows relation `id`'s parts in `store` hold.
     pub(crate) fn restore(schema: SchemaRef, store: &Store, id: u32) -> Result<Self> {
+        Self::restore_at(schema, store, id, u64::MAX)
+    }
+
+    /// The rows relation `id`'s parts in `store` held at epoch `epoch`
+    /// (exact if it was held since, see the module docs).
+    pub(crate) fn restore_at(
+        schema: SchemaRef,
+        store: &Store,
+        id: u32,
+        epoch: u64,
+    ) -> Result<Self> {
         let mut rows = Self::new(schema)?;
         let mut failed = None;
-        let stored = store.scan_committed_rows(id, |part| {
+        let stored = store.scan_committed_rows_until(id, epoch, |part| {
             if failed.is_some() {
                 return;
             }
             let applied = match part {
                 StoredPart::Appended(ipc) => read_ipc(ipc)
-                    .and_then(|batches| rows.apply(id, 0, Changes::Appended(batches), None)),
+                    .and_then(|batches| rows.apply(id, 0, Changes::Appended(batches), None, false)),
                 StoredPart::Row(row, count) => rows.set_count(row, count),
             };
             failed = applied.err();
@@ -150,13 +169,15 @@ impl RelationRows {
     }
 
     /// Applies epoch `epoch`'s `changes`, writing their part into `batch`
-    /// (when checkpointing) as relation `id`.
+    /// (when checkpointing) as relation `id`; `held`: as a delta part,
+    /// even when a base is due (see the module docs).
     pub(crate) fn apply(
         &mut self,
         id: u32,
         epoch: u64,
         changes: Changes,
         batch: Option<&mut CheckpointBatch>,
+        held: bool,
     ) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
@@ -178,7 +199,8 @@ impl RelationRows {
         };
         self.bag()?;
         let mut part = match batch {
-            Some(batch) if !self.rebase && !self.stored.rewrite_due() => {
+            Some(batch) if held || (!self.rebase && !self.stored.rewrite_due()) => {
+                self.rebase |= self.stored.rewrite_due();
                 Some(batch.rows_part(id, epoch, false))
             }
             Some(_) => {
@@ -204,9 +226,15 @@ impl RelationRows {
     }
 
     /// Ends epoch `epoch` as relation `id`: writes a base part into `batch`
-    /// if one is due.
-    pub(crate) fn end_epoch(&mut self, id: u32, epoch: u64, batch: &mut CheckpointBatch) {
-        if !std::mem::take(&mut self.rebase) {
+    /// if one is due and the rows are not `held` (then it stays due).
+    pub(crate) fn end_epoch(
+        &mut self,
+        id: u32,
+        epoch: u64,
+        batch: &mut CheckpointBatch,
+        held: bool,
+    ) {
+        if held || !std::mem::take(&mut self.rebase) {
             return;
         }
         if let Content::Bag(bag) = &self.content {
@@ -252,6 +280,48 @@ impl RelationRows {
             flush(&mut pending, &mut batches)?;
         }
         Ok(batches)
+    }
+
+    /// What changed from `older` (these rows at an earlier epoch) to these
+    /// rows, as chunks of inserts and deletes.
+    pub(crate) fn changes_since(&self, mut older: RelationRows) -> Result<Vec<StreamChunk>> {
+        if let (Content::Appended(now), Content::Appended(then)) = (&self.content, &older.content) {
+            // Rows are appended in order: those at the earlier epoch come first.
+            let mut skip: usize = then.iter().map(RecordBatch::num_rows).sum();
+            let mut out = Vec::new();
+            for batch in now {
+                let from = skip.min(batch.num_rows());
+                skip -= from;
+                if from < batch.num_rows() {
+                    out.push(StreamChunk::inserts(
+                        batch.slice(from, batch.num_rows() - from),
+                    ));
+                }
+            }
+            return Ok(out);
+        }
+        let mut delta = match &self.content {
+            Content::Bag(bag) => bag.clone(),
+            Content::Appended(batches) => encode_rows(&self.codec, batches)?,
+        };
+        for (row, count) in older.bag()?.iter() {
+            add_change(&mut delta, row, -count);
+        }
+        let mut out = Vec::new();
+        for (op, sign) in [(Op::Delete, -1), (Op::Insert, 1)] {
+            let rows: Vec<&[u8]> = delta
+                .iter()
+                .filter(|(_, n)| n.signum() == sign)
+                .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), n.unsigned_abs() as usize))
+                .collect();
+            for run in rows.chunks(BATCH_ROWS) {
+                let columns = self.codec.decode(run.iter().copied())?;
+                let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+                let ops = vec![op; batch.num_rows()].into();
+                out.push(StreamChunk { batch, ops });
+            }
+        }
+        Ok(out)
     }
 
     /// The schema of the rows.

@@ -146,7 +146,9 @@ pub(crate) struct PipelineBuilder<'a> {
     /// pipeline's state comes from a checkpoint (recovery).
     pub backfill: bool,
     /// Without backfill: what each table input replays first, per table
-    /// id (the changes a failed pipeline's checkpoint lacks).
+    /// id (the changes a failed pipeline's checkpoint lacks). A view input
+    /// replays what it changed since the checkpoint
+    /// (`Coordinator::view_changes_since`).
     pub replay: HashMap<u32, Vec<Message>>,
     pub fragments: Vec<Fragment>,
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
@@ -416,7 +418,10 @@ impl PipelineBuilder<'_> {
                             })
                             .unwrap_or_default()
                     } else {
-                        self.replay.get(&id).cloned().unwrap_or_default()
+                        let mut replay = self.replay.get(&id).cloned().unwrap_or_default();
+                        let changes = self.coordinator.view_changes_since(id, self.relation)?;
+                        replay.extend(changes.into_iter().map(Message::Chunk));
+                        replay
                     };
                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                     self.subscriptions.push((subscribers, tx));

@@ -56,13 +56,13 @@ impl Feed {
 /// Its checkpoint stays at its last good epoch. A restart from it is exact
 /// when what it reads since can be read again: its sources' splits from
 /// their checkpointed positions, its tables' changes from the log after
-/// [`Failure::log_position`] (kept while the failure lasts), and the views
-/// it reads' output since — which they emit again only when they restart
-/// with it, from the same epoch. So a failure fails every view and sink
+/// [`Failure::log_position`] (kept while the failure lasts), and what the
+/// views it reads changed since that epoch (their parts are held while the
+/// failure lasts, see `replay.rs`). A failure fails every view and sink
 /// reading the failed one in the same step (their checkpoints are at that
 /// epoch, and what they took in of the failed epoch is dropped), and they
-/// restart together: the *group* of the failure's *cause*. A pipeline
-/// reading a view outside its group cannot restart exactly.
+/// restart together: the *group* of the failure's *cause*, whose members
+/// emit again, from that epoch, what the others read.
 #[derive(Debug, Clone)]
 pub(super) struct Failure {
     pub(super) reason: String,
@@ -195,13 +195,33 @@ impl Coordinator {
         if relation.replays_after != group_replay {
             return Some("it had not checkpointed since it last restarted".into());
         }
-        relation.feed.inputs().iter().find_map(|(input, name)| {
-            let table = state
-                .relations
-                .get(input)
-                .is_some_and(|r| matches!(r.feed, Feed::Statements));
-            (!table && !group.contains(input)).then(|| format!("it reads view {name}"))
-        })
+        let outside_group = relation
+            .feed
+            .inputs()
+            .iter()
+            .find(|(input, _)| !group.contains(input) && !Self::is_table(state, *input));
+        match (outside_group, relation.epoch) {
+            (Some((_, name)), None) => Some(format!(
+                "it reads view {name}, and the epoch of its checkpoint is not known"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether relation `id` is a table (its changes are logged).
+    pub(super) fn is_table(state: &State, id: u32) -> bool {
+        state
+            .relations
+            .get(&id)
+            .is_some_and(|r| matches!(r.feed, Feed::Statements))
+    }
+
+    /// A view (not a table) `feed` reads, by name, if any.
+    pub(super) fn view_input<'f>(state: &State, feed: &'f Feed) -> Option<&'f str> {
+        feed.inputs()
+            .iter()
+            .find(|(input, _)| !Self::is_table(state, *input))
+            .map(|(_, name)| name.as_str())
     }
 
     /// Writes the failures no checkpoint records yet, and keeps the table
@@ -232,6 +252,7 @@ impl Coordinator {
                     *id,
                     Some(&StoredFailure {
                         log_position: failure.log_position,
+                        epoch: r.epoch,
                         restartable: failure.not_restartable.is_none(),
                         cause: failure.cause,
                         reason,

@@ -39,6 +39,7 @@ use crate::error::{ExecutorError, Result};
 use crate::relation_rows::{Changes, RelationRows};
 
 mod failure;
+mod replay;
 
 use failure::Failure;
 pub use failure::Feed;
@@ -53,6 +54,10 @@ struct Relation {
     replays_after: Option<u64>,
     /// Whether a checkpoint holds this relation yet.
     checkpointed: bool,
+    /// The epoch its checkpoint holds (the last committed epoch it acked
+    /// in), if known: a restart replays what the views it reads changed
+    /// since (see `replay.rs`).
+    epoch: Option<u64>,
     /// Whether epochs wait for its ack. A late-rows relation's rows come in
     /// its view's checkpoints, so it has no ack of its own.
     acks: bool,
@@ -84,6 +89,9 @@ struct State {
     committed: u64,
     /// The last table change the committed epoch holds.
     committed_log: u64,
+    /// The epoch the server recovered from: the one recovered relations'
+    /// checkpoints hold.
+    recovered_epoch: u64,
     /// Restartable failures the store recorded, by relation, until the
     /// relation is tracked again (failed, for the supervisor to restart):
     /// its restart replays the log after them, so no checkpoint deletes it
@@ -126,6 +134,7 @@ impl Coordinator {
                 next_epoch: committed + 1,
                 committed,
                 committed_log: 0,
+                recovered_epoch: committed,
                 recorded_failures: HashMap::new(),
                 carried: HashMap::new(),
                 edits: Vec::new(),
@@ -227,14 +236,27 @@ impl Coordinator {
             .recorded_failures
             .remove(&id)
             .filter(|_| restore && !state.relations.contains_key(&id));
+        // Where its checkpoint is: a restart goes on from the old run's, a
+        // recovery from the recovered epoch or the failure's.
+        let epoch = match (state.relations.get(&id), &recorded) {
+            (Some(old), _) if restore => old.epoch,
+            (_, Some(f)) => f.epoch,
+            _ => restore.then_some(state.recovered_epoch),
+        };
         let failed = recorded.map(|f| {
             if let Feed::Pipeline { halted, .. } = &feed {
                 halted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            let not_restartable = match (f.epoch, Self::view_input(&state, &feed)) {
+                (None, Some(view)) => Some(format!(
+                    "it reads view {view}, and its failure was recorded without its checkpoint's epoch"
+                )),
+                _ => None,
+            };
             Failure {
                 reason: f.reason,
                 cause: f.cause,
-                not_restartable: None,
+                not_restartable,
                 log_position: f.log_position,
                 recorded: true,
             }
@@ -247,6 +269,7 @@ impl Coordinator {
                 failed,
                 replays_after,
                 checkpointed: store.is_some(),
+                epoch,
                 acks,
             },
         );
@@ -359,12 +382,17 @@ impl Coordinator {
             let (epoch, mut pending) = entry.remove_entry();
             pending.changes.append(&mut state.edits);
             let mut batch = state.writer.as_ref().map(|_| CheckpointBatch::default());
+            let held = Self::held_relations(state);
             let mut changed = Vec::new();
             for (id, changes) in pending.changes {
                 let Some(relation) = state.relations.get_mut(&id) else {
                     continue;
                 };
-                if let Err(e) = relation.rows.apply(id, epoch, changes, batch.as_mut()) {
+                let applied =
+                    relation
+                        .rows
+                        .apply(id, epoch, changes, batch.as_mut(), held.contains(id));
+                if let Err(e) = applied {
                     // Only a bug can get here (the rows were encoded with
                     // this schema); the relation stops rather than diverge.
                     relation.failed.get_or_insert(Failure {
@@ -382,7 +410,7 @@ impl Coordinator {
             if let Some(batch) = batch.as_mut() {
                 for id in changed {
                     if let Some(relation) = state.relations.get_mut(&id) {
-                        relation.rows.end_epoch(id, epoch, batch);
+                        relation.rows.end_epoch(id, epoch, batch, held.contains(id));
                     }
                 }
             }
@@ -394,6 +422,7 @@ impl Coordinator {
                 }
                 for id in &pending.acked {
                     if let Some(r) = state.relations.get_mut(id) {
+                        r.epoch = Some(epoch);
                         if !r.checkpointed {
                             r.checkpointed = true;
                             batch.mark_checkpointed(*id, epoch, STATE_LAYOUT);

@@ -13,7 +13,9 @@
 //!
 //! Prints, per query: seconds from the view's creation until its readers
 //! reached the end of the bounded sources and every change was committed;
-//! source rows per second (total and per core); peak resident memory; the
+//! source rows per second (total and per core); CPU seconds the process
+//! used meanwhile (all threads) and source rows per CPU second, which the
+//! machine's other load disturbs less than wall time; peak resident memory; the
 //! view's row count; operator state rows (`eddy_catalog.operator_state`),
 //! the largest seen (sampled every ~0.5 s) and at the end. Barriers run every
 //! second, as in the server.
@@ -126,6 +128,23 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds (user and system, all threads) this process has used. The
+/// kernel counts them in `USER_HZ` ticks, which is 100 on Linux.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let after = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
         .unwrap_or(0.0)
 }
 
@@ -312,6 +331,7 @@ async fn run_one(
     )
     .await;
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds();
     sql(
         &engine,
         &format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
@@ -335,6 +355,7 @@ async fn run_one(
     }
     sql(&engine, "FLUSH").await;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     let final_state = scalar(&engine, &state_rows).await;
     peak_state = peak_state.max(final_state);
     let rows = scalar(
@@ -355,8 +376,9 @@ async fn run_one(
     }
     let rate = rows as f64 / secs;
     println!(
-        "{name:<9} {rows:>11} {secs:>9.2} {rate:>13.0} {:>13.0} {:>10.0} {result_rows:>11} {peak_state:>11} {final_state:>11}",
+        "{name:<9} {rows:>11} {secs:>9.2} {rate:>13.0} {:>13.0} {cpu:>7.2} {:>13.0} {:>10.0} {result_rows:>11} {peak_state:>11} {final_state:>11}",
         rate / cores as f64,
+        rows as f64 / cpu.max(0.01),
         peak_rss_mib(),
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -426,12 +448,14 @@ async fn main() {
         }
     );
     println!(
-        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11} {:>11}",
+        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>7} {:>13} {:>10} {:>11} {:>11} {:>11}",
         "query",
         "rows read",
         "seconds",
         "rows/s",
         "rows/s/core",
+        "cpu s",
+        "rows/cpu-s",
         "peak MiB",
         "view rows",
         "peak state",

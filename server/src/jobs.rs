@@ -4,13 +4,17 @@
 //! source it reads.
 //!
 //! The registry only records; the engine's supervisor decides restarts.
+//! With a data directory, restarts and the last failure are stored as they
+//! change, so they survive restarts of the server; the state and the
+//! failures counted by a strategy start afresh (a pipeline recovered
+//! failed is seen failing again).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eddy_executor::{RestartStrategy, Runtime};
-use eddy_storage::RelationKind;
+use eddy_storage::{RelationKind, Store, StoredJob};
 
 use crate::catalog::Catalog;
 
@@ -39,7 +43,7 @@ pub enum JobState {
 pub struct Job {
     /// Where it is.
     pub state: JobState,
-    /// Restarts since the server started.
+    /// Restarts since the job was created.
     pub restarts: u64,
     /// Its failures in a row (see the supervisor), oldest first.
     pub failures: Vec<Instant>,
@@ -74,7 +78,7 @@ pub struct JobRow {
     pub kind: &'static str,
     /// `running`, `restarting` or `failed`.
     pub state: &'static str,
-    /// Restarts since the server started.
+    /// Restarts since the job was created.
     pub restarts: u64,
     /// Why it last failed.
     pub last_error: Option<String>,
@@ -86,17 +90,69 @@ pub struct JobRow {
     pub restart_strategy: String,
 }
 
+impl Job {
+    /// What is stored of it.
+    fn stored(&self) -> StoredJob {
+        StoredJob {
+            restarts: self.restarts,
+            last_error: self.last_error.as_ref().map(|(at, reason)| {
+                let ms = at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                (u64::try_from(ms).unwrap_or(u64::MAX), reason.clone())
+            }),
+        }
+    }
+}
+
 /// Every job's history, by relation id.
 #[derive(Debug, Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<u32, Job>>,
+    /// Where histories are kept, if anywhere.
+    store: Option<Arc<Store>>,
 }
 
 impl Jobs {
-    /// Runs `f` on the history of job `id` (created running).
+    /// The histories `store` holds, kept there as they change.
+    pub fn durable(store: Arc<Store>) -> eddy_storage::Result<Self> {
+        let jobs = store
+            .jobs()?
+            .into_iter()
+            .map(|(id, stored)| {
+                let job = Job {
+                    restarts: stored.restarts,
+                    last_error: stored
+                        .last_error
+                        .map(|(ms, reason)| (UNIX_EPOCH + Duration::from_millis(ms), reason)),
+                    ..Job::default()
+                };
+                (id, job)
+            })
+            .collect();
+        Ok(Self {
+            jobs: Mutex::new(jobs),
+            store: Some(store),
+        })
+    }
+
+    /// Runs `f` on the history of job `id` (created running), and stores
+    /// what it changed of it.
     pub fn with<T>(&self, id: u32, f: impl FnOnce(&mut Job) -> T) -> T {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        f(jobs.entry(id).or_default())
+        let job = jobs.entry(id).or_default();
+        let before = job.stored();
+        let out = f(job);
+        let after = job.stored();
+        if after != before
+            && let Some(store) = &self.store
+            && let Err(e) = store.put_job(id, &after)
+        {
+            // A history is worth less than the failure it records.
+            tracing::warn!(job = id, error = %e, "storing a job's history failed");
+        }
+        out
     }
 
     /// Forgets the jobs of relations that no longer exist.

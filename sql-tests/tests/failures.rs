@@ -233,8 +233,21 @@ async fn a_failed_view_restarts_with_its_readers() {
         recovered.iter().all(|j| !j.contains("|running|")),
         "recovered failed: {recovered:?}"
     );
+    // Why they failed, before the kill, is remembered too.
+    let errors = "SELECT job, last_error, failed_at IS NOT NULL FROM eddy_catalog.jobs";
+    let remembered = [
+        "busy|its input per_k failed|t",
+        "per_k|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier|t",
+        "with_b|its input per_k failed|t",
+    ];
+    assert_eq!(
+        rows_sorted(&client, errors).await.expect("jobs"),
+        remembered
+    );
     change_tables(&server, &mut rng, Duration::from_millis(500)).await;
-    wait_until(&client, restarts, |got| got == once).await;
+    // The restart before the kill is remembered.
+    let twice = ["busy|2", "per_k|2", "with_b|2"];
+    wait_until(&client, restarts, |got| got == twice).await;
     wait_for_views(&client, LAYERED).await;
 }
 
@@ -296,7 +309,8 @@ async fn a_view_reading_a_running_view_restarts_exactly() {
     server.restart_after_kill9();
     let client = server.client().await;
     change_tables(&server, &mut rng, Duration::from_millis(800)).await;
-    wait_until(&client, restarts, |got| got == once).await;
+    let twice = ["beside|0", "big_a|0", "per_k_b|2", "per_k|2"];
+    wait_until(&client, restarts, |got| got == twice).await;
     wait_until(
         &client,
         "SELECT DISTINCT state FROM eddy_catalog.jobs",

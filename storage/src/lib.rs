@@ -7,6 +7,7 @@
 //! r <id:u32be> <row key>    -> one table row (Arrow row format bytes of every column)
 //! m <name>                  -> small metadata (counters)
 //! p <name>                  -> a system parameter set with SQL (its value as text)
+//! j <id:u32be>              -> a view's or sink's job history: see [`job_history`]
 //! v, s, k, l                -> checkpoints: see [`checkpoint`]
 //! ```
 //!
@@ -20,11 +21,13 @@
 mod catalog;
 pub mod checkpoint;
 mod error;
+pub mod job_history;
 mod row_parts;
 mod store;
 
 pub use catalog::{CatalogEntry, RelationKind};
 pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange, StoredFailure};
 pub use error::{Result, StorageError};
+pub use job_history::StoredJob;
 pub use row_parts::{RowPartWriter, StoredPart, StoredRows};
 pub use store::{RowWrite, Store, prefix_end};

@@ -14,12 +14,15 @@ use crate::checkpoint::{
     META_PARALLELISM, STATE, StoredFailure, log_key, read_u64, relation_key, relation_prefix,
 };
 use crate::error::{Result, StorageError};
+use crate::job_history::StoredJob;
 use crate::row_parts::{ROW_PARTS, StoredPart, StoredRows, read_part};
 
 const CATALOG: u8 = b'c';
 const ROWS: u8 = b'r';
 /// `p<name>` -> value: system parameters set with `ALTER SYSTEM SET`.
 const PARAMETER: u8 = b'p';
+/// `j <rel:u32be>` -> a job's history (see [`crate::job_history`]).
+const JOB: u8 = b'j';
 
 /// RocksDB's cache of uncompressed blocks, shared by everything stored.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -160,11 +163,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Persists the history of relation `id`'s job (durable when this returns).
+    pub fn put_job(&self, id: u32, job: &StoredJob) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(relation_prefix(JOB, id), job.encode());
+        self.write_synced(batch)
+    }
+
+    /// Every stored job history, by relation id.
+    pub fn jobs(&self) -> Result<Vec<(u32, StoredJob)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(&[JOB], |id, value| {
+            let id = id.try_into().ok().map(u32::from_be_bytes);
+            if let (Some(id), Some(job)) = (id, StoredJob::decode(value)) {
+                out.push((id, job));
+            }
+        })?;
+        Ok(out)
+    }
+
     /// Removes a relation: its catalog entry, rows and checkpointed state, atomically.
     pub fn drop_relation(&self, id: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete(catalog_key(id));
-        for tag in [ROWS, ROW_PARTS, STATE, CHECKPOINTED, FAILED] {
+        for tag in [ROWS, ROW_PARTS, STATE, CHECKPOINTED, FAILED, JOB] {
             batch.delete_range(relation_prefix(tag, id), relation_prefix(tag, id + 1));
         }
         self.write_synced(batch)

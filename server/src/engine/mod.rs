@@ -170,7 +170,7 @@ impl Engine {
             }
             _ => parallelism,
         };
-        let jobs = Arc::new(Jobs::default());
+        let jobs = Arc::new(Jobs::durable(store.clone())?);
         let parameters = Arc::new(SystemParameters::load(&store)?);
         let runtime = if checkpoints {
             Runtime::durable(parallelism, store.clone())?

@@ -204,51 +204,21 @@ const LAYERED: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_view_restarts_with_its_readers() {
-    let mut rng = seeded_rng();
-    let failpoints = "6*off->1*return->30*off->1*return->off";
-    let strategy = "fixed-delay(attempts = 10, delay = 2s)";
-    let (mut server, client) = start("failures_readers", failpoints, strategy, LAYERED).await;
     // The views reading per_k fail with it, saying why, and restart with it.
-    let states = "SELECT job, state, last_error FROM eddy_catalog.jobs";
-    let want = [
-        "busy|restarting|its input per_k failed",
-        "per_k|restarting|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier",
-        "with_b|restarting|its input per_k failed",
-    ];
-    change_until(&server, &mut rng, states, |got| got == want).await;
-    let restarts = "SELECT job, restarts FROM eddy_catalog.jobs";
-    let once = ["busy|1", "per_k|1", "with_b|1"];
-    change_until(&server, &mut rng, restarts, |got| got == once).await;
-    // Again, killed while they wait to restart: recovered failed, they
-    // restart together.
-    let restarting = "SELECT job FROM eddy_catalog.jobs WHERE state = 'restarting'";
-    change_until(&server, &mut rng, restarting, |got| got.len() == 3).await;
-    change_tables(&server, &mut rng, Duration::from_millis(500)).await;
-    drop(client);
-    server.set_env(&[]);
-    server.restart_after_kill9();
-    let client = server.client().await;
-    let recovered = rows_sorted(&client, states).await.expect("jobs");
-    assert!(
-        recovered.iter().all(|j| !j.contains("|running|")),
-        "recovered failed: {recovered:?}"
-    );
-    // Why they failed, before the kill, is remembered too.
-    let errors = "SELECT job, last_error, failed_at IS NOT NULL FROM eddy_catalog.jobs";
-    let remembered = [
-        "busy|its input per_k failed|t",
-        "per_k|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier|t",
-        "with_b|its input per_k failed|t",
-    ];
-    assert_eq!(
-        rows_sorted(&client, errors).await.expect("jobs"),
-        remembered
-    );
-    change_tables(&server, &mut rng, Duration::from_millis(500)).await;
-    // The restart before the kill is remembered.
-    let twice = ["busy|2", "per_k|2", "with_b|2"];
-    wait_until(&client, restarts, |got| got == twice).await;
-    wait_for_views(&client, LAYERED).await;
+    let group = Group {
+        name: "failures_readers",
+        views: LAYERED,
+        waiting: &[
+            "busy|restarting|its input per_k failed",
+            "per_k|restarting|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier",
+            "with_b|restarting|its input per_k failed",
+        ],
+        restarted: [
+            &["busy|1", "per_k|1", "with_b|1"],
+            &["busy|2", "per_k|2", "with_b|2"],
+        ],
+    };
+    group.fail_twice_with_a_kill(|_| async {}).await;
 }
 
 const ON_A_VIEW: &[(&str, &str)] = &[
@@ -272,52 +242,103 @@ const ON_A_VIEW: &[(&str, &str)] = &[
 /// replayed what `big_a` changed since, with the view reading it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_reading_a_running_view_restarts_exactly() {
-    let mut rng = seeded_rng();
-    let failpoints = "6*off->1*return->30*off->1*return->off";
-    let strategy = "fixed-delay(attempts = 10, delay = 5s)";
-    let (mut server, client) = start("failures_on_view", failpoints, strategy, ON_A_VIEW).await;
-    let states = "SELECT job, state, last_error FROM eddy_catalog.jobs";
-    let want = [
-        "beside|running|NULL",
-        "big_a|running|NULL",
-        "per_k_b|restarting|its input per_k failed",
-        "per_k|restarting|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier",
-    ];
-    // `big_a` changes (and stores its rows) while they wait to restart.
-    change_until(&server, &mut rng, states, |got| got == want).await;
-    let restarts = "SELECT job, restarts FROM eddy_catalog.jobs";
-    let once = ["beside|0", "big_a|0", "per_k_b|1", "per_k|1"];
-    change_until(&server, &mut rng, restarts, |got| got == once).await;
-    wait_for_views(&client, ON_A_VIEW).await;
-    // Again, killed while they wait: recovered failed, they restart and
-    // are replayed what `big_a` changed since their checkpoint.
-    let restarting = "SELECT job FROM eddy_catalog.jobs WHERE state = 'restarting'";
-    change_until(&server, &mut rng, restarting, |got| got.len() == 2).await;
+    let group = Group {
+        name: "failures_on_view",
+        views: ON_A_VIEW,
+        waiting: &[
+            "beside|running|NULL",
+            "big_a|running|NULL",
+            "per_k_b|restarting|its input per_k failed",
+            "per_k|restarting|internal error (this is a bug in Eddy): injected by fail point aggregate-barrier",
+        ],
+        restarted: [
+            &["beside|0", "big_a|0", "per_k_b|1", "per_k|1"],
+            &["beside|0", "big_a|0", "per_k_b|2", "per_k|2"],
+        ],
+    };
     // Each update, in an epoch of its own, supersedes all of `big_a`'s
     // stored rows: soon a base part of its rows is due, and only the hold
     // postpones it.
-    for _ in 0..25 {
-        client
-            .batch_execute("UPDATE a SET v = v + 1")
-            .await
-            .expect("update");
-        tokio::time::sleep(Duration::from_millis(120)).await;
+    group
+        .fail_twice_with_a_kill(|client| async move {
+            for _ in 0..25 {
+                client
+                    .batch_execute("UPDATE a SET v = v + 1")
+                    .await
+                    .expect("update");
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        })
+        .await;
+}
+
+/// Views of which some fail together, twice.
+struct Group {
+    name: &'static str,
+    views: &'static [(&'static str, &'static str)],
+    /// Every job's `job|state|last_error` while the group waits to restart.
+    waiting: &'static [&'static str],
+    /// Every job's `job|restarts` after the first restart and the second.
+    restarted: [&'static [&'static str]; 2],
+}
+
+impl Group {
+    /// The group fails (under random table changes) and restarts, and the
+    /// views equal their batch queries. It fails again; while it waits to
+    /// restart, `meanwhile` runs, and the server is killed. Recovered
+    /// failed, the group restarts (its restarts and why it failed were
+    /// kept), and the views equal their batch queries again.
+    async fn fail_twice_with_a_kill<F: std::future::Future<Output = ()>>(
+        &self,
+        meanwhile: impl FnOnce(tokio_postgres::Client) -> F,
+    ) {
+        let mut rng = seeded_rng();
+        let failpoints = "6*off->1*return->30*off->1*return->off";
+        let strategy = "fixed-delay(attempts = 10, delay = 5s)";
+        let (mut server, client) = start(self.name, failpoints, strategy, self.views).await;
+        let states = "SELECT job, state, last_error FROM eddy_catalog.jobs";
+        change_until(&server, &mut rng, states, |got| got == self.waiting).await;
+        let restarts = "SELECT job, restarts FROM eddy_catalog.jobs";
+        let restarted = |n: usize| move |got: &[String]| got == self.restarted[n];
+        change_until(&server, &mut rng, restarts, restarted(0)).await;
+        wait_for_views(&client, self.views).await;
+
+        let restarting = "SELECT job FROM eddy_catalog.jobs WHERE state = 'restarting'";
+        let members = self.restarted[0]
+            .iter()
+            .filter(|j| !j.ends_with("|0"))
+            .count();
+        change_until(&server, &mut rng, restarting, |got| got.len() == members).await;
+        meanwhile(client).await;
+        change_tables(&server, &mut rng, Duration::from_millis(300)).await;
+        server.set_env(&[]);
+        server.restart_after_kill9();
+        let client = server.client().await;
+        let errors = "SELECT job, state <> 'running', last_error FROM eddy_catalog.jobs";
+        let recovered = rows_sorted(&client, errors).await.expect("jobs");
+        let remembered: Vec<String> = self
+            .waiting
+            .iter()
+            .map(|j| match j.split_once('|') {
+                Some((job, rest)) => {
+                    let (state, error) = rest.split_once('|').unwrap_or((rest, ""));
+                    let failed = if state == "running" { "f" } else { "t" };
+                    format!("{job}|{failed}|{error}")
+                }
+                None => j.to_string(),
+            })
+            .collect();
+        assert_eq!(recovered, remembered, "recovered failed, remembering why");
+        change_tables(&server, &mut rng, Duration::from_millis(800)).await;
+        wait_until(&client, restarts, restarted(1)).await;
+        wait_until(
+            &client,
+            "SELECT DISTINCT state FROM eddy_catalog.jobs",
+            |got| got == ["running"],
+        )
+        .await;
+        wait_for_views(&client, self.views).await;
     }
-    change_tables(&server, &mut rng, Duration::from_millis(300)).await;
-    drop(client);
-    server.set_env(&[]);
-    server.restart_after_kill9();
-    let client = server.client().await;
-    change_tables(&server, &mut rng, Duration::from_millis(800)).await;
-    let twice = ["beside|0", "big_a|0", "per_k_b|2", "per_k|2"];
-    wait_until(&client, restarts, |got| got == twice).await;
-    wait_until(
-        &client,
-        "SELECT DISTINCT state FROM eddy_catalog.jobs",
-        |got| got == ["running"],
-    )
-    .await;
-    wait_for_views(&client, ON_A_VIEW).await;
 }
 
 /// Table changes a stopped server's log holds at or before its last
@@ -448,13 +469,8 @@ async fn a_failed_view_restarts_behind_the_watermark_it_passed_on() {
         .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
         .await
         .expect("create view");
-    let restarts = "SELECT job, state, restarts FROM eddy_catalog.jobs";
-    wait_until(&client, restarts, |got| {
-        got == ["leaders|running|1", "per_window|running|1"]
-    })
-    .await;
-    crate::nexmark::wait_for_sources(&client).await;
-    wait_for_views(&client, &views).await;
+    let jobs = ["leaders|running|1", "per_window|running|1"];
+    wait_until_read_after_restarts(&client, &jobs, &views).await;
     let late = "SELECT relation, late_rows FROM eddy_catalog.watermarks WHERE relation = 'leaders'";
     let late = rows_sorted(&client, late).await.expect("watermarks");
     assert!(late.iter().all(|r| r.ends_with("|0")), "{late:?}");
@@ -492,11 +508,19 @@ async fn a_view_reading_an_appended_view_restarts_exactly() {
             .await
             .expect("create view");
     }
+    let jobs = ["per_k|running|1", "ticks_k|running|0"];
+    wait_until_read_after_restarts(&client, &jobs, &views).await;
+}
+
+/// Waits until every job is as `jobs` says (`job|state|restarts`), the
+/// sources were read to their end, and `views` equal their batch queries.
+async fn wait_until_read_after_restarts(
+    client: &tokio_postgres::Client,
+    jobs: &[&str],
+    views: &[(&str, &str)],
+) {
     let restarts = "SELECT job, state, restarts FROM eddy_catalog.jobs";
-    wait_until(&client, restarts, |got| {
-        got == ["per_k|running|1", "ticks_k|running|0"]
-    })
-    .await;
-    crate::nexmark::wait_for_sources(&client).await;
-    wait_for_views(&client, &views).await;
+    wait_until(client, restarts, |got| got == jobs).await;
+    crate::nexmark::wait_for_sources(client).await;
+    wait_for_views(client, views).await;
 }

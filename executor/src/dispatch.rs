@@ -68,7 +68,7 @@ impl Subscribers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SubscribersState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Sends `msg` to every subscriber; ones whose pipeline ended are dropped.

@@ -59,14 +59,11 @@ pub struct ConnectionStatus {
 impl ConnectionStatus {
     /// The last problem and when it happened, if the clients have one.
     pub fn problem(&self) -> Option<(std::time::SystemTime, String)> {
-        self.problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.problem).clone()
     }
 
     fn report(&self, message: &str) {
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) =
+        *crate::sync::lock(&self.problem) =
             Some((std::time::SystemTime::now(), message.to_string()));
         self.has_problem
             .store(true, std::sync::atomic::Ordering::Release);
@@ -78,7 +75,7 @@ impl ConnectionStatus {
             .has_problem
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
-            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *crate::sync::lock(&self.problem) = None;
         }
     }
 }
@@ -115,10 +112,7 @@ impl ThrottledContext {
         if let Some(status) = &self.status {
             status.report(message);
         }
-        let mut last = self
-            .last_complaint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::sync::lock(&self.last_complaint);
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
             *last = Some(Instant::now());
             tracing::warn!(topic = %self.topic, partition = self.partition,

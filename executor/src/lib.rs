@@ -40,6 +40,7 @@ mod session;
 pub mod sink;
 pub mod source;
 pub mod state_ttl;
+mod sync;
 mod temporal_filter;
 mod watermark;
 mod window_index;

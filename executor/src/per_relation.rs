@@ -20,13 +20,13 @@ impl<T> Default for PerRelation<T> {
 impl<T: Default + Clone> PerRelation<T> {
     /// Runs `f` on `relation`'s entry.
     pub fn with<R>(&self, relation: u32, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = crate::sync::lock(&self.entries);
         f(entries.entry(relation).or_default())
     }
 
     /// A copy of every entry, by relation id.
     pub fn snapshot(&self) -> Vec<(u32, T)> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = crate::sync::lock(&self.entries);
         let mut out: Vec<_> = entries.iter().map(|(k, v)| (*k, v.clone())).collect();
         out.sort_by_key(|(k, _)| *k);
         out
@@ -34,9 +34,6 @@ impl<T: Default + Clone> PerRelation<T> {
 
     /// Forgets a dropped relation.
     pub fn forget(&self, relation: u32) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&relation);
+        crate::sync::lock(&self.entries).remove(&relation);
     }
 }

@@ -13,13 +13,15 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
 use eddy_storage::{CheckpointBatch, Store};
+
+use crate::sync::lock;
 
 /// Batches handed over and not yet written, at most.
 const QUEUED_BATCHES: usize = 2;
@@ -237,10 +239,6 @@ impl Drop for BackgroundWriter {
             let _ = thread.join();
         }
     }
-}
-
-fn lock(writer: &Mutex<CheckpointWriter>) -> MutexGuard<'_, CheckpointWriter> {
-    writer.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The writer's thread: writes each job, then tells who waits.

@@ -198,11 +198,7 @@ impl Runtime {
     }
 
     fn subscribers_of(&self, id: u32) -> Option<Arc<Subscribers>> {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        crate::sync::lock(&self.subscribers).get(&id).cloned()
     }
 
     /// Spawns fragments. A fragment that panics (a bug) fails its relation
@@ -267,14 +263,8 @@ impl Runtime {
             progress: self.progress.clone(),
             errors: Default::default(),
         };
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, subscribers);
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
+        crate::sync::lock(&self.subscribers).insert(id, subscribers);
+        crate::sync::lock(&self.sources).insert(id);
         Self::spawn(vec![fragment]);
         Ok(())
     }
@@ -350,7 +340,7 @@ impl Runtime {
         let barrier = Message::Barrier(Barrier { epoch, now });
         // Table changelogs are the sources; views forward barriers themselves.
         let tables: Vec<Arc<Subscribers>> = {
-            let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let subs = crate::sync::lock(&self.subscribers);
             let mut ids: Vec<_> = subs.keys().copied().collect();
             ids.sort();
             ids.into_iter()
@@ -366,10 +356,7 @@ impl Runtime {
     }
 
     fn is_source(&self, id: u32) -> bool {
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
+        crate::sync::lock(&self.sources).contains(&id)
     }
 
     /// Waits until every change made before this call is committed.
@@ -441,7 +428,7 @@ impl Runtime {
 
     /// The views and sinks whose pipelines read source `source`.
     pub fn pipelines_reading(&self, source: u32) -> Vec<u32> {
-        let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        let pipelines = crate::sync::lock(&self.pipelines);
         let mut ids: Vec<u32> = pipelines
             .iter()
             .filter(|(_, def)| def.sources.contains(&source))
@@ -455,24 +442,11 @@ impl Runtime {
     /// Must be called quiesced, after every view reading it was dropped.
     pub fn drop_relation(&self, _quiesced: &Quiesced<'_>, id: u32) {
         self.stop_pipeline(id);
-        let removed = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let removed = crate::sync::lock(&self.subscribers).remove(&id);
         drop(removed);
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.traits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        crate::sync::lock(&self.pipelines).remove(&id);
+        crate::sync::lock(&self.traits).remove(&id);
+        crate::sync::lock(&self.sources).remove(&id);
         self.coordinator.remove_relation(id);
         self.errors.forget(id);
         self.progress.forget(id);

@@ -48,10 +48,7 @@ impl Runtime {
     ) -> Result<()> {
         let mut defs = Vec::with_capacity(ids.len());
         for &id in ids {
-            let def = self
-                .pipelines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let def = crate::sync::lock(&self.pipelines)
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| ExecutorError::Internal(format!("relation {id} has no pipeline")))?;
@@ -104,12 +101,7 @@ impl Runtime {
     /// Disconnects pipeline `id` from its inputs and ticks: its tasks end.
     /// What reads it stays subscribed to its output.
     pub(super) fn stop_pipeline(&self, id: u32) {
-        for s in self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for s in crate::sync::lock(&self.subscribers).values() {
             s.remove_owner(id);
         }
         self.ticks.remove_owner(id);
@@ -157,10 +149,7 @@ impl Runtime {
                     if inputs.iter().all(|(i, _)| *i != id) {
                         inputs.push((id, name.to_string()));
                     }
-                    let traits = self
-                        .traits
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                    let traits = crate::sync::lock(&self.traits)
                         .get(&id)
                         .cloned()
                         .unwrap_or_default();
@@ -270,21 +259,12 @@ impl Runtime {
         };
         self.coordinator.add_relation(id, schema, restore, inputs)?;
         def.sources = builder.reader_outputs.keys().copied().collect();
-        self.traits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, traits);
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, def);
+        crate::sync::lock(&self.traits).insert(id, traits);
+        crate::sync::lock(&self.pipelines).insert(id, def);
         for (subs, tx) in builder.subscriptions {
             subs.add(id, tx);
         }
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, output);
+        crate::sync::lock(&self.subscribers).insert(id, output);
         Ok(ConnectedPipeline {
             fragments: builder.fragments,
             readers: builder.readers,

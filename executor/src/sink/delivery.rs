@@ -43,14 +43,11 @@ impl DeliveryStatus {
 
     /// The last failure, until the next epoch is delivered.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.last_error).clone()
     }
 
     fn set_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        *crate::sync::lock(&self.last_error) = error;
     }
 }
 

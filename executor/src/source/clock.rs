@@ -38,7 +38,7 @@ pub struct SplitClock {
 
 impl SplitClock {
     fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Registers a reader at `position`; returns its id. Its next barrier is
@@ -108,9 +108,7 @@ pub struct SplitClocks {
 impl SplitClocks {
     /// The clock of split `index` of `count` of source `source`.
     pub fn get(&self, source: u32, index: usize, count: usize) -> std::sync::Arc<SplitClock> {
-        self.clocks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.clocks)
             .entry((source, index, count))
             .or_default()
             .clone()

@@ -46,7 +46,7 @@ pub struct MalformedMessages {
 impl MalformedMessages {
     /// Records `message` unless another reader already did.
     pub fn record(&self, mut message: MalformedMessage) {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = crate::sync::lock(&self.record);
         let last = record.recorded.entry(message.partition).or_insert(-1);
         if message.offset <= *last {
             return;
@@ -71,12 +71,12 @@ impl MalformedMessages {
 
     /// Malformed messages met since the server started.
     pub fn count(&self) -> u64 {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).count
+        crate::sync::lock(&self.record).count
     }
 
     /// The most recent ones, oldest first.
     pub fn recent(&self) -> Vec<MalformedMessage> {
-        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let record = crate::sync::lock(&self.record);
         record.recent.iter().cloned().collect()
     }
 }

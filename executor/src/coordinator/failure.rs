@@ -137,12 +137,8 @@ impl Coordinator {
         // Readers after what they read (a relation reads only older ones).
         failing[1..].sort_by_key(|(id, _)| *id);
         let group_replay = state.relations.get(&root).and_then(|r| r.replays_after);
-        let mut group = Vec::new();
         for (id, reason) in failing {
-            let not_restartable = Self::not_restartable(state, id, &group, group_replay);
-            if not_restartable.is_none() {
-                group.push(id);
-            }
+            let not_restartable = Self::not_restartable(state, id, group_replay);
             let log_position = state.committed_log;
             if let Some(r) = state.relations.get_mut(&id)
                 && r.failed.is_none()
@@ -175,16 +171,13 @@ impl Coordinator {
     }
 
     /// Why restarting relation `id` from its checkpoint, with the
-    /// relations of `group` (restartable, failed with it), would not be
-    /// exact (see [`Failure`]), if it would not. `group_replay` is where
-    /// the group's checkpoints left the table log, if a restart they have
-    /// not checkpointed since left it behind the committed epoch's.
-    fn not_restartable(
-        state: &State,
-        id: u32,
-        group: &[u32],
-        group_replay: Option<u64>,
-    ) -> Option<String> {
+    /// relations that failed with it, would not be exact (see
+    /// [`Failure`]), if it would not. `group_replay` is where the group's
+    /// checkpoints left the table log, if a restart they have not
+    /// checkpointed since left it behind the committed epoch's. (A failure
+    /// recovered from a record without its epoch, reading a view, is not
+    /// restartable either: see `track`.)
+    fn not_restartable(state: &State, id: u32, group_replay: Option<u64>) -> Option<String> {
         let relation = state.relations.get(&id)?;
         if state.writer.is_none() {
             return Some("the server runs without a data directory".into());
@@ -195,17 +188,7 @@ impl Coordinator {
         if relation.replays_after != group_replay {
             return Some("it had not checkpointed since it last restarted".into());
         }
-        let outside_group = relation
-            .feed
-            .inputs()
-            .iter()
-            .find(|(input, _)| !group.contains(input) && !Self::is_table(state, *input));
-        match (outside_group, relation.epoch) {
-            (Some((_, name)), None) => Some(format!(
-                "it reads view {name}, and the epoch of its checkpoint is not known"
-            )),
-            _ => None,
-        }
+        None
     }
 
     /// Whether relation `id` is a table (its changes are logged).

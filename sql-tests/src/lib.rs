@@ -348,3 +348,33 @@ impl sqllogictest::AsyncDB for PgDb {
         err.0.code().map(|c| c.code().to_string())
     }
 }
+
+/// Runs `attempt` until it returns `Ok`, for up to `within`, running
+/// `between` after each failed attempt; then panics with the last error.
+/// For what a test waits to come true on a live server.
+pub async fn retry_until(
+    within: Duration,
+    mut attempt: impl AsyncFnMut() -> Result<(), String>,
+    mut between: impl AsyncFnMut(),
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let Err(why) = attempt().await else {
+            return;
+        };
+        assert!(Instant::now() < deadline, "{why}");
+        between().await;
+    }
+}
+
+/// A random generator seeded from environment variable `var` (or at
+/// random), said on stderr so a failing run can be repeated.
+pub fn seeded_rng(var: &str) -> rand::rngs::SmallRng {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{var}={seed}");
+    rand::rngs::SmallRng::seed_from_u64(seed)
+}

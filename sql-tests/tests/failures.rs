@@ -10,21 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
-use eddy_sql_tests::{EddyServer, rows_sorted};
-
-/// A random generator seeded from `FAILURES_SEED` (or at random), said on
-/// stderr so a failing run can be repeated.
-fn seeded_rng() -> SmallRng {
-    let seed: u64 = std::env::var("FAILURES_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("FAILURES_SEED={seed}");
-    SmallRng::seed_from_u64(seed)
-}
+use eddy_sql_tests::{EddyServer, retry_until, rows_sorted, seeded_rng};
 
 /// Random inserts, updates and deletes on `a (k, v)` and `b (k, w)` for
 /// `duration`, or until the server goes away.
@@ -49,17 +38,27 @@ async fn change_tables(server: &EddyServer, rng: &mut SmallRng, duration: Durati
     }
 }
 
+/// Whether `sql`'s rows are as `want` says; if not, what they are.
+async fn rows_are(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    want: &impl Fn(&[String]) -> bool,
+) -> Result<(), String> {
+    let got = rows_sorted(client, sql).await.expect(sql);
+    match want(&got) {
+        true => Ok(()),
+        false => Err(format!("{sql} never came true: {got:?}")),
+    }
+}
+
 /// Waits (up to a minute) until `sql`'s rows are as `want` says.
 async fn wait_until(client: &tokio_postgres::Client, sql: &str, want: impl Fn(&[String]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = rows_sorted(client, sql).await.expect(sql);
-        if want(&got) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql} never came true: {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retry_until(
+        Duration::from_secs(60),
+        async || rows_are(client, sql, &want).await,
+        async || tokio::time::sleep(Duration::from_millis(50)).await,
+    )
+    .await;
 }
 
 /// Changes the tables until `sql`'s rows are as `want` says (up to a minute).
@@ -70,19 +69,40 @@ async fn change_until(
     want: impl Fn(&[String]) -> bool,
 ) {
     let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = rows_sorted(&client, sql).await.expect(sql);
-        if want(&got) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql} never came true: {got:?}");
-        change_tables(server, rng, Duration::from_millis(200)).await;
-    }
+    retry_until(
+        Duration::from_secs(60),
+        async || rows_are(&client, sql, &want).await,
+        async || change_tables(server, rng, Duration::from_millis(200)).await,
+    )
+    .await;
 }
 
 /// A server whose aggregates fail as `failpoints` says (the `fail`
-/// crate's actions for `aggregate-barrier`), with tables `a (k, v)` and
+/// crate's actions for `aggregate-barrier`), and a client of it, after
+/// `setup` ran.
+async fn start_failing(
+    name: &str,
+    failpoints: &str,
+    setup: &str,
+) -> (EddyServer, tokio_postgres::Client) {
+    let failpoints = format!("aggregate-barrier={failpoints}");
+    let server = EddyServer::start_with_env(name, &[("FAILPOINTS", &failpoints)]);
+    let client = server.client().await;
+    client.batch_execute(setup).await.expect("setup");
+    (server, client)
+}
+
+/// Creates `views`, in order.
+async fn create_views(client: &tokio_postgres::Client, views: &[(&str, &str)]) {
+    for (name, query) in views {
+        client
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+            .await
+            .expect("create view");
+    }
+}
+
+/// A failing server (see [`start_failing`]) with tables `a (k, v)` and
 /// `b (k, w)`, the server's restart strategy `strategy`, and `views`.
 async fn start(
     name: &str,
@@ -90,23 +110,13 @@ async fn start(
     strategy: &str,
     views: &[(&str, &str)],
 ) -> (EddyServer, tokio_postgres::Client) {
-    let failpoints = format!("aggregate-barrier={failpoints}");
-    let server = EddyServer::start_with_env(name, &[("FAILPOINTS", &failpoints)]);
-    let client = server.client().await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE a (k BIGINT, v BIGINT);
-             CREATE TABLE b (k BIGINT, w BIGINT);
-             SET restart_strategy = '{strategy}';"
-        ))
-        .await
-        .expect("setup");
-    for (name, query) in views {
-        client
-            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
-            .await
-            .expect("create view");
-    }
+    let setup = format!(
+        "CREATE TABLE a (k BIGINT, v BIGINT);
+         CREATE TABLE b (k BIGINT, w BIGINT);
+         SET restart_strategy = '{strategy}';"
+    );
+    let (server, client) = start_failing(name, failpoints, &setup).await;
+    create_views(&client, views).await;
     (server, client)
 }
 
@@ -116,20 +126,19 @@ async fn start(
 async fn wait_for_views(client: &tokio_postgres::Client, views: &[(&str, &str)]) {
     for (name, query) in views {
         let sql = format!("SELECT * FROM {name}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let matches = async || {
             let want = rows_sorted(client, query).await.expect("batch query");
             assert!(!want.is_empty(), "{name} has rows");
             let got = rows_sorted(client, &sql).await.expect("view");
-            if got == want {
-                break;
+            match got == want {
+                true => Ok(()),
+                false => Err(format!(
+                    "{name} differs from its query:\n view: {got:?}\nquery: {want:?}"
+                )),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} differs from its query:\n view: {got:?}\nquery: {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        let pause = async || tokio::time::sleep(Duration::from_millis(100)).await;
+        retry_until(Duration::from_secs(30), matches, pause).await;
     }
 }
 
@@ -147,7 +156,7 @@ const VIEWS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_over_tables_restart_exactly_after_failures() {
-    let mut rng = seeded_rng();
+    let mut rng = seeded_rng("FAILURES_SEED");
     // Failures after a few epochs with changes.
     let failpoints = "12*off->1*return->40*off->1*return->40*off->1*return->40*off->1*return->off";
     let strategy = "fixed-delay(attempts = 10, delay = 3s)";
@@ -292,7 +301,7 @@ impl Group {
         &self,
         meanwhile: impl FnOnce(tokio_postgres::Client) -> F,
     ) {
-        let mut rng = seeded_rng();
+        let mut rng = seeded_rng("FAILURES_SEED");
         let failpoints = "6*off->1*return->30*off->1*return->off";
         let strategy = "fixed-delay(attempts = 10, delay = 5s)";
         let (mut server, client) = start(self.name, failpoints, strategy, self.views).await;
@@ -352,7 +361,7 @@ fn log_kept_for_restarts(data_dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_the_strategy_gives_up_on_is_final() {
-    let mut rng = seeded_rng();
+    let mut rng = seeded_rng("FAILURES_SEED");
     let views = [("per_k", "SELECT k, count(*) AS n FROM a GROUP BY k")];
     let failpoints = "3*off->1*return->off";
     let (mut server, client) = start("failures_given_up", failpoints, "none", &views).await;
@@ -380,21 +389,16 @@ async fn a_failure_the_strategy_gives_up_on_is_final() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_view_stops_reading_its_source() {
-    let server = EddyServer::start_with_env(
+    let (_server, client) = start_failing(
         "failures_stop",
-        &[("FAILPOINTS", "aggregate-barrier=2*off->1*return->off")],
-    );
-    let client = server.client().await;
-    client
-        .batch_execute(
-            "CREATE SOURCE ticks (id BIGINT) WITH (connector = 'datagen',
-               fields.id.kind = 'sequence', datagen.rows.per.second = '2000');
-             CREATE MATERIALIZED VIEW per_k WITH (restart_strategy = 'none') AS
-               SELECT id % 10 AS k, count(*) AS n FROM ticks GROUP BY id % 10;
-             CREATE MATERIALIZED VIEW all_ticks AS SELECT id FROM ticks;",
-        )
-        .await
-        .expect("setup");
+        "2*off->1*return->off",
+        "CREATE SOURCE ticks (id BIGINT) WITH (connector = 'datagen',
+           fields.id.kind = 'sequence', datagen.rows.per.second = '2000');
+         CREATE MATERIALIZED VIEW per_k WITH (restart_strategy = 'none') AS
+           SELECT id % 10 AS k, count(*) AS n FROM ticks GROUP BY id % 10;
+         CREATE MATERIALIZED VIEW all_ticks AS SELECT id FROM ticks;",
+    )
+    .await;
     let failed = "SELECT job FROM eddy_catalog.jobs WHERE state = 'failed'";
     wait_until(&client, failed, |got| got == ["per_k"]).await;
     let read = |relation: &str| {
@@ -427,11 +431,6 @@ async fn a_failed_view_stops_reading_its_source() {
 /// the old watermark first (its rows would be late).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_view_restarts_behind_the_watermark_it_passed_on() {
-    let server = EddyServer::start_with_env(
-        "failures_watermarks",
-        &[("FAILPOINTS", "aggregate-barrier=8*off->1*return->off")],
-    );
-    let client = server.client().await;
     let views = [
         (
             "per_window",
@@ -446,29 +445,22 @@ async fn a_failed_view_restarts_behind_the_watermark_it_passed_on() {
                FROM per_window) t WHERE rn <= 1",
         ),
     ];
-    client
-        .batch_execute(
+    let (name, query) = views[0];
+    let (_server, client) = start_failing(
+        "failures_watermarks",
+        "8*off->1*return->off",
+        &format!(
             "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 300ms)';
              CREATE SOURCE events (k BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
                WITH (connector = 'datagen', datagen.rows.total = '12000', datagen.rows.per.second = '4000',
                      fields.k.kind = 'random', fields.k.min = '0', fields.k.max = '4', fields.k.seed = '7',
                      fields.ts.kind = 'sequence', fields.ts.start = '2026-01-01 00:00:00',
-                     fields.ts.step = '1 second');",
-        )
-        .await
-        .expect("setup");
-    let (name, query) = views[0];
-    client
-        .batch_execute(&format!(
-            "CREATE MATERIALIZED VIEW {name} AS {query} EMIT ON WINDOW CLOSE"
-        ))
-        .await
-        .expect("create view");
-    let (name, query) = views[1];
-    client
-        .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
-        .await
-        .expect("create view");
+                     fields.ts.step = '1 second');
+             CREATE MATERIALIZED VIEW {name} AS {query} EMIT ON WINDOW CLOSE;"
+        ),
+    )
+    .await;
+    create_views(&client, &views[1..]).await;
     let jobs = ["leaders|running|1", "per_window|running|1"];
     wait_until_read_after_restarts(&client, &jobs, &views).await;
     let late = "SELECT relation, late_rows FROM eddy_catalog.watermarks WHERE relation = 'leaders'";
@@ -481,11 +473,15 @@ async fn a_failed_view_restarts_behind_the_watermark_it_passed_on() {
 /// appended since its checkpoint, and nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_reading_an_appended_view_restarts_exactly() {
-    let server = EddyServer::start_with_env(
+    let (_server, client) = start_failing(
         "failures_on_appended",
-        &[("FAILPOINTS", "aggregate-barrier=4*off->1*return->off")],
-    );
-    let client = server.client().await;
+        "4*off->1*return->off",
+        "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 1s)';
+         CREATE SOURCE ticks (id BIGINT) WITH (connector = 'datagen',
+           fields.id.kind = 'sequence', datagen.rows.total = '6000',
+           datagen.rows.per.second = '2000');",
+    )
+    .await;
     let views = [
         ("ticks_k", "SELECT id, id % 7 AS k FROM ticks"),
         (
@@ -493,21 +489,7 @@ async fn a_view_reading_an_appended_view_restarts_exactly() {
             "SELECT k, count(*) AS n, sum(id) AS s FROM ticks_k GROUP BY k",
         ),
     ];
-    client
-        .batch_execute(
-            "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 1s)';
-             CREATE SOURCE ticks (id BIGINT) WITH (connector = 'datagen',
-               fields.id.kind = 'sequence', datagen.rows.total = '6000',
-               datagen.rows.per.second = '2000');",
-        )
-        .await
-        .expect("setup");
-    for (name, query) in views {
-        client
-            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
-            .await
-            .expect("create view");
-    }
+    create_views(&client, &views).await;
     let jobs = ["per_k|running|1", "ticks_k|running|0"];
     wait_until_read_after_restarts(&client, &jobs, &views).await;
 }

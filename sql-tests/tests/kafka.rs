@@ -15,20 +15,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use eddy_sql_tests::kafka::{KafkaBroker, ReadMessage};
-use eddy_sql_tests::{EddyServer, rows_sorted};
+use eddy_sql_tests::{EddyServer, rows_sorted, seeded_rng};
 
 const TOPIC: &str = "events";
-
-/// A random generator seeded from `KAFKA_SEED` (or at random), said on
-/// stderr so a failing run can be repeated.
-fn seeded_rng() -> SmallRng {
-    let seed: u64 = std::env::var("KAFKA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("KAFKA_SEED={seed}");
-    SmallRng::seed_from_u64(seed)
-}
 
 /// Waits (up to a minute) until `sql` answers `want`: the views follow the
 /// topic's messages asynchronously.
@@ -116,7 +105,7 @@ fn expected(messages: &[ReadMessage]) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_views_survive_kill9_and_broker_outage() {
-    let mut rng = seeded_rng();
+    let mut rng = seeded_rng("KAFKA_SEED");
     let seed: u64 = rng.random();
     let broker = KafkaBroker::start();
     broker.create_topic(TOPIC, PARTITIONS);
@@ -269,7 +258,7 @@ fn replay_changes(messages: &[ReadMessage]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_deliver_exactly_once_across_kill9() {
-    let mut rng = seeded_rng();
+    let mut rng = seeded_rng("KAFKA_SEED");
     let broker = KafkaBroker::start();
     broker.create_topic("appended", PARTITIONS);
     broker.create_topic("changes", PARTITIONS);
@@ -367,7 +356,7 @@ async fn sinks_deliver_exactly_once_across_kill9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upsert_state_survives_kill9() {
-    let mut rng = seeded_rng();
+    let mut rng = seeded_rng("KAFKA_SEED");
     let broker = KafkaBroker::start();
     broker.create_topic("upserts", 2);
     let mut server = EddyServer::start("kafka-upserts");

@@ -84,12 +84,18 @@ fn row(i: u32, width: usize) -> Vec<u8> {
     r
 }
 
-#[test]
-fn deltas_fold_in_epoch_order_and_a_base_replaces_them() {
-    let s = TempStore::new("fold");
+/// Epochs 1-3 as deltas: rows 1 and 2 (twice), then 2 gone and 3, then 1
+/// three times.
+fn commit_three_deltas(s: &TempStore) {
     s.commit(1, false, &[(row(1, 8), 1), (row(2, 8), 2)]);
     s.commit(2, false, &[(row(2, 8), 0), (row(3, 8), 1)]);
     s.commit(3, false, &[(row(1, 8), 3)]);
+}
+
+#[test]
+fn deltas_fold_in_epoch_order_and_a_base_replaces_them() {
+    let s = TempStore::new("fold");
+    commit_three_deltas(&s);
     let (rows, stored) = s.read();
     let expected: BTreeMap<_, _> = [(row(1, 8), 3), (row(3, 8), 1)].into();
     assert_eq!(rows, expected);
@@ -109,9 +115,7 @@ fn deltas_fold_in_epoch_order_and_a_base_replaces_them() {
 #[test]
 fn parts_up_to_an_epoch_fold_to_the_rows_at_that_epoch() {
     let s = TempStore::new("until");
-    s.commit(1, false, &[(row(1, 8), 1), (row(2, 8), 2)]);
-    s.commit(2, false, &[(row(2, 8), 0), (row(3, 8), 1)]);
-    s.commit(3, false, &[(row(1, 8), 3)]);
+    commit_three_deltas(&s);
     assert_eq!(s.read_at(0).0, BTreeMap::new());
     assert_eq!(
         s.read_at(1).0,

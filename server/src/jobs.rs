@@ -54,6 +54,8 @@ pub struct Job {
     /// Its own restart strategy (`WITH (restart_strategy = ...)`); the
     /// server's when `None`.
     pub restart_strategy: Option<RestartStrategy>,
+    /// What the store holds of it.
+    saved: StoredJob,
 }
 
 impl Default for Job {
@@ -65,6 +67,7 @@ impl Default for Job {
             restarted_at: None,
             last_error: None,
             restart_strategy: None,
+            saved: StoredJob::default(),
         }
     }
 }
@@ -95,15 +98,33 @@ impl Job {
     fn stored(&self) -> StoredJob {
         StoredJob {
             restarts: self.restarts,
-            last_error: self.last_error.as_ref().map(|(at, reason)| {
-                let ms = at
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis();
-                (u64::try_from(ms).unwrap_or(u64::MAX), reason.clone())
-            }),
+            last_error: self
+                .last_error
+                .as_ref()
+                .map(|(at, reason)| (millis(*at), reason.clone())),
         }
     }
+
+    /// Whether it changed since it was stored (compared in place: the
+    /// supervisor looks at every job ten times a second).
+    fn unsaved(&self) -> bool {
+        let saved = self.saved.last_error.as_ref();
+        self.restarts != self.saved.restarts
+            || self
+                .last_error
+                .as_ref()
+                .map(|(at, r)| (millis(*at), r.as_str()))
+                != saved.map(|(at, r)| (*at, r.as_str()))
+    }
+}
+
+/// `at` in milliseconds since the Unix epoch.
+fn millis(at: SystemTime) -> u64 {
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// Every job's history, by relation id.
@@ -125,7 +146,9 @@ impl Jobs {
                     restarts: stored.restarts,
                     last_error: stored
                         .last_error
+                        .clone()
                         .map(|(ms, reason)| (UNIX_EPOCH + Duration::from_millis(ms), reason)),
+                    saved: stored,
                     ..Job::default()
                 };
                 (id, job)
@@ -142,15 +165,17 @@ impl Jobs {
     pub fn with<T>(&self, id: u32, f: impl FnOnce(&mut Job) -> T) -> T {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let job = jobs.entry(id).or_default();
-        let before = job.stored();
         let out = f(job);
-        let after = job.stored();
-        if after != before
+        if job.unsaved()
             && let Some(store) = &self.store
-            && let Err(e) = store.put_job(id, &after)
         {
-            // A history is worth less than the failure it records.
-            tracing::warn!(job = id, error = %e, "storing a job's history failed");
+            // Tried once per change: a history is worth less than the
+            // failure it records (a full disk, say), and the next change
+            // stores it whole.
+            job.saved = job.stored();
+            if let Err(e) = store.put_job(id, &job.saved) {
+                tracing::warn!(job = id, error = %e, "storing a job's history failed");
+            }
         }
         out
     }

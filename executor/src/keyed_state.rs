@@ -237,6 +237,9 @@ pub struct KeyedState<V> {
     /// Removed keys whose deletion a checkpoint wrote, by that epoch: the
     /// `rocksdb` backend forgets them once it is durable.
     deletions: VecDeque<(u64, Box<[u8]>)>,
+    /// Stored keys below this were removed since the last checkpoint, to
+    /// be deleted in one range deletion ([`Self::remove_below`]).
+    deleted_below: Option<Box<[u8]>>,
     /// `len` as last checkpointed.
     written_len: u64,
     config: StateConfig,
@@ -255,6 +258,7 @@ impl<V> Default for KeyedState<V> {
             len: 0,
             cached: 0,
             deletions: VecDeque::new(),
+            deleted_below: None,
             written_len: 0,
             config: StateConfig::default(),
             table: None,
@@ -394,6 +398,22 @@ impl<V> KeyedState<V> {
         Some(value)
     }
 
+    /// Removes `key` (loaded), which is below `bound`, as [`Self::remove`]
+    /// does; but the next checkpoint deletes it, with every other key
+    /// below the highest such bound, in one range deletion. Only for keys
+    /// that cannot come back before then (a closed window's groups).
+    pub fn remove_below(&mut self, bound: &[u8], key: &[u8]) -> Option<V> {
+        debug_assert!(key < bound, "a key removed below a bound is under it");
+        let value = self.remove(key)?;
+        if let Some(slot) = self.slots.get_mut(key)
+            && std::mem::take(&mut slot.in_store)
+            && self.deleted_below.as_deref().is_none_or(|b| b < bound)
+        {
+            self.deleted_below = Some(bound.into());
+        }
+        Some(value)
+    }
+
     /// Epoch `epoch` ends: the next checkpoint is its.
     pub fn end_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
@@ -409,6 +429,12 @@ impl<V> KeyedState<V> {
         changed.dedup();
         let limited = self.cache_limit().is_some();
         let mut key_buf = Vec::new();
+        // First, so that it cannot delete a key the writes below set.
+        if let Some(bound) = self.deleted_below.take() {
+            key_buf.push(VALUE);
+            key_buf.extend_from_slice(&bound);
+            state.delete_range(&[VALUE], &key_buf);
+        }
         for key in changed {
             let Some(slot) = self.slots.get_mut(&key) else {
                 continue;
@@ -502,6 +528,7 @@ impl<V> KeyedState<V> {
         self.slots.clear();
         self.changed.clear();
         self.deletions.clear();
+        self.deleted_below = None;
         self.bytes = 0;
         self.len = 0;
         self.cached = 0;

@@ -61,7 +61,11 @@ impl Harness {
 
     /// Ends `epoch` and stages its checkpoint; returns the batch.
     fn checkpoint(&mut self, epoch: u64) -> CheckpointBatch {
-        let checkpoint = self.stage(epoch);
+        Self::batch(&self.stage(epoch), epoch)
+    }
+
+    /// The batch of epoch `epoch`'s staged `checkpoint`.
+    fn batch(checkpoint: &FragmentCheckpoint, epoch: u64) -> CheckpointBatch {
         let mut batch = CheckpointBatch::default();
         for write in checkpoint.writes() {
             write.write_to(&mut batch, RELATION);
@@ -153,6 +157,62 @@ fn a_key_that_comes_and_goes_between_checkpoints_writes_nothing() {
         h.stage(3).writes(),
         [StateWrite::Delete(..), StateWrite::Put(..)]
     ));
+}
+
+#[test]
+fn keys_removed_below_a_bound_leave_the_store_in_one_range_deletion() {
+    let mut h = Harness::new("below");
+    let keys: Vec<[u8; 2]> = (0u16..100).map(u16::to_be_bytes).collect();
+    h.state
+        .load(keys.iter().map(|k| k.as_slice()), |_| Ok(0))
+        .expect("load");
+    for (i, key) in keys.iter().enumerate() {
+        h.state.insert(key.as_slice().into(), i as u64);
+    }
+    let batch = h.checkpoint(1);
+    h.commit(&batch);
+
+    // A key that comes and goes between checkpoints deletes nothing.
+    let bound = 50u16.to_be_bytes();
+    let transient = [0u8, 10, 1];
+    h.state
+        .load([transient.as_slice()], |_| Ok(0))
+        .expect("load");
+    h.state.insert(transient.as_slice().into(), 7);
+    assert_eq!(h.state.remove_below(&bound, &transient), Some(7));
+    assert!(h.stage(2).writes().is_empty());
+
+    let below = &keys[..50];
+    h.state
+        .load(below.iter().map(|k| k.as_slice()), |v| {
+            Ok(u64::from_be_bytes(v.try_into().expect("8 bytes")))
+        })
+        .expect("load");
+    for (i, key) in below.iter().enumerate() {
+        assert_eq!(h.state.remove_below(&bound, key), Some(i as u64));
+    }
+    let staged = h.stage(3);
+    assert!(matches!(
+        staged.writes(),
+        [StateWrite::DeleteRange(..), StateWrite::Put(..)]
+    ));
+    h.commit(&Harness::batch(&staged, 3));
+    // Removed, not yet evicted: still absent.
+    assert_eq!(h.get(&keys[0]), None);
+
+    let mut restored = Harness::on(h.store.clone(), h._dir.clone(), 3);
+    restored
+        .state
+        .restore(
+            |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
+            None,
+        )
+        .expect("restore");
+    assert_eq!(restored.state.len(), 50);
+    for (i, key) in keys.iter().enumerate() {
+        let expected = (i >= 50).then_some(i as u64);
+        assert_eq!(restored.get(key), expected, "key {i}");
+    }
 }
 
 #[test]

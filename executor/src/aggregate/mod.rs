@@ -74,6 +74,12 @@ pub struct WindowKey {
     pub emit_on_close: bool,
     /// Where late rows are counted.
     pub late: LateRows,
+    /// Whether group keys start with the window value, whatever the
+    /// window's place among the group expressions (state layout 3 on; an
+    /// older checkpoint keeps the order it was written in): groups are
+    /// then stored in window order, and the closed ones leave the store in
+    /// one range deletion.
+    pub leads_key: bool,
 }
 
 #[derive(Debug)]
@@ -149,6 +155,10 @@ type Change<'a> = (Op, &'a [u8], Vec<ScalarValue>);
 pub struct HashAggregate {
     // Fixed at plan time.
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    group_types: Vec<DataType>,
+    /// Group expressions in the order their values make up a group key.
+    key_order: Vec<usize>,
+    /// Encodes group keys, their columns in `key_order`.
     group_codec: RowCodec,
     calls: Vec<AggregateSpec>,
     value_codecs: Vec<Option<RowCodec>>,
@@ -185,6 +195,12 @@ impl HashAggregate {
                 })
             })
             .transpose()?;
+        let mut key_order: Vec<usize> = (0..group_exprs.len()).collect();
+        if let Some(w) = windows.as_ref().filter(|w| w.key.leads_key) {
+            key_order.remove(w.key.group);
+            key_order.insert(0, w.key.group);
+        }
+        let key_types = key_order.iter().map(|&i| group_types[i].clone()).collect();
         let value_codecs = calls
             .iter()
             .map(|c| match c.value_kind {
@@ -195,7 +211,9 @@ impl HashAggregate {
         let global = group_exprs.is_empty();
         let mut this = Self {
             group_exprs,
-            group_codec: RowCodec::new(group_types)?,
+            group_types,
+            key_order,
+            group_codec: RowCodec::new(key_types)?,
             calls,
             value_codecs,
             schema,
@@ -266,7 +284,7 @@ impl HashAggregate {
         let columns = self.evaluator.eval_all(&self.group_exprs, batch)?;
         let columns = columns
             .iter()
-            .zip(self.group_codec.types())
+            .zip(&self.group_types)
             .map(|(c, t)| {
                 if c.data_type() == t {
                     Ok(c.clone())
@@ -275,7 +293,9 @@ impl HashAggregate {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rows = self.group_codec.encode(&columns)?;
+        let in_key_order: Vec<ArrayRef> =
+            self.key_order.iter().map(|&i| columns[i].clone()).collect();
+        let rows = self.group_codec.encode(&in_key_order)?;
         let windows = match &self.windows {
             Some(w) => Some(w.codec.encode(&columns[w.key.group..=w.key.group])?),
             None => None,
@@ -349,7 +369,11 @@ impl HashAggregate {
         let mut columns: Vec<ArrayRef> = if self.is_global() {
             vec![]
         } else {
-            self.group_codec.decode(rows.iter().map(|(_, k, _)| *k))?
+            let decoded = self.group_codec.decode(rows.iter().map(|(_, k, _)| *k))?;
+            let mut by_group: Vec<(usize, ArrayRef)> =
+                self.key_order.iter().copied().zip(decoded).collect();
+            by_group.sort_unstable_by_key(|(i, _)| *i);
+            by_group.into_iter().map(|(_, column)| column).collect()
         };
         let n_groups = columns.len();
         for (c, field) in self.schema.fields().iter().enumerate().skip(n_groups) {
@@ -582,7 +606,9 @@ impl Operator for HashAggregate {
         };
         let value = value.cast_to(&w.codec.types()[0])?;
         let encoded = w.codec.encode(&[value.to_array()?])?;
-        let closed = w.index.close_below(encoded.row(0).as_ref().into());
+        let bound = encoded.row(0);
+        let leads_key = w.key.leads_key;
+        let closed = w.index.close_below(bound.as_ref().into());
         self.load(closed.iter().map(AsRef::as_ref))?;
         let mut rows = Vec::new();
         for key in &closed {
@@ -599,7 +625,11 @@ impl Operator for HashAggregate {
         }
         for key in &closed {
             // Out of the window index already; windowed groups have no TTL.
-            self.groups.remove(key);
+            if leads_key {
+                self.groups.remove_below(bound.as_ref(), key);
+            } else {
+                self.groups.remove(key);
+            }
         }
         Ok(vec![Watermark {
             column: group,

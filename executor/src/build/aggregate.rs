@@ -107,6 +107,7 @@ impl PipelineBuilder<'_> {
                             .then(|| batch_schema(&in_schema)),
                         emit_on_close: self.options.emit_on_window_close,
                         late: self.late_rows("window aggregate")?,
+                        leads_key: self.layout >= 3,
                     }),
                     None => None,
                 };

@@ -145,6 +145,9 @@ pub(crate) struct PipelineBuilder<'a> {
     /// Whether inputs start with what they hold now (a new view), or the
     /// pipeline's state comes from a checkpoint (recovery).
     pub backfill: bool,
+    /// The state layout its checkpoints are in: the one it restores
+    /// from, or [`crate::checkpoint::STATE_LAYOUT`] when it starts anew.
+    pub layout: u32,
     /// Without backfill: what each table input replays first, per table
     /// id (the changes a failed pipeline's checkpoint lacks). A view input
     /// replays what it changed since the checkpoint

@@ -69,9 +69,12 @@ pub const MAX_SCANS: u32 = 1 << 14;
 /// instead of starting from state it cannot find. (Version 1: fragment
 /// scopes no longer shift when a source gains splits; join rows without a
 /// time in the keyed range. Version 2: top-N and window function rows in
-/// the keyed range.) A pipeline restores from a layout at least
-/// [`oldest_layout_for`] its plan.
-pub const STATE_LAYOUT: u32 = 2;
+/// the keyed range. Version 3: a windowed aggregate's group keys start
+/// with the window, so closed windows leave in one range deletion.) A
+/// pipeline restores from a layout at least [`oldest_layout_for`] its
+/// plan; what differs between the layouts it reads, the builder follows
+/// (see [`crate::aggregate::WindowKey::leads_key`]).
+pub const STATE_LAYOUT: u32 = 3;
 
 /// The oldest state layout a pipeline of `plan` restores from: 2 if it has
 /// a top-N or window function (their rows moved), else 1.

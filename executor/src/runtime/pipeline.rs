@@ -168,7 +168,8 @@ impl Runtime {
                 ))),
             }
         };
-        let restore = self.restores_pipeline(id, &def.plan)?;
+        let layout = self.restored_layout(id, &def.plan)?;
+        let restore = layout.is_some();
         let replay = if restore {
             self.replay_for(id)?
         } else {
@@ -197,6 +198,7 @@ impl Runtime {
             progress: self.progress.clone(),
             options: def.options,
             backfill: !restore,
+            layout: layout.unwrap_or(STATE_LAYOUT),
             replay,
             fragments: Vec::new(),
             subscriptions: Vec::new(),
@@ -285,12 +287,12 @@ impl Runtime {
         Ok(replay)
     }
 
-    /// Whether pipeline `id`, of `plan`, recovers from a checkpoint; an
-    /// error if its checkpoint's state is laid out as this version would
-    /// not find it.
-    fn restores_pipeline(&self, id: u32, plan: &StreamNode) -> Result<bool> {
+    /// The state layout of the checkpoint pipeline `id`, of `plan`,
+    /// recovers from, if it does; an error if its checkpoint's state is
+    /// laid out as this version would not find it.
+    fn restored_layout(&self, id: u32, plan: &StreamNode) -> Result<Option<u32>> {
         let Some(store) = self.coordinator.store() else {
-            return Ok(false);
+            return Ok(None);
         };
         if let Some(failure) = store.failure(id)?
             && !failure.restartable
@@ -298,8 +300,10 @@ impl Runtime {
             return Err(ExecutorError::Failed(failure.reason));
         }
         match store.checkpoint_layout(id)? {
-            None => Ok(false),
-            Some(found) if (oldest_layout_for(plan)..=STATE_LAYOUT).contains(&found) => Ok(true),
+            None => Ok(None),
+            Some(found) if (oldest_layout_for(plan)..=STATE_LAYOUT).contains(&found) => {
+                Ok(Some(found))
+            }
             Some(found) => Err(ExecutorError::StateLayout { found }),
         }
     }

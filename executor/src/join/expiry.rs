@@ -163,6 +163,9 @@ pub fn time_columns(rules: &[ExpiryRule]) -> [Option<usize>; 2] {
     [0, 1].map(|side| per_side[side].first().map(|r| r.column))
 }
 
+/// A stored row, by (join key, row), as the join's state shares them.
+pub type StoredRow = (Arc<[u8]>, Arc<[u8]>);
+
 /// Expiry state of an interval join: watermarks seen and stored rows by time.
 #[derive(Debug)]
 pub struct Expiry {
@@ -170,10 +173,11 @@ pub struct Expiry {
     rules: [Vec<ExpiryRule>; 2],
     /// Per side: column -> watermark in nanoseconds.
     watermarks: [HashMap<usize, i64>; 2],
-    /// Per side: time -> join keys under which a row of that time was
-    /// stored. Entries of rows retracted since are left to expire with the
-    /// rest (the join's own state says which rows are still there).
-    stored: [BTreeMap<i64, Vec<Arc<[u8]>>>; 2],
+    /// Per side: time -> the rows of that time stored, with their join
+    /// keys, so expiry visits those rows alone. Entries of rows retracted
+    /// since are left to expire with the rest (the join's own state says
+    /// which rows are still there).
+    stored: [BTreeMap<i64, Vec<StoredRow>>; 2],
     late: LateRows,
 }
 
@@ -254,20 +258,21 @@ impl Expiry {
             .max()
     }
 
-    /// A row of `side` at `time` entered state under `key`.
-    pub fn stored(&mut self, side: usize, time: i64, key: &Arc<[u8]>) {
-        self.stored[side].entry(time).or_default().push(key.clone());
+    /// Row `row` of `side` at `time` entered state under `key`.
+    pub fn stored(&mut self, side: usize, time: i64, key: &Arc<[u8]>, row: &Arc<[u8]>) {
+        self.stored[side]
+            .entry(time)
+            .or_default()
+            .push((key.clone(), row.clone()));
     }
 
     /// Takes the expiry threshold of `side` (rows with an earlier time have
-    /// expired) and the distinct keys holding such rows.
-    pub fn expired(&mut self, side: usize) -> Option<(i64, Vec<Arc<[u8]>>)> {
+    /// expired) and the rows stored at such times, by (key, row): some may
+    /// have left state since.
+    pub fn expired(&mut self, side: usize) -> Option<(i64, Vec<StoredRow>)> {
         let threshold = self.threshold(side)?;
         let later = self.stored[side].split_off(&threshold);
         let expired = std::mem::replace(&mut self.stored[side], later);
-        let mut keys: Vec<Arc<[u8]>> = expired.into_values().flatten().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        Some((threshold, keys))
+        Some((threshold, expired.into_values().flatten().collect()))
     }
 }

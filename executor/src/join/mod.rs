@@ -517,9 +517,9 @@ impl HashJoin {
             // Store or retract the row itself.
             if let Some(key) = key {
                 let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
-                let (entry, was_stored) = self.state.change(side, key, my_row, time);
+                let (entry, was_stored, stored) = self.state.change(side, key, my_row, time);
                 if !was_stored && let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
-                    expiry.stored(side, t, key);
+                    expiry.stored(side, t, key, &stored);
                 }
                 entry.copies += sign;
                 entry.degree = matched;
@@ -596,7 +596,7 @@ impl Operator for HashJoin {
                 ttl.rows.stamp(&stored_row, None, entry.stamp);
             }
             if let (Some(expiry), Some(t)) = (expiry.as_mut(), entry.time) {
-                expiry.stored(side, t, key);
+                expiry.stored(side, t, key, row);
             }
         })?;
         if let Some(watermarks) = watermarks {
@@ -649,11 +649,11 @@ impl Operator for HashJoin {
             let Some(expiry) = self.expiry.as_mut() else {
                 break;
             };
-            let Some((threshold, keys)) = expiry.expired(side) else {
+            let Some((threshold, rows)) = expiry.expired(side) else {
                 continue;
             };
             let mut ttl = self.ttl.as_mut();
-            self.state.expire(side, threshold, keys, |key, row, entry| {
+            self.state.expire(side, threshold, rows, |key, row, entry| {
                 if let Some(ttl) = ttl.as_mut() {
                     ttl.rows
                         .forget(&(side as u8, key.clone(), row.clone()), entry.stamp);

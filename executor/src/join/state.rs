@@ -282,8 +282,9 @@ impl JoinState {
         key: &Encoded,
         row: &[u8],
         time: Option<i64>,
-    ) -> (&mut Entry, bool) {
+    ) -> (&mut Entry, bool, Encoded) {
         let row = Encoded::from(row);
+        let shared = row.clone();
         let bucket = self.sides[side].entry(key.clone()).or_default();
         let mut created = false;
         let entry = bucket.entry(row.clone()).or_insert_with(|| {
@@ -308,7 +309,7 @@ impl JoinState {
                 in_store: was_stored,
             });
         }
-        (entry, was_stored)
+        (entry, was_stored, shared)
     }
 
     /// Removes `row` of `side` under `key`, whose copies came to zero.
@@ -341,33 +342,31 @@ impl JoinState {
         }
     }
 
-    /// Drops the rows of `side` under `keys` whose time is below
-    /// `threshold` (watermark expiry), showing each to `forget` first.
+    /// Drops the rows of `side` named by `rows` (join key, row) whose time
+    /// is below `threshold` (watermark expiry), showing each to `forget`
+    /// first. Only the rows named are looked at, not their keys' others.
     pub fn expire(
         &mut self,
         side: usize,
         threshold: i64,
-        keys: Vec<Encoded>,
+        rows: Vec<(Encoded, Encoded)>,
         mut forget: impl FnMut(&Encoded, &Encoded, &Entry),
     ) {
         // The checkpoint drops them by their time, all at once.
         let below = &mut self.expired_below[side];
         *below = Some(below.map_or(threshold, |b| b.max(threshold)));
-        for key in keys {
+        for (key, row) in rows {
             let Some(bucket) = self.sides[side].get_mut(&key) else {
                 continue;
             };
-            let before = bucket.len();
-            bucket.retain(|row, e| {
-                let keep = e.time.is_none_or(|t| t >= threshold);
-                if !keep {
-                    forget(&key, row, e);
-                }
-                keep
-            });
-            let removed = (before - bucket.len()) as u64;
-            self.rows[side] -= removed;
-            self.held_rows -= removed;
+            // A row's time is a column of it: if it is still there, it is
+            // this entry's (retracted and stored again, it is listed twice).
+            if let Some(entry) = bucket.remove(&row) {
+                debug_assert!(entry.time.is_some_and(|t| t < threshold));
+                forget(&key, &row, &entry);
+                self.rows[side] -= 1;
+                self.held_rows -= 1;
+            }
             if bucket.is_empty() {
                 self.sides[side].remove(&key);
             }

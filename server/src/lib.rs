@@ -19,6 +19,9 @@ mod providers;
 mod system_tables;
 
 pub use eddy_executor::{StateBackend, StateConfig};
-pub use engine::{Engine, EngineConfig, IMPLICIT_FLUSH, Outcome, Prepared, Settings};
+pub use engine::{
+    DEFAULT_MAX_CHECKPOINT_BACKLOG, Engine, EngineConfig, IMPLICIT_FLUSH, Outcome, Prepared,
+    Settings,
+};
 pub use error::{EddyError, Result};
 pub use pg::PgHandler;

@@ -9,7 +9,9 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use eddy_server::{Engine, EngineConfig, PgHandler, StateBackend, StateConfig};
+use eddy_server::{
+    DEFAULT_MAX_CHECKPOINT_BACKLOG, Engine, EngineConfig, PgHandler, StateBackend, StateConfig,
+};
 
 /// Command-line and environment configuration.
 #[derive(Debug, Parser)]
@@ -44,6 +46,11 @@ struct Config {
     /// and partition.
     #[arg(long, env = "EDDY_STATE_CACHE_MB", default_value_t = 64)]
     state_cache_mb: u64,
+    /// Checkpoints that cannot be written (a full disk) are kept in memory
+    /// and written again; beyond this many MiB of them, epochs pause (views
+    /// stay at their last epoch) until they are written.
+    #[arg(long, env = "EDDY_MAX_CHECKPOINT_BACKLOG_MB", default_value_t = DEFAULT_MAX_CHECKPOINT_BACKLOG >> 20)]
+    max_checkpoint_backlog_mb: u64,
 }
 
 fn parse_backend(name: &str) -> Result<StateBackend, String> {
@@ -87,6 +94,7 @@ async fn run(config: Config) -> Result<(), String> {
             backend: config.state_backend,
             cache_bytes: config.state_cache_mb.saturating_mul(1 << 20),
         },
+        max_checkpoint_backlog: config.max_checkpoint_backlog_mb.saturating_mul(1 << 20),
     };
     let engine = Engine::open(&config.data_dir, engine_config)
         .await
@@ -109,8 +117,7 @@ async fn run(config: Config) -> Result<(), String> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let guard = ticker.runtime().write_lock().await;
-                    ticker.runtime().inject_barrier(&guard).await;
+                    ticker.tick().await;
                 }
                 // `SET checkpoint_interval` takes effect at once.
                 Ok(()) = interval.changed() => {

@@ -86,7 +86,8 @@ impl EddyServer {
         Self::start_on_with(data_dir, &[])
     }
 
-    fn start_on_with(data_dir: PathBuf, args: &[&str]) -> Self {
+    /// Starts a server on `data_dir`, with `args` besides the usual.
+    pub fn start_on_with(data_dir: PathBuf, args: &[&str]) -> Self {
         Self::start_on_with_env(data_dir, args, &[])
     }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eddy_sql_tests::kafka::KafkaBroker;
-use eddy_sql_tests::{EddyServer, fresh_dir, rows_sorted};
+use eddy_sql_tests::{EddyServer, fresh_dir, retry_until, rows_sorted};
 use tokio_postgres::Client;
 
 /// A tmpfs mounted on a fresh directory, unmounted when dropped.
@@ -243,6 +243,106 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
         ids.len(),
         sorted.len(),
         sorted.last()
+    );
+    drop(client);
+    server.kill9();
+}
+
+/// The backlog of unwritten checkpoints, from the metrics endpoint.
+fn backlog(server: &EddyServer) -> u64 {
+    server
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("eddy_checkpoint_backlog_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_pause_while_unwritten_checkpoints_exceed_the_backlog() {
+    let Some(disk) = SmallDisk::mount("40m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut server = EddyServer::start_on_with(
+        disk.path().join("data"),
+        &["--max-checkpoint-backlog-mb", "1"],
+    );
+    let client = server.client().await;
+    // `padded` changes by about 200 KB an epoch.
+    client
+        .batch_execute(
+            "SET checkpoint_interval = '200ms';
+             CREATE SOURCE seq (id BIGINT) WITH (connector = 'datagen',
+               fields.id.kind = 'sequence', fields.id.start = '1', datagen.rows.per.second = '2000',
+               datagen.split.num = '1');
+             CREATE MATERIALIZED VIEW seq_stats AS SELECT count(*) AS n, sum(id) AS total, max(id) AS top FROM seq;
+             CREATE MATERIALIZED VIEW padded AS SELECT id, repeat('x', 500) AS pad FROM seq;
+             CREATE TABLE blobs (id BIGINT PRIMARY KEY, pad TEXT);",
+        )
+        .await
+        .expect("setup");
+    for i in 0.. {
+        assert!(i < 200, "a 40 MB disk took 200 MB of rows");
+        let insert = format!("INSERT INTO blobs VALUES ({i}, repeat('x', 1000000))");
+        if client.batch_execute(&insert).await.is_err() {
+            break;
+        }
+    }
+
+    // Past 1 MiB of unwritten checkpoints, no epoch ends: the views stop
+    // where they were, and the backlog stops growing (at the limit and
+    // the batch that crossed it: that one holds the last blobs too).
+    let mut paused = (0, 0);
+    retry_until(
+        Duration::from_secs(60),
+        async || {
+            let before = (sequence_prefix(&client).await, backlog(&server));
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            paused = (sequence_prefix(&client).await, backlog(&server));
+            if before == paused && paused.1 > 1 << 20 {
+                Ok(())
+            } else {
+                Err(format!("epochs did not pause: {before:?}, then {paused:?}"))
+            }
+        },
+        async || {},
+    )
+    .await;
+    let n_paused = paused.0;
+    assert_eq!(
+        one(&client, "SELECT count(*) FROM padded").await,
+        n_paused.to_string(),
+        "the views stopped at the same epoch"
+    );
+
+    // Room again: the writer lands the backlog by itself, and epochs resume.
+    disk.resize("400m");
+    retry_until(
+        Duration::from_secs(60),
+        async || {
+            let now = (sequence_prefix(&client).await, backlog(&server));
+            if now.0 > n_paused && now.1 == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "epochs did not resume after the disk grew: {now:?}"
+                ))
+            }
+        },
+        async || tokio::time::sleep(Duration::from_millis(200)).await,
+    )
+    .await;
+    client.batch_execute("FLUSH").await.expect("flush");
+
+    server.restart_after_kill9();
+    let client = server.client().await;
+    let n = sequence_prefix(&client).await;
+    assert!(n > n_paused, "recovered at {n}, before the pause ended");
+    assert_eq!(
+        one(&client, "SELECT count(*) FROM padded").await,
+        n.to_string(),
+        "the views recovered at the same epoch"
     );
     drop(client);
     server.kill9();

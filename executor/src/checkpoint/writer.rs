@@ -9,10 +9,14 @@
 //! checkpoint. Its batch is kept and written first next time, before any
 //! later epoch's: each batch holds only what its epoch changed, so they must
 //! land in order. Until then the server keeps running on what it has in
-//! memory; a restart recovers the last good checkpoint.
+//! memory; a restart recovers the last good checkpoint. The kept batches
+//! are tried again every [`RETRY_UNSAVED`] even when no epoch comes (the
+//! server stops starting epochs once they exceed its backlog limit, see
+//! [`BackgroundWriter::backlog`]).
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +32,9 @@ const QUEUED_BATCHES: usize = 2;
 
 /// Checkpoints remembered for `eddy_catalog.checkpoints`.
 const HISTORY: usize = 64;
+
+/// How often batches that failed are written again while no epoch comes.
+const RETRY_UNSAVED: Duration = Duration::from_secs(1);
 
 /// While checkpoints keep failing, the log repeats the error this often
 /// (every failure is in `eddy_catalog.checkpoints` and the metrics).
@@ -57,6 +64,8 @@ struct CheckpointWriter {
     parallelism: u64,
     /// Batches not yet written, oldest first.
     unsaved: VecDeque<CheckpointBatch>,
+    /// Their bytes, for whoever decides whether more epochs may come.
+    backlog: Arc<AtomicU64>,
     history: VecDeque<CheckpointStats>,
     /// The last epoch made durable.
     durable: u64,
@@ -73,6 +82,7 @@ impl CheckpointWriter {
             store,
             parallelism,
             unsaved: VecDeque::new(),
+            backlog: Arc::new(AtomicU64::new(0)),
             history: VecDeque::new(),
             durable,
             failures: 0,
@@ -93,6 +103,25 @@ impl CheckpointWriter {
         let bytes = batch.size_in_bytes() as u64;
         self.unsaved.push_back(batch);
         let started = Instant::now();
+        let error = self.write_unsaved(epoch);
+        let stats = CheckpointStats {
+            epoch,
+            finished_at: SystemTime::now(),
+            duration: began.elapsed(),
+            write: started.elapsed(),
+            bytes,
+            error,
+        };
+        record_metrics(&stats, self.durable);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(stats);
+    }
+
+    /// Writes the batches not yet written, in order, up to the first that
+    /// fails (for epoch `epoch`'s checkpoint); returns why it failed.
+    fn write_unsaved(&mut self, epoch: u64) -> Option<String> {
         let mut error = None;
         while let Some(next) = self.unsaved.pop_front() {
             let next_epoch = next.epoch();
@@ -125,19 +154,14 @@ impl CheckpointWriter {
             self.failures = 0;
             self.last_logged = None;
         }
-        let stats = CheckpointStats {
-            epoch,
-            finished_at: SystemTime::now(),
-            duration: began.elapsed(),
-            write: started.elapsed(),
-            bytes,
-            error,
-        };
-        record_metrics(&stats, self.durable);
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(stats);
+        let backlog: usize = self
+            .unsaved
+            .iter()
+            .map(CheckpointBatch::size_in_bytes)
+            .sum();
+        self.backlog.store(backlog as u64, Ordering::Relaxed);
+        metrics::gauge!("eddy_checkpoint_backlog_bytes").set(backlog as f64);
+        error
     }
 }
 
@@ -157,6 +181,8 @@ pub struct BackgroundWriter {
     jobs: Option<SyncSender<Job>>,
     /// The last epoch whose write was tried (it may have failed).
     tried: watch::Receiver<u64>,
+    /// Bytes of the batches that failed and wait to be written again.
+    backlog: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -170,11 +196,9 @@ impl BackgroundWriter {
         parallelism: u64,
         durable_tx: Arc<watch::Sender<u64>>,
     ) -> std::io::Result<Self> {
-        let writer = Arc::new(Mutex::new(CheckpointWriter::new(
-            store.clone(),
-            durable,
-            parallelism,
-        )));
+        let writer = CheckpointWriter::new(store.clone(), durable, parallelism);
+        let backlog = writer.backlog.clone();
+        let writer = Arc::new(Mutex::new(writer));
         let (jobs, queue) = sync_channel(QUEUED_BATCHES);
         let (tried_tx, tried) = watch::channel(durable);
         let thread = std::thread::Builder::new()
@@ -188,6 +212,7 @@ impl BackgroundWriter {
             writer,
             jobs: Some(jobs),
             tried,
+            backlog,
             thread: Some(thread),
         })
     }
@@ -219,6 +244,12 @@ impl BackgroundWriter {
         }
     }
 
+    /// Bytes of the checkpoints that could not be written yet (a full
+    /// disk): they are in memory until they are.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
     /// Follows the last epoch whose write was tried (durable or failed).
     pub fn tried(&self) -> watch::Receiver<u64> {
         self.tried.clone()
@@ -241,21 +272,34 @@ impl Drop for BackgroundWriter {
     }
 }
 
-/// The writer's thread: writes each job, then tells who waits.
+/// The writer's thread: writes each job, then tells who waits; between
+/// jobs, writes again what failed.
 fn write_jobs(
     queue: Receiver<Job>,
     writer: &Mutex<CheckpointWriter>,
     durable_tx: &watch::Sender<u64>,
     tried_tx: &watch::Sender<u64>,
 ) {
-    for job in queue {
-        let durable = {
-            let mut writer = lock(writer);
-            writer.commit(job.batch, job.epoch, job.log_position, job.began);
-            writer.durable
+    loop {
+        let (durable, tried) = match queue.recv_timeout(RETRY_UNSAVED) {
+            Ok(job) => {
+                let mut writer = lock(writer);
+                writer.commit(job.batch, job.epoch, job.log_position, job.began);
+                (writer.durable, Some(job.epoch))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let mut writer = lock(writer);
+                if let Some(last) = writer.unsaved.back().map(CheckpointBatch::epoch) {
+                    writer.write_unsaved(last);
+                }
+                (writer.durable, None)
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         durable_tx.send_if_modified(|d| std::mem::replace(d, durable) != durable);
-        tried_tx.send_replace(job.epoch);
+        if let Some(epoch) = tried {
+            tried_tx.send_replace(epoch);
+        }
     }
 }
 

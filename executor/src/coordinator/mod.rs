@@ -177,6 +177,15 @@ impl Coordinator {
         self.lock().writer.as_ref().map(|w| w.store().clone())
     }
 
+    /// Bytes of checkpoints that failed and wait, in memory, to be
+    /// written (see [`BackgroundWriter::backlog`]).
+    pub fn checkpoint_backlog(&self) -> u64 {
+        self.lock()
+            .writer
+            .as_ref()
+            .map_or(0, BackgroundWriter::backlog)
+    }
+
     /// Recent checkpoints, oldest first, and the last durable epoch.
     pub fn checkpoints(&self) -> (Vec<CheckpointStats>, u64) {
         let state = self.lock();

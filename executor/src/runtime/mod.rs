@@ -30,7 +30,7 @@
 //! be read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,6 +129,9 @@ pub struct Runtime {
     clocks: Arc<SplitClocks>,
     /// Views' and sinks' pipelines, to build them again.
     pipelines: Mutex<HashMap<u32, PipelineDef>>,
+    /// Whether scheduled epochs wait for the disk (see
+    /// [`Runtime::scheduled_barrier`]).
+    paused: AtomicBool,
 }
 
 impl Runtime {
@@ -160,6 +163,7 @@ impl Runtime {
             running: tokio::sync::watch::channel(false).0,
             clocks: Arc::new(SplitClocks::default()),
             pipelines: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
             coordinator: Arc::new(coordinator),
             errors: Arc::new(ErrorLog::default()),
             subscribers: Mutex::new(HashMap::new()),
@@ -357,6 +361,31 @@ impl Runtime {
 
     fn is_source(&self, id: u32) -> bool {
         crate::sync::lock(&self.sources).contains(&id)
+    }
+
+    /// Ends the current epoch, as the checkpoint interval does; but while
+    /// more than `max_backlog` bytes of checkpoints wait in memory for the
+    /// disk (a full disk), none: views stay at their last epoch and sinks
+    /// wait until the writer's retries land them, instead of memory filling
+    /// with epochs the disk cannot take. Returns the epoch ended.
+    pub async fn scheduled_barrier(&self, guard: &WriteGuard<'_>, max_backlog: u64) -> Option<u64> {
+        let backlog = self.coordinator.checkpoint_backlog();
+        let pause = backlog > max_backlog;
+        if self.paused.swap(pause, Ordering::Relaxed) != pause {
+            if pause {
+                tracing::warn!(
+                    backlog,
+                    max_backlog,
+                    "epochs pause: checkpoints the disk could not take fill the backlog"
+                );
+            } else {
+                tracing::info!(backlog, "epochs resume: the backlog was written");
+            }
+        }
+        if pause {
+            return None;
+        }
+        Some(self.inject_barrier(guard).await)
     }
 
     /// Waits until every change made before this call is committed.

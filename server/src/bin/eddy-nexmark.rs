@@ -276,6 +276,7 @@ async fn run_one(
         parallelism,
         checkpoints,
         state,
+        ..EngineConfig::new(parallelism)
     };
     let engine = Engine::open(&dir, config).await.unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
@@ -283,8 +284,7 @@ async fn run_one(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let guard = ticker.runtime().write_lock().await;
-            ticker.runtime().inject_barrier(&guard).await;
+            ticker.tick().await;
         }
     });
     // Kafka: the broker lives as long as the run; every source's reader

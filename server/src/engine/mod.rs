@@ -112,7 +112,13 @@ pub struct EngineConfig {
     pub checkpoints: bool,
     /// Where pipelines keep keyed state, unless a view says otherwise.
     pub state: StateConfig,
+    /// Bytes of checkpoints that failed (a full disk) kept in memory
+    /// before scheduled epochs pause (see [`Engine::tick`]).
+    pub max_checkpoint_backlog: u64,
 }
+
+/// The default of [`EngineConfig::max_checkpoint_backlog`].
+pub const DEFAULT_MAX_CHECKPOINT_BACKLOG: u64 = 256 << 20;
 
 impl EngineConfig {
     /// Checkpoints on, state in memory.
@@ -121,6 +127,7 @@ impl EngineConfig {
             parallelism,
             checkpoints: true,
             state: StateConfig::default(),
+            max_checkpoint_backlog: DEFAULT_MAX_CHECKPOINT_BACKLOG,
         }
     }
 }
@@ -136,6 +143,7 @@ pub struct Engine {
     jobs: Arc<Jobs>,
     /// The server's state backend, for views that do not name one.
     state: StateConfig,
+    max_checkpoint_backlog: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -154,6 +162,7 @@ impl Engine {
             parallelism,
             checkpoints,
             state,
+            max_checkpoint_backlog,
         } = config;
         let store = Arc::new(Store::open(data_dir)?);
         let catalog = Arc::new(Catalog::default());
@@ -241,11 +250,22 @@ impl Engine {
             parameters,
             jobs,
             state,
+            max_checkpoint_backlog,
         });
         engine.replay().await?;
         tokio::spawn(partitions::watch(Arc::downgrade(&engine)));
         tokio::spawn(supervisor::supervise(Arc::downgrade(&engine)));
         Ok(engine)
+    }
+
+    /// Ends the current epoch, on the checkpoint interval's schedule:
+    /// unless checkpoints the disk could not take hold more than the
+    /// configured backlog in memory (see [`Runtime::scheduled_barrier`]).
+    pub async fn tick(&self) -> Option<u64> {
+        let guard = self.runtime.write_lock().await;
+        self.runtime
+            .scheduled_barrier(&guard, self.max_checkpoint_backlog)
+            .await
     }
 
     /// The runtime (for periodic barriers).

@@ -17,8 +17,11 @@ use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::message::{Message, Op, StreamChunk};
 
-/// Channel capacity of every edge: the depth of backpressure.
-pub const CHANNEL_CAPACITY: usize = 16;
+/// Channel capacity of every edge: the depth of backpressure. Chunks are
+/// up to 4,096 rows, so a deeper queue mostly holds rows back: it delays
+/// watermarks (an interval join holds its rows longer) and fills memory
+/// without adding throughput (see docs/benchmarks.md).
+pub const CHANNEL_CAPACITY: usize = 4;
 
 /// Senders that can be added and removed while the pipeline runs (the
 /// subscribers of a table or view), each tagged with the relation that owns it.

@@ -10,6 +10,11 @@ use tokio::sync::watch;
 
 const RELATION: u32 = 7;
 
+/// A stored value, as the tests encode it.
+fn decode(value: &[u8]) -> eddy_executor::Result<u64> {
+    Ok(u64::from_be_bytes(value.try_into().expect("8 bytes")))
+}
+
 struct Harness {
     store: Arc<Store>,
     durable: watch::Sender<u64>,
@@ -80,12 +85,23 @@ impl Harness {
         self.durable.send_replace(batch.epoch());
     }
 
-    fn get(&mut self, key: &[u8]) -> Option<u64> {
+    /// Stores keys `0..n` (big-endian u16), each with its number as its
+    /// value, in a durable checkpoint 1; returns them.
+    fn store_keys(&mut self, n: u16) -> Vec<[u8; 2]> {
+        let keys: Vec<[u8; 2]> = (0..n).map(u16::to_be_bytes).collect();
         self.state
-            .load([key], |v| {
-                Ok(u64::from_be_bytes(v.try_into().expect("8 bytes")))
-            })
+            .load(keys.iter().map(|k| k.as_slice()), |_| Ok(0))
             .expect("load");
+        for (i, key) in keys.iter().enumerate() {
+            self.state.insert(key.as_slice().into(), i as u64);
+        }
+        let batch = self.checkpoint(1);
+        self.commit(&batch);
+        keys
+    }
+
+    fn get(&mut self, key: &[u8]) -> Option<u64> {
+        self.state.load([key], decode).expect("load");
         self.state.get(key).copied()
     }
 }
@@ -162,15 +178,7 @@ fn a_key_that_comes_and_goes_between_checkpoints_writes_nothing() {
 #[test]
 fn keys_removed_below_a_bound_leave_the_store_in_one_range_deletion() {
     let mut h = Harness::new("below");
-    let keys: Vec<[u8; 2]> = (0u16..100).map(u16::to_be_bytes).collect();
-    h.state
-        .load(keys.iter().map(|k| k.as_slice()), |_| Ok(0))
-        .expect("load");
-    for (i, key) in keys.iter().enumerate() {
-        h.state.insert(key.as_slice().into(), i as u64);
-    }
-    let batch = h.checkpoint(1);
-    h.commit(&batch);
+    let keys = h.store_keys(100);
 
     // A key that comes and goes between checkpoints deletes nothing.
     let bound = 50u16.to_be_bytes();
@@ -184,9 +192,7 @@ fn keys_removed_below_a_bound_leave_the_store_in_one_range_deletion() {
 
     let below = &keys[..50];
     h.state
-        .load(below.iter().map(|k| k.as_slice()), |v| {
-            Ok(u64::from_be_bytes(v.try_into().expect("8 bytes")))
-        })
+        .load(below.iter().map(|k| k.as_slice()), decode)
         .expect("load");
     for (i, key) in below.iter().enumerate() {
         assert_eq!(h.state.remove_below(&bound, key), Some(i as u64));
@@ -201,13 +207,7 @@ fn keys_removed_below_a_bound_leave_the_store_in_one_range_deletion() {
     assert_eq!(h.get(&keys[0]), None);
 
     let mut restored = Harness::on(h.store.clone(), h._dir.clone(), 3);
-    restored
-        .state
-        .restore(
-            |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
-            None,
-        )
-        .expect("restore");
+    restored.state.restore(decode, None).expect("restore");
     assert_eq!(restored.state.len(), 50);
     for (i, key) in keys.iter().enumerate() {
         let expected = (i >= 50).then_some(i as u64);
@@ -218,24 +218,10 @@ fn keys_removed_below_a_bound_leave_the_store_in_one_range_deletion() {
 #[test]
 fn restore_reads_the_count_and_then_keys_on_demand() {
     let mut h = Harness::new("restore");
-    let keys: Vec<[u8; 2]> = (0u16..100).map(u16::to_be_bytes).collect();
-    h.state
-        .load(keys.iter().map(|k| k.as_slice()), |_| Ok(0))
-        .expect("load");
-    for (i, key) in keys.iter().enumerate() {
-        h.state.insert(key.as_slice().into(), i as u64);
-    }
-    let batch = h.checkpoint(1);
-    h.commit(&batch);
+    let keys = h.store_keys(100);
 
     let mut restored = Harness::on(h.store.clone(), h._dir.clone(), 1);
-    restored
-        .state
-        .restore(
-            |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
-            None,
-        )
-        .expect("restore");
+    restored.state.restore(decode, None).expect("restore");
     assert_eq!((restored.state.len(), restored.state.cached()), (100, 0));
     assert_eq!(restored.get(&keys[42]), Some(42));
     assert_eq!(restored.get(b"missing"), None);
@@ -249,12 +235,7 @@ fn restore_reads_the_count_and_then_keys_on_demand() {
         0,
         restored.durable.subscribe(),
     ));
-    in_memory
-        .restore(
-            |v| Ok(u64::from_be_bytes(v.try_into().expect("8 bytes"))),
-            None,
-        )
-        .expect("restore");
+    in_memory.restore(decode, None).expect("restore");
     assert_eq!((in_memory.len(), in_memory.cached()), (100, 100));
     assert_eq!(in_memory.get(&keys[99]), Some(&99));
 }

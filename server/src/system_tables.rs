@@ -8,6 +8,9 @@
 //!   stored rows as of the fragment's last barrier;
 //! - `checkpoints`: the last checkpoints written (epoch, when, how long,
 //!   bytes, error) and whether each is durable;
+//! - `epochs`: one row: the last committed and the last durable epoch, the
+//!   bytes of checkpoints waiting in memory for the disk, and whether
+//!   scheduled epochs pause for them;
 //! - `source_errors`: the last malformed messages of each source (where,
 //!   why, the start of the payload) with the source's total since start;
 //! - `sources`: per source, its connector, splits, malformed messages since
@@ -54,16 +57,18 @@ const WATERMARKS: &str = "watermarks";
 const SOURCE_READERS: &str = "source_readers";
 const OPERATOR_STATE: &str = "operator_state";
 const CHECKPOINTS: &str = "checkpoints";
+const EPOCHS: &str = "epochs";
 const SOURCE_ERRORS: &str = "source_errors";
 const SINKS: &str = "sinks";
 const SOURCES: &str = "sources";
 const JOBS: &str = "jobs";
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     VIEW_ERRORS,
     WATERMARKS,
     SOURCE_READERS,
     OPERATOR_STATE,
     CHECKPOINTS,
+    EPOCHS,
     SOURCE_ERRORS,
     SINKS,
     SOURCES,
@@ -253,6 +258,28 @@ impl SystemSchema {
                 Arc::new(StringArray::from_iter(
                     history.iter().map(|c| c.error.clone()),
                 )),
+            ],
+        )
+    }
+
+    /// Where epochs stand, in one row.
+    fn epochs(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let coordinator = self.runtime.coordinator();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("committed", DataType::UInt64, false),
+            Field::new("durable", DataType::UInt64, false),
+            Field::new("checkpoint_backlog_bytes", DataType::UInt64, false),
+            Field::new("paused", DataType::Boolean, false),
+        ]));
+        let committed = *coordinator.committed().borrow();
+        let durable = *coordinator.durable_epoch().borrow();
+        mem_table(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from(vec![committed])),
+                Arc::new(UInt64Array::from(vec![durable])),
+                Arc::new(UInt64Array::from(vec![coordinator.checkpoint_backlog()])),
+                Arc::new(BooleanArray::from(vec![self.runtime.epochs_paused()])),
             ],
         )
     }
@@ -466,6 +493,7 @@ impl SchemaProvider for SystemSchema {
             SOURCE_READERS => self.source_readers(),
             OPERATOR_STATE => self.operator_state(),
             CHECKPOINTS => self.checkpoints(),
+            EPOCHS => self.epochs(),
             SOURCE_ERRORS => self.source_errors(),
             SINKS => self.sinks(),
             SOURCES => self.sources(),

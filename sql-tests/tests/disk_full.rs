@@ -248,14 +248,26 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     server.kill9();
 }
 
-/// The backlog of unwritten checkpoints, from the metrics endpoint.
-fn backlog(server: &EddyServer) -> u64 {
+/// The bytes of unwritten checkpoints and whether epochs pause, as
+/// `eddy_catalog.epochs` shows them.
+async fn backlog(client: &Client) -> (u64, bool) {
+    let row = one(
+        client,
+        "SELECT checkpoint_backlog_bytes, paused FROM eddy_catalog.epochs",
+    )
+    .await;
+    let (bytes, paused) = row.split_once('|').expect("two columns");
+    (bytes.parse().expect("bytes"), paused == "t")
+}
+
+/// The same bytes, as the metrics endpoint shows them.
+fn backlog_metric(server: &EddyServer) -> Option<u64> {
     server
         .metrics()
         .lines()
         .find_map(|l| l.strip_prefix("eddy_checkpoint_backlog_bytes "))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,14 +305,14 @@ async fn epochs_pause_while_unwritten_checkpoints_exceed_the_backlog() {
     // Past 1 MiB of unwritten checkpoints, no epoch ends: the views stop
     // where they were, and the backlog stops growing (at the limit and
     // the batch that crossed it: that one holds the last blobs too).
-    let mut paused = (0, 0);
+    let mut paused = (0, (0, false));
     retry_until(
         Duration::from_secs(60),
         async || {
-            let before = (sequence_prefix(&client).await, backlog(&server));
+            let before = (sequence_prefix(&client).await, backlog(&client).await);
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            paused = (sequence_prefix(&client).await, backlog(&server));
-            if before == paused && paused.1 > 1 << 20 {
+            paused = (sequence_prefix(&client).await, backlog(&client).await);
+            if before == paused && paused.1.0 > 1 << 20 && paused.1.1 {
                 Ok(())
             } else {
                 Err(format!("epochs did not pause: {before:?}, then {paused:?}"))
@@ -310,6 +322,7 @@ async fn epochs_pause_while_unwritten_checkpoints_exceed_the_backlog() {
     )
     .await;
     let n_paused = paused.0;
+    assert_eq!(backlog_metric(&server), Some(paused.1.0), "the metric");
     assert_eq!(
         one(&client, "SELECT count(*) FROM padded").await,
         n_paused.to_string(),
@@ -321,8 +334,8 @@ async fn epochs_pause_while_unwritten_checkpoints_exceed_the_backlog() {
     retry_until(
         Duration::from_secs(60),
         async || {
-            let now = (sequence_prefix(&client).await, backlog(&server));
-            if now.0 > n_paused && now.1 == 0 {
+            let now = (sequence_prefix(&client).await, backlog(&client).await);
+            if now.0 > n_paused && now.1 == (0, false) {
                 Ok(())
             } else {
                 Err(format!(

@@ -388,6 +388,12 @@ impl Runtime {
         Some(self.inject_barrier(guard).await)
     }
 
+    /// Whether scheduled epochs pause, waiting for the disk (see
+    /// [`Runtime::scheduled_barrier`]).
+    pub fn epochs_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
     /// Waits until every change made before this call is committed.
     pub async fn flush(&self) {
         let epoch = {

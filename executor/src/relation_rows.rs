@@ -261,6 +261,15 @@ impl RelationRows {
     }
 
     fn decode_bag(&self, bag: &Delta) -> Result<Vec<RecordBatch>> {
+        self.decode_rows(bag.iter().map(|(row, n)| (row.as_ref(), *n)))
+    }
+
+    /// Batches of up to [`BATCH_ROWS`] rows holding each encoded row of
+    /// `rows` as often as its count says.
+    fn decode_rows<'r>(
+        &self,
+        rows: impl Iterator<Item = (&'r [u8], i64)>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
         let mut pending: Vec<&[u8]> = Vec::with_capacity(BATCH_ROWS);
         let flush = |pending: &mut Vec<&[u8]>, batches: &mut Vec<RecordBatch>| -> Result<()> {
@@ -268,8 +277,8 @@ impl RelationRows {
             batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
             Ok(())
         };
-        for (row, n) in bag {
-            for _ in 0..*n {
+        for (row, n) in rows {
+            for _ in 0..n {
                 pending.push(row);
                 if pending.len() == BATCH_ROWS {
                     flush(&mut pending, &mut batches)?;
@@ -309,14 +318,11 @@ impl RelationRows {
         }
         let mut out = Vec::new();
         for (op, sign) in [(Op::Delete, -1), (Op::Insert, 1)] {
-            let rows: Vec<&[u8]> = delta
+            let rows = delta
                 .iter()
                 .filter(|(_, n)| n.signum() == sign)
-                .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), n.unsigned_abs() as usize))
-                .collect();
-            for run in rows.chunks(BATCH_ROWS) {
-                let columns = self.codec.decode(run.iter().copied())?;
-                let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+                .map(|(row, n)| (row.as_ref(), n.abs()));
+            for batch in self.decode_rows(rows)? {
                 let ops = vec![op; batch.num_rows()].into();
                 out.push(StreamChunk { batch, ops });
             }

@@ -405,10 +405,12 @@ impl<V> KeyedState<V> {
     pub fn remove_below(&mut self, bound: &[u8], key: &[u8]) -> Option<V> {
         debug_assert!(key < bound, "a key removed below a bound is under it");
         let value = self.remove(key)?;
-        if let Some(slot) = self.slots.get_mut(key)
-            && std::mem::take(&mut slot.in_store)
-            && self.deleted_below.as_deref().is_none_or(|b| b < bound)
-        {
+        // The range deletion stands for this key's own.
+        let stored = self
+            .slots
+            .get_mut(key)
+            .is_some_and(|slot| std::mem::take(&mut slot.in_store));
+        if stored && self.deleted_below.as_deref().is_none_or(|b| b < bound) {
             self.deleted_below = Some(bound.into());
         }
         Some(value)

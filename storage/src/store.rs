@@ -320,9 +320,15 @@ impl Store {
     ) -> Result<StoredRows> {
         let mut stored = StoredRows::default();
         let mut failed = None;
-        self.scan_prefix(&relation_prefix(ROW_PARTS, id), |key, part| {
-            let epoch = key.get(..8).and_then(read_u64).unwrap_or(0);
-            if failed.is_none() && epoch <= until {
+        let prefix = relation_prefix(ROW_PARTS, id);
+        // Parts are keyed by epoch first: the later ones are not read.
+        let end = until.checked_add(1).map(|after| {
+            let mut end = prefix.to_vec();
+            end.extend_from_slice(&after.to_be_bytes());
+            end
+        });
+        self.scan_prefix_below(&prefix, end, |key, part| {
+            if failed.is_none() {
                 stored.stored_bytes += part.len() as u64;
                 failed = read_part(id, key, part, &mut visit).err();
             }
@@ -396,12 +402,22 @@ impl Store {
         Ok(out)
     }
 
-    fn scan_prefix(&self, prefix: &[u8], mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+    fn scan_prefix(&self, prefix: &[u8], visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        self.scan_prefix_below(prefix, None, visit)
+    }
+
+    /// [`Self::scan_prefix`], stopping at key `end` if given.
+    fn scan_prefix_below(
+        &self,
+        prefix: &[u8],
+        end: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
         // The bound keeps the iterator from reading a block past the
         // prefix (and files that hold none of it): a join's per-key scans
         // would otherwise read and decompress one more block each.
         let mut options = ReadOptions::default();
-        if let Some(end) = prefix_end(prefix) {
+        if let Some(end) = end.or_else(|| prefix_end(prefix)) {
             options.set_iterate_upper_bound(end);
         }
         let iter = self

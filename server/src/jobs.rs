@@ -118,13 +118,9 @@ impl Job {
     }
 }
 
-/// `at` in milliseconds since the Unix epoch.
+/// `at` in milliseconds since the Unix epoch (0 before it).
 fn millis(at: SystemTime) -> u64 {
-    let ms = at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    u64::try_from(ms).unwrap_or(u64::MAX)
+    u64::try_from(crate::system_tables::millis(at)).unwrap_or(0)
 }
 
 /// Every job's history, by relation id.

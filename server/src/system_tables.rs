@@ -76,7 +76,7 @@ const TABLES: [&str; 10] = [
 ];
 
 /// A wall-clock time as the tables' millisecond timestamps.
-fn millis(time: std::time::SystemTime) -> i64 {
+pub(crate) fn millis(time: std::time::SystemTime) -> i64 {
     eddy_planner::system_time_nanos(time) / 1_000_000
 }
 

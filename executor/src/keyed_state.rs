@@ -139,6 +139,22 @@ impl StoreTable {
         Ok(self.store.scan_state(self.relation, &full, visit)?)
     }
 
+    /// Visits the checkpointed entries of the keyed range whose keys are
+    /// `prefix` followed by a suffix from `from` up to, not including, `to`,
+    /// in key order, `prefix` removed.
+    pub(crate) fn scan_between(
+        &self,
+        prefix: &[u8],
+        range: (&[u8], &[u8]),
+        visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        let mut full = self.prefix.to_vec();
+        full.extend_from_slice(prefix);
+        Ok(self
+            .store
+            .scan_state_between(self.relation, &full, range, visit)?)
+    }
+
     /// The checkpointed value of `key` in the keyed range.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.get_many([key])?.into_iter().next().flatten())

@@ -42,6 +42,7 @@ pub mod source;
 pub mod state_ttl;
 mod sync;
 mod temporal_filter;
+mod time_ordered_state;
 mod watermark;
 mod window_index;
 

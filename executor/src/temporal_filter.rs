@@ -19,11 +19,16 @@
 //!   instance before its insertion did reach another, and the sum over
 //!   instances is what is emitted.
 //!
-//! Checkpoints hold the stored rows (`r <row>` -> count, appear, expire)
-//! and `now` (`n`), so a recovered filter emits at its first barrier
-//! exactly the changes an uninterrupted one would at that time.
+//! Stored rows wait in a [`TimeOrderedState`] under the next time their
+//! visibility changes (when they appear if that is later than `now`, else
+//! when they expire), with their count and span: a barrier takes the rows
+//! whose time came, in one range, and stores again those that can still
+//! change. So under the `rocksdb` backend memory holds the rows due next
+//! and reads the others back from the store when their time comes.
+//! Checkpoints hold the stored rows and `now` (`n`, in the operator's own
+//! range), so a recovered filter emits at its first barrier exactly the
+//! changes an uninterrupted one would at that time.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
@@ -32,13 +37,14 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use eddy_planner::NowIs;
 
-use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
+use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
-use crate::hash::HashMap;
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::message::{Barrier, Op, StreamChunk};
 use crate::operator::{Operator, StateSize};
+use crate::time_ordered_state::TimeOrderedState;
 
 /// An encoded row (Arrow row format).
 type Encoded = Arc<[u8]>;
@@ -65,13 +71,47 @@ impl Span {
     fn stored(self, now: i64) -> bool {
         now < self.expire && (now < self.appear || self.expire != i64::MAX)
     }
+
+    /// When, after `now`, the row's visibility changes next (it is stored).
+    fn next_change(self, now: i64) -> i64 {
+        if now < self.appear {
+            self.appear
+        } else {
+            self.expire
+        }
+    }
 }
 
+/// A stored row's copies and span.
 #[derive(Debug, Clone, Copy)]
 struct Stored {
     count: i64,
     span: Span,
 }
+
+impl Stored {
+    fn encode(&self) -> Vec<u8> {
+        ValueWriter::new()
+            .i64(self.count)
+            .i64(self.span.appear)
+            .i64(self.span.expire)
+            .finish()
+    }
+
+    fn decode(value: &[u8]) -> Result<Self> {
+        let mut value = ValueReader::new(value);
+        Ok(Self {
+            count: value.i64()?,
+            span: Span {
+                appear: value.i64()?,
+                expire: value.i64()?,
+            },
+        })
+    }
+}
+
+/// The tag of the stored rows in the keyed range.
+const ROWS: u8 = b't';
 
 /// One bound, evaluated to nanoseconds since the Unix epoch.
 #[derive(Debug)]
@@ -88,11 +128,10 @@ pub struct TemporalFilter {
     schema: SchemaRef,
     evaluator: Evaluator,
     now: i64,
-    rows: HashMap<Encoded, Stored>,
-    /// (time, row): when a stored row appears or expires.
-    changes_at: BTreeSet<(i64, Encoded)>,
-    /// Rows changed since the last checkpoint.
-    dirty: Dirty<Encoded>,
+    /// The stored rows, under their next change's time.
+    rows: TimeOrderedState<Stored>,
+    /// The epoch being processed.
+    epoch: u64,
     now_changed: bool,
 }
 
@@ -114,11 +153,16 @@ impl TemporalFilter {
             schema,
             evaluator,
             now,
-            rows: HashMap::default(),
-            changes_at: BTreeSet::new(),
-            dirty: Dirty::default(),
+            rows: TimeOrderedState::new(ROWS, Stored::encode, Stored::decode),
+            epoch: 1,
             now_changed: true,
         })
+    }
+
+    /// Keeps the stored rows as `config` says.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.rows.configure(config);
+        self
     }
 
     /// Each row's span.
@@ -154,32 +198,25 @@ impl TemporalFilter {
         Ok(spans)
     }
 
-    fn forget(&mut self, row: &Encoded, span: Span) {
-        self.changes_at.remove(&(span.appear, row.clone()));
-        self.changes_at.remove(&(span.expire, row.clone()));
+    /// Loads what [`Self::store`] reads for `rows` (row, span).
+    fn load<'r>(&mut self, rows: impl IntoIterator<Item = (&'r [u8], Span)>) -> Result<()> {
+        let now = self.now;
+        self.rows.load(
+            rows.into_iter()
+                .filter(|(_, span)| span.stored(now))
+                .map(|(row, span)| (span.next_change(now), row)),
+        )
     }
 
-    /// Adds `delta` copies of `row` to the state, if it must be kept.
-    fn store(&mut self, row: Encoded, span: Span, delta: i64) {
+    /// Adds `delta` copies of `row` (loaded) to the state, if it must be kept.
+    fn store(&mut self, row: &[u8], span: Span, delta: i64) {
         if !span.stored(self.now) {
             return;
         }
-        self.dirty.push(row.clone());
-        let entry = self
-            .rows
-            .entry(row.clone())
-            .or_insert(Stored { count: 0, span });
-        entry.count += delta;
-        if entry.count == 0 {
-            self.rows.remove(&row);
-            self.forget(&row, span);
-            return;
-        }
-        for t in [span.appear, span.expire] {
-            if t > self.now && t != i64::MAX {
-                self.changes_at.insert((t, row.clone()));
-            }
-        }
+        let time = span.next_change(self.now);
+        let count = self.rows.get(time, row).map_or(0, |s| s.count) + delta;
+        self.rows
+            .set(time, row, (count != 0).then_some(Stored { count, span }));
     }
 
     fn emit(&self, rows: &[(Op, Encoded)], out: &mut Vec<StreamChunk>) -> Result<()> {
@@ -205,8 +242,14 @@ impl Operator for TemporalFilter {
         let spans = self.spans(&chunk.batch)?;
         if spans.iter().any(|s| s.stored(self.now)) {
             let rows = self.codec.encode(chunk.batch.columns())?;
+            self.load(
+                spans
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (rows.row(i).data(), *s)),
+            )?;
             for (i, span) in spans.iter().enumerate() {
-                self.store(rows.row(i).as_ref().into(), *span, chunk.ops[i].sign());
+                self.store(rows.row(i).data(), *span, chunk.ops[i].sign());
             }
         }
         let mask: BooleanArray = spans.iter().map(|s| Some(s.visible(self.now))).collect();
@@ -215,88 +258,58 @@ impl Operator for TemporalFilter {
     }
 
     fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.epoch = barrier.epoch;
         let (before, now) = (self.now, barrier.now.max(self.now));
         if now == before {
             return Ok(());
         }
         self.now = now;
         self.now_changed = true;
-        let mut due = Vec::new();
-        while let Some(first) = self.changes_at.first()
-            && first.0 <= now
-        {
-            if let Some((_, row)) = self.changes_at.pop_first() {
-                due.push(row);
-            }
-        }
-        due.sort_unstable();
-        due.dedup();
         let mut changes = Vec::new();
-        for row in due {
-            let Some(stored) = self.rows.get(&row).copied() else {
-                continue;
-            };
+        let mut again = Vec::new();
+        for (_, row, stored) in self.rows.take_below(now.saturating_add(1))? {
             let shown = |t| i64::from(stored.span.visible(t)) * stored.count;
             let diff = shown(now) - shown(before);
             let op = if diff > 0 { Op::Insert } else { Op::Delete };
             for _ in 0..diff.unsigned_abs() {
                 changes.push((op, row.clone()));
             }
-            if !stored.span.stored(now) {
-                self.rows.remove(&row);
-                self.forget(&row, stored.span);
-                self.dirty.push(row);
+            if stored.span.stored(now) {
+                again.push((row, stored));
             }
+        }
+        self.load(again.iter().map(|(row, s)| (row.as_ref(), s.span)))?;
+        for (row, stored) in again {
+            self.store(&row, stored.span, stored.count);
         }
         self.emit(&changes, out)
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize::in_memory(
-            "TemporalFilter",
-            self.rows.len() as u64,
-            self.rows.len() as u64,
-        ))
+        let rows = self.rows.len();
+        Some(StateSize {
+            operator: "TemporalFilter",
+            keys: rows,
+            rows,
+            cached: self.rows.cached(),
+        })
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for row in self.dirty.take() {
-            let mut key = Vec::with_capacity(1 + row.len());
-            key.push(b'r');
-            key.extend_from_slice(&row);
-            match self.rows.get(&row) {
-                Some(s) => state.put(
-                    &key,
-                    ValueWriter::new()
-                        .i64(s.count)
-                        .i64(s.span.appear)
-                        .i64(s.span.expire)
-                        .finish(),
-                ),
-                None => state.delete(&key),
-            }
-        }
+        self.rows.checkpoint(state, self.epoch);
         if std::mem::take(&mut self.now_changed) {
             state.put(b"n", ValueWriter::new().i64(self.now).finish());
         }
     }
 
+    fn attach_store(&mut self, table: StoreTable) {
+        self.rows.attach(table);
+    }
+
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
-        self.rows.clear();
-        self.changes_at.clear();
-        let mut rows = Vec::new();
         for (key, value) in entries {
-            let mut value = ValueReader::new(&value);
-            match key.split_first() {
-                Some((b'r', row)) => {
-                    let count = value.i64()?;
-                    let span = Span {
-                        appear: value.i64()?,
-                        expire: value.i64()?,
-                    };
-                    rows.push((Encoded::from(row), span, count));
-                }
-                Some((b'n', [])) => self.now = value.i64()?,
+            match key.as_ref() {
+                b"n" => self.now = ValueReader::new(&value).i64()?,
                 _ => {
                     return Err(ExecutorError::CorruptState(
                         "a temporal filter's state key is unknown".into(),
@@ -304,11 +317,8 @@ impl Operator for TemporalFilter {
                 }
             }
         }
-        for (row, span, count) in rows {
-            self.store(row, span, count);
-        }
+        self.rows.restore()?;
         // Restoring is not a change to write back.
-        self.dirty.take();
         self.now_changed = false;
         Ok(())
     }

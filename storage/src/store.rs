@@ -355,6 +355,22 @@ impl Store {
         self.scan_prefix(&relation_key(STATE, id, prefix), visit)
     }
 
+    /// Visits the checkpointed state entries of relation `id` whose keys
+    /// are `prefix` followed by a suffix from `from` up to, not including,
+    /// `to`, in key order, `prefix` removed.
+    pub fn scan_state_between(
+        &self,
+        id: u32,
+        prefix: &[u8],
+        (from, to): (&[u8], &[u8]),
+        visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        let prefix = relation_key(STATE, id, prefix);
+        let start = [prefix.as_slice(), from].concat();
+        let end = [prefix.as_slice(), to].concat();
+        self.scan_between(&prefix, &start, Some(end), visit)
+    }
+
     /// The checkpointed values of relation `id`'s state keys `prefix ++ key`
     /// for each of `keys` (None where absent), in order.
     pub fn get_state<'k>(
@@ -411,6 +427,18 @@ impl Store {
         &self,
         prefix: &[u8],
         end: Option<Vec<u8>>,
+        visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        self.scan_between(prefix, prefix, end, visit)
+    }
+
+    /// [`Self::scan_prefix_below`], starting at key `start` (at or after
+    /// `prefix`).
+    fn scan_between(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<Vec<u8>>,
         mut visit: impl FnMut(&[u8], &[u8]),
     ) -> Result<()> {
         // The bound keeps the iterator from reading a block past the
@@ -422,7 +450,7 @@ impl Store {
         }
         let iter = self
             .db
-            .iterator_opt(IteratorMode::From(prefix, Direction::Forward), options);
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), options);
         for item in iter {
             let (key, value) = item?;
             if !key.starts_with(prefix) {

@@ -532,12 +532,15 @@ impl PipelineBuilder<'_> {
                 let now = eddy_planner::system_time_nanos(std::time::SystemTime::now());
                 let mut built = self.build(input)?;
                 for i in &mut built.instances {
-                    i.ops.push(Box::new(TemporalFilter::new(
-                        bounds.clone(),
-                        schema.clone(),
-                        self.evaluator.clone(),
-                        now,
-                    )?));
+                    i.ops.push(Box::new(
+                        TemporalFilter::new(
+                            bounds.clone(),
+                            schema.clone(),
+                            self.evaluator.clone(),
+                            now,
+                        )?
+                        .with_state_config(self.options.state),
+                    ));
                 }
                 // Rows leave (or enter) as time passes, whatever their
                 // event time: no watermark holds past it.

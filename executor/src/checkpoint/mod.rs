@@ -70,21 +70,23 @@ pub const MAX_SCANS: u32 = 1 << 14;
 /// scopes no longer shift when a source gains splits; join rows without a
 /// time in the keyed range. Version 2: top-N and window function rows in
 /// the keyed range. Version 3: a windowed aggregate's group keys start
-/// with the window, so closed windows leave in one range deletion.) A
+/// with the window, so closed windows leave in one range deletion.
+/// Version 4: temporal filter rows in the keyed range, by time.) A
 /// pipeline restores from a layout at least [`oldest_layout_for`] its
 /// plan; what differs between the layouts it reads, the builder follows
 /// (see [`crate::aggregate::WindowKey::leads_key`]).
-pub const STATE_LAYOUT: u32 = 3;
+pub const STATE_LAYOUT: u32 = 4;
 
-/// The oldest state layout a pipeline of `plan` restores from: 2 if it has
-/// a top-N or window function (their rows moved), else 1.
+/// The oldest state layout a pipeline of `plan` restores from: 4 if it has
+/// a temporal filter, 2 if it has a top-N or window function (their rows
+/// moved), else 1.
 pub fn oldest_layout_for(plan: &eddy_planner::StreamNode) -> u32 {
     use eddy_planner::StreamNode;
-    let moved = matches!(
-        plan,
-        StreamNode::TopN { .. } | StreamNode::OverWindow { .. }
-    );
-    let oldest = if moved { 2 } else { 1 };
+    let oldest = match plan {
+        StreamNode::TemporalFilter { .. } => 4,
+        StreamNode::TopN { .. } | StreamNode::OverWindow { .. } => 2,
+        _ => 1,
+    };
     plan.inputs()
         .into_iter()
         .map(oldest_layout_for)

@@ -40,7 +40,7 @@ pub(crate) fn time_bytes(time: i64) -> [u8; 8] {
 }
 
 /// The time of an entry's key (its first 8 bytes).
-fn time_of(key: &[u8]) -> Result<i64> {
+pub(crate) fn time_of(key: &[u8]) -> Result<i64> {
     let bytes: [u8; 8] = key
         .get(..8)
         .and_then(|b| b.try_into().ok())

@@ -166,7 +166,8 @@ impl PipelineBuilder<'_> {
                     out.clone(),
                     self.evaluator.clone(),
                     self.late_rows("session window")?,
-                )?;
+                )?
+                .with_state_config(self.options.state);
                 Ok(Self::single(inputs, Box::new(op)))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -71,18 +71,20 @@ pub const MAX_SCANS: u32 = 1 << 14;
 /// time in the keyed range. Version 2: top-N and window function rows in
 /// the keyed range. Version 3: a windowed aggregate's group keys start
 /// with the window, so closed windows leave in one range deletion.
-/// Version 4: temporal filter rows in the keyed range, by time.) A
+/// Version 4: temporal filter rows in the keyed range, by time. Version 5:
+/// session window rows in the keyed range.) A
 /// pipeline restores from a layout at least [`oldest_layout_for`] its
 /// plan; what differs between the layouts it reads, the builder follows
 /// (see [`crate::aggregate::WindowKey::leads_key`]).
-pub const STATE_LAYOUT: u32 = 4;
+pub const STATE_LAYOUT: u32 = 5;
 
-/// The oldest state layout a pipeline of `plan` restores from: 4 if it has
-/// a temporal filter, 2 if it has a top-N or window function (their rows
-/// moved), else 1.
+/// The oldest state layout a pipeline of `plan` restores from: the last
+/// that moved the state of an operator it has (5 for a session window, 4
+/// for a temporal filter, 2 for a top-N or window function), else 1.
 pub fn oldest_layout_for(plan: &eddy_planner::StreamNode) -> u32 {
     use eddy_planner::StreamNode;
     let oldest = match plan {
+        StreamNode::SessionWindow { .. } => 5,
         StreamNode::TemporalFilter { .. } => 4,
         StreamNode::TopN { .. } | StreamNode::OverWindow { .. } => 2,
         _ => 1,

@@ -18,28 +18,37 @@
 //! `window_end > w`, so `w` is the output's watermark on `window_end`.
 //! `window_start` and the time column get none: a merge re-emits old rows.
 //!
-//! Checkpoints hold the rows (`r <partition> <time> <row>` -> multiplicity)
-//! and the watermark (`w`); sessions follow from the rows' times and are
-//! computed again on recovery.
+//! Checkpoints hold the rows and the watermark (see [`stored`]); sessions
+//! follow from the rows' times and are computed again on recovery.
+//!
+//! Under the `rocksdb` backend memory holds the partitions used lately: a
+//! chunk's partitions not held, and those of sessions a watermark closes,
+//! are read back (one prefix scan each) before they are changed. The
+//! session index (`by_end`) and the keys of partitions left in the store
+//! stay in memory. A partition stays while the store may lack its changes
+//! (its last checkpoint is not durable), and an emptied one until its
+//! deletions are durable, so one read back is always current.
+
+mod emit;
+mod stored;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 
-use eddy_planner::{SessionBound, nanos_to_time, same_session, scalar_nanos, time_nanos};
+use eddy_planner::{SessionBound, same_session, scalar_nanos, time_nanos};
 
-use crate::checkpoint::{
-    Dirty, StateEntries, StateWriter, ValueReader, ValueWriter, push_part, split_part,
-};
+use crate::checkpoint::{Dirty, StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
-use crate::hash::HashMap;
+use crate::hash::{HashMap, HashSet};
 use crate::key::KeyEncoder;
+use crate::keyed_state::{StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
@@ -50,15 +59,35 @@ type Encoded = Arc<[u8]>;
 /// A session: (first time, last time), in nanoseconds.
 type Span = (i64, i64);
 
+/// Bytes counted for a stored row besides its own: map slots.
+const ROW_OVERHEAD: usize = 48;
+
 #[derive(Debug, Default)]
 struct Partition {
     /// First time -> last time of each session; sessions never overlap.
     sessions: BTreeMap<i64, i64>,
     /// Time -> row -> multiplicity.
     rows: BTreeMap<i64, HashMap<Encoded, i64>>,
+    /// Bytes counted for its rows.
+    bytes: usize,
+    /// The epoch it was last used in.
+    used: u64,
+    /// The epoch of the last checkpoint that wrote its rows.
+    written: u64,
 }
 
 impl Partition {
+    /// Holds `count` copies of `row` at `t`, as read from a checkpoint.
+    fn add_stored(&mut self, t: i64, row: Encoded, count: i64) {
+        self.bytes += ROW_OVERHEAD + row.len();
+        self.rows.entry(t).or_default().insert(row, count);
+    }
+
+    /// Distinct (time, row) entries.
+    fn distinct_rows(&self) -> u64 {
+        self.rows.values().map(|rows| rows.len() as u64).sum()
+    }
+
     /// Runs of this partition's row times within `span` that form sessions.
     fn split(&self, span: Span, gap: i64) -> Vec<Span> {
         let mut runs: Vec<Span> = Vec::new();
@@ -86,11 +115,26 @@ pub struct SessionWindow {
     schema: SchemaRef,
     evaluator: Evaluator,
     late: LateRows,
+    /// The partitions in memory: all of them, but under `rocksdb`.
     partitions: HashMap<Encoded, Partition>,
     /// (end, partition, first) of every session in state, to close by watermark.
     by_end: BTreeSet<(i64, Encoded, i64)>,
     /// Distinct (time, row) entries in state.
     stored: u64,
+    /// Partitions with rows in state.
+    live_partitions: u64,
+    /// `rocksdb` backend: the cache's size; partitions not in memory, whose
+    /// rows the store holds; emptied partitions held until their deletions
+    /// are durable; bytes and distinct rows in memory.
+    cache_limit: Option<usize>,
+    evicted: HashSet<Encoded>,
+    emptied: Vec<Encoded>,
+    held_bytes: usize,
+    held_rows: u64,
+    config: StateConfig,
+    table: Option<StoreTable>,
+    /// The epoch being processed.
+    epoch: u64,
     /// Rows below this time are late.
     closed_below: Option<i64>,
     /// Partitions changed this epoch.
@@ -99,16 +143,6 @@ pub struct SessionWindow {
     untimed: HashMap<Encoded, i64>,
     /// (partition, time, row) changed since the last checkpoint.
     dirty: Dirty<(Encoded, i64, Encoded)>,
-}
-
-/// State key of a stored row.
-fn row_state_key(partition: &[u8], time: i64, row: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(13 + partition.len() + row.len());
-    k.push(b'r');
-    push_part(&mut k, partition);
-    k.extend_from_slice(&time.to_be_bytes());
-    k.extend_from_slice(row);
-    k
 }
 
 /// One partition's changes this epoch.
@@ -131,14 +165,6 @@ fn containing(sessions: &BTreeMap<i64, i64>, t: i64) -> Option<Span> {
 
 fn corrupt_key() -> ExecutorError {
     ExecutorError::CorruptState("a session window's state key is unknown".into())
-}
-
-/// Sessions of `a` that `b` does not have, bounds and all.
-fn changed(a: &BTreeMap<i64, i64>, b: &BTreeMap<i64, i64>) -> Vec<Span> {
-    a.iter()
-        .filter(|(first, last)| b.get(first) != Some(last))
-        .map(|(f, l)| (*f, *l))
-        .collect()
 }
 
 /// Everything [`SessionWindow::new`] needs.
@@ -180,11 +206,26 @@ impl SessionWindow {
             partitions: HashMap::default(),
             by_end: BTreeSet::new(),
             stored: 0,
+            live_partitions: 0,
+            cache_limit: None,
+            evicted: HashSet::default(),
+            emptied: Vec::new(),
+            held_bytes: 0,
+            held_rows: 0,
+            config: StateConfig::default(),
+            table: None,
+            epoch: 1,
             closed_below: None,
             touched: HashMap::default(),
             untimed: HashMap::default(),
             dirty: Dirty::default(),
         })
+    }
+
+    /// Keeps the partitions as `config` says.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.config = config;
+        self
     }
 
     fn end(&self, span: Span) -> i64 {
@@ -231,6 +272,10 @@ impl SessionWindow {
     fn insert(&mut self, key: &Encoded, row: &Encoded, t: i64) {
         let gap = self.gap;
         let partition = self.partitions.entry(key.clone()).or_default();
+        partition.used = self.epoch;
+        if partition.rows.is_empty() {
+            self.live_partitions += 1;
+        }
         let mut joined: Vec<Span> = Vec::new();
         if let Some((&first, &last)) = partition.sessions.range(..=t).next_back()
             && (last >= t || same_session(last, t, gap))
@@ -253,6 +298,9 @@ impl SessionWindow {
             .or_insert(0);
         if *copies == 0 {
             self.stored += 1;
+            self.held_rows += 1;
+            partition.bytes += ROW_OVERHEAD + row.len();
+            self.held_bytes += ROW_OVERHEAD + row.len();
         }
         *copies += 1;
         let first = joined.iter().map(|s| s.0).fold(t, i64::min);
@@ -281,6 +329,9 @@ impl SessionWindow {
         if *n <= 0 {
             rows.remove(row);
             self.stored -= 1;
+            self.held_rows -= 1;
+            partition.bytes -= ROW_OVERHEAD + row.len();
+            self.held_bytes -= ROW_OVERHEAD + row.len();
             if rows.is_empty() {
                 partition.rows.remove(&t);
             }
@@ -291,13 +342,31 @@ impl SessionWindow {
             self.reshape(key, &[span], &runs);
         }
         if empty {
-            self.partitions.remove(key);
+            self.emptied(key);
         }
         true
     }
 
+    /// Partition `key` has no rows left: it goes, but under `rocksdb` not
+    /// before its deletions are durable (the store still has its rows).
+    fn emptied(&mut self, key: &Encoded) {
+        self.live_partitions -= 1;
+        if self.cache_limit.is_some() {
+            self.emptied.push(key.clone());
+        } else if let Some(p) = self.partitions.remove(key) {
+            self.held_bytes -= p.bytes;
+        }
+    }
+
     /// Drops sessions that end at or before `watermark` from state.
-    fn close(&mut self, watermark: i64) {
+    fn close(&mut self, watermark: i64) -> Result<()> {
+        let closing: Vec<Encoded> = self
+            .by_end
+            .iter()
+            .take_while(|(end, _, _)| *end <= watermark)
+            .map(|(_, key, _)| key.clone())
+            .collect();
+        self.load(closing.iter())?;
         while let Some((end, key, first)) = self.by_end.first().cloned() {
             if end > watermark {
                 break;
@@ -306,6 +375,7 @@ impl SessionWindow {
             let Some(partition) = self.partitions.get_mut(&key) else {
                 continue;
             };
+            let had_rows = !partition.rows.is_empty();
             if let Some(last) = partition.sessions.remove(&first) {
                 let times: Vec<i64> = partition
                     .rows
@@ -313,125 +383,22 @@ impl SessionWindow {
                     .map(|(t, _)| *t)
                     .collect();
                 for t in times {
-                    if let Some(rows) = partition.rows.remove(&t) {
-                        self.stored -= rows.len() as u64;
-                        for row in rows.into_keys() {
-                            self.dirty.push((key.clone(), t, row));
-                        }
+                    let Some(rows) = partition.rows.remove(&t) else {
+                        continue;
+                    };
+                    self.stored -= rows.len() as u64;
+                    self.held_rows -= rows.len() as u64;
+                    for row in rows.into_keys() {
+                        partition.bytes -= ROW_OVERHEAD + row.len();
+                        self.held_bytes -= ROW_OVERHEAD + row.len();
+                        self.dirty.push((key.clone(), t, row));
                     }
                 }
             }
-            if partition.sessions.is_empty() {
-                self.partitions.remove(&key);
+            if had_rows && partition.rows.is_empty() {
+                self.emptied(&key);
             }
         }
-    }
-
-    /// The output changes of partition `key` since it was last emitted:
-    /// (row, session, count) with a signed count.
-    fn settle(
-        &self,
-        key: &Encoded,
-        touched: &Touched,
-        out: &mut Vec<(Encoded, Option<Span>, i64)>,
-    ) {
-        let Touched { before, delta } = touched;
-        let partition = self.partitions.get(key);
-        let no_sessions = BTreeMap::new();
-        let after = partition.map_or(&no_sessions, |p| &p.sessions);
-        let (gone, new) = (changed(before, after), changed(after, before));
-        let now = |t: i64, row: &Encoded| {
-            partition
-                .and_then(|p| p.rows.get(&t))
-                .and_then(|rows| rows.get(row))
-                .copied()
-                .unwrap_or(0)
-        };
-        let change = |t: i64, row: &Encoded| {
-            delta
-                .get(&t)
-                .and_then(|rows| rows.get(row))
-                .copied()
-                .unwrap_or(0)
-        };
-        if let Some(p) = partition {
-            for span in &new {
-                for rows in p.rows.range(span.0..=span.1).map(|(_, r)| r) {
-                    out.extend(rows.iter().map(|(row, n)| (row.clone(), Some(*span), *n)));
-                }
-            }
-            // Rows still here that were in a changed session: their count before.
-            for span in &gone {
-                for (t, rows) in p.rows.range(span.0..=span.1) {
-                    for (row, n) in rows {
-                        let was = n - change(*t, row);
-                        if was > 0 {
-                            out.push((row.clone(), Some(*span), -was));
-                        }
-                    }
-                }
-            }
-        }
-        for (t, rows) in delta {
-            let Some(old) = containing(before, *t) else {
-                // In no session before: only in a new one, emitted above.
-                continue;
-            };
-            let session_changed = gone.contains(&old);
-            for (row, d) in rows.iter().filter(|(_, d)| **d != 0) {
-                // In an unchanged session a row's own change is its output;
-                // in a changed one, only rows gone entirely are left to retract.
-                if !session_changed || now(*t, row) == 0 {
-                    out.push((row.clone(), Some(old), *d));
-                }
-            }
-        }
-    }
-
-    fn flush(&mut self, out: &mut Vec<StreamChunk>) -> Result<()> {
-        let mut changes: Vec<(Encoded, Option<Span>, i64)> = self
-            .untimed
-            .drain()
-            .map(|(row, n)| (row, None, n))
-            .collect();
-        let touched = std::mem::take(&mut self.touched);
-        for (key, t) in &touched {
-            self.settle(key, t, &mut changes);
-        }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let mut ops = Vec::new();
-        let mut rows: Vec<&[u8]> = Vec::new();
-        let mut spans: Vec<Option<Span>> = Vec::new();
-        for (row, span, n) in &changes {
-            let op = if *n > 0 { Op::Insert } else { Op::Delete };
-            for _ in 0..n.unsigned_abs() {
-                ops.push(op);
-                rows.push(row);
-                spans.push(*span);
-            }
-        }
-        let mut columns: Vec<ArrayRef> = self.row_codec.decode(rows)?;
-        for bound in &self.bounds {
-            let nanos: Int64Array = spans
-                .iter()
-                .map(|s| {
-                    s.map(|s| match bound {
-                        SessionBound::Start => s.0,
-                        SessionBound::End => self.end(s),
-                    })
-                })
-                .collect();
-            columns.push(nanos_to_time(nanos, &self.time_type)?);
-        }
-        let options =
-            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(ops.len()));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
-        out.push(StreamChunk {
-            batch,
-            ops: ops.into(),
-        });
         Ok(())
     }
 }
@@ -445,6 +412,7 @@ impl Operator for SessionWindow {
     ) -> Result<()> {
         let batch = &chunk.batch;
         let keys: Vec<Encoded> = self.partitions_of.keys(&self.evaluator, batch)?;
+        self.load(keys.iter())?;
         let times = time_nanos(&self.evaluator.eval(&self.time, batch)?)?;
         let rows = self.row_codec.encode(batch.columns())?;
         let mut late = Vec::new();
@@ -480,7 +448,8 @@ impl Operator for SessionWindow {
         Ok(())
     }
 
-    fn on_barrier(&mut self, _barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {
+        self.epoch = barrier.epoch;
         self.flush(out)
     }
 
@@ -489,74 +458,50 @@ impl Operator for SessionWindow {
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        for (partition, t, row) in self.dirty.take() {
-            let state_key = row_state_key(&partition, t, &row);
-            let count = self
-                .partitions
-                .get(&partition)
-                .and_then(|p| p.rows.get(&t))
-                .and_then(|rows| rows.get(&row));
-            match count {
-                Some(n) => state.put(&state_key, ValueWriter::new().i64(*n).finish()),
-                None => state.delete(&state_key),
-            }
-        }
+        self.write_rows(state);
         if let Some(w) = self.closed_below {
             state.put(b"w", ValueWriter::new().i64(w).finish());
         }
+    }
+
+    fn attach_store(&mut self, table: StoreTable) {
+        self.cache_limit = self.config.cache_limit();
+        self.table = Some(table);
     }
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
         self.partitions.clear();
         self.by_end.clear();
         self.touched.clear();
-        self.stored = 0;
+        self.evicted.clear();
+        self.emptied.clear();
+        (
+            self.stored,
+            self.live_partitions,
+            self.held_rows,
+            self.held_bytes,
+        ) = (0, 0, 0, 0);
         for (key, value) in entries {
-            let mut value = ValueReader::new(&value);
-            match key.split_first() {
-                Some((b'r', rest)) => {
-                    let (partition, rest) = split_part(rest)?;
-                    let (time, row) = rest.split_at_checked(8).ok_or_else(corrupt_key)?;
-                    let time = i64::from_be_bytes(time.try_into().map_err(|_| corrupt_key())?);
-                    self.partitions
-                        .entry(partition.into())
-                        .or_default()
-                        .rows
-                        .entry(time)
-                        .or_default()
-                        .insert(row.into(), value.i64()?);
-                    self.stored += 1;
+            match key.as_ref() {
+                b"w" => self.closed_below = Some(ValueReader::new(&value).i64()?),
+                [b'r', ..] => {
+                    return Err(ExecutorError::CorruptState(
+                        "a session window's rows are stored as an older version kept them: recreate the view".into(),
+                    ));
                 }
-                Some((b'w', [])) => self.closed_below = Some(value.i64()?),
                 _ => return Err(corrupt_key()),
             }
         }
-        let gap = self.gap;
-        let mut sessions = Vec::new();
-        for (key, partition) in &mut self.partitions {
-            let (Some(first), Some(last)) = (
-                partition.rows.keys().next().copied(),
-                partition.rows.keys().next_back().copied(),
-            ) else {
-                continue;
-            };
-            for span in partition.split((first, last), gap) {
-                partition.sessions.insert(span.0, span.1);
-                sessions.push((key.clone(), span));
-            }
-        }
-        for (key, span) in sessions {
-            self.by_end.insert((self.end(span), key, span.0));
-        }
-        Ok(())
+        self.read_rows()
     }
 
     fn state_size(&self) -> Option<StateSize> {
-        Some(StateSize::in_memory(
-            "SessionWindow",
-            self.partitions.len() as u64,
-            self.stored,
-        ))
+        Some(StateSize {
+            operator: "SessionWindow",
+            keys: self.live_partitions,
+            rows: self.stored,
+            cached: self.held_rows,
+        })
     }
 
     fn on_watermark(
@@ -573,7 +518,7 @@ impl Operator for SessionWindow {
         };
         // Changes to sessions about to close go out before the watermark.
         self.flush(out)?;
-        self.close(w);
+        self.close(w)?;
         self.closed_below = Some(self.closed_below.map_or(w, |c| c.max(w)));
         let inputs = self.schema.fields().len() - self.bounds.len();
         Ok(self

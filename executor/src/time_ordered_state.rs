@@ -249,6 +249,31 @@ impl<V> TimeOrderedState<V> {
         }
     }
 
+    /// Removes the entry at (`time`, `key`), which is present (its owner
+    /// knows), whether memory holds it or not: no read needed.
+    pub fn remove_present(&mut self, time: i64, key: &[u8]) {
+        let entry = entry_key(time, key);
+        if self.slots.contains_key(&entry) {
+            self.set(time, key, None);
+            return;
+        }
+        // In the store alone.
+        let bytes = ENTRY_OVERHEAD + entry.len();
+        self.bytes += bytes;
+        self.len -= 1;
+        self.changed.push(entry.clone());
+        self.slots.insert(
+            entry,
+            Slot {
+                value: None,
+                changed: true,
+                written: 0,
+                in_store: true,
+                bytes,
+            },
+        );
+    }
+
     /// Takes every entry with a time below `threshold`, in (time, key)
     /// order; the next checkpoint deletes them from the store in one range.
     pub fn take_below(&mut self, threshold: i64) -> Result<Vec<Taken<V>>> {

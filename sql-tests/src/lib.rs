@@ -176,6 +176,11 @@ impl EddyServer {
         }
     }
 
+    /// Sets the arguments the next start gets besides the usual.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Sets the environment variables the next start gets besides `RUST_LOG`.
     pub fn set_env(&mut self, env: &[(&str, &str)]) {
         self.env = env

@@ -569,8 +569,9 @@ async fn processing_time_windows_count_every_row_once_across_kill9() {
     assert_eq!(misshapen, ["0"]);
 }
 
-/// The stored rows of an interval join's relation `name` (keyed by their
-/// time in its checkpoint), read from the data directory of a stopped server.
+/// The stored rows of an interval join's relation `name`, and their
+/// entries in its indexes by time, read from the data directory of a
+/// stopped server.
 fn stored_join_rows(data_dir: &std::path::Path, name: &str) -> usize {
     let store = eddy_storage::Store::open(data_dir).expect("open the store");
     let id = store
@@ -581,21 +582,30 @@ fn stored_join_rows(data_dir: &std::path::Path, name: &str) -> usize {
         .expect("the view's entry")
         .id;
     let mut rows = 0;
-    // `<scope:4> <operator:2> t ...`: a join row kept by its time.
+    // `<scope:4> <operator:2> t ...`: a join row kept by its time; in the
+    // keyed range (the operator's top bit set), `r` a row kept by join
+    // key, `a` and `b` the indexes by time.
     store
         .scan_state(id, &[], |key, _| {
-            rows += usize::from(key.get(6) == Some(&b't'))
+            let keyed = key.get(4).is_some_and(|o| o & 0x80 != 0);
+            let tag = key.get(6).copied();
+            rows += usize::from(match keyed {
+                false => tag == Some(b't'),
+                true => matches!(tag, Some(b'r' | b'a' | b'b')),
+            });
         })
         .expect("scan state");
     rows
 }
 
 /// An interval join's rows leave its checkpoint when the watermark expires
-/// them (one range deletion per checkpoint): mid-stream the store holds
-/// some, and once every row expired, none, while the view is intact.
+/// them (one range deletion per checkpoint in memory; under `rocksdb`, the
+/// rows one by one and their index by time in one range): mid-stream the
+/// store holds some, and once every row expired, none, while the view is
+/// intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_interval_join_rows_leave_the_checkpoint() {
-    let mut server = EddyServer::start("restart_interval_expiry");
+    let mut server = EddyServer::start_with("restart_interval_expiry", &["--state-cache-mb", "0"]);
     let client = server.client().await;
     let query = "SELECT b1.auction, b1.price, b2.price AS before
                  FROM bid b1 JOIN bid b2 ON b1.auction = b2.auction
@@ -606,27 +616,94 @@ async fn expired_interval_join_rows_leave_the_checkpoint() {
                  WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
                WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '20000',
                      nexmark.events.per.second = '5000', nexmark.base.time = '1700000000000');
-             CREATE MATERIALIZED VIEW pairs AS {query};"
+             CREATE MATERIALIZED VIEW pairs AS {query};
+             CREATE MATERIALIZED VIEW pairs_in_store WITH (state_backend = 'rocksdb') AS {query};"
         ))
         .await
         .expect("setup");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     drop(client);
     server.kill9();
-    let mid_stream = stored_join_rows(&server.data_dir, "pairs");
-    assert!(mid_stream > 0, "no join rows in the checkpoint mid-stream");
+    for view in ["pairs", "pairs_in_store"] {
+        let mid_stream = stored_join_rows(&server.data_dir, view);
+        assert!(
+            mid_stream > 0,
+            "{view}: no join rows in the checkpoint mid-stream"
+        );
+    }
     server.restart_after_kill9();
     let client = server.client().await;
     crate::nexmark::wait_for_sources(&client).await;
-    let view = rows_sorted(&client, "SELECT * FROM pairs")
-        .await
-        .expect("view");
     let batch = rows_sorted(&client, query).await.expect("batch query");
     assert!(!batch.is_empty());
-    assert_eq!(view, batch, "the view differs from its query");
+    for view in ["pairs", "pairs_in_store"] {
+        let rows = rows_sorted(&client, &format!("SELECT * FROM {view}"))
+            .await
+            .expect("view");
+        assert_eq!(rows, batch, "{view} differs from its query");
+    }
     drop(client);
     server.kill9();
-    assert_eq!(stored_join_rows(&server.data_dir, "pairs"), 0);
+    for view in ["pairs", "pairs_in_store"] {
+        assert_eq!(stored_join_rows(&server.data_dir, view), 0, "{view}");
+    }
+}
+
+/// An interval join keeps its timed rows the way its first checkpoint
+/// did (under `rocksdb`, by join key with an index by time; under
+/// `memory`, by time) when the server restarts with the other default
+/// state backend: both views go on, equal their query, and leave nothing
+/// behind once every row expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_joins_keep_their_rows_across_a_change_of_backend() {
+    let in_store = ["--state-backend", "rocksdb", "--state-cache-mb", "0"];
+    let mut server = EddyServer::start_with("restart_interval_backend", &in_store);
+    let query = "SELECT b1.auction, b1.price, b2.price AS before
+                 FROM bid b1 JOIN bid b2 ON b1.auction = b2.auction
+                   AND b2.date_time BETWEEN b1.date_time - INTERVAL '100' MILLISECOND AND b1.date_time";
+    server
+        .client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP,
+                 WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+               WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '20000',
+                     nexmark.events.per.second = '5000', nexmark.base.time = '1700000000000');
+             CREATE MATERIALIZED VIEW first_in_store AS {query};"
+        ))
+        .await
+        .expect("setup");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    server.kill9();
+    server.set_args(&[]);
+    server.restart_after_kill9();
+    server
+        .client()
+        .await
+        .batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW first_in_memory AS {query};"
+        ))
+        .await
+        .expect("second view");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    server.kill9();
+    server.set_args(&in_store);
+    server.restart_after_kill9();
+    let client = server.client().await;
+    crate::nexmark::wait_for_sources(&client).await;
+    let batch = rows_sorted(&client, query).await.expect("batch query");
+    assert!(!batch.is_empty());
+    for view in ["first_in_store", "first_in_memory"] {
+        let rows = rows_sorted(&client, &format!("SELECT * FROM {view}"))
+            .await
+            .expect("view");
+        assert_eq!(rows, batch, "{view} differs from its query");
+    }
+    drop(client);
+    server.kill9();
+    for view in ["first_in_store", "first_in_memory"] {
+        assert_eq!(stored_join_rows(&server.data_dir, view), 0, "{view}");
+    }
 }
 
 /// Expression-error counts are checkpointed with the state of the

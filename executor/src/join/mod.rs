@@ -517,8 +517,12 @@ impl HashJoin {
             // Store or retract the row itself.
             if let Some(key) = key {
                 let time = times.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i));
+                let indexed = self.state.indexes_times();
                 let (entry, was_stored, stored) = self.state.change(side, key, my_row, time);
-                if !was_stored && let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time) {
+                if !was_stored
+                    && !indexed
+                    && let (Some(expiry), Some(t)) = (self.expiry.as_mut(), time)
+                {
                     expiry.stored(side, t, key, &stored);
                 }
                 entry.copies += sign;
@@ -569,9 +573,9 @@ impl Operator for HashJoin {
     }
 
     fn attach_store(&mut self, table: StoreTable) {
-        // The interval join's expiry index and the TTL's name every row.
-        let evictable = self.expiry.is_none() && self.ttl.is_none();
-        self.state.attach(table, evictable);
+        // The TTL's index names every row.
+        let evictable = self.ttl.is_none();
+        self.state.attach(table, evictable, self.expiry.is_some());
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
@@ -653,12 +657,13 @@ impl Operator for HashJoin {
                 continue;
             };
             let mut ttl = self.ttl.as_mut();
-            self.state.expire(side, threshold, rows, |key, row, entry| {
-                if let Some(ttl) = ttl.as_mut() {
-                    ttl.rows
-                        .forget(&(side as u8, key.clone(), row.clone()), entry.stamp);
-                }
-            });
+            self.state
+                .expire(side, threshold, rows, |key, row, entry| {
+                    if let Some(ttl) = ttl.as_mut() {
+                        ttl.rows
+                            .forget(&(side as u8, key.clone(), row.clone()), entry.stamp);
+                    }
+                })?;
         }
         // A TTL retracts expired rows whatever their time.
         if self.ttl.is_some() {

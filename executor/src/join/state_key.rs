@@ -4,22 +4,37 @@
 //! operator range:
 //!   t <side> <time: 8 bytes> <key part> <row> -> copies, time, [stamp]
 //!   x                                          -> the interval join's watermarks
+//!   i                                          -> (empty): timed rows are indexed
 //! keyed range (see crate::checkpoint):
 //!   r <key part> <side> <row>                  -> copies, time, [stamp]
 //!   n                                          -> rows stored per side
+//!   a|b <time> <key part> <row>                -> (empty): index by time
 //! ```
 //!
-//! A row with a time (on a side an interval join expires by watermark)
-//! is kept under `t`, whose keys sort by time: the rows the watermark
-//! expires leave the checkpoint in one range deletion per side and
-//! checkpoint, not one deletion per row. Every other row is kept under `r`
-//! in the keyed range, where one join key's rows of a side sit together:
-//! the `rocksdb` backend reads them with one prefix scan, and recovery's
-//! read of the operator range leaves them alone. (A `r` row
-//! in the operator range was written by an older version, and is refused.)
+//! A row without a time is kept under `r` in the keyed range, where one
+//! join key's rows of a side sit together: the `rocksdb` backend reads
+//! them with one prefix scan, and recovery's read of the operator range
+//! leaves them alone.
+//!
+//! A row with a time (on a side an interval join expires by watermark) is
+//! kept in one of two ways, chosen by the join's first checkpoint and kept
+//! from then on (so a view checkpointed before the second existed, or
+//! restored under the other backend, finds its rows where they are):
+//! - under `t`, whose keys sort by time: the rows the watermark expires
+//!   leave the checkpoint in one range deletion per side and checkpoint,
+//!   not one deletion per row; all of them are in memory (the `memory`
+//!   backend);
+//! - under `r` as any other row, so that probes read it by join key, and
+//!   named in its side's index by time (`a`, `b`), which the watermark
+//!   takes expired rows from whether memory holds them or not; the
+//!   operator range then holds [`INDEXED`] (the `rocksdb` backend).
+//!
+//! (A `r` row in the operator range was written by an older version, and
+//! is refused.)
 
 use crate::checkpoint::{push_part, split_part};
 use crate::error::{ExecutorError, Result};
+use crate::time_ordered_state::time_bytes;
 
 const ROW: u8 = b'r';
 const TIMED_ROW: u8 = b't';
@@ -27,13 +42,25 @@ const TIMED_ROW: u8 = b't';
 /// The watermarks' key.
 pub(super) const WATERMARKS: &[u8] = b"x";
 
+/// In the operator range, present when timed rows are kept under `r`, with
+/// an index by time (the `rocksdb` backend's way), instead of under `t`.
+pub(super) const INDEXED: &[u8] = b"i";
+
+/// The tags of the `rocksdb` backend's indexes by time of each side's
+/// timed rows, in the keyed range (see crate::time_ordered_state): under
+/// (time, [`part_and_row`]).
+pub(super) const BY_TIME: [u8; 2] = [b'a', b'b'];
+
+/// A row's join key part followed by the row: a row's name in an index.
+pub(super) fn part_and_row(key: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len() + row.len());
+    push_part(&mut k, key);
+    k.extend_from_slice(row);
+    k
+}
+
 /// The key of the row counts, in the keyed range.
 pub(super) const COUNTS: &[u8] = b"n";
-
-/// `time` as bytes that sort as the times do.
-fn time_bytes(time: i64) -> [u8; 8] {
-    ((time as u64) ^ (1 << 63)).to_be_bytes()
-}
 
 /// The key, in the operator range, of a stored row of `side` with a time.
 pub(super) fn timed_row_key(side: u8, time: i64, key: &[u8], row: &[u8]) -> Vec<u8> {

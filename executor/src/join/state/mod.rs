@@ -9,9 +9,14 @@
 //! state nor a key with many rows on the changing side (a fact table's
 //! rows under one dimension key) is read for each change. A join that
 //! reads degrees (outer, semi, anti) loads both sides' rows in whole, as
-//! degrees are computed from them. Interval joins and joins with a state
-//! TTL hold all their rows under either backend: their indexes (by time,
-//! by stamp) name every row already, and their rows expire.
+//! degrees are computed from them. An interval join's rows with a time
+//! are also named in an index by time per side ([`TimeOrderedState`]), in
+//! the store with the rows: the watermark takes the expired ones from it,
+//! whether memory holds them or not. (A view whose interval join was first
+//! checkpointed with its timed rows under `t`, see [`state_key`], keeps
+//! them there, in memory, under either backend.) Joins with a state TTL
+//! hold all their rows under either backend: their index by stamp names
+//! every row.
 //!
 //! Invariants of the held keys (`rocksdb` backend):
 //! - Per side, a held join key has all its rows in memory (complete), or
@@ -23,18 +28,24 @@
 //!   epoch, or written by a checkpoint not durable yet) stays held: the
 //!   store may not have its changes yet.
 //! - Rows leave memory only at checkpoints, after the changed rows were
-//!   written, so only keys loaded in the current call are read. Over the
+//!   written, so only keys loaded in the current call are read.
+//! - A row is in the index by time of its side exactly while it is stored
+//!   with a time. A row the index expires that memory does not hold
+//!   leaves a tombstone under its (held) key, as a removed row does. Over the
 //!   cache's size, the rows of incomplete sides go first (they were read
 //!   to be changed, and are seldom read again), then the keys used
 //!   longest ago, whole.
 
+mod stored;
+
 use std::sync::Arc;
 
-use super::state_key::{self, COUNTS, ROWS, StoredKey};
-use crate::checkpoint::{Bytes, StateEntries, StateWriter, ValueReader, ValueWriter};
+use super::state_key::{self, BY_TIME};
+use crate::checkpoint::{ValueReader, ValueWriter, split_part};
 use crate::error::{ExecutorError, Result};
 use crate::hash::HashMap;
-use crate::keyed_state::{StateConfig, StoreTable, eviction_victims};
+use crate::keyed_state::{StateConfig, StoreTable};
+use crate::time_ordered_state::TimeOrderedState;
 
 /// An encoded row or join key, shared (not copied) by the state, the
 /// probe's candidates, the expiry index and the changed-row list.
@@ -117,6 +128,14 @@ pub(super) struct JoinState {
     table: Option<StoreTable>,
     /// `rocksdb` backend, rows that may leave memory: the keys held.
     held: Option<HeldKeys>,
+    /// Rows may leave memory (no index of the join's names them all).
+    evictable: bool,
+    /// Rows may have a time (an interval join's).
+    timed: bool,
+    /// Held rows with a time: per side, their index by time.
+    by_time: Option<Box<[TimeOrderedState<()>; 2]>>,
+    /// [`INDEXED`] was written.
+    marked: bool,
     /// The epoch being processed.
     epoch: u64,
 }
@@ -134,6 +153,10 @@ impl JoinState {
             config: StateConfig::default(),
             table: None,
             held: None,
+            evictable: false,
+            timed: false,
+            by_time: None,
+            marked: false,
             epoch: 1,
         }
     }
@@ -149,18 +172,41 @@ impl JoinState {
     }
 
     /// Gives the state its place in the store; `evictable`: whether rows
-    /// may leave memory (no index of the join's names them).
-    pub fn attach(&mut self, table: StoreTable, evictable: bool) {
+    /// may leave memory (no index of the join's names them all); `timed`:
+    /// whether rows may have a time.
+    pub fn attach(&mut self, table: StoreTable, evictable: bool, timed: bool) {
         self.table = Some(table);
-        self.held = self
-            .config
-            .cache_limit()
-            .filter(|_| evictable)
-            .map(|limit| HeldKeys {
-                keys: HashMap::default(),
-                bytes: 0,
-                limit,
-            });
+        (self.evictable, self.timed) = (evictable, timed);
+        self.arrange(self.config.cache_limit().is_some());
+    }
+
+    /// Holds the keys used lately, rows in the store (when they may leave
+    /// memory), or all rows.
+    fn arrange(&mut self, in_store: bool) {
+        let Some(table) = self.table.as_ref().filter(|_| in_store && self.evictable) else {
+            (self.held, self.by_time) = (None, None);
+            return;
+        };
+        let limit = usize::try_from(self.config.cache_bytes).unwrap_or(usize::MAX);
+        self.held = Some(HeldKeys {
+            keys: HashMap::default(),
+            bytes: 0,
+            limit,
+        });
+        self.by_time = self.timed.then(|| {
+            Box::new(BY_TIME.map(|tag| {
+                let mut index = TimeOrderedState::new(tag, |_| Vec::new(), |_| Ok(()));
+                index.configure(self.config);
+                index.attach(table.clone());
+                index
+            }))
+        });
+    }
+
+    /// Whether timed rows are indexed by time here, not in the join's
+    /// [`super::Expiry`].
+    pub fn indexes_times(&self) -> bool {
+        self.by_time.is_some()
     }
 
     /// Join keys in memory (counted per side), rows stored, rows in memory.
@@ -296,6 +342,9 @@ impl JoinState {
             entry.time = time;
             self.rows[side] += 1;
             self.held_rows += 1;
+            if let (Some(by_time), Some(t)) = (self.by_time.as_mut(), time) {
+                by_time[side].set(t, &state_key::part_and_row(key, &row), Some(()));
+            }
         }
         if created && let Some(held) = self.held.as_mut() {
             held.bytes += OVERHEAD + row.len();
@@ -317,6 +366,11 @@ impl JoinState {
         let Some(bucket) = self.sides[side].get_mut(key) else {
             return;
         };
+        if let (Some(by_time), Some(t)) =
+            (self.by_time.as_mut(), bucket.get(row).and_then(|e| e.time))
+        {
+            by_time[side].remove_present(t, &state_key::part_and_row(key, row));
+        }
         let partial = self
             .held
             .as_ref()
@@ -342,16 +396,24 @@ impl JoinState {
         }
     }
 
-    /// Drops the rows of `side` named by `rows` (join key, row) whose time
-    /// is below `threshold` (watermark expiry), showing each to `forget`
-    /// first. Only the rows named are looked at, not their keys' others.
+    /// Drops the rows of `side` whose time is below `threshold` (watermark
+    /// expiry), showing each held one to `forget` first: those named by
+    /// `rows` (join key, row), or with an index by time, those it names.
+    /// Only those rows are looked at, not their keys' others.
     pub fn expire(
         &mut self,
         side: usize,
         threshold: i64,
         rows: Vec<(Encoded, Encoded)>,
         mut forget: impl FnMut(&Encoded, &Encoded, &Entry),
-    ) {
+    ) -> Result<()> {
+        if let Some(by_time) = self.by_time.as_mut() {
+            for (_, name, ()) in by_time[side].take_below(threshold)? {
+                let (key, row) = split_part(&name)?;
+                self.expire_indexed(side, key, row, &mut forget);
+            }
+            return Ok(());
+        }
         // The checkpoint drops them by their time, all at once.
         let below = &mut self.expired_below[side];
         *below = Some(below.map_or(threshold, |b| b.max(threshold)));
@@ -371,198 +433,73 @@ impl JoinState {
                 self.sides[side].remove(&key);
             }
         }
+        Ok(())
+    }
+
+    /// Drops `row` of `side` under `key`, which the index by time expired:
+    /// from memory if held, and, as a change, from the store.
+    fn expire_indexed(
+        &mut self,
+        side: usize,
+        key: &[u8],
+        row: &[u8],
+        forget: &mut impl FnMut(&Encoded, &Encoded, &Entry),
+    ) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let epoch = self.epoch;
+        let key = Encoded::from(key);
+        let h = held.keys.entry(key.clone()).or_insert_with(|| {
+            held.bytes += OVERHEAD + key.len();
+            HeldKey {
+                used: epoch,
+                written: 0,
+                complete: [false, false],
+            }
+        });
+        let complete = h.complete[side];
+        let bucket = self.sides[side].entry(key.clone()).or_default();
+        let row = Encoded::from(row);
+        let entry = match bucket.get_mut(&row) {
+            Some(e) => {
+                debug_assert!(e.copies != 0, "an indexed row is stored");
+                forget(&key, &row, e);
+                self.held_rows -= 1;
+                e.copies = 0;
+                e
+            }
+            // In the store alone: a tombstone keeps a read of the rest
+            // from bringing it back.
+            None => {
+                debug_assert!(!complete, "a complete side holds every row");
+                held.bytes += OVERHEAD + row.len();
+                bucket.entry(row.clone()).or_default()
+            }
+        };
+        let time = entry.time;
+        if !std::mem::replace(&mut entry.changed, true) {
+            self.changed.push(ChangedRow {
+                side: side as u8,
+                key: key.clone(),
+                row: row.clone(),
+                time,
+                in_store: true,
+            });
+        }
+        if complete {
+            bucket.remove(&row);
+            held.bytes -= OVERHEAD + row.len();
+            if bucket.is_empty() {
+                self.sides[side].remove(&key);
+            }
+        }
+        self.rows[side] -= 1;
     }
 
     /// Epoch `epoch` ends: the next checkpoint is its.
     pub fn end_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
-    }
-
-    /// Writes the rows changed since the last checkpoint; then, under the
-    /// `rocksdb` backend, drops from memory what need not stay.
-    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
-        let epoch = self.epoch;
-        for changed in std::mem::take(&mut self.changed) {
-            let ChangedRow {
-                side,
-                key,
-                row,
-                time,
-                in_store,
-            } = changed;
-            if let Some(h) = self.held.as_mut().and_then(|h| h.keys.get_mut(&key)) {
-                h.written = epoch;
-            }
-            let entry = self.sides[usize::from(side)]
-                .get_mut(&key)
-                .and_then(|b| b.get_mut(&row));
-            let value = match entry {
-                // Listed again after it left and came back: written.
-                Some(e) if !e.changed => continue,
-                Some(e) if e.copies != 0 => {
-                    e.changed = false;
-                    Some(encode_entry(e, self.stamped))
-                }
-                // The range deletion below covers it (most rows of a fast
-                // stream come and expire within one checkpoint).
-                // Removed (a tombstone, or gone from memory).
-                removed => {
-                    if let Some(e) = removed {
-                        e.changed = false;
-                    }
-                    let expired = time
-                        .zip(self.expired_below[usize::from(side)])
-                        .is_some_and(|(t, below)| t < below);
-                    if !in_store || expired {
-                        continue;
-                    }
-                    None
-                }
-            };
-            match (time, value) {
-                (Some(t), Some(v)) => state.put(&state_key::timed_row_key(side, t, &key, &row), v),
-                (Some(t), None) => state.delete(&state_key::timed_row_key(side, t, &key, &row)),
-                (None, Some(v)) => state.keyed().put(&state_key::row_key(side, &key, &row), v),
-                (None, None) => state.keyed().delete(&state_key::row_key(side, &key, &row)),
-            }
-        }
-        for (side, threshold) in self.expired_below.iter_mut().enumerate() {
-            if let Some(threshold) = threshold.take() {
-                let (from, to) = state_key::expired_range(side as u8, threshold);
-                state.delete_range(&from, &to);
-            }
-        }
-        if self.rows != self.written_rows {
-            let mut value = ValueWriter::new();
-            value.i64(self.rows[0] as i64).i64(self.rows[1] as i64);
-            state.keyed().put(COUNTS, value.finish());
-            self.written_rows = self.rows;
-        }
-        self.epoch = epoch + 1;
-        self.shed();
-    }
-
-    /// `rocksdb` backend: beyond the cache's size, evicts the keys used
-    /// longest ago whose rows the store holds.
-    fn shed(&mut self) {
-        let Self {
-            sides,
-            held,
-            held_rows,
-            table,
-            ..
-        } = self;
-        let (Some(held), Some(table)) = (held.as_mut(), table.as_ref()) else {
-            return;
-        };
-        if held.bytes <= held.limit {
-            return;
-        }
-        let durable = table.durable();
-        let rows_bytes =
-            |bucket: &Bucket| -> usize { bucket.keys().map(|row| OVERHEAD + row.len()).sum() };
-        let live = |bucket: &Bucket| bucket.values().filter(|e| e.copies != 0).count() as u64;
-        // Rows read one by one, to change them, are seldom read again: they
-        // go first, and the sides that probes read in whole stay.
-        for (key, h) in held.keys.iter().filter(|(_, h)| h.written <= durable) {
-            for (side, complete) in sides.iter_mut().zip(h.complete) {
-                if !complete && let Some(bucket) = side.remove(key) {
-                    held.bytes -= rows_bytes(&bucket);
-                    *held_rows -= live(&bucket);
-                }
-            }
-        }
-        let candidates: Vec<(u64, usize, Encoded)> = held
-            .keys
-            .iter()
-            .filter(|(_, h)| h.written <= durable)
-            .map(|(key, h)| {
-                let rows: usize = sides
-                    .iter()
-                    .filter_map(|s| s.get(key))
-                    .map(rows_bytes)
-                    .sum();
-                (h.used, OVERHEAD + key.len() + rows, key.clone())
-            })
-            .collect();
-        for key in eviction_victims(candidates, held.bytes, held.limit) {
-            held.keys.remove(&key);
-            held.bytes -= OVERHEAD + key.len();
-            for side in sides.iter_mut() {
-                if let Some(bucket) = side.remove(&key) {
-                    held.bytes -= rows_bytes(&bucket);
-                    *held_rows -= live(&bucket);
-                }
-            }
-        }
-    }
-
-    /// Starts from the checkpointed rows: the timed ones in `entries` (the
-    /// operator's own range), the others in the keyed range, which the
-    /// `rocksdb` backend leaves in the store. `visit` sees every row read.
-    /// Returns the value of the watermarks' key, if any.
-    pub fn restore(
-        &mut self,
-        entries: StateEntries,
-        mut visit: impl FnMut(usize, &Encoded, &Encoded, &Entry),
-    ) -> Result<Option<Bytes>> {
-        let (table, config, stamped) = (self.table.take(), self.config, self.stamped);
-        let evictable = self.held.is_some();
-        *self = Self::new();
-        self.stamped = stamped;
-        self.config = config;
-        if let Some(table) = table {
-            self.attach(table, evictable);
-        }
-        let mut watermarks = None;
-        for (key, value) in entries {
-            match state_key::parse_timed(&key)? {
-                Some(stored) => self.restored(stored, &value, &mut visit)?,
-                None => watermarks = Some(value),
-            }
-        }
-        let Some(table) = self.table.clone() else {
-            return Ok(watermarks);
-        };
-        if self.held.is_none() {
-            let mut failed = None;
-            table.scan(ROWS, |rest, value| {
-                if failed.is_none() {
-                    failed = state_key::parse_row(rest)
-                        .and_then(|stored| self.restored(stored, value, &mut visit))
-                        .err();
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        } else if let Some(counts) = table.get(COUNTS)? {
-            let mut value = ValueReader::new(&counts);
-            self.rows = [value.i64()? as u64, value.i64()? as u64];
-        }
-        self.written_rows = self.rows;
-        Ok(watermarks)
-    }
-
-    /// Holds a row read back from a checkpoint.
-    fn restored(
-        &mut self,
-        stored: StoredKey<'_>,
-        value: &[u8],
-        visit: &mut impl FnMut(usize, &Encoded, &Encoded, &Entry),
-    ) -> Result<()> {
-        let StoredKey {
-            side,
-            join_key,
-            row,
-        } = stored;
-        let entry = decode_entry(value, self.stamped)?;
-        let (key, row) = (Encoded::from(join_key), Encoded::from(row));
-        visit(side, &key, &row, &entry);
-        self.sides[side].entry(key).or_default().insert(row, entry);
-        self.rows[side] += 1;
-        self.held_rows += 1;
-        Ok(())
     }
 }
 

@@ -649,10 +649,11 @@ async fn expired_interval_join_rows_leave_the_checkpoint() {
     }
 }
 
-/// An interval join keeps its timed rows the way its first checkpoint
-/// did (under `rocksdb`, by join key with an index by time; under
-/// `memory`, by time) when the server restarts with the other default
-/// state backend: both views go on, equal their query, and leave nothing
+/// An interval join's timed rows survive a restart under the other
+/// default state backend: ones moved to the store (by join key, with an
+/// index by time) stay there under `memory`; ones kept by time in memory
+/// move to the store under `rocksdb` (with no cache, at the first
+/// checkpoint). Both views go on, equal their query, and leave nothing
 /// behind once every row expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_joins_keep_their_rows_across_a_change_of_backend() {

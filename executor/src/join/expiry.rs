@@ -266,6 +266,12 @@ impl Expiry {
             .push((key.clone(), row.clone()));
     }
 
+    /// Forgets the rows stored: the join's state indexes them by time
+    /// from now on.
+    pub fn forget_stored(&mut self) {
+        self.stored = [BTreeMap::new(), BTreeMap::new()];
+    }
+
     /// Takes the expiry threshold of `side` (rows with an earlier time have
     /// expired) and the rows stored at such times, by (key, row): some may
     /// have left state since.

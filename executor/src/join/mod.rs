@@ -580,6 +580,11 @@ impl Operator for HashJoin {
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
         self.state.checkpoint(state);
+        if self.state.indexes_times()
+            && let Some(expiry) = self.expiry.as_mut()
+        {
+            expiry.forget_stored();
+        }
         if let Some(expiry) = &self.expiry {
             let mut value = ValueWriter::new();
             for (side, column, w) in expiry.watermarks() {

@@ -17,17 +17,20 @@
 //! leaves them alone.
 //!
 //! A row with a time (on a side an interval join expires by watermark) is
-//! kept in one of two ways, chosen by the join's first checkpoint and kept
-//! from then on (so a view checkpointed before the second existed, or
-//! restored under the other backend, finds its rows where they are):
+//! kept in one of two ways:
 //! - under `t`, whose keys sort by time: the rows the watermark expires
 //!   leave the checkpoint in one range deletion per side and checkpoint,
-//!   not one deletion per row; all of them are in memory (the `memory`
-//!   backend);
+//!   not one deletion per row; all of them are in memory;
 //! - under `r` as any other row, so that probes read it by join key, and
 //!   named in its side's index by time (`a`, `b`), which the watermark
 //!   takes expired rows from whether memory holds them or not; the
-//!   operator range then holds [`INDEXED`] (the `rocksdb` backend).
+//!   operator range then holds [`INDEXED`].
+//!
+//! A join starts with the first. Under the `rocksdb` backend, the first
+//! checkpoint at which its rows outgrow the cache moves them all to the
+//! second, for good. A restore keeps the way it finds, so a view
+//! checkpointed before the second existed, or restarted under the other
+//! backend, finds its rows where they are.
 //!
 //! (A `r` row in the operator range was written by an older version, and
 //! is refused.)
@@ -94,6 +97,12 @@ pub(super) fn expired_range(side: u8, threshold: i64) -> (Vec<u8>, Vec<u8>) {
     let mut to = vec![TIMED_ROW, side];
     to.extend_from_slice(&time_bytes(threshold));
     (vec![TIMED_ROW, side], to)
+}
+
+/// The keys of every row kept under `t`: from the first, up to, not
+/// including, the second.
+pub(super) fn timed_rows_range() -> ([u8; 1], [u8; 1]) {
+    ([TIMED_ROW], [TIMED_ROW + 1])
 }
 
 /// A stored row's state key, read back.

@@ -10,13 +10,12 @@
 //! rows under one dimension key) is read for each change. A join that
 //! reads degrees (outer, semi, anti) loads both sides' rows in whole, as
 //! degrees are computed from them. An interval join's rows with a time
-//! are also named in an index by time per side ([`TimeOrderedState`]), in
-//! the store with the rows: the watermark takes the expired ones from it,
-//! whether memory holds them or not. (A view whose interval join was first
-//! checkpointed with its timed rows under `t`, see [`state_key`], keeps
-//! them there, in memory, under either backend.) Joins with a state TTL
-//! hold all their rows under either backend: their index by stamp names
-//! every row.
+//! stay in memory, kept by time, while they fit the cache; the first
+//! checkpoint at which they do not moves them to the store, by join key,
+//! and names each in an index by time per side ([`TimeOrderedState`]),
+//! which the watermark takes the expired ones from, whether memory holds
+//! them or not (see [`state_key`]). Joins with a state TTL hold all their
+//! rows under either backend: their index by stamp names every row.
 //!
 //! Invariants of the held keys (`rocksdb` backend):
 //! - Per side, a held join key has all its rows in memory (complete), or
@@ -24,6 +23,10 @@
 //!   entry without copies), so reading the rest later cannot bring one
 //!   back. A key not held has no rows in memory, and the store holds
 //!   exactly its rows. Only complete sides are probed.
+//! - Until a key first leaves memory (and after a restore, while no rows
+//!   are stored), every stored row is in memory: a key not held has none,
+//!   so a new key is held complete without reading the store. A join whose
+//!   state fits its cache never reads.
 //! - A key whose rows changed since the last durable checkpoint (in this
 //!   epoch, or written by a checkpoint not durable yet) stays held: the
 //!   store may not have its changes yet.
@@ -92,6 +95,29 @@ struct HeldKeys {
     /// Bytes counted for held keys and their rows.
     bytes: usize,
     limit: usize,
+    /// Every stored row is in memory: no row left it since the state
+    /// started empty. Then a key not held has no rows, and is not read.
+    all_in_memory: bool,
+}
+
+impl HeldKeys {
+    /// The entry of `key`, held from now on if it was not.
+    fn hold(&mut self, key: &Encoded, epoch: u64) -> &mut HeldKey {
+        let Self {
+            keys,
+            bytes,
+            all_in_memory,
+            ..
+        } = self;
+        keys.entry(key.clone()).or_insert_with(|| {
+            *bytes += OVERHEAD + key.len();
+            HeldKey {
+                used: epoch,
+                written: 0,
+                complete: [*all_in_memory; 2],
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +160,9 @@ pub(super) struct JoinState {
     timed: bool,
     /// Held rows with a time: per side, their index by time.
     by_time: Option<Box<[TimeOrderedState<()>; 2]>>,
+    /// `rocksdb` backend, timed rows kept by time in memory: past this many
+    /// bytes they move to the store (see [`Self::move_to_store`]).
+    overflow_limit: Option<usize>,
     /// [`INDEXED`] was written.
     marked: bool,
     /// The epoch being processed.
@@ -156,6 +185,7 @@ impl JoinState {
             evictable: false,
             timed: false,
             by_time: None,
+            overflow_limit: None,
             marked: false,
             epoch: 1,
         }
@@ -177,7 +207,10 @@ impl JoinState {
     pub fn attach(&mut self, table: StoreTable, evictable: bool, timed: bool) {
         self.table = Some(table);
         (self.evictable, self.timed) = (evictable, timed);
-        self.arrange(self.config.cache_limit().is_some());
+        let limit = self.config.cache_limit().filter(|_| evictable);
+        // Timed rows start in memory, kept by time, until they outgrow it.
+        self.overflow_limit = limit.filter(|_| timed);
+        self.arrange(limit.is_some() && !timed);
     }
 
     /// Holds the keys used lately, rows in the store (when they may leave
@@ -192,6 +225,7 @@ impl JoinState {
             keys: HashMap::default(),
             bytes: 0,
             limit,
+            all_in_memory: true,
         });
         self.by_time = self.timed.then(|| {
             Box::new(BY_TIME.map(|tag| {
@@ -266,18 +300,12 @@ impl JoinState {
         let mut read_whole = Vec::new();
         let mut lookups: Vec<(&Encoded, &[u8])> = Vec::new();
         for (key, row) in rows {
-            let h = held.keys.entry(key.clone()).or_insert_with(|| {
-                held.bytes += OVERHEAD + key.len();
-                HeldKey {
-                    used: *epoch,
-                    written: 0,
-                    complete: [false, false],
-                }
-            });
+            let h = held.hold(key, *epoch);
             h.used = *epoch;
-            let was_whole = h.complete == [true, true];
+            let was = h.complete;
+            let mut complete = was;
             for s in [other, side] {
-                if !h.complete[s] && (s == other || whole) {
+                if !complete[s] && (s == other || whole) {
                     let bucket = sides[s].entry(key.clone()).or_default();
                     let (rows, bytes) = read_rows(table, *stamped, key, s, bucket)?;
                     *held_rows += rows;
@@ -285,13 +313,16 @@ impl JoinState {
                     if bucket.is_empty() {
                         sides[s].remove(key);
                     }
-                    h.complete[s] = true;
+                    complete[s] = true;
                 }
             }
-            if !was_whole && h.complete == [true, true] {
-                read_whole.push(key.clone());
+            if complete != was {
+                held.hold(key, *epoch).complete = complete;
+                if complete == [true, true] {
+                    read_whole.push(key.clone());
+                }
             }
-            if !h.complete[side] && !sides[side].get(key).is_some_and(|b| b.contains_key(row)) {
+            if !complete[side] && !sides[side].get(key).is_some_and(|b| b.contains_key(row)) {
                 lookups.push((key, row));
             }
         }
@@ -450,15 +481,7 @@ impl JoinState {
         };
         let epoch = self.epoch;
         let key = Encoded::from(key);
-        let h = held.keys.entry(key.clone()).or_insert_with(|| {
-            held.bytes += OVERHEAD + key.len();
-            HeldKey {
-                used: epoch,
-                written: 0,
-                complete: [false, false],
-            }
-        });
-        let complete = h.complete[side];
+        let complete = held.hold(&key, epoch).complete[side];
         let bucket = self.sides[side].entry(key.clone()).or_default();
         let row = Encoded::from(row);
         let entry = match bucket.get_mut(&row) {

@@ -79,8 +79,67 @@ impl JoinState {
             state.keyed().put(COUNTS, value.finish());
             self.written_rows = self.rows;
         }
+        if self.outgrew_memory() {
+            self.move_to_store(state, epoch);
+        }
         self.epoch = epoch + 1;
         self.shed();
+    }
+
+    /// Whether timed rows kept in memory by time outgrew the cache.
+    fn outgrew_memory(&self) -> bool {
+        let Some(limit) = self.overflow_limit.filter(|_| self.by_time.is_none()) else {
+            return false;
+        };
+        // Counting bytes visits every row: only when they may be over.
+        if (self.held_rows as usize).saturating_mul(2 * OVERHEAD) <= limit {
+            return false;
+        }
+        let bytes: usize = self
+            .sides
+            .iter()
+            .flat_map(|side| side.iter())
+            .map(|(key, bucket)| {
+                OVERHEAD + key.len() + bucket.keys().map(|r| OVERHEAD + r.len()).sum::<usize>()
+            })
+            .sum();
+        bytes > limit
+    }
+
+    /// Moves the timed rows, which this checkpoint just wrote under `t`,
+    /// to the store's `r` rows and the indexes by time, for good: every
+    /// row is in memory, so each key is held whole, and the next
+    /// checkpoints evict as for any join.
+    fn move_to_store(&mut self, state: &mut StateWriter<'_>, epoch: u64) {
+        let (from, to) = state_key::timed_rows_range();
+        state.delete_range(&from, &to);
+        self.arrange(true);
+        let (Some(held), Some(by_time)) = (self.held.as_mut(), self.by_time.as_mut()) else {
+            return;
+        };
+        let mut keyed = state.keyed();
+        for (side, rows) in self.sides.iter().enumerate() {
+            for (key, bucket) in rows {
+                let h = held.hold(key, epoch);
+                h.complete = [true, true];
+                h.written = epoch;
+                for (row, entry) in bucket {
+                    held.bytes += OVERHEAD + row.len();
+                    let Some(t) = entry.time else {
+                        // Kept under `r` already.
+                        continue;
+                    };
+                    let value = encode_entry(entry, self.stamped);
+                    keyed.put(&state_key::row_key(side as u8, key, row), value);
+                    by_time[side].set(t, &state_key::part_and_row(key, row), Some(()));
+                }
+            }
+        }
+        for index in by_time.iter_mut() {
+            index.checkpoint(state, epoch);
+        }
+        state.put(INDEXED, Vec::new());
+        self.marked = true;
     }
 
     /// `rocksdb` backend: beyond the cache's size, evicts the keys used
@@ -127,6 +186,7 @@ impl JoinState {
             })
             .collect();
         for key in eviction_victims(candidates, held.bytes, held.limit) {
+            held.all_in_memory = false;
             held.keys.remove(&key);
             held.bytes -= OVERHEAD + key.len();
             for side in sides.iter_mut() {
@@ -196,6 +256,10 @@ impl JoinState {
         } else if let Some(counts) = table.get(COUNTS)? {
             let mut value = ValueReader::new(&counts);
             self.rows = [value.i64()? as u64, value.i64()? as u64];
+            if let Some(held) = self.held.as_mut() {
+                // The rows stay in the store: keys are read as they come.
+                held.all_in_memory = self.rows == [0, 0];
+            }
         }
         self.written_rows = self.rows;
         Ok(watermarks)

@@ -20,6 +20,9 @@
 //!   the store holds.
 //! - Only keys loaded (or inserted) in the current call are read: eviction
 //!   runs at checkpoints, between calls.
+//! - Until an entry first leaves memory (and after a restore, while no key
+//!   is stored), every key present is in memory, so a key not in the map
+//!   is absent and is not read: a state that fits its cache never reads.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -264,6 +267,8 @@ pub struct KeyedState<V> {
     epoch: u64,
     /// Bytes counted for cached entries.
     bytes: usize,
+    /// Every key present is in memory (see the module docs).
+    all_in_memory: bool,
 }
 
 impl<V> Default for KeyedState<V> {
@@ -280,6 +285,7 @@ impl<V> Default for KeyedState<V> {
             table: None,
             epoch: 1,
             bytes: 0,
+            all_in_memory: true,
         }
     }
 }
@@ -324,7 +330,7 @@ impl<V> KeyedState<V> {
         keys: impl IntoIterator<Item = &'k [u8]>,
         decode: impl Fn(&[u8]) -> Result<V>,
     ) -> Result<()> {
-        if self.cache_limit().is_none() {
+        if self.cache_limit().is_none() || self.all_in_memory {
             // Everything is in memory.
             return Ok(());
         }
@@ -527,6 +533,7 @@ impl<V> KeyedState<V> {
             .map(|(k, s)| (s.used, s.bytes, k.clone()))
             .collect();
         let evict = eviction_victims(candidates, self.bytes, limit);
+        self.all_in_memory &= evict.is_empty();
         for key in evict {
             if let Some(slot) = self.slots.remove(&key) {
                 self.bytes -= slot.bytes;
@@ -550,6 +557,7 @@ impl<V> KeyedState<V> {
         self.bytes = 0;
         self.len = 0;
         self.cached = 0;
+        self.all_in_memory = true;
         let Some(table) = self.table.clone() else {
             return Ok(());
         };
@@ -591,6 +599,7 @@ impl<V> KeyedState<V> {
                 .map_err(|_| ExecutorError::CorruptState("a keyed state's count".into()))?,
             None => 0,
         };
+        self.all_in_memory = keep || self.len == 0;
         self.written_len = self.len;
         Ok(())
     }

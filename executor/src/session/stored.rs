@@ -86,6 +86,10 @@ impl SessionWindow {
     /// `rocksdb` backend: reads back the partitions of `keys` that left
     /// memory (one prefix scan each), so that they can be changed.
     pub(super) fn load<'k>(&mut self, keys: impl IntoIterator<Item = &'k Encoded>) -> Result<()> {
+        if self.cache_limit.is_none() {
+            // Every partition is in memory.
+            return Ok(());
+        }
         let epoch = self.epoch;
         for key in keys {
             if let Some(p) = self.partitions.get_mut(key) {

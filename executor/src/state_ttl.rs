@@ -73,11 +73,22 @@ impl<K: Ord + Clone> StateTtl<K> {
         self.by_time.remove(&(stamp, key.clone()));
     }
 
+    /// The stamp of changes made now: the last barrier's time.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// Moves time to barrier time `now`; returns the threshold: entries
+    /// stamped before it expired.
+    pub fn move_clock(&mut self, now: i64) -> i64 {
+        self.now = self.now.max(now);
+        self.now.saturating_sub(self.ttl)
+    }
+
     /// Moves time to barrier time `now` and takes the entries that expired:
     /// those last changed more than the TTL before it.
     pub fn advance(&mut self, now: i64) -> Vec<K> {
-        self.now = self.now.max(now);
-        let threshold = self.now.saturating_sub(self.ttl);
+        let threshold = self.move_clock(now);
         let mut expired = Vec::new();
         while let Some((stamp, _)) = self.by_time.first() {
             if *stamp >= threshold {

@@ -250,8 +250,11 @@ impl<V> TimeOrderedState<V> {
     }
 
     /// Removes the entry at (`time`, `key`), which is present (its owner
-    /// knows), whether memory holds it or not: no read needed.
+    /// knows) or was taken, whether memory holds it or not: no read needed.
     pub fn remove_present(&mut self, time: i64, key: &[u8]) {
+        if self.taken_below.is_some_and(|taken| time < taken) {
+            return;
+        }
         let entry = entry_key(time, key);
         if self.slots.contains_key(&entry) {
             self.set(time, key, None);

@@ -233,7 +233,7 @@ async fn two_scans_of_a_source_keep_their_state_apart_after_kill9() {
 /// back (a retraction finds it), and what stopped changing still expires.
 #[tokio::test]
 async fn state_ttl_survives_kill9() {
-    let mut server = EddyServer::start("restart_state_ttl");
+    let mut server = EddyServer::start_with("restart_state_ttl", &["--state-cache-mb", "0"]);
     let client = server.client().await;
     client
         .batch_execute(
@@ -243,8 +243,12 @@ async fn state_ttl_survives_kill9() {
                SELECT user_id, count(*) AS clicks FROM clicks GROUP BY user_id;
              CREATE MATERIALIZED VIEW named WITH (state_ttl = '1 hour') AS
                SELECT c.page, u.name FROM clicks c JOIN users u ON c.user_id = u.user_id;
+             CREATE MATERIALIZED VIEW named_in_store WITH (state_ttl = '1 hour', state_backend = 'rocksdb') AS
+               SELECT c.page, u.name FROM clicks c JOIN users u ON c.user_id = u.user_id;
              CREATE MATERIALIZED VIEW brief WITH (state_ttl = '2 seconds') AS
                SELECT user_id, count(*) AS clicks FROM clicks GROUP BY user_id;
+             CREATE MATERIALIZED VIEW brief_join_in_store WITH (state_ttl = '2 seconds', state_backend = 'rocksdb') AS
+               SELECT c.page, u.name FROM clicks c JOIN users u ON c.user_id = u.user_id;
              INSERT INTO clicks VALUES (1, 'a'), (1, 'b'), (2, 'a');
              INSERT INTO users VALUES (1, 'ann'), (2, 'bob');
              FLUSH;",
@@ -264,20 +268,25 @@ async fn state_ttl_survives_kill9() {
             .expect("read"),
         ["1|1", "2|1"]
     );
-    assert_eq!(
-        rows_sorted(&client, "SELECT * FROM named")
-            .await
-            .expect("read"),
-        ["a|ann", "a|bob"]
-    );
+    for view in ["named", "named_in_store"] {
+        assert_eq!(
+            rows_sorted(&client, &format!("SELECT * FROM {view}"))
+                .await
+                .expect("read"),
+            ["a|ann", "a|bob"],
+            "{view}"
+        );
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !rows_sorted(&client, "SELECT * FROM brief")
-        .await
-        .expect("read")
-        .is_empty()
-    {
-        assert!(std::time::Instant::now() < deadline, "brief never expired");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for view in ["brief", "brief_join_in_store"] {
+        while !rows_sorted(&client, &format!("SELECT * FROM {view}"))
+            .await
+            .expect("read")
+            .is_empty()
+        {
+            assert!(std::time::Instant::now() < deadline, "{view} never expired");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }
 

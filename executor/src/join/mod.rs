@@ -34,8 +34,10 @@
 mod expiry;
 mod state;
 mod state_key;
+mod ttl;
 
 use state::{Encoded, JoinState};
+use ttl::JoinTtl;
 
 pub use expiry::{Expiry, expiry_rules, key_rules, time_columns};
 
@@ -60,7 +62,6 @@ use crate::keyed_state::{StateConfig, StoreTable};
 use crate::late_rows::LateRows;
 use crate::message::{Barrier, Op, StreamChunk, Watermark};
 use crate::operator::{Operator, StateSize};
-use crate::state_ttl::StateTtl;
 
 /// Fixed description of one join input.
 #[derive(Debug)]
@@ -119,17 +120,6 @@ pub fn watermark_columns(
     }
 }
 
-/// A join's state TTL: its stored rows by stamp, and each side's schema
-/// (to delete expired rows as input would).
-#[derive(Debug)]
-struct JoinTtl {
-    rows: StateTtl<StoredRow>,
-    schemas: [SchemaRef; 2],
-}
-
-/// A stored row: (side, join key, row).
-type StoredRow = (u8, Encoded, Encoded);
-
 /// One output row: left and right encoded rows (None = this side absent).
 type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -179,10 +169,7 @@ impl HashJoin {
         let side = |range: std::ops::Range<usize>| {
             Arc::new(Schema::new(fields[range].to_vec())) as SchemaRef
         };
-        self.ttl = ttl.map(|ttl| JoinTtl {
-            rows: StateTtl::new(ttl),
-            schemas: [side(0..left), side(left..fields.len())],
-        });
+        self.ttl = ttl.map(|ttl| JoinTtl::new(ttl, [side(0..left), side(left..fields.len())]));
         self.state.stamped(self.ttl.is_some());
         self
     }
@@ -191,51 +178,6 @@ impl HashJoin {
     pub fn with_state_config(mut self, config: StateConfig) -> Self {
         self.state.configure(config);
         self
-    }
-
-    /// Whether a retraction of `row` on `side` finds nothing stored: with a
-    /// state TTL, the row expired (and was retracted) already.
-    fn expired_already(&self, side: usize, key: Option<&Encoded>, row: &[u8]) -> bool {
-        self.ttl.is_some()
-            && key.is_some_and(|k| {
-                self.state
-                    .bucket(side, k)
-                    .and_then(|b| b.get(row))
-                    .is_none_or(|e| e.copies <= 0)
-            })
-    }
-
-    /// Deletes the stored rows that expired by barrier time `now`, as their
-    /// input would.
-    fn expire(&mut self, now: i64, out: &mut Vec<StreamChunk>) -> Result<()> {
-        let Some(ttl) = self.ttl.as_mut() else {
-            return Ok(());
-        };
-        let expired = ttl.rows.advance(now);
-        let schemas = ttl.schemas.clone();
-        for (side, schema) in schemas.into_iter().enumerate() {
-            let mut rows: Vec<&[u8]> = Vec::new();
-            for (_, key, row) in expired.iter().filter(|(s, _, _)| usize::from(*s) == side) {
-                let copies = self
-                    .state
-                    .bucket(side, key)
-                    .and_then(|b| b.get(row))
-                    .map_or(0, |e| e.copies);
-                for _ in 0..copies {
-                    rows.push(row);
-                }
-            }
-            if rows.is_empty() {
-                continue;
-            }
-            let columns = self.sides[side].codec.decode(rows.iter().copied())?;
-            let chunk = StreamChunk {
-                batch: RecordBatch::try_new(schema, columns)?,
-                ops: vec![Op::Delete; rows.len()].into(),
-            };
-            self.apply(side, chunk, None, out)?;
-        }
-        Ok(())
     }
 
     /// Whether degrees matter: only outer, semi and anti joins read them.
@@ -530,10 +472,10 @@ impl HashJoin {
                 if let Some(ttl) = self.ttl.as_mut() {
                     let stored_row = (side as u8, key.clone(), Encoded::from(my_row));
                     if entry.copies == 0 {
-                        ttl.rows.forget(&stored_row, entry.stamp);
+                        ttl.forget(&stored_row, entry.stamp);
                     } else {
                         let previous = was_stored.then_some(entry.stamp);
-                        entry.stamp = ttl.rows.touch(&stored_row, previous);
+                        entry.stamp = ttl.touch(&stored_row, previous);
                     }
                 }
                 if entry.copies == 0 {
@@ -573,13 +515,18 @@ impl Operator for HashJoin {
     }
 
     fn attach_store(&mut self, table: StoreTable) {
-        // The TTL's index names every row.
-        let evictable = self.ttl.is_none();
-        self.state.attach(table, evictable, self.expiry.is_some());
+        if let Some(ttl) = self.ttl.as_mut() {
+            ttl.attach(table.clone(), self.state.config());
+        }
+        self.state.attach(table, self.expiry.is_some());
     }
 
     fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+        let epoch = self.state.epoch();
         self.state.checkpoint(state);
+        if let Some(ttl) = self.ttl.as_mut() {
+            ttl.checkpoint(&self.state, state, epoch);
+        }
         if self.state.indexes_times()
             && let Some(expiry) = self.expiry.as_mut()
         {
@@ -596,13 +543,13 @@ impl Operator for HashJoin {
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {
         if let Some(ttl) = self.ttl.as_mut() {
-            ttl.rows.clear();
+            ttl.clear();
         }
         let (expiry, ttl) = (&mut self.expiry, &mut self.ttl);
         let watermarks = self.state.restore(entries, |side, key, row, entry| {
             if let Some(ttl) = ttl.as_mut() {
                 let stored_row = (side as u8, key.clone(), row.clone());
-                ttl.rows.stamp(&stored_row, None, entry.stamp);
+                ttl.restored(&stored_row, entry.stamp);
             }
             if let (Some(expiry), Some(t)) = (expiry.as_mut(), entry.time) {
                 expiry.stored(side, t, key, row);
@@ -620,6 +567,9 @@ impl Operator for HashJoin {
         if self.reads_degrees() {
             let keys = self.state.keys_on_both_sides();
             self.compute_degrees(&keys)?;
+        }
+        if let Some(ttl) = self.ttl.as_mut() {
+            ttl.restore(&self.state)?;
         }
         Ok(())
     }
@@ -665,8 +615,7 @@ impl Operator for HashJoin {
             self.state
                 .expire(side, threshold, rows, |key, row, entry| {
                     if let Some(ttl) = ttl.as_mut() {
-                        ttl.rows
-                            .forget(&(side as u8, key.clone(), row.clone()), entry.stamp);
+                        ttl.forget(&(side as u8, key.clone(), row.clone()), entry.stamp);
                     }
                 })?;
         }

@@ -9,13 +9,13 @@
 //! state nor a key with many rows on the changing side (a fact table's
 //! rows under one dimension key) is read for each change. A join that
 //! reads degrees (outer, semi, anti) loads both sides' rows in whole, as
-//! degrees are computed from them. An interval join's rows with a time
-//! stay in memory, kept by time, while they fit the cache; the first
-//! checkpoint at which they do not moves them to the store, by join key,
-//! and names each in an index by time per side ([`TimeOrderedState`]),
-//! which the watermark takes the expired ones from, whether memory holds
-//! them or not (see [`state_key`]). Joins with a state TTL hold all their
-//! rows under either backend: their index by stamp names every row.
+//! degrees are computed from them. The rows of an interval join, or of a
+//! join with a state TTL, stay all in memory while they fit the cache (an
+//! interval join's kept by time); the first checkpoint at which they do
+//! not moves them to the store, by join key, for good, with their indexes:
+//! an interval join's by time per side ([`TimeOrderedState`]), which the
+//! watermark takes the expired ones from whether memory holds them or not
+//! (see [`state_key`]); the TTL's by stamp (see `super::ttl`).
 //!
 //! Invariants of the held keys (`rocksdb` backend):
 //! - Per side, a held join key has all its rows in memory (complete), or
@@ -154,8 +154,6 @@ pub(super) struct JoinState {
     table: Option<StoreTable>,
     /// `rocksdb` backend, rows that may leave memory: the keys held.
     held: Option<HeldKeys>,
-    /// Rows may leave memory (no index of the join's names them all).
-    evictable: bool,
     /// Rows may have a time (an interval join's).
     timed: bool,
     /// Held rows with a time: per side, their index by time.
@@ -182,7 +180,6 @@ impl JoinState {
             config: StateConfig::default(),
             table: None,
             held: None,
-            evictable: false,
             timed: false,
             by_time: None,
             overflow_limit: None,
@@ -201,22 +198,50 @@ impl JoinState {
         self.config = config;
     }
 
-    /// Gives the state its place in the store; `evictable`: whether rows
-    /// may leave memory (no index of the join's names them all); `timed`:
-    /// whether rows may have a time.
-    pub fn attach(&mut self, table: StoreTable, evictable: bool, timed: bool) {
+    /// Gives the state its place in the store; `timed`: whether rows may
+    /// have a time.
+    pub fn attach(&mut self, table: StoreTable, timed: bool) {
         self.table = Some(table);
-        (self.evictable, self.timed) = (evictable, timed);
-        let limit = self.config.cache_limit().filter(|_| evictable);
-        // Timed rows start in memory, kept by time, until they outgrow it.
-        self.overflow_limit = limit.filter(|_| timed);
-        self.arrange(limit.is_some() && !timed);
+        self.timed = timed;
+        let limit = self.config.cache_limit();
+        // Rows with a time or a stamp start in memory (kept by time, or
+        // named by the TTL's index there) until they outgrow it.
+        let indexed = timed || self.stamped;
+        self.overflow_limit = limit.filter(|_| indexed);
+        self.arrange(limit.is_some() && !indexed);
+    }
+
+    /// How it keeps its rows.
+    pub fn config(&self) -> StateConfig {
+        self.config
+    }
+
+    /// The epoch being processed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether rows may be in the store alone (and keys are held).
+    pub fn in_store(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Every row in memory: (side, join key, row, entry).
+    pub fn rows_in_memory(&self) -> impl Iterator<Item = (usize, &Encoded, &Encoded, &Entry)> {
+        self.sides.iter().enumerate().flat_map(|(side, keys)| {
+            keys.iter().flat_map(move |(key, bucket)| {
+                bucket
+                    .iter()
+                    .filter(|(_, e)| e.copies != 0)
+                    .map(move |(row, e)| (side, key, row, e))
+            })
+        })
     }
 
     /// Holds the keys used lately, rows in the store (when they may leave
     /// memory), or all rows.
     fn arrange(&mut self, in_store: bool) {
-        let Some(table) = self.table.as_ref().filter(|_| in_store && self.evictable) else {
+        let Some(table) = self.table.as_ref().filter(|_| in_store) else {
             (self.held, self.by_time) = (None, None);
             return;
         };

@@ -86,9 +86,9 @@ impl JoinState {
         self.shed();
     }
 
-    /// Whether timed rows kept in memory by time outgrew the cache.
+    /// Whether rows kept in memory (with a time or a stamp) outgrew the cache.
     fn outgrew_memory(&self) -> bool {
-        let Some(limit) = self.overflow_limit.filter(|_| self.by_time.is_none()) else {
+        let Some(limit) = self.overflow_limit.filter(|_| self.held.is_none()) else {
             return false;
         };
         // Counting bytes visits every row: only when they may be over.
@@ -106,17 +106,19 @@ impl JoinState {
         bytes > limit
     }
 
-    /// Moves the timed rows, which this checkpoint just wrote under `t`,
-    /// to the store's `r` rows and the indexes by time, for good: every
-    /// row is in memory, so each key is held whole, and the next
-    /// checkpoints evict as for any join.
+    /// Moves the rows to the store for good: timed rows, which this
+    /// checkpoint just wrote under `t`, to `r` and the indexes by time
+    /// (rows without a time are under `r` already; the TTL's index by stamp
+    /// follows, see `super::super::ttl`). Every row is in memory, so each
+    /// key is held whole, and the next checkpoints evict as for any join.
     fn move_to_store(&mut self, state: &mut StateWriter<'_>, epoch: u64) {
         let (from, to) = state_key::timed_rows_range();
         state.delete_range(&from, &to);
         self.arrange(true);
-        let (Some(held), Some(by_time)) = (self.held.as_mut(), self.by_time.as_mut()) else {
+        let Some(held) = self.held.as_mut() else {
             return;
         };
+        let mut by_time = self.by_time.as_mut();
         let mut keyed = state.keyed();
         for (side, rows) in self.sides.iter().enumerate() {
             for (key, bucket) in rows {
@@ -125,7 +127,7 @@ impl JoinState {
                 h.written = epoch;
                 for (row, entry) in bucket {
                     held.bytes += OVERHEAD + row.len();
-                    let Some(t) = entry.time else {
+                    let (Some(t), Some(by_time)) = (entry.time, by_time.as_mut()) else {
                         // Kept under `r` already.
                         continue;
                     };
@@ -135,7 +137,7 @@ impl JoinState {
                 }
             }
         }
-        for index in by_time.iter_mut() {
+        for index in by_time.into_iter().flat_map(|b| b.iter_mut()) {
             index.checkpoint(state, epoch);
         }
         state.put(INDEXED, Vec::new());
@@ -208,19 +210,18 @@ impl JoinState {
         mut visit: impl FnMut(usize, &Encoded, &Encoded, &Entry),
     ) -> Result<Option<Bytes>> {
         let (table, config, stamped) = (self.table.take(), self.config, self.stamped);
-        let (evictable, timed) = (self.evictable, self.timed);
+        let timed = self.timed;
         *self = Self::new();
         self.stamped = stamped;
         self.config = config;
         if let Some(table) = table {
-            self.attach(table, evictable, timed);
+            self.attach(table, timed);
         }
-        // Timed rows stay where the join's first checkpoint kept them (an
-        // interval join writes its watermarks' key at every checkpoint, so
-        // one without the marker kept them under `t`).
+        // Rows with a time or a stamp stay where the last checkpoint kept
+        // them: in the store (marked), or in memory.
         let entries: Vec<_> = entries.into_iter().collect();
         self.marked = entries.iter().any(|(key, _)| key.as_ref() == INDEXED);
-        if timed {
+        if timed || stamped {
             self.arrange(self.marked);
         }
         let mut watermarks = None;

@@ -263,7 +263,8 @@ impl<V> TimeOrderedState<V> {
         // In the store alone.
         let bytes = ENTRY_OVERHEAD + entry.len();
         self.bytes += bytes;
-        self.len -= 1;
+        debug_assert!(self.len > 0, "an entry removed as present is counted");
+        self.len = self.len.saturating_sub(1);
         self.changed.push(entry.clone());
         self.slots.insert(
             entry,

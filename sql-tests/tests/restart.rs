@@ -607,6 +607,38 @@ fn stored_join_rows(data_dir: &std::path::Path, name: &str) -> usize {
     rows
 }
 
+/// Pairs of bids of one auction within 100 ms: an interval join.
+const BID_PAIRS: &str = "SELECT b1.auction, b1.price, b2.price AS before
+                 FROM bid b1 JOIN bid b2 ON b1.auction = b2.auction
+                   AND b2.date_time BETWEEN b1.date_time - INTERVAL '100' MILLISECOND AND b1.date_time";
+
+/// A bounded bid source, read over about four seconds.
+const BID_SOURCE: &str = "CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP,
+                 WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+               WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '20000',
+                     nexmark.events.per.second = '5000', nexmark.base.time = '1700000000000');";
+
+/// Once the sources are read, each of `views` equals [`BID_PAIRS`] run as
+/// a batch query; then, stopped, the checkpoint holds none of their join
+/// rows (every one expired).
+async fn bid_pairs_match_and_leave_no_rows(server: &mut EddyServer, views: &[&str]) {
+    let client = server.client().await;
+    crate::nexmark::wait_for_sources(&client).await;
+    let batch = rows_sorted(&client, BID_PAIRS).await.expect("batch query");
+    assert!(!batch.is_empty());
+    for view in views {
+        let rows = rows_sorted(&client, &format!("SELECT * FROM {view}"))
+            .await
+            .expect("view");
+        assert_eq!(rows, batch, "{view} differs from its query");
+    }
+    drop(client);
+    server.kill9();
+    for view in views {
+        assert_eq!(stored_join_rows(&server.data_dir, view), 0, "{view}");
+    }
+}
+
 /// An interval join's rows leave its checkpoint when the watermark expires
 /// them (one range deletion per checkpoint in memory; under `rocksdb`, the
 /// rows one by one and their index by time in one range): mid-stream the
@@ -616,17 +648,11 @@ fn stored_join_rows(data_dir: &std::path::Path, name: &str) -> usize {
 async fn expired_interval_join_rows_leave_the_checkpoint() {
     let mut server = EddyServer::start_with("restart_interval_expiry", &["--state-cache-mb", "0"]);
     let client = server.client().await;
-    let query = "SELECT b1.auction, b1.price, b2.price AS before
-                 FROM bid b1 JOIN bid b2 ON b1.auction = b2.auction
-                   AND b2.date_time BETWEEN b1.date_time - INTERVAL '100' MILLISECOND AND b1.date_time";
     client
         .batch_execute(&format!(
-            "CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP,
-                 WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
-               WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '20000',
-                     nexmark.events.per.second = '5000', nexmark.base.time = '1700000000000');
-             CREATE MATERIALIZED VIEW pairs AS {query};
-             CREATE MATERIALIZED VIEW pairs_in_store WITH (state_backend = 'rocksdb') AS {query};"
+            "{BID_SOURCE}
+             CREATE MATERIALIZED VIEW pairs AS {BID_PAIRS};
+             CREATE MATERIALIZED VIEW pairs_in_store WITH (state_backend = 'rocksdb') AS {BID_PAIRS};"
         ))
         .await
         .expect("setup");
@@ -641,21 +667,7 @@ async fn expired_interval_join_rows_leave_the_checkpoint() {
         );
     }
     server.restart_after_kill9();
-    let client = server.client().await;
-    crate::nexmark::wait_for_sources(&client).await;
-    let batch = rows_sorted(&client, query).await.expect("batch query");
-    assert!(!batch.is_empty());
-    for view in ["pairs", "pairs_in_store"] {
-        let rows = rows_sorted(&client, &format!("SELECT * FROM {view}"))
-            .await
-            .expect("view");
-        assert_eq!(rows, batch, "{view} differs from its query");
-    }
-    drop(client);
-    server.kill9();
-    for view in ["pairs", "pairs_in_store"] {
-        assert_eq!(stored_join_rows(&server.data_dir, view), 0, "{view}");
-    }
+    bid_pairs_match_and_leave_no_rows(&mut server, &["pairs", "pairs_in_store"]).await;
 }
 
 /// An interval join's timed rows survive a restart under the other
@@ -668,18 +680,12 @@ async fn expired_interval_join_rows_leave_the_checkpoint() {
 async fn interval_joins_keep_their_rows_across_a_change_of_backend() {
     let in_store = ["--state-backend", "rocksdb", "--state-cache-mb", "0"];
     let mut server = EddyServer::start_with("restart_interval_backend", &in_store);
-    let query = "SELECT b1.auction, b1.price, b2.price AS before
-                 FROM bid b1 JOIN bid b2 ON b1.auction = b2.auction
-                   AND b2.date_time BETWEEN b1.date_time - INTERVAL '100' MILLISECOND AND b1.date_time";
     server
         .client()
         .await
         .batch_execute(&format!(
-            "CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP,
-                 WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
-               WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '20000',
-                     nexmark.events.per.second = '5000', nexmark.base.time = '1700000000000');
-             CREATE MATERIALIZED VIEW first_in_store AS {query};"
+            "{BID_SOURCE}
+             CREATE MATERIALIZED VIEW first_in_store AS {BID_PAIRS};"
         ))
         .await
         .expect("setup");
@@ -691,7 +697,7 @@ async fn interval_joins_keep_their_rows_across_a_change_of_backend() {
         .client()
         .await
         .batch_execute(&format!(
-            "CREATE MATERIALIZED VIEW first_in_memory AS {query};"
+            "CREATE MATERIALIZED VIEW first_in_memory AS {BID_PAIRS};"
         ))
         .await
         .expect("second view");
@@ -699,21 +705,7 @@ async fn interval_joins_keep_their_rows_across_a_change_of_backend() {
     server.kill9();
     server.set_args(&in_store);
     server.restart_after_kill9();
-    let client = server.client().await;
-    crate::nexmark::wait_for_sources(&client).await;
-    let batch = rows_sorted(&client, query).await.expect("batch query");
-    assert!(!batch.is_empty());
-    for view in ["first_in_store", "first_in_memory"] {
-        let rows = rows_sorted(&client, &format!("SELECT * FROM {view}"))
-            .await
-            .expect("view");
-        assert_eq!(rows, batch, "{view} differs from its query");
-    }
-    drop(client);
-    server.kill9();
-    for view in ["first_in_store", "first_in_memory"] {
-        assert_eq!(stored_join_rows(&server.data_dir, view), 0, "{view}");
-    }
+    bid_pairs_match_and_leave_no_rows(&mut server, &["first_in_store", "first_in_memory"]).await;
 }
 
 /// Expression-error counts are checkpointed with the state of the

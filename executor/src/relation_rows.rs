@@ -13,10 +13,13 @@
 //! parts before it) when it stops being appended or when superseded entries
 //! outweigh the live rows.
 //!
-//! A relation can be *held*: while a failed pipeline reading it may restart
-//! from an older epoch (see the coordinator's `replay`), it writes no base
-//! part, so its parts up to any epoch fold to its rows at that epoch, and
-//! [`RelationRows::changes_since`] tells what changed since.
+//! A relation can be *held* ([`Hold`]): while a failed pipeline reading it
+//! may restart from an older epoch `e` (see the coordinator's `replay`), a
+//! base keeps the parts up to `e`, so they still fold to its rows at `e`,
+//! and [`RelationRows::changes_since`] tells what changed since; the parts
+//! after `e` are replaced as usual, so a long wait does not grow them.
+//! Just after a recovery, before the failures are tracked again, which
+//! epochs are needed is not known, and no base is written.
 //!
 //! Invariants: `Appended` holds every row of the relation exactly as often
 //! as it was inserted, in the order inserted; once a bag, never appended
@@ -33,7 +36,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 
-use eddy_storage::{CheckpointBatch, Store, StoredPart, StoredRows};
+use eddy_storage::{CheckpointBatch, PartKind, Store, StoredPart, StoredRows};
 
 use crate::codec::RowCodec;
 use crate::error::{ExecutorError, Result};
@@ -73,6 +76,18 @@ enum Content {
     Bag(Delta),
 }
 
+/// Which of a relation's parts must stay for failed readers that may
+/// restart from an older epoch (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// None: a base replaces every part.
+    None,
+    /// The parts up to this epoch: a base replaces only the later ones.
+    Through(u64),
+    /// Every part (the epochs needed are not known yet): no base.
+    All,
+}
+
 /// The committed rows of one relation.
 #[derive(Debug)]
 pub(crate) struct RelationRows {
@@ -83,6 +98,8 @@ pub(crate) struct RelationRows {
     stored: StoredRows,
     /// Set when the parts must be replaced by a base at the epoch's end.
     rebase: bool,
+    /// A hold kept parts before the last base: a base is due once it ends.
+    kept: bool,
     /// Decoded rows, valid until the next change.
     cache: Option<Arc<Vec<RecordBatch>>>,
 }
@@ -96,6 +113,7 @@ impl RelationRows {
             content: Content::Appended(Vec::new()),
             stored: StoredRows::default(),
             rebase: false,
+            kept: false,
             cache: None,
         })
     }
@@ -115,15 +133,26 @@ impl RelationRows {
     ) -> Result<Self> {
         let mut rows = Self::new(schema)?;
         let mut failed = None;
+        let (mut base, mut read) = (None, false);
         let stored = store.scan_committed_rows_until(id, epoch, |part| {
             if failed.is_some() {
                 return;
             }
             let applied = match part {
-                StoredPart::Appended(ipc) => read_ipc(ipc)
-                    .and_then(|batches| rows.apply(id, 0, Changes::Appended(batches), None, false)),
+                StoredPart::Appended(ipc) => read_ipc(ipc).and_then(|batches| {
+                    rows.apply(id, 0, Changes::Appended(batches), None, Hold::None)
+                }),
                 StoredPart::Row(row, count) => rows.set_count(row, count),
+                StoredPart::Base(epoch) if base != Some(epoch) => {
+                    // It replaces what was read before it.
+                    base = Some(epoch);
+                    rows.kept |= read;
+                    rows.content = Content::Bag(Delta::default());
+                    Ok(())
+                }
+                StoredPart::Base(_) => Ok(()),
             };
+            read = true;
             failed = applied.err();
         })?;
         if let Some(e) = failed {
@@ -169,15 +198,15 @@ impl RelationRows {
     }
 
     /// Applies epoch `epoch`'s `changes`, writing their part into `batch`
-    /// (when checkpointing) as relation `id`; `held`: as a delta part,
-    /// even when a base is due (see the module docs).
+    /// (when checkpointing) as relation `id`; held by [`Hold::All`], as a
+    /// delta part even when a base is due (see the module docs).
     pub(crate) fn apply(
         &mut self,
         id: u32,
         epoch: u64,
         changes: Changes,
         batch: Option<&mut CheckpointBatch>,
-        held: bool,
+        hold: Hold,
     ) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
@@ -199,9 +228,9 @@ impl RelationRows {
         };
         self.bag()?;
         let mut part = match batch {
-            Some(batch) if held || (!self.rebase && !self.stored.rewrite_due()) => {
+            Some(batch) if hold == Hold::All || (!self.rebase && !self.stored.rewrite_due()) => {
                 self.rebase |= self.stored.rewrite_due();
-                Some(batch.rows_part(id, epoch, false))
+                Some(batch.rows_part(id, epoch, PartKind::Delta))
             }
             Some(_) => {
                 self.rebase = true;
@@ -226,19 +255,27 @@ impl RelationRows {
     }
 
     /// Ends epoch `epoch` as relation `id`: writes a base part into `batch`
-    /// if one is due and the rows are not `held` (then it stays due).
+    /// if one is due, keeping what `hold` keeps (under [`Hold::All`] it
+    /// stays due).
     pub(crate) fn end_epoch(
         &mut self,
         id: u32,
         epoch: u64,
         batch: &mut CheckpointBatch,
-        held: bool,
+        hold: Hold,
     ) {
-        if held || !std::mem::take(&mut self.rebase) {
+        // The parts a hold kept go once it ends.
+        self.rebase |= self.kept && hold == Hold::None;
+        if hold == Hold::All || !std::mem::take(&mut self.rebase) {
             return;
         }
         if let Content::Bag(bag) = &self.content {
-            let mut part = batch.rows_part(id, epoch, true);
+            let kind = match hold {
+                Hold::Through(e) => PartKind::BaseKeeping(e),
+                Hold::None | Hold::All => PartKind::Base,
+            };
+            self.kept = hold != Hold::None;
+            let mut part = batch.rows_part(id, epoch, kind);
             for (row, count) in bag {
                 part.push(row, *count);
             }

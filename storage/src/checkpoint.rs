@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use rocksdb::WriteBatch;
 
-use crate::row_parts::{ROW_PARTS, RowPartWriter};
+use crate::row_parts::{PartKind, ROW_PARTS, RowPartWriter};
 
 /// Key tags (one byte, so ranges never overlap).
 pub(crate) const STATE: u8 = b's';
@@ -178,8 +178,8 @@ impl CheckpointBatch {
     /// Starts a part of relation `id`'s rows for epoch `epoch`: a delta
     /// (the rows that changed), or with `base` every row, replacing every
     /// part stored before (see [`crate::row_parts`]).
-    pub fn rows_part(&mut self, id: u32, epoch: u64, base: bool) -> RowPartWriter<'_> {
-        crate::row_parts::rows_part(self, id, epoch, base)
+    pub fn rows_part(&mut self, id: u32, epoch: u64, kind: PartKind) -> RowPartWriter<'_> {
+        crate::row_parts::rows_part(self, id, epoch, kind)
     }
 
     /// Writes rows appended to relation `id` in epoch `epoch` (opaque bytes,
@@ -188,12 +188,16 @@ impl CheckpointBatch {
         crate::row_parts::put_appended(self, id, epoch, rows)
     }
 
-    /// Deletes every stored part of relation `id`.
-    pub(crate) fn delete_rows(&mut self, id: u32) {
-        self.batch.delete_range(
-            relation_prefix(ROW_PARTS, id),
-            relation_prefix(ROW_PARTS, id + 1),
-        );
+    /// Deletes every stored part of relation `id` after epoch `keep_through`
+    /// (every part if None).
+    pub(crate) fn delete_rows_after(&mut self, id: u32, keep_through: Option<u64>) {
+        let from = match keep_through.and_then(|e| e.checked_add(1)) {
+            Some(after) => relation_key(ROW_PARTS, id, &after.to_be_bytes()),
+            None if keep_through.is_some() => return,
+            None => relation_prefix(ROW_PARTS, id).to_vec(),
+        };
+        self.batch
+            .delete_range(from, relation_prefix(ROW_PARTS, id + 1).to_vec());
     }
 
     pub(crate) fn next_part_seq(&mut self, id: u32) -> u32 {

@@ -29,5 +29,5 @@ pub use catalog::{CatalogEntry, RelationKind};
 pub use checkpoint::{CheckpointBatch, CheckpointMeta, LoggedChange, StoredFailure};
 pub use error::{Result, StorageError};
 pub use job_history::StoredJob;
-pub use row_parts::{RowPartWriter, StoredPart, StoredRows};
+pub use row_parts::{PartKind, RowPartWriter, StoredPart, StoredRows};
 pub use store::{RowWrite, Store, prefix_end};

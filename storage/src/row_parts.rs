@@ -19,9 +19,11 @@
 //!   keeping each counted row's last multiplicity, gives its rows at the
 //!   last committed epoch.
 //! - The batch that writes a base part first deletes every part of the
-//!   relation, so a base is always the oldest part there is; appended parts
-//!   only ever come before a base (the executor writes a base when a
-//!   relation's rows stop being append-only).
+//!   relation (a base that *keeps* the parts up to an epoch `e`, every part
+//!   after `e`): reading parts in key order, a base replaces every row read
+//!   before it ([`StoredPart::Base`]), and the parts up to `e` still fold to
+//!   the rows at `e`. Appended parts only ever come before a base (the
+//!   executor writes a base when a relation's rows stop being append-only).
 //! - Superseded entries are garbage; [`StoredRows::rewrite_due`] bounds them
 //!   to about the size of the live rows (the coordinator then writes a base).
 
@@ -40,9 +42,24 @@ const BASE: u8 = 1;
 const DELTA: u8 = 2;
 const APPENDED: u8 = 3;
 
+/// Which part [`CheckpointBatch::rows_part`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartKind {
+    /// The rows changed, with their new multiplicities.
+    Delta,
+    /// Every row, replacing every part before it.
+    Base,
+    /// Every row, replacing every part after the given epoch: the parts up
+    /// to it stay, and still fold to the rows at that epoch.
+    BaseKeeping(u64),
+}
+
 /// What a stored part holds, as [`crate::Store::scan_committed_rows`] visits it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredPart<'a> {
+    /// A base part of this epoch starts (visited once per stored value):
+    /// the rows read before it are replaced by what follows.
+    Base(u64),
     /// A row and its multiplicity from then on (0: gone).
     Row(&'a [u8], i64),
     /// Rows appended, as [`CheckpointBatch::appended_part`] was given them.
@@ -93,10 +110,17 @@ pub struct RowPartWriter<'a> {
 }
 
 impl<'a> RowPartWriter<'a> {
-    /// A base (which replaces every stored part), delta or appended part.
-    fn new(batch: &'a mut CheckpointBatch, id: u32, epoch: u64, kind: u8) -> Self {
+    /// A base, delta or appended part; a base deletes the stored parts
+    /// after `keep_through` (all of them if None).
+    fn new(
+        batch: &'a mut CheckpointBatch,
+        id: u32,
+        epoch: u64,
+        kind: u8,
+        keep_through: Option<u64>,
+    ) -> Self {
         if kind == BASE {
-            batch.delete_rows(id);
+            batch.delete_rows_after(id, keep_through);
         }
         Self {
             batch,
@@ -143,19 +167,23 @@ impl<'a> RowPartWriter<'a> {
 
 /// Writes appended rows (`rows`, opaque) of relation `id` as a part of `epoch`.
 pub(crate) fn put_appended(batch: &mut CheckpointBatch, id: u32, epoch: u64, rows: &[u8]) -> u64 {
-    let mut writer = RowPartWriter::new(batch, id, epoch, APPENDED);
+    let mut writer = RowPartWriter::new(batch, id, epoch, APPENDED, None);
     writer.buf.extend_from_slice(rows);
     writer.finish()
 }
 
-/// Starts a base (`base`) or delta part of relation `id` for `epoch`.
+/// Starts a part of `kind` of relation `id` for `epoch`.
 pub(crate) fn rows_part(
     batch: &mut CheckpointBatch,
     id: u32,
     epoch: u64,
-    base: bool,
+    kind: PartKind,
 ) -> RowPartWriter<'_> {
-    RowPartWriter::new(batch, id, epoch, if base { BASE } else { DELTA })
+    match kind {
+        PartKind::Delta => RowPartWriter::new(batch, id, epoch, DELTA, None),
+        PartKind::Base => RowPartWriter::new(batch, id, epoch, BASE, None),
+        PartKind::BaseKeeping(e) => RowPartWriter::new(batch, id, epoch, BASE, Some(e)),
+    }
 }
 
 /// Visits what one stored part (`key`, `value` as stored, the relation
@@ -179,7 +207,15 @@ pub(crate) fn read_part(
         .split_first()
         .ok_or_else(|| corrupt("an empty part"))?;
     match *kind {
-        BASE | DELTA => {}
+        BASE => {
+            let epoch = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("a part key without its epoch"))?;
+            visit(StoredPart::Base(epoch));
+        }
+        DELTA => {}
         APPENDED => {
             visit(StoredPart::Appended(rest));
             return Ok(());

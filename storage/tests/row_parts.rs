@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use eddy_storage::{CheckpointBatch, Store, StoredFailure, StoredPart, StoredRows};
+use eddy_storage::{CheckpointBatch, PartKind, Store, StoredFailure, StoredPart, StoredRows};
 
 const REL: u32 = 3;
 
@@ -36,8 +36,18 @@ impl TempStore {
 
     /// Commits `rows` (row -> new multiplicity) as epoch `epoch`'s part.
     fn commit(&self, epoch: u64, base: bool, rows: &[(Vec<u8>, i64)]) -> u64 {
+        let kind = if base {
+            PartKind::Base
+        } else {
+            PartKind::Delta
+        };
+        self.commit_part(epoch, kind, rows)
+    }
+
+    /// Commits `rows` as epoch `epoch`'s part of `kind`.
+    fn commit_part(&self, epoch: u64, kind: PartKind, rows: &[(Vec<u8>, i64)]) -> u64 {
         let mut batch = CheckpointBatch::default();
-        let mut part = batch.rows_part(REL, epoch, base);
+        let mut part = batch.rows_part(REL, epoch, kind);
         for (row, count) in rows {
             part.push(row, *count);
         }
@@ -59,6 +69,7 @@ impl TempStore {
         let stored = self
             .store()
             .scan_committed_rows_until(REL, epoch, |part| match part {
+                StoredPart::Base(_) => rows.clear(),
                 StoredPart::Row(row, 0) => {
                     rows.remove(row);
                 }
@@ -126,6 +137,28 @@ fn parts_up_to_an_epoch_fold_to_the_rows_at_that_epoch() {
         BTreeMap::from([(row(1, 8), 1), (row(3, 8), 1)])
     );
     assert_eq!(s.read_at(3).0, s.read().0);
+}
+
+#[test]
+fn a_base_keeping_the_parts_up_to_an_epoch_replaces_only_the_later_ones() {
+    let s = TempStore::new("keeping");
+    commit_three_deltas(&s);
+    let at_one = s.read_at(1).0;
+    let now = s.read().0;
+    // A base at epoch 4 that keeps the parts up to epoch 1.
+    let base: Vec<_> = now.iter().map(|(r, n)| (r.clone(), *n)).collect();
+    let base_bytes = s.commit_part(4, PartKind::BaseKeeping(1), &base);
+    assert_eq!(s.read_at(1).0, at_one, "the rows at the kept epoch");
+    let (after, stored) = s.read();
+    assert_eq!(after, now, "the base replaces what was read before it");
+    // Epoch 1's part (two entries) and the base are left; epochs 2 and 3 went.
+    assert_eq!(stored.stored_bytes, 1 + 2 * 20 + base_bytes);
+    // A later base that keeps nothing leaves the base alone.
+    s.commit(5, false, &[(row(1, 8), 0)]);
+    let bytes = s.commit(6, true, &[(row(3, 8), 1)]);
+    let (rows, stored) = s.read();
+    assert_eq!(rows, BTreeMap::from([(row(3, 8), 1)]));
+    assert_eq!(stored.stored_bytes, bytes);
 }
 
 #[test]

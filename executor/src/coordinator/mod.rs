@@ -397,10 +397,9 @@ impl Coordinator {
                 let Some(relation) = state.relations.get_mut(&id) else {
                     continue;
                 };
-                let applied =
-                    relation
-                        .rows
-                        .apply(id, epoch, changes, batch.as_mut(), held.contains(id));
+                let applied = relation
+                    .rows
+                    .apply(id, epoch, changes, batch.as_mut(), held.of(id));
                 if let Err(e) = applied {
                     // Only a bug can get here (the rows were encoded with
                     // this schema); the relation stops rather than diverge.
@@ -419,7 +418,7 @@ impl Coordinator {
             if let Some(batch) = batch.as_mut() {
                 for id in changed {
                     if let Some(relation) = state.relations.get_mut(&id) {
-                        relation.rows.end_epoch(id, epoch, batch, held.contains(id));
+                        relation.rows.end_epoch(id, epoch, batch, held.of(id));
                     }
                 }
             }

@@ -12,45 +12,55 @@
 //! The view's rows at `e` are its stored parts up to `e`. A base part
 //! replaces every part before it, so while a failed pipeline may restart
 //! (its failure restartable, or restarted and not checkpointed since),
-//! the views it reads are *held*: they write no base part (see
-//! `relation_rows`). Recorded failures not tracked again yet (just after
-//! a recovery) hold every relation.
+//! the views it reads are *held* through `e`: their bases keep the parts
+//! up to the oldest such `e` (see `relation_rows`). Recorded failures not
+//! tracked again yet (just after a recovery) hold every relation whole.
 //!
 //! A view that restarts in the same group (from the same epoch) has its
 //! checkpointed rows back: nothing to replay, it emits again what follows.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::error::{ExecutorError, Result};
 use crate::message::StreamChunk;
-use crate::relation_rows::RelationRows;
+use crate::relation_rows::{Hold, RelationRows};
 
 use super::{Coordinator, State};
 
-/// The relations whose parts must keep every epoch since a failed reader's
-/// checkpoint: none write a base.
+/// The relations whose parts must keep what a failed reader's checkpoint
+/// needs: per relation, the oldest such checkpoint's epoch (None: not
+/// known, keep every part).
 pub(super) struct HeldRelations {
     all: bool,
-    ids: HashSet<u32>,
+    through: HashMap<u32, Option<u64>>,
 }
 
 impl HeldRelations {
-    pub(super) fn contains(&self, id: u32) -> bool {
-        self.all || self.ids.contains(&id)
+    /// What relation `id`'s parts must keep.
+    pub(super) fn of(&self, id: u32) -> Hold {
+        match self.through.get(&id) {
+            _ if self.all => Hold::All,
+            None => Hold::None,
+            Some(Some(e)) => Hold::Through(*e),
+            Some(None) => Hold::All,
+        }
     }
 }
 
 impl Coordinator {
     pub(super) fn held_relations(state: &State) -> HeldRelations {
-        let mut ids = HashSet::new();
+        let mut through: HashMap<u32, Option<u64>> = HashMap::new();
         for r in state.relations.values() {
             if Self::may_restart(r) {
-                ids.extend(r.feed.inputs().iter().map(|(input, _)| *input));
+                for (input, _) in r.feed.inputs() {
+                    let kept = through.entry(*input).or_insert(r.epoch);
+                    *kept = kept.zip(r.epoch).map(|(a, b)| a.min(b));
+                }
             }
         }
         HeldRelations {
             all: !state.recorded_failures.is_empty(),
-            ids,
+            through,
         }
     }
 

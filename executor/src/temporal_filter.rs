@@ -214,9 +214,10 @@ impl TemporalFilter {
             return;
         }
         let time = span.next_change(self.now);
-        let count = self.rows.get(time, row).map_or(0, |s| s.count) + delta;
-        self.rows
-            .set(time, row, (count != 0).then_some(Stored { count, span }));
+        self.rows.update(time, row, |stored| {
+            let count = stored.map_or(0, |s| s.count) + delta;
+            (count != 0).then_some(Stored { count, span })
+        });
     }
 
     fn emit(&self, rows: &[(Op, Encoded)], out: &mut Vec<StreamChunk>) -> Result<()> {

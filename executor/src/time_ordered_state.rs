@@ -27,7 +27,7 @@
 //!   store's entries there leave with the range deletion, and until it is
 //!   durable no read looks there.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque, btree_map};
 use std::sync::Arc;
 
 use crate::checkpoint::StateWriter;
@@ -209,29 +209,38 @@ impl<V> TimeOrderedState<V> {
         Ok(())
     }
 
-    /// The entry at (`time`, `key`) (loaded).
-    pub fn get(&self, time: i64, key: &[u8]) -> Option<&V> {
-        self.slots
-            .get(&entry_key(time, key))
-            .and_then(|slot| slot.value.as_ref())
-    }
-
     /// Sets the entry at (`time`, `key`) (loaded) to `value`, or with None
     /// removes it. `time` is not below a time taken.
     pub fn set(&mut self, time: i64, key: &[u8], value: Option<V>) {
+        self.update(time, key, |_| value);
+    }
+
+    /// Sets the entry at (`time`, `key`) (loaded) to what `f` makes of its
+    /// value (None: absent, and removes it). `time` is not below a time
+    /// taken.
+    pub fn update(&mut self, time: i64, key: &[u8], f: impl FnOnce(Option<&V>) -> Option<V>) {
         debug_assert!(self.taken_below.is_none_or(|taken| time >= taken));
-        let key = entry_key(time, key);
-        let slot = self.slots.entry(key.clone()).or_insert_with(|| {
-            let bytes = ENTRY_OVERHEAD + key.len();
-            self.bytes += bytes;
-            Slot {
-                value: None,
-                changed: false,
-                written: 0,
-                in_store: false,
-                bytes,
+        // The key is listed as changed once per checkpoint.
+        let (slot, first_change) = match self.slots.entry(entry_key(time, key)) {
+            btree_map::Entry::Occupied(o) => {
+                let first_change = (!o.get().changed).then(|| o.key().clone());
+                (o.into_mut(), first_change)
             }
-        });
+            btree_map::Entry::Vacant(v) => {
+                let bytes = ENTRY_OVERHEAD + v.key().len();
+                self.bytes += bytes;
+                let first_change = Some(v.key().clone());
+                let slot = v.insert(Slot {
+                    value: None,
+                    changed: false,
+                    written: 0,
+                    in_store: false,
+                    bytes,
+                });
+                (slot, first_change)
+            }
+        };
+        let value = f(slot.value.as_ref());
         match (slot.value.is_some(), value.is_some()) {
             (false, true) => {
                 self.len += 1;
@@ -244,9 +253,8 @@ impl<V> TimeOrderedState<V> {
             _ => {}
         }
         slot.value = value;
-        if !std::mem::replace(&mut slot.changed, true) {
-            self.changed.push(key);
-        }
+        slot.changed = true;
+        self.changed.extend(first_change);
     }
 
     /// Removes the entry at (`time`, `key`), which is present (its owner

@@ -470,7 +470,7 @@ impl HashJoin {
                 entry.copies += sign;
                 entry.degree = matched;
                 if let Some(ttl) = self.ttl.as_mut() {
-                    let stored_row = (side as u8, key.clone(), Encoded::from(my_row));
+                    let stored_row = (side as u8, key.clone(), stored);
                     if entry.copies == 0 {
                         ttl.forget(&stored_row, entry.stamp);
                     } else {

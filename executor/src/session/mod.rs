@@ -32,6 +32,8 @@
 mod emit;
 mod stored;
 
+use stored::SessionRuns;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -90,14 +92,11 @@ impl Partition {
 
     /// Runs of this partition's row times within `span` that form sessions.
     fn split(&self, span: Span, gap: i64) -> Vec<Span> {
-        let mut runs: Vec<Span> = Vec::new();
+        let mut runs = SessionRuns::new(gap);
         for &t in self.rows.range(span.0..=span.1).map(|(t, _)| t) {
-            match runs.last_mut() {
-                Some(run) if same_session(run.1, t, gap) => run.1 = t,
-                _ => runs.push((t, t)),
-            }
+            runs.push(t);
         }
-        runs
+        runs.finish()
     }
 }
 

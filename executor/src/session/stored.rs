@@ -103,11 +103,8 @@ impl SessionWindow {
                 continue;
             };
             let mut partition = read_partition(table, key)?;
-            let mut runs = SessionRuns::new(self.gap);
-            for t in partition.rows.keys() {
-                runs.push(*t);
-            }
-            partition.sessions = runs.finish().into_iter().collect();
+            let runs = partition.split((i64::MIN, i64::MAX), self.gap);
+            partition.sessions = runs.into_iter().collect();
             partition.used = epoch;
             self.held_bytes += partition.bytes;
             self.held_rows += partition.distinct_rows();

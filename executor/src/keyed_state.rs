@@ -178,6 +178,47 @@ impl StoreTable {
     }
 }
 
+/// Where an operator's state lives: how its backend keeps it, and its
+/// place in the store once the server has a data directory.
+#[derive(Debug, Clone, Default)]
+pub struct StatePlace {
+    config: StateConfig,
+    table: Option<StoreTable>,
+}
+
+impl StatePlace {
+    /// Kept as `config` says, at `table`.
+    pub fn new(config: StateConfig, table: StoreTable) -> Self {
+        Self {
+            config,
+            table: Some(table),
+        }
+    }
+
+    /// Keeps the state as `config` says (the `rocksdb` backend takes effect
+    /// once the state has a place in a store).
+    pub fn configure(&mut self, config: StateConfig) {
+        self.config = config;
+    }
+
+    /// Gives the state its place in the store: where recovery reads it and
+    /// the `rocksdb` backend reads and evicts it.
+    pub fn attach(&mut self, table: StoreTable) {
+        self.table = Some(table);
+    }
+
+    /// The cache limit, when entries leave memory: the `rocksdb` backend,
+    /// with a place in a store.
+    pub fn cache_limit(&self) -> Option<usize> {
+        self.table.as_ref().and(self.config.cache_limit())
+    }
+
+    /// Its place in the store, if it has one.
+    pub fn table(&self) -> Option<&StoreTable> {
+        self.table.as_ref()
+    }
+}
+
 /// Which cached entries to evict, least recently used first, to bring
 /// `bytes` down to three quarters of `limit` (so eviction runs once in a
 /// while rather than at every checkpoint). `candidates` are the evictable
@@ -261,8 +302,7 @@ pub struct KeyedState<V> {
     deleted_below: Option<Box<[u8]>>,
     /// `len` as last checkpointed.
     written_len: u64,
-    config: StateConfig,
-    table: Option<StoreTable>,
+    place: StatePlace,
     /// The epoch being processed.
     epoch: u64,
     /// Bytes counted for cached entries.
@@ -281,8 +321,7 @@ impl<V> Default for KeyedState<V> {
             deletions: VecDeque::new(),
             deleted_below: None,
             written_len: 0,
-            config: StateConfig::default(),
-            table: None,
+            place: StatePlace::default(),
             epoch: 1,
             bytes: 0,
             all_in_memory: true,
@@ -291,21 +330,9 @@ impl<V> Default for KeyedState<V> {
 }
 
 impl<V> KeyedState<V> {
-    /// Keeps the state as `config` says (the `rocksdb` backend takes effect
-    /// once the state has a place in a store).
-    pub fn configure(&mut self, config: StateConfig) {
-        self.config = config;
-    }
-
-    /// Gives the state its place in the store: where recovery reads it and
-    /// the `rocksdb` backend reads and evicts it.
-    pub fn attach(&mut self, table: StoreTable) {
-        self.table = Some(table);
-    }
-
-    /// The cache limit, when entries leave memory.
-    fn cache_limit(&self) -> Option<usize> {
-        self.table.as_ref().and(self.config.cache_limit())
+    /// Where it lives, to configure and attach.
+    pub fn place(&mut self) -> &mut StatePlace {
+        &mut self.place
     }
 
     /// Keys present.
@@ -330,7 +357,7 @@ impl<V> KeyedState<V> {
         keys: impl IntoIterator<Item = &'k [u8]>,
         decode: impl Fn(&[u8]) -> Result<V>,
     ) -> Result<()> {
-        if self.cache_limit().is_none() || self.all_in_memory {
+        if self.place.cache_limit().is_none() || self.all_in_memory {
             // Everything is in memory.
             return Ok(());
         }
@@ -342,7 +369,7 @@ impl<V> KeyedState<V> {
                 None => missing.push(key),
             }
         }
-        let Some(table) = self.table.as_ref().filter(|_| !missing.is_empty()) else {
+        let Some(table) = self.place.table().filter(|_| !missing.is_empty()) else {
             return Ok(());
         };
         missing.sort_unstable();
@@ -451,7 +478,7 @@ impl<V> KeyedState<V> {
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
         changed.dedup();
-        let limited = self.cache_limit().is_some();
+        let limited = self.place.cache_limit().is_some();
         let mut key_buf = Vec::new();
         // First, so that it cannot delete a key the writes below set.
         if let Some(bound) = self.deleted_below.take() {
@@ -502,7 +529,7 @@ impl<V> KeyedState<V> {
     /// `rocksdb` backend: forgets removed keys whose deletion is durable
     /// and, beyond the cache's size, evicts the entries used longest ago.
     fn shed(&mut self) {
-        let (Some(limit), Some(table)) = (self.cache_limit(), self.table.as_ref()) else {
+        let (Some(limit), Some(table)) = (self.place.cache_limit(), self.place.table()) else {
             return;
         };
         let durable = table.durable();
@@ -558,10 +585,10 @@ impl<V> KeyedState<V> {
         self.len = 0;
         self.cached = 0;
         self.all_in_memory = true;
-        let Some(table) = self.table.clone() else {
+        let Some(table) = self.place.table().cloned() else {
             return Ok(());
         };
-        let keep = self.cache_limit().is_none();
+        let keep = self.place.cache_limit().is_none();
         if keep || visit.is_some() {
             let mut visit = visit;
             let mut failed = None;

@@ -161,7 +161,7 @@ impl TemporalFilter {
 
     /// Keeps the stored rows as `config` says.
     pub fn with_state_config(mut self, config: StateConfig) -> Self {
-        self.rows.configure(config);
+        self.rows.place().configure(config);
         self
     }
 
@@ -304,7 +304,7 @@ impl Operator for TemporalFilter {
     }
 
     fn attach_store(&mut self, table: StoreTable) {
-        self.rows.attach(table);
+        self.rows.place().attach(table);
     }
 
     fn restore(&mut self, entries: StateEntries) -> Result<()> {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::StateWriter;
 use crate::error::{ExecutorError, Result};
-use crate::keyed_state::{StateConfig, StoreTable};
+use crate::keyed_state::StatePlace;
 
 /// `time` as bytes that sort as the times do.
 pub(crate) fn time_bytes(time: i64) -> [u8; 8] {
@@ -102,8 +102,7 @@ pub(crate) struct TimeOrderedState<V> {
     taken_below: Option<i64>,
     /// The next checkpoint deletes the stored entries below this time.
     deleted_below: Option<i64>,
-    config: StateConfig,
-    table: Option<StoreTable>,
+    place: StatePlace,
     encode: fn(&V) -> Vec<u8>,
     decode: fn(&[u8]) -> Result<V>,
 }
@@ -124,27 +123,15 @@ impl<V> TimeOrderedState<V> {
             store_from: None,
             taken_below: None,
             deleted_below: None,
-            config: StateConfig::default(),
-            table: None,
+            place: StatePlace::default(),
             encode,
             decode,
         }
     }
 
-    /// Keeps the entries as `config` says (the `rocksdb` backend takes
-    /// effect once the state has a place in a store).
-    pub fn configure(&mut self, config: StateConfig) {
-        self.config = config;
-    }
-
-    /// Gives the state its place in the store.
-    pub fn attach(&mut self, table: StoreTable) {
-        self.table = Some(table);
-    }
-
-    /// The cache limit, when entries leave memory.
-    fn cache_limit(&self) -> Option<usize> {
-        self.table.as_ref().and(self.config.cache_limit())
+    /// Where it lives, to configure and attach.
+    pub fn place(&mut self) -> &mut StatePlace {
+        &mut self.place
     }
 
     /// Entries present.
@@ -176,7 +163,7 @@ impl<V> TimeOrderedState<V> {
             .map(|(time, key)| entry_key(time, key))
             .filter(|key| !self.slots.contains_key(key))
             .collect();
-        let Some(table) = self.table.as_ref().filter(|_| !missing.is_empty()) else {
+        let Some(table) = self.place.table().filter(|_| !missing.is_empty()) else {
             return Ok(());
         };
         missing.sort_unstable();
@@ -296,7 +283,7 @@ impl<V> TimeOrderedState<V> {
         let later = self.slots.split_off(&bound[..]);
         let in_memory = std::mem::replace(&mut self.slots, later);
         let mut taken: Vec<(Box<[u8]>, V)> = Vec::new();
-        if let (Some(from), Some(table)) = (self.store_from, self.table.as_ref())
+        if let (Some(from), Some(table)) = (self.store_from, self.place.table())
             && from < threshold
         {
             let from = from.max(self.taken_below.unwrap_or(i64::MIN));
@@ -343,7 +330,7 @@ impl<V> TimeOrderedState<V> {
         if let Some(threshold) = self.deleted_below.take() {
             state.delete_range(&[tag], &[&[tag][..], &time_bytes(threshold)].concat());
         }
-        let limited = self.cache_limit().is_some();
+        let limited = self.place.cache_limit().is_some();
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
         changed.dedup();
@@ -386,7 +373,7 @@ impl<V> TimeOrderedState<V> {
     /// `rocksdb` backend: forgets absent entries the store agrees with and,
     /// beyond the cache's size, evicts the latest entries it holds.
     fn shed(&mut self) {
-        let (Some(limit), Some(table)) = (self.cache_limit(), self.table.as_ref()) else {
+        let (Some(limit), Some(table)) = (self.place.cache_limit(), self.place.table()) else {
             return;
         };
         let durable = table.durable();
@@ -444,11 +431,11 @@ impl<V> TimeOrderedState<V> {
         self.deletions.clear();
         (self.len, self.cached, self.bytes) = (0, 0, 0);
         (self.store_from, self.taken_below, self.deleted_below) = (None, None, None);
-        let Some(table) = self.table.clone() else {
+        let Some(table) = self.place.table().cloned() else {
             self.written_len = 0;
             return Ok(());
         };
-        if self.cache_limit().is_none() {
+        if self.place.cache_limit().is_none() {
             let mut failed = None;
             table.scan(&[self.tag], |key, value| {
                 if failed.is_some() {

@@ -36,11 +36,11 @@ impl Harness {
     fn on(store: Arc<Store>, dir: std::path::PathBuf, durable: u64) -> Self {
         let durable = watch::channel(durable).0;
         let mut state = KeyedState::default();
-        state.configure(StateConfig {
+        state.place().configure(StateConfig {
             backend: StateBackend::Rocksdb,
             cache_bytes: 0,
         });
-        state.attach(StoreTable::new(
+        state.place().attach(StoreTable::new(
             store.clone(),
             RELATION,
             0,
@@ -228,7 +228,7 @@ fn restore_reads_the_count_and_then_keys_on_demand() {
 
     // The memory backend reads everything back.
     let mut in_memory = KeyedState::<u64>::default();
-    in_memory.attach(StoreTable::new(
+    in_memory.place().attach(StoreTable::new(
         h.store.clone(),
         RELATION,
         0,

@@ -246,7 +246,7 @@ impl HashAggregate {
 
     /// Keeps the groups as `config` says.
     pub fn with_state_config(mut self, config: StateConfig) -> Self {
-        self.groups.configure(config);
+        self.groups.place().configure(config);
         self
     }
 
@@ -544,7 +544,7 @@ impl Operator for HashAggregate {
     }
 
     fn attach_store(&mut self, table: StoreTable) {
-        self.groups.attach(table);
+        self.groups.place().attach(table);
     }
 
     fn on_barrier(&mut self, barrier: Barrier, out: &mut Vec<StreamChunk>) -> Result<()> {

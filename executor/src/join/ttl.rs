@@ -13,7 +13,7 @@ use super::state::{Encoded, JoinState};
 use super::state_key;
 use crate::checkpoint::{StateWriter, split_part};
 use crate::error::{ExecutorError, Result};
-use crate::keyed_state::{StateConfig, StoreTable};
+use crate::keyed_state::{StateConfig, StatePlace, StoreTable};
 use crate::message::{Op, StreamChunk};
 use crate::state_ttl::StateTtl;
 use crate::time_ordered_state::TimeOrderedState;
@@ -70,8 +70,7 @@ impl JoinTtl {
     fn new_index(&self) -> Option<TimeOrderedState<()>> {
         let (table, config) = self.place.clone()?;
         let mut index = TimeOrderedState::new(BY_STAMP, |_| Vec::new(), |_| Ok(()));
-        index.configure(config);
-        index.attach(table);
+        *index.place() = StatePlace::new(config, table);
         Some(index)
     }
 

@@ -47,7 +47,7 @@ use super::state_key::{self, BY_TIME};
 use crate::checkpoint::{ValueReader, ValueWriter, split_part};
 use crate::error::{ExecutorError, Result};
 use crate::hash::HashMap;
-use crate::keyed_state::{StateConfig, StoreTable};
+use crate::keyed_state::{StateConfig, StatePlace, StoreTable};
 use crate::time_ordered_state::TimeOrderedState;
 
 /// An encoded row or join key, shared (not copied) by the state, the
@@ -255,8 +255,7 @@ impl JoinState {
         self.by_time = self.timed.then(|| {
             Box::new(BY_TIME.map(|tag| {
                 let mut index = TimeOrderedState::new(tag, |_| Vec::new(), |_| Ok(()));
-                index.configure(self.config);
-                index.attach(table.clone());
+                *index.place() = StatePlace::new(self.config, table.clone());
                 index
             }))
         });

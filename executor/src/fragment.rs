@@ -13,11 +13,14 @@
 //!
 //! After a barrier ran through the chain, every operator's changed state
 //! goes to the coordinator for the epoch's checkpoint before the barrier is
-//! forwarded (see [`crate::checkpoint`]).
+//! forwarded (see [`crate::checkpoint`]); so do the rows its operators kept
+//! as late, which then go to the late-rows relation's readers too (see
+//! [`crate::late_rows`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use datafusion::arrow::array::RecordBatch;
 use tracing::warn;
 
 use crate::checkpoint::{FragmentCheckpoint, OWN_STATE};
@@ -26,6 +29,7 @@ use crate::dispatch::Output;
 use crate::error::Result;
 use crate::eval::RowErrors;
 use crate::input::AlignedInput;
+use crate::late_rows::LateOutput;
 use crate::message::{Barrier, Message, StreamChunk, Watermark};
 use crate::operator::Operator;
 use crate::operator::StateSize;
@@ -58,6 +62,8 @@ pub struct Fragment {
     pub progress: Arc<Progress>,
     /// Rows whose expressions failed in its operators.
     pub errors: RowErrors,
+    /// Where its view's late rows are read, if it keeps them.
+    pub late: Option<LateOutput>,
 }
 
 fn push(
@@ -114,13 +120,15 @@ fn watermark(
 }
 
 impl Fragment {
-    /// Hands the state every operator changed during `epoch` to the coordinator.
-    fn checkpoint(&mut self, epoch: u64) {
+    /// Hands the state every operator changed during `epoch` to the
+    /// coordinator. Returns the rows its operators kept as late.
+    fn checkpoint(&mut self, epoch: u64) -> Result<Vec<RecordBatch>> {
         let mut checkpoint = FragmentCheckpoint::default();
+        let mut late_rows = Vec::new();
         for (i, op) in self.ops.iter_mut().enumerate() {
             let mut state = checkpoint.scope(self.scope, i as u16);
             if let Some(late) = op.late_rows() {
-                late.checkpoint(&mut state);
+                late_rows.extend(late.checkpoint(&mut state)?);
             }
             op.checkpoint(&mut state);
         }
@@ -130,6 +138,7 @@ impl Fragment {
             self.coordinator
                 .stage(self.relation, self.incarnation, epoch, checkpoint);
         }
+        Ok(late_rows)
     }
 
     fn report_state(&self) {
@@ -147,6 +156,7 @@ impl Fragment {
             let mut out = Vec::new();
             let mut forward = None;
             let mut watermarks = Vec::new();
+            let mut late_rows = Vec::new();
             let port = self.input.port(index);
             RowErrors::discard_noted();
             let step = match msg {
@@ -162,9 +172,10 @@ impl Fragment {
                     } else {
                         let done = barrier(&mut self.ops, b, &mut out);
                         self.errors.take_noted();
-                        if done.is_ok() {
-                            self.checkpoint(b.epoch);
-                        }
+                        let done = done.and_then(|()| {
+                            late_rows = self.checkpoint(b.epoch)?;
+                            Ok(())
+                        });
                         self.report_state();
                         done
                     }
@@ -178,6 +189,14 @@ impl Fragment {
                 failed = true;
                 out.clear();
                 watermarks.clear();
+                late_rows.clear();
+            }
+            if let Some(late) = &self.late {
+                for batch in late_rows {
+                    late.changelog
+                        .send(Message::Chunk(StreamChunk::inserts(batch)))
+                        .await;
+                }
             }
             let messages = out
                 .into_iter()
@@ -189,10 +208,13 @@ impl Fragment {
                     return;
                 }
             }
-            if let Some(b) = forward
-                && !matches!(self.output.send(Message::Barrier(b)).await, Ok(true))
-            {
-                return;
+            if let Some(b) = forward {
+                if !matches!(self.output.send(Message::Barrier(b)).await, Ok(true)) {
+                    return;
+                }
+                if let Some(late) = self.late.as_ref().filter(|l| l.ends_epochs) {
+                    late.changelog.send(Message::Barrier(b)).await;
+                }
             }
         }
     }

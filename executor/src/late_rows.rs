@@ -17,6 +17,13 @@
 //! commit. So after a crash the rows of uncommitted epochs are dropped, and
 //! kept, again, never twice; and a restarted pipeline's failed epoch leaves
 //! nothing behind.
+//!
+//! Views and sinks read a late-rows relation like a view: the fragment also
+//! sends an epoch's late rows to the relation's changelog before it
+//! forwards that epoch's barrier, and the view's last fragment, which every
+//! barrier reaches after all the others forwarded it, then ends the epoch
+//! there (see [`LateOutput`]). So a reader takes in each epoch's late rows
+//! in that epoch, as the coordinator commits them to the relation.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,6 +33,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 
 use crate::checkpoint::{StateEntries, StateWriter, ValueReader, ValueWriter};
 use crate::codec::{RowCodec, json_rows};
+use crate::dispatch::Subscribers;
 use crate::error::Result;
 use crate::message::Op;
 use crate::progress::Progress;
@@ -51,6 +59,17 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// Where a fragment of a view keeping late rows streams them: the
+/// late-rows relation's changelog.
+#[derive(Debug, Clone)]
+pub struct LateOutput {
+    pub changelog: Arc<Subscribers>,
+    /// Whether this fragment ends each epoch there: the view's last
+    /// fragment, which gets every barrier after each other fragment sent
+    /// its late rows of that epoch.
+    pub ends_epochs: bool,
+}
+
 /// The state key of an operator's late-row count: operators' own keys
 /// start with a letter, so it meets none of them.
 pub const LATE_COUNT_KEY: &[u8] = b"~late";
@@ -73,7 +92,7 @@ struct Kept {
     into: u32,
     operator: &'static str,
     codec: RowCodec,
-    rows: Delta,
+    rows: Vec<RecordBatch>,
 }
 
 impl LateRows {
@@ -91,7 +110,7 @@ impl LateRows {
                     into,
                     operator,
                     codec: RowCodec::for_schema(&schema())?,
-                    rows: Delta::default(),
+                    rows: Vec::new(),
                 })
             })
             .transpose()?;
@@ -136,24 +155,31 @@ impl LateRows {
             )),
             Arc::new(TimestampNanosecondArray::from(vec![now; rows.len()])),
         ];
-        let encoded = kept.codec.encode(&columns)?;
-        for row in encoded.iter() {
-            add_change(&mut kept.rows, row.as_ref(), 1);
-        }
+        kept.rows.push(RecordBatch::try_new(schema(), columns)?);
         Ok(())
     }
 
-    /// Hands the count and the rows kept since the last checkpoint to this one.
-    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) {
+    /// Hands the count and the rows kept since the last checkpoint to this
+    /// one; returns those rows, for the late-rows relation's readers.
+    pub fn checkpoint(&mut self, state: &mut StateWriter<'_>) -> Result<Vec<RecordBatch>> {
         if std::mem::take(&mut self.counted) {
             state.put(
                 LATE_COUNT_KEY,
                 ValueWriter::new().i64(self.count as i64).finish(),
             );
         }
-        if let Some(kept) = self.kept.as_mut().filter(|k| !k.rows.is_empty()) {
-            state.late_rows(kept.into, std::mem::take(&mut kept.rows));
+        let Some(kept) = self.kept.as_mut().filter(|k| !k.rows.is_empty()) else {
+            return Ok(vec![]);
+        };
+        let rows = std::mem::take(&mut kept.rows);
+        let mut delta = Delta::default();
+        for batch in &rows {
+            for row in kept.codec.encode(batch.columns())?.iter() {
+                add_change(&mut delta, row.as_ref(), 1);
+            }
         }
+        state.late_rows(kept.into, delta);
+        Ok(rows)
     }
     /// Takes its checkpointed count out of its operator's restored `entries`.
     pub fn restore(&mut self, entries: &mut StateEntries) -> Result<()> {

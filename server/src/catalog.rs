@@ -214,12 +214,12 @@ impl Catalog {
     }
 
     /// What a pipeline reads for relation `name`: a source's stream, or a
-    /// table's or materialized view's changelog.
+    /// table's, materialized view's or late-rows relation's changelog.
     pub fn read_target(&self, name: &str) -> Option<ReadTarget> {
         let r = self.get(name)?;
         match (&r.kind, &r.source) {
             (RelationKind::Source, Some(spec)) => Some(ReadTarget::Source(spec.clone())),
-            (RelationKind::Table | RelationKind::MaterializedView, _) => {
+            (RelationKind::Table | RelationKind::MaterializedView | RelationKind::LateRows, _) => {
                 Some(ReadTarget::Relation(r.id))
             }
             _ => None,

@@ -494,6 +494,36 @@ async fn a_view_reading_an_appended_view_restarts_exactly() {
     wait_until_read_after_restarts(&client, &jobs, &views).await;
 }
 
+/// A view keeping late rows fails and restarts from its checkpoint: a
+/// view reading its late rows fails and restarts with it (it would miss
+/// the epochs the failed view no longer ends), and both end exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_reading_late_rows_restarts_with_their_view() {
+    let (_server, client) = start_failing(
+        "failures_late_rows",
+        "4*off->1*return->off",
+        "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 300ms)';
+         CREATE SOURCE jitter (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH (connector = 'datagen', datagen.rows.total = '8000', datagen.rows.per.second = '4000',
+                 fields.id.kind = 'sequence', fields.ts.kind = 'random',
+                 fields.ts.start = '2026-01-01 00:01:00', fields.ts.max_past = '60 seconds');
+         CREATE MATERIALIZED VIEW per_window WITH (late_rows = 'per_window_late') AS
+           SELECT window_start, count(*) AS n FROM TUMBLE(jitter, ts, INTERVAL '5' SECOND)
+           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+    )
+    .await;
+    // No aggregate: the fail point fails the view keeping late rows.
+    let views = [(
+        "late_kept",
+        "SELECT data, dropped_at FROM per_window_late WHERE op = 'insert'",
+    )];
+    create_views(&client, &views).await;
+    let jobs = ["late_kept|running|1", "per_window|running|1"];
+    wait_until_read_after_restarts(&client, &jobs, &views).await;
+    let total = "SELECT (SELECT sum(n) FROM per_window) + (SELECT count(*) FROM late_kept)";
+    wait_until(&client, total, |got| got == ["8000"]).await;
+}
+
 /// Waits until every job is as `jobs` says (`job|state|restarts`), the
 /// sources were read to their end, and `views` equal their batch queries.
 async fn wait_until_read_after_restarts(

@@ -288,7 +288,9 @@ async fn late_rows_are_dropped_counted_and_kept() {
          CREATE MATERIALIZED VIEW slow_per_window WITH (late_rows = 'slow_late') AS
            SELECT window_start, count(*) AS n, max(id) AS last_id
            FROM TUMBLE(slow_jitter, ts, INTERVAL '5' SECOND)
-           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+           GROUP BY window_start EMIT ON WINDOW CLOSE;
+         CREATE MATERIALIZED VIEW slow_late_count AS
+           SELECT count(*) AS n, count(DISTINCT data) AS windows FROM slow_late;",
     )
     .await;
     // Mid-stream (20000 rows at 5000/s), the server dies.
@@ -310,6 +312,16 @@ async fn late_rows_are_dropped_counted_and_kept() {
     .await
     .expect("slow view");
     assert_eq!(slow, ["20000|t|t"]);
+    // The view reading the late rows took each in once.
+    let read = rows_sorted(
+        &client,
+        "SELECT n = (SELECT count(*) FROM slow_late),
+                windows = (SELECT count(DISTINCT data) FROM slow_late)
+         FROM slow_late_count",
+    )
+    .await
+    .expect("late rows read");
+    assert_eq!(read, ["t|t"]);
     assert_eq!(
         rows_sorted(&client, kept_late).await.expect("late rows"),
         left,

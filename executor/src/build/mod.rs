@@ -32,7 +32,7 @@ use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
-use crate::late_rows::{LateRows, late_rows_id};
+use crate::late_rows::{LateOutput, LateRows, late_rows_id};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator};
@@ -142,6 +142,8 @@ pub(crate) struct PipelineBuilder<'a> {
     pub clocks: Arc<SplitClocks>,
     pub progress: Arc<Progress>,
     pub options: PipelineOptions,
+    /// Its late-rows relation's changelog, when it keeps late rows.
+    pub late_changelog: Option<Arc<Subscribers>>,
     /// Whether inputs start with what they hold now (a new view), or the
     /// pipeline's state comes from a checkpoint (recovery).
     pub backfill: bool,
@@ -323,6 +325,9 @@ impl PipelineBuilder<'_> {
             },
             Output::Subscribers(output),
         );
+        if let Some(late) = self.fragments.last_mut().and_then(|f| f.late.as_mut()) {
+            late.ends_epochs = true;
+        }
         Ok(traits)
     }
 
@@ -350,6 +355,10 @@ impl PipelineBuilder<'_> {
             scope,
             progress: self.progress.clone(),
             errors: Default::default(),
+            late: self.late_changelog.clone().map(|changelog| LateOutput {
+                changelog,
+                ends_epochs: false,
+            }),
         });
     }
 

@@ -125,8 +125,14 @@ impl Coordinator {
         while let Some((failed, _)) = failing.get(i) {
             let failed = *failed;
             i += 1;
+            // Its late-rows relation's readers stop getting its epochs too.
+            let late = crate::late_rows::late_rows_id(failed);
             for (reader, r) in &state.relations {
-                if let Some((_, name)) = r.feed.inputs().iter().find(|(input, _)| *input == failed)
+                if let Some((_, name)) = r
+                    .feed
+                    .inputs()
+                    .iter()
+                    .find(|(input, _)| *input == failed || *input == late)
                     && r.failed.is_none()
                     && failing.iter().all(|(f, _)| f != reader)
                 {

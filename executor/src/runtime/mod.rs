@@ -266,6 +266,7 @@ impl Runtime {
             scope: 0,
             progress: self.progress.clone(),
             errors: Default::default(),
+            late: None,
         };
         crate::sync::lock(&self.subscribers).insert(id, subscribers);
         crate::sync::lock(&self.sources).insert(id);
@@ -415,9 +416,14 @@ impl Runtime {
     }
 
     /// Starts tracking view `view`'s late-rows relation, with the rows the
-    /// last checkpoint holds. Call before creating the view.
+    /// last checkpoint holds, and its changelog (which the view's pipeline
+    /// writes). Call before creating the view.
     pub fn create_late_rows(&self, _quiesced: &Quiesced<'_>, view: u32) -> Result<()> {
-        self.coordinator.add_late_rows(view)
+        self.coordinator.add_late_rows(view)?;
+        crate::sync::lock(&self.subscribers)
+            .entry(crate::late_rows::late_rows_id(view))
+            .or_default();
+        Ok(())
     }
 
     /// Starts view `id` maintaining `plan`: from a checkpoint when one

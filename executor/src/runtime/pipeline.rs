@@ -183,6 +183,11 @@ impl Runtime {
         }
         let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
         let halted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let late_changelog = def
+            .options
+            .keep_late_rows
+            .then(|| self.subscribers_of(crate::late_rows::late_rows_id(id)))
+            .flatten();
         let mut builder = PipelineBuilder {
             relation: id,
             incarnation,
@@ -197,6 +202,7 @@ impl Runtime {
             clocks: self.clocks.clone(),
             progress: self.progress.clone(),
             options: def.options,
+            late_changelog,
             backfill: !restore,
             layout: layout.unwrap_or(STATE_LAYOUT),
             replay,

@@ -521,13 +521,23 @@ impl Engine {
         Ok(Outcome::command(&tag))
     }
 
+    /// The relations reading `name` or its late-rows relation, and theirs,
+    /// readers before what they read.
     fn collect_dependents(
         &self,
         name: &str,
         order: &mut Vec<Arc<RelationInfo>>,
         seen: &mut HashSet<String>,
     ) {
-        for dep in self.catalog.dependents(name) {
+        let late = self
+            .catalog
+            .get(name)
+            .and_then(|info| self.catalog.late_rows_of(info.id));
+        let readers = self.catalog.dependents(name).into_iter().chain(
+            late.iter()
+                .flat_map(|late| self.catalog.dependents(&late.name)),
+        );
+        for dep in readers {
             if seen.insert(dep.name.clone()) {
                 self.collect_dependents(&dep.name, order, seen);
                 order.push(dep);

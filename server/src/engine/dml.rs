@@ -166,13 +166,25 @@ impl Engine {
     /// DELETE from a late-rows relation: clears rows once handled. Its rows
     /// change only in checkpoints, so the rows the statement selects are
     /// removed with the next epoch, which it waits for: durable (or
-    /// reported, on a full disk) on return.
+    /// reported, on a full disk) on return. Views reading it take the
+    /// removal in with that epoch.
     async fn delete_late_rows(&self, info: &RelationInfo, dml: &DmlStatement) -> Result<Outcome> {
         let (epoch, rows) = {
             let guard = self.runtime.write_lock().await;
             let quiesced = self.runtime.quiesce(&guard).await;
             let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
             self.runtime.coordinator().retract(info.id, &batches)?;
+            // Its readers take the removal in with the same epoch.
+            let width = info.schema.fields().len();
+            for batch in &batches {
+                let columns = batch.columns().get(..width).ok_or(EddyError::Coded {
+                    code: "XX000",
+                    message: "the rows to delete lack columns".into(),
+                })?;
+                let rows = RecordBatch::try_new(info.schema.clone(), columns.to_vec())?;
+                let chunk = StreamChunk::deletes(rows);
+                self.runtime.publish(&guard, info.id, chunk, 0).await;
+            }
             drop(quiesced);
             let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
             (self.runtime.inject_barrier(&guard).await, rows)

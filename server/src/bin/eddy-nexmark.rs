@@ -3,7 +3,7 @@
 //! (so peak memory is the query's own).
 //!
 //! ```text
-//! cargo run --release --bin eddy-nexmark -- [--events N] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--state-backend memory|rocksdb] [--state-cache-mb MB] [--source nexmark|kafka]
+//! cargo run --release --bin eddy-nexmark -- [--events N | --timeline SECONDS] [--parallelism P] [--queries q0,q1,...] [--checkpoints on|off] [--state-backend memory|rocksdb] [--state-cache-mb MB] [--source nexmark|kafka]
 //! ```
 //!
 //! With `--source kafka`, the events are first generated, encoded as JSON
@@ -19,6 +19,11 @@
 //! view's row count; operator state rows (`eddy_catalog.operator_state`),
 //! the largest seen (sampled every ~0.5 s) and at the end. Barriers run every
 //! second, as in the server.
+//!
+//! With `--timeline SECONDS`, the sources are unbounded instead and each
+//! query runs for that long, printing a line every twelfth of it: rows read,
+//! the rate since the last line, resident memory, operator state rows and
+//! view rows. With a watermark, state stays flat however long a run lasts.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -119,11 +124,21 @@ async fn scalar(engine: &Engine, text: &str) -> u64 {
 
 /// Peak resident memory of this process, in MiB.
 fn peak_rss_mib() -> f64 {
+    memory_mib("VmHWM:")
+}
+
+/// Resident memory of this process now, in MiB.
+fn rss_mib() -> f64 {
+    memory_mib("VmRSS:")
+}
+
+/// The `field` line of `/proc/self/status` (in kB), in MiB.
+fn memory_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -182,10 +197,14 @@ fn sources(prefix: &str, watermark: bool, with: impl Fn(&str) -> String) -> Stri
         .collect()
 }
 
-fn nexmark_options(events: u64) -> impl Fn(&str) -> String {
+/// Nexmark sources of `events` events, or unbounded.
+fn nexmark_options(events: Option<u64>) -> impl Fn(&str) -> String {
     move |kind| {
+        let events = events
+            .map(|n| format!("nexmark.event.num = '{n}', "))
+            .unwrap_or_default();
         format!(
-            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.event.num = '{events}', nexmark.base.time = '1767225600000')"
+            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', {events}nexmark.base.time = '1767225600000')"
         )
     }
 }
@@ -202,7 +221,11 @@ async fn fill_topics(
     Vec<(String, u64)>,
 ) {
     let broker = MockCluster::new(1).unwrap_or_else(|e| fail(e));
-    sql(engine, &sources("gen_", false, nexmark_options(events))).await;
+    sql(
+        engine,
+        &sources("gen_", false, nexmark_options(Some(events))),
+    )
+    .await;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("linger.ms", "20")
@@ -257,28 +280,30 @@ async fn fill_topics(
     (broker, counts)
 }
 
-/// Runs one query in this process and prints its result line.
-async fn run_one(
-    name: &str,
+/// How each query runs.
+struct RunConfig {
     events: u64,
     parallelism: usize,
     cores: usize,
     checkpoints: bool,
     state: StateConfig,
     kafka: bool,
-) {
-    let Some((_, query)) = queries().into_iter().find(|(n, _)| *n == name) else {
-        fail(format!("unknown query {name}"));
-    };
+}
+
+/// An engine in a fresh data directory, ticking every second as the
+/// server does; and that directory.
+async fn open_engine(config: &RunConfig) -> (std::sync::Arc<Engine>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("eddy-nexmark-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = EngineConfig {
-        parallelism,
-        checkpoints,
-        state,
-        ..EngineConfig::new(parallelism)
+    let engine_config = EngineConfig {
+        parallelism: config.parallelism,
+        checkpoints: config.checkpoints,
+        state: config.state,
+        ..EngineConfig::new(config.parallelism)
     };
-    let engine = Engine::open(&dir, config).await.unwrap_or_else(|e| fail(e));
+    let engine = Engine::open(&dir, engine_config)
+        .await
+        .unwrap_or_else(|e| fail(e));
     let ticker = engine.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -287,6 +312,73 @@ async fn run_one(
             ticker.tick().await;
         }
     });
+    (engine, dir)
+}
+
+/// The query named `name`, or exit.
+fn query_named(name: &str) -> String {
+    match queries().into_iter().find(|(n, _)| *n == name) {
+        Some((_, query)) => query,
+        None => fail(format!("unknown query {name}")),
+    }
+}
+
+/// q13's side input: every third auction id of the first thousands.
+const SIDE_INPUT: &str = "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
+     INSERT INTO side_input SELECT value, 'v' || value FROM generate_series(1000, 9999, 3)";
+
+/// Operator state rows of view `name`.
+fn state_rows_of(name: &str) -> String {
+    format!("SELECT sum(state_rows) FROM eddy_catalog.operator_state WHERE relation = '{name}'")
+}
+
+/// Source rows view `name` read.
+fn rows_read_by(name: &str) -> String {
+    format!("SELECT sum(rows_read) FROM eddy_catalog.source_readers WHERE relation = '{name}'")
+}
+
+/// Runs one query in this process over unbounded sources for `seconds`,
+/// printing a line every twelfth of it.
+async fn run_timeline(name: &str, config: &RunConfig, seconds: u64) {
+    let query = query_named(name);
+    let (engine, dir) = open_engine(config).await;
+    sql(&engine, &sources("", true, nexmark_options(None))).await;
+    sql(&engine, SIDE_INPUT).await;
+    let t0 = Instant::now();
+    sql(
+        &engine,
+        &format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
+    )
+    .await;
+    let every = Duration::from_secs((seconds / 12).max(1));
+    let (mut last_rows, mut last_at) = (0, t0);
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(every).await;
+        let rows = scalar(&engine, &rows_read_by(name)).await;
+        let state = scalar(&engine, &state_rows_of(name)).await;
+        let view_rows = scalar(&engine, &format!("SELECT count(*) FROM {name}")).await;
+        let rate = (rows - last_rows.min(rows)) as f64 / last_at.elapsed().as_secs_f64();
+        (last_rows, last_at) = (rows, Instant::now());
+        println!(
+            "{name:<9} {:>9.0} {rows:>13} {rate:>13.0} {:>10.0} {state:>11} {view_rows:>11}",
+            t0.elapsed().as_secs_f64(),
+            rss_mib(),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs one query in this process and prints its result line.
+async fn run_one(name: &str, config: &RunConfig) {
+    let query = query_named(name);
+    let RunConfig {
+        events,
+        parallelism,
+        cores,
+        kafka,
+        ..
+    } = *config;
+    let (engine, dir) = open_engine(config).await;
     // Kafka: the broker lives as long as the run; every source's reader
     // is done when it read as many rows as its topic holds.
     let (_broker, expected) = if kafka {
@@ -303,7 +395,7 @@ async fn run_one(
         .await;
         (Some(broker), counts)
     } else {
-        sql(&engine, &sources("", true, nexmark_options(events))).await;
+        sql(&engine, &sources("", true, nexmark_options(Some(events)))).await;
         (None, vec![])
     };
     let pending_readers = if kafka {
@@ -323,13 +415,7 @@ async fn run_one(
     } else {
         "SELECT count(*) FROM eddy_catalog.source_readers WHERE finished_splits < splits".into()
     };
-    // q13's side input: every third auction id of the first thousands.
-    sql(
-        &engine,
-        "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
-         INSERT INTO side_input SELECT value, 'v' || value FROM generate_series(1000, 9999, 3)",
-    )
-    .await;
+    sql(&engine, SIDE_INPUT).await;
     let t0 = Instant::now();
     let cpu0 = cpu_seconds();
     sql(
@@ -337,9 +423,7 @@ async fn run_one(
         &format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
     )
     .await;
-    let state_rows = format!(
-        "SELECT sum(state_rows) FROM eddy_catalog.operator_state WHERE relation = '{name}'"
-    );
+    let state_rows = state_rows_of(name);
     let mut peak_state = 0;
     let mut polls = 0u64;
     loop {
@@ -358,13 +442,7 @@ async fn run_one(
     let cpu = cpu_seconds() - cpu0;
     let final_state = scalar(&engine, &state_rows).await;
     peak_state = peak_state.max(final_state);
-    let rows = scalar(
-        &engine,
-        &format!(
-            "SELECT sum(rows_read) FROM eddy_catalog.source_readers WHERE relation = '{name}'"
-        ),
-    )
-    .await;
+    let rows = scalar(&engine, &rows_read_by(name)).await;
     let result_rows = scalar(&engine, &format!("SELECT count(*) FROM {name}")).await;
     let malformed = scalar(
         &engine,
@@ -429,16 +507,38 @@ async fn main() {
         Some("kafka") => true,
         Some(other) => fail(format!("--source takes nexmark or kafka, not {other}")),
     };
+    let timeline: Option<u64> = arg("--timeline").map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| fail("--timeline takes a number of seconds"))
+    });
+    if timeline.is_some() && kafka {
+        fail("--timeline reads unbounded nexmark sources, not kafka");
+    }
+    let config = RunConfig {
+        events,
+        parallelism,
+        cores,
+        checkpoints,
+        state,
+        kafka,
+    };
     if let Some(one) = arg("--run-one") {
-        run_one(&one, events, parallelism, cores, checkpoints, state, kafka).await;
+        match timeline {
+            Some(seconds) => run_timeline(&one, &config, seconds).await,
+            None => run_one(&one, &config).await,
+        }
         return;
     }
     let selected: Vec<String> = match arg("--queries") {
         Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
         None => DEFAULT_QUERIES.iter().map(|n| n.to_string()).collect(),
     };
+    let run = match timeline {
+        Some(seconds) => format!("unbounded sources for {seconds} s"),
+        None => format!("{events} events per source"),
+    };
     println!(
-        "eddy-nexmark: {events} events per source, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {} ({cache_mb} MiB cache), source {}",
+        "eddy-nexmark: {run}, parallelism {parallelism}, {cores} cores, checkpoints {}, state backend {} ({cache_mb} MiB cache), source {}",
         if checkpoints { "on (1 s)" } else { "off" },
         backend.name(),
         if kafka {
@@ -447,23 +547,34 @@ async fn main() {
             "nexmark (in-process)"
         }
     );
-    println!(
-        "{:<9} {:>11} {:>9} {:>13} {:>13} {:>7} {:>13} {:>10} {:>11} {:>11} {:>11}",
-        "query",
-        "rows read",
-        "seconds",
-        "rows/s",
-        "rows/s/core",
-        "cpu s",
-        "rows/cpu-s",
-        "peak MiB",
-        "view rows",
-        "peak state",
-        "end state"
-    );
+    if timeline.is_some() {
+        println!(
+            "{:<9} {:>9} {:>13} {:>13} {:>10} {:>11} {:>11}",
+            "query", "seconds", "rows read", "rows/s", "RSS MiB", "state rows", "view rows"
+        );
+    } else {
+        println!(
+            "{:<9} {:>11} {:>9} {:>13} {:>13} {:>7} {:>13} {:>10} {:>11} {:>11} {:>11}",
+            "query",
+            "rows read",
+            "seconds",
+            "rows/s",
+            "rows/s/core",
+            "cpu s",
+            "rows/cpu-s",
+            "peak MiB",
+            "view rows",
+            "peak state",
+            "end state"
+        );
+    }
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
     for name in selected {
-        let status = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if let Some(seconds) = timeline {
+            command.args(["--timeline", &seconds.to_string()]);
+        }
+        let status = command
             .args([
                 "--run-one",
                 &name,

@@ -38,7 +38,7 @@ use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator};
 use crate::progress::Progress;
 use crate::runtime::PipelineOptions;
-use crate::source::{Reader, SourceSpec, SplitClocks};
+use crate::source::{Reader, SourceSpec, SplitAlignment, SplitClocks};
 use crate::temporal_filter::TemporalFilter;
 
 mod aggregate;
@@ -635,6 +635,7 @@ impl PipelineBuilder<'_> {
         // A reader's scope names its source (by order of first scan) and
         // split, so a source gaining splits moves no other reader's state.
         let mut outputs = Vec::with_capacity(splits);
+        let alignment = Arc::new(SplitAlignment::new(splits, spec.max_drift));
         for index in 0..splits {
             let output = Arc::new(Subscribers::default());
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -647,6 +648,7 @@ impl PipelineBuilder<'_> {
                 split: spec.split(index, splits, 0)?,
                 splits,
                 clock: self.clocks.get(spec.id, index, splits),
+                alignment: alignment.clone(),
                 position: 0,
                 watermark: None,
                 proctime: eddy_planner::system_time_nanos(std::time::SystemTime::now()),

@@ -4,7 +4,9 @@
 //! watermarks, and barriers forwarded from the runtime's ticks. Barriers
 //! cut the split where the split's [`SplitClock`] says, so every view is at
 //! the same position of the split at every epoch; forwarding one hands the
-//! checkpoint this reader's position and watermark.
+//! checkpoint this reader's position and watermark. A reader whose
+//! watermark ran too far ahead of the view's other readers of the source
+//! waits for them (see [`SplitAlignment`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,8 @@ use tokio::sync::RwLock;
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use super::{CHUNK_ROWS, SourceSpec, SplitClock, SplitReader, end_of_time};
+use super::alignment::IDLE_AFTER;
+use super::{CHUNK_ROWS, SourceSpec, SplitAlignment, SplitClock, SplitReader, end_of_time};
 use crate::checkpoint::{FragmentCheckpoint, OWN_STATE, StateEntries, ValueReader, ValueWriter};
 use crate::coordinator::Coordinator;
 use crate::dispatch::Subscribers;
@@ -36,6 +39,8 @@ pub(crate) struct Reader {
     pub split: Box<dyn SplitReader>,
     pub splits: usize,
     pub clock: Arc<SplitClock>,
+    /// Keeps the watermarks of the view's readers of the source together.
+    pub alignment: Arc<SplitAlignment>,
     /// Rows of the split read so far (from a checkpoint, on recovery).
     pub position: u64,
     /// The last watermark sent (from a checkpoint, on recovery).
@@ -133,6 +138,7 @@ impl Reader {
             Ok(Some(end)) => Some(end),
             Ok(None) => {
                 self.progress.reader_finished(self.relation, self.spec.id);
+                self.alignment.finished(self.index);
                 if let Some(end) = self
                     .spec
                     .watermark
@@ -149,8 +155,17 @@ impl Reader {
             }
             Err(e) => {
                 self.fail(e);
+                self.alignment.finished(self.index);
                 None
             }
+        }
+    }
+
+    /// The last watermark sent, as a number in its column's units.
+    fn raw_watermark(&self) -> Option<i64> {
+        match self.watermark.as_ref()?.cast_to(&DataType::Int64).ok()? {
+            ScalarValue::Int64(v) => v,
+            _ => None,
         }
     }
 
@@ -198,6 +213,7 @@ impl Reader {
         if let Some(candidate) = candidate {
             self.emit_watermark(candidate, false).await;
         }
+        self.alignment.read(self.index, self.raw_watermark());
         true
     }
 
@@ -221,14 +237,7 @@ impl Reader {
                 None => true,
             };
         }
-        let raw = self
-            .watermark
-            .as_ref()
-            .and_then(|w| w.cast_to(&DataType::Int64).ok())
-            .and_then(|w| match w {
-                ScalarValue::Int64(v) => v,
-                _ => None,
-            });
+        let raw = self.raw_watermark();
         let mut checkpoint = FragmentCheckpoint::default();
         self.split.checkpoint(&mut checkpoint.scope(self.scope, 1));
         self.errors
@@ -297,8 +306,12 @@ impl Reader {
                 })
                 .filter(|d| !d.is_zero());
             let blocked = self.exhausted || paused;
+            // Taken before asking, so a rise meanwhile is not missed.
+            let alignment = self.alignment.clone();
+            let advanced = alignment.advanced();
+            let held = !blocked && pacing.is_none() && alignment.is_ahead(self.index);
             let mut end = None;
-            if !blocked && pacing.is_none() {
+            if !blocked && pacing.is_none() && !held {
                 let max = match pace {
                     Some(p) => ((p / 10.0) as usize).clamp(1, CHUNK_ROWS),
                     None => CHUNK_ROWS,
@@ -321,9 +334,12 @@ impl Reader {
                 end = Some(self.clock.claim(id, self.position, readable));
             }
             let Some(end) = end.filter(|&end| end > self.position) else {
-                // Wait for the next barrier (or the pace, or the end of recovery).
+                // Wait for the next barrier (or the pace, the slowest
+                // split, or the end of recovery). Held, look again once the
+                // slowest may have gone idle.
                 let wait = match pacing {
                     Some(d) if !blocked => d,
+                    _ if held => IDLE_AFTER,
                     _ => Duration::from_secs(3600),
                 };
                 tokio::select! {
@@ -331,6 +347,7 @@ impl Reader {
                         return;
                     },
                     _ = self.running.changed(), if paused => {}
+                    _ = advanced, if held => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;

@@ -1,0 +1,189 @@
+//! Watermark alignment: the splits of a source that one view reads keep
+//! their watermarks within a bound of each other.
+//!
+//! Downstream, a watermark is the minimum over the splits, so a split that
+//! runs ahead of the others fills every windowed operator, interval join
+//! and session with rows the watermark cannot release yet: with nothing to
+//! hold it, a split that reads faster (scheduling decides which) takes
+//! state up without bound on an unbounded source. So a split whose
+//! watermark is more than the source's `watermark.max.drift` ahead of the
+//! slowest split still reading waits (forwarding barriers) until that one
+//! catches up. Splits read whole chunks, so the bound also allows the
+//! largest rise one chunk brought any split lately: a sparse stream (few
+//! rows per second of event time) would otherwise have its splits take
+//! turns instead of reading side by side.
+//!
+//! A split that read nothing for [`IDLE_AFTER`] (a quiet Kafka partition, a
+//! finished split) does not hold the others back: its watermark holds the
+//! downstream one back anyway, and waiting for it could wait forever.
+//!
+//! Alignment only paces reading: each split's rows and watermarks are what
+//! they would be without it.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+/// How long a split may read nothing before the others stop waiting for it.
+pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The watermarks of the splits one view reads of one source.
+#[derive(Debug)]
+pub struct SplitAlignment {
+    /// The largest lead over the slowest split, in the watermark's units.
+    max_drift: i64,
+    splits: Mutex<Vec<SplitMark>>,
+    /// Woken when a split's watermark rises.
+    advanced: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SplitMark {
+    watermark: Option<i64>,
+    /// How far its last read raised its watermark.
+    stride: i64,
+    last_read: Instant,
+    finished: bool,
+}
+
+impl SplitAlignment {
+    /// Alignment of `splits` splits, none ahead by more than `max_drift`.
+    pub fn new(splits: usize, max_drift: i64) -> Self {
+        let mark = SplitMark {
+            watermark: None,
+            stride: 0,
+            last_read: Instant::now(),
+            finished: false,
+        };
+        Self {
+            max_drift,
+            splits: Mutex::new(vec![mark; splits]),
+            advanced: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SplitMark>> {
+        crate::sync::lock(&self.splits)
+    }
+
+    /// Split `index` read rows; its watermark is now `watermark`.
+    pub fn read(&self, index: usize, watermark: Option<i64>) {
+        let rose = {
+            let mut splits = self.lock();
+            let Some(mark) = splits.get_mut(index) else {
+                return;
+            };
+            mark.last_read = Instant::now();
+            let rose = watermark > mark.watermark;
+            if let (Some(new), Some(old)) = (watermark, mark.watermark)
+                && rose
+            {
+                mark.stride = new.saturating_sub(old);
+            }
+            mark.watermark = mark.watermark.max(watermark);
+            rose
+        };
+        if rose {
+            self.advanced.notify_waiters();
+        }
+    }
+
+    /// Split `index` has ended: nobody waits for it any more.
+    pub fn finished(&self, index: usize) {
+        if let Some(mark) = self.lock().get_mut(index) {
+            mark.finished = true;
+        }
+        self.advanced.notify_waiters();
+    }
+
+    /// Resolves when some split's watermark rises (or one ends). Take it
+    /// before asking [`SplitAlignment::is_ahead`], so no rise in between
+    /// is missed.
+    pub fn advanced(&self) -> Notified<'_> {
+        self.advanced.notified()
+    }
+
+    /// Whether split `index` is too far ahead of the slowest split still
+    /// reading to read on now.
+    pub fn is_ahead(&self, index: usize) -> bool {
+        let splits = self.lock();
+        let Some(own) = splits.get(index).and_then(|m| m.watermark) else {
+            return false;
+        };
+        let now = Instant::now();
+        let stride = splits.iter().map(|m| m.stride).max().unwrap_or(0);
+        let lead = self.max_drift.saturating_add(stride);
+        splits
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                *i != index && !m.finished && now.duration_since(m.last_read) < IDLE_AFTER
+            })
+            .map(|(_, m)| m.watermark.unwrap_or(i64::MIN))
+            .min()
+            .is_some_and(|slowest| own > slowest.saturating_add(lead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_waits_only_for_splits_reading_behind_it() {
+        let alignment = SplitAlignment::new(3, 10);
+        assert!(
+            !alignment.is_ahead(0),
+            "no watermark yet: nothing to wait for"
+        );
+        alignment.read(0, Some(100));
+        assert!(
+            alignment.is_ahead(0),
+            "splits 1 and 2 have read nothing yet"
+        );
+        alignment.read(1, Some(95));
+        alignment.read(2, Some(92));
+        assert!(!alignment.is_ahead(0), "within the drift");
+        alignment.read(0, Some(102));
+        assert!(!alignment.is_ahead(0), "10 ahead of split 2");
+        alignment.read(0, Some(103));
+        assert!(
+            !alignment.is_ahead(0),
+            "11: the drift and its last read's rise"
+        );
+        alignment.read(0, Some(104));
+        assert!(alignment.is_ahead(0), "12 ahead of split 2");
+        assert!(!alignment.is_ahead(2));
+        alignment.finished(2);
+        assert!(!alignment.is_ahead(0), "a finished split holds nobody back");
+        // A watermark never goes back.
+        alignment.read(1, Some(50));
+        assert!(!alignment.is_ahead(0));
+    }
+
+    #[test]
+    fn a_lead_of_one_chunk_is_allowed() {
+        let alignment = SplitAlignment::new(2, 5);
+        alignment.read(0, Some(0));
+        alignment.read(1, Some(0));
+        alignment.read(0, Some(20));
+        assert!(!alignment.is_ahead(0), "a chunk spans 20");
+        alignment.read(0, Some(40));
+        assert!(alignment.is_ahead(0), "two chunks ahead");
+    }
+
+    #[tokio::test]
+    async fn a_rise_wakes_the_waiting_split() {
+        let alignment = std::sync::Arc::new(SplitAlignment::new(2, 0));
+        alignment.read(0, Some(10));
+        alignment.read(1, Some(5));
+        let advanced = alignment.advanced();
+        assert!(alignment.is_ahead(0));
+        let other = alignment.clone();
+        tokio::spawn(async move { other.read(1, Some(10)) });
+        advanced.await;
+        assert!(!alignment.is_ahead(0));
+    }
+}

@@ -1,0 +1,61 @@
+//! Watermark alignment: which split waits for which, and when it is woken.
+
+use std::sync::Arc;
+
+use eddy_executor::source::SplitAlignment;
+
+#[test]
+fn a_split_waits_only_for_splits_reading_behind_it() {
+    let alignment = SplitAlignment::new(3, 10);
+    assert!(
+        !alignment.is_ahead(0),
+        "no watermark yet: nothing to wait for"
+    );
+    alignment.read(0, Some(100));
+    assert!(
+        alignment.is_ahead(0),
+        "splits 1 and 2 have read nothing yet"
+    );
+    alignment.read(1, Some(95));
+    alignment.read(2, Some(92));
+    assert!(!alignment.is_ahead(0), "within the drift");
+    alignment.read(0, Some(102));
+    assert!(!alignment.is_ahead(0), "10 ahead of split 2");
+    alignment.read(0, Some(103));
+    assert!(
+        !alignment.is_ahead(0),
+        "11: the drift and its last read's rise"
+    );
+    alignment.read(0, Some(104));
+    assert!(alignment.is_ahead(0), "12 ahead of split 2");
+    assert!(!alignment.is_ahead(2));
+    alignment.finished(2);
+    assert!(!alignment.is_ahead(0), "a finished split holds nobody back");
+    // A watermark never goes back.
+    alignment.read(1, Some(50));
+    assert!(!alignment.is_ahead(0));
+}
+
+#[test]
+fn a_lead_of_one_chunk_is_allowed() {
+    let alignment = SplitAlignment::new(2, 5);
+    alignment.read(0, Some(0));
+    alignment.read(1, Some(0));
+    alignment.read(0, Some(20));
+    assert!(!alignment.is_ahead(0), "a chunk spans 20");
+    alignment.read(0, Some(40));
+    assert!(alignment.is_ahead(0), "two chunks ahead");
+}
+
+#[tokio::test]
+async fn a_rise_wakes_the_waiting_split() {
+    let alignment = Arc::new(SplitAlignment::new(2, 0));
+    alignment.read(0, Some(10));
+    alignment.read(1, Some(5));
+    let advanced = alignment.advanced();
+    assert!(alignment.is_ahead(0));
+    let other = alignment.clone();
+    tokio::spawn(async move { other.read(1, Some(10)) });
+    advanced.await;
+    assert!(!alignment.is_ahead(0));
+}

@@ -45,6 +45,11 @@ pub fn late_rows_id(view: u32) -> u32 {
     view | 0x8000_0000
 }
 
+/// The view whose late rows relation `id` keeps, if it is a late-rows relation.
+pub fn late_rows_view(id: u32) -> Option<u32> {
+    (id & 0x8000_0000 != 0).then_some(id & !0x8000_0000)
+}
+
 /// The columns of a late-rows relation.
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

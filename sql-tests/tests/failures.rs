@@ -524,6 +524,44 @@ async fn a_view_reading_late_rows_restarts_with_their_view() {
     wait_until(&client, total, |got| got == ["8000"]).await;
 }
 
+/// A view keeping late rows fails for good: its late rows stay readable,
+/// and a view over them is refused (nothing would end its epochs), while
+/// everything else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_views_late_rows_are_not_read_by_new_views() {
+    let (_server, client) = start_failing(
+        "failures_late_rows_given_up",
+        "3*off->1*return->off",
+        "CREATE SOURCE jitter (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH (connector = 'datagen', datagen.rows.total = '8000', datagen.rows.per.second = '4000',
+                 fields.id.kind = 'sequence', fields.ts.kind = 'random',
+                 fields.ts.start = '2026-01-01 00:01:00', fields.ts.max_past = '60 seconds');
+         CREATE MATERIALIZED VIEW per_window
+           WITH (late_rows = 'per_window_late', restart_strategy = 'none') AS
+           SELECT window_start, count(*) AS n FROM TUMBLE(jitter, ts, INTERVAL '5' SECOND)
+           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+    )
+    .await;
+    let jobs = "SELECT job, state FROM eddy_catalog.jobs";
+    wait_until(&client, jobs, |got| got == ["per_window|failed"]).await;
+    let create = client
+        .batch_execute("CREATE MATERIALIZED VIEW over_late AS SELECT data FROM per_window_late");
+    let refused = tokio::time::timeout(Duration::from_secs(30), create)
+        .await
+        .expect("answered, not left waiting for epochs")
+        .expect_err("a view over a failed view's late rows");
+    let db = refused.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.message().contains("late rows failed"), "{db:?}");
+    rows_sorted(&client, "SELECT count(*) FROM per_window_late")
+        .await
+        .expect("the kept rows stay readable");
+    client
+        .batch_execute("CREATE TABLE t (k INT); INSERT INTO t VALUES (1); FLUSH")
+        .await
+        .expect("epochs go on");
+}
+
 /// Waits until every job is as `jobs` says (`job|state|restarts`), the
 /// sources were read to their end, and `views` equal their batch queries.
 async fn wait_until_read_after_restarts(

@@ -32,7 +32,7 @@ use crate::error::{ExecutorError, Result};
 use crate::eval::Evaluator;
 use crate::fragment::Fragment;
 use crate::input::{AlignedInput, InputChannel};
-use crate::late_rows::{LateOutput, LateRows, late_rows_id};
+use crate::late_rows::{LateOutput, LateRows, late_rows_id, late_rows_view};
 use crate::materialize::Materialize;
 use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator};
@@ -420,6 +420,13 @@ impl PipelineBuilder<'_> {
                     traits,
                 } => {
                     let prefix = if self.backfill {
+                        // Its view's failed pipeline ends no more epochs there.
+                        let feeder = late_rows_view(id).and_then(|v| self.coordinator.failure(v));
+                        if let Some(reason) = feeder {
+                            return Err(ExecutorError::Unsupported(format!(
+                                "the view keeping these late rows failed and is no longer maintained: {reason}"
+                            )));
+                        }
                         let rows = self.coordinator.read(&[id])?;
                         rows.get(&id)
                             .map(|batches| {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use eddy_executor::source::SplitAlignment;
+use eddy_executor::source::{IDLE_AFTER, SplitAlignment};
 
 #[test]
 fn a_split_waits_only_for_splits_reading_behind_it() {
@@ -13,8 +13,8 @@ fn a_split_waits_only_for_splits_reading_behind_it() {
     );
     alignment.read(0, Some(100));
     assert!(
-        alignment.is_ahead(0),
-        "splits 1 and 2 have read nothing yet"
+        !alignment.is_ahead(0),
+        "splits 1 and 2 have no watermark yet: nothing to wait for"
     );
     alignment.read(1, Some(95));
     alignment.read(2, Some(92));
@@ -34,6 +34,19 @@ fn a_split_waits_only_for_splits_reading_behind_it() {
     // A watermark never goes back.
     alignment.read(1, Some(50));
     assert!(!alignment.is_ahead(0));
+}
+
+#[test]
+fn a_split_idle_for_a_while_holds_nobody_back() {
+    let alignment = SplitAlignment::new(2, 0);
+    alignment.read(0, Some(10));
+    alignment.read(1, Some(0));
+    assert!(alignment.is_ahead(0));
+    std::thread::sleep(IDLE_AFTER + std::time::Duration::from_millis(100));
+    alignment.read(0, Some(11));
+    assert!(!alignment.is_ahead(0), "split 1 read nothing lately");
+    alignment.read(1, Some(1));
+    assert!(alignment.is_ahead(0), "split 1 reads again");
 }
 
 #[test]

@@ -14,8 +14,8 @@
 //! turns instead of reading side by side.
 //!
 //! A split that read nothing for [`IDLE_AFTER`] (a quiet Kafka partition, a
-//! finished split) does not hold the others back: its watermark holds the
-//! downstream one back anyway, and waiting for it could wait forever.
+//! finished split), or has no watermark yet, does not hold the others back:
+//! waiting for it could wait forever.
 //!
 //! Alignment only paces reading: each split's rows and watermarks are what
 //! they would be without it.
@@ -121,7 +121,7 @@ impl SplitAlignment {
             .filter(|(i, m)| {
                 *i != index && !m.finished && now.duration_since(m.last_read) < IDLE_AFTER
             })
-            .map(|(_, m)| m.watermark.unwrap_or(i64::MIN))
+            .filter_map(|(_, m)| m.watermark)
             .min()
             .is_some_and(|slowest| own > slowest.saturating_add(lead))
     }

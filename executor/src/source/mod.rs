@@ -44,7 +44,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 
-pub use alignment::SplitAlignment;
+pub use alignment::{IDLE_AFTER, SplitAlignment};
 pub use clock::{SplitClock, SplitClocks};
 pub use datagen::DatagenSource;
 use datagen::pin_defaults as pin_datagen_defaults;

@@ -18,8 +18,9 @@ use tokio::sync::RwLock;
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use super::alignment::IDLE_AFTER;
-use super::{CHUNK_ROWS, SourceSpec, SplitAlignment, SplitClock, SplitReader, end_of_time};
+use super::{
+    CHUNK_ROWS, IDLE_AFTER, SourceSpec, SplitAlignment, SplitClock, SplitReader, end_of_time,
+};
 use crate::checkpoint::{FragmentCheckpoint, OWN_STATE, StateEntries, ValueReader, ValueWriter};
 use crate::coordinator::Coordinator;
 use crate::dispatch::Subscribers;

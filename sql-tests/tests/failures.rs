@@ -494,6 +494,21 @@ async fn a_view_reading_an_appended_view_restarts_exactly() {
     wait_until_read_after_restarts(&client, &jobs, &views).await;
 }
 
+/// 8,000 rows of jittered event time (many late), counted per window by
+/// `per_window`, which keeps its late rows in `per_window_late` and has
+/// `options` besides.
+fn late_rows_setup(options: &str) -> String {
+    format!(
+        "CREATE SOURCE jitter (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH (connector = 'datagen', datagen.rows.total = '8000', datagen.rows.per.second = '4000',
+                 fields.id.kind = 'sequence', fields.ts.kind = 'random',
+                 fields.ts.start = '2026-01-01 00:01:00', fields.ts.max_past = '60 seconds');
+         CREATE MATERIALIZED VIEW per_window WITH (late_rows = 'per_window_late', {options}) AS
+           SELECT window_start, count(*) AS n FROM TUMBLE(jitter, ts, INTERVAL '5' SECOND)
+           GROUP BY window_start EMIT ON WINDOW CLOSE;"
+    )
+}
+
 /// A view keeping late rows fails and restarts from its checkpoint: a
 /// view reading its late rows fails and restarts with it (it would miss
 /// the epochs the failed view no longer ends), and both end exact.
@@ -502,14 +517,7 @@ async fn a_view_reading_late_rows_restarts_with_their_view() {
     let (_server, client) = start_failing(
         "failures_late_rows",
         "4*off->1*return->off",
-        "SET restart_strategy = 'fixed-delay(attempts = 3, delay = 300ms)';
-         CREATE SOURCE jitter (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-           WITH (connector = 'datagen', datagen.rows.total = '8000', datagen.rows.per.second = '4000',
-                 fields.id.kind = 'sequence', fields.ts.kind = 'random',
-                 fields.ts.start = '2026-01-01 00:01:00', fields.ts.max_past = '60 seconds');
-         CREATE MATERIALIZED VIEW per_window WITH (late_rows = 'per_window_late') AS
-           SELECT window_start, count(*) AS n FROM TUMBLE(jitter, ts, INTERVAL '5' SECOND)
-           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+        &late_rows_setup("restart_strategy = 'fixed-delay(attempts = 3, delay = 300ms)'"),
     )
     .await;
     // No aggregate: the fail point fails the view keeping late rows.
@@ -532,14 +540,7 @@ async fn a_failed_views_late_rows_are_not_read_by_new_views() {
     let (_server, client) = start_failing(
         "failures_late_rows_given_up",
         "3*off->1*return->off",
-        "CREATE SOURCE jitter (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-           WITH (connector = 'datagen', datagen.rows.total = '8000', datagen.rows.per.second = '4000',
-                 fields.id.kind = 'sequence', fields.ts.kind = 'random',
-                 fields.ts.start = '2026-01-01 00:01:00', fields.ts.max_past = '60 seconds');
-         CREATE MATERIALIZED VIEW per_window
-           WITH (late_rows = 'per_window_late', restart_strategy = 'none') AS
-           SELECT window_start, count(*) AS n FROM TUMBLE(jitter, ts, INTERVAL '5' SECOND)
-           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+        &late_rows_setup("restart_strategy = 'none'"),
     )
     .await;
     let jobs = "SELECT job, state FROM eddy_catalog.jobs";

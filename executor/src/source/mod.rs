@@ -308,7 +308,12 @@ impl SourceSpec {
                         "{split_key} must be positive"
                     )));
                 }
-                (rows_per_second, splits)
+                // Nexmark paces events of all types: its type's share are rows.
+                let share = match &connector {
+                    Connector::Nexmark(n) => n.share(),
+                    _ => 1.0,
+                };
+                (rows_per_second.map(|r| r * share), splits)
             }
         };
         let max_drift = Self::max_drift(&schema, watermark.as_ref(), &mut options)?;

@@ -9,6 +9,9 @@
 //!   epoch (fixed when the source is created, so every run replays the same
 //!   events);
 //! - `nexmark.event.rate`: events per second of *event time* (default 10000);
+//! - `nexmark.events.per.second`: pacing, in events of *all* types per second
+//!   of wall time (the source reads its type's share of them), so that
+//!   person, auction and bid sources paced alike advance in event time alike;
 //! - `nexmark.split.num`: parallel splits (default: the server's parallelism).
 //!
 //! Split `p` of `n` generates its type's events `p, p + n, p + 2n, ...`.
@@ -154,6 +157,17 @@ impl NexmarkSource {
             source: self.clone(),
             generator,
         })
+    }
+
+    /// The share of all events that are of this source's type.
+    pub fn share(&self) -> f64 {
+        let c = &self.config;
+        let of_kind = match self.kind {
+            EventType::Person => c.person_proportion,
+            EventType::Auction => c.auction_proportion,
+            EventType::Bid => c.bid_proportion,
+        };
+        of_kind as f64 / (c.person_proportion + c.auction_proportion + c.bid_proportion) as f64
     }
 
     /// Whether the source ends.

@@ -4,9 +4,18 @@ use std::sync::Arc;
 
 use eddy_executor::source::{IDLE_AFTER, SplitAlignment};
 
+/// `splits` splits, each allowed to lead by `max_drift`.
+fn aligned(splits: usize, max_drift: i64) -> SplitAlignment {
+    let alignment = SplitAlignment::default();
+    for _ in 0..splits {
+        alignment.add_split(max_drift);
+    }
+    alignment
+}
+
 #[test]
 fn a_split_waits_only_for_splits_reading_behind_it() {
-    let alignment = SplitAlignment::new(3, 10);
+    let alignment = aligned(3, 10);
     assert!(
         !alignment.is_ahead(0),
         "no watermark yet: nothing to wait for"
@@ -38,7 +47,7 @@ fn a_split_waits_only_for_splits_reading_behind_it() {
 
 #[test]
 fn a_split_idle_for_a_while_holds_nobody_back() {
-    let alignment = SplitAlignment::new(2, 0);
+    let alignment = aligned(2, 0);
     alignment.read(0, Some(10));
     alignment.read(1, Some(0));
     assert!(alignment.is_ahead(0));
@@ -51,7 +60,7 @@ fn a_split_idle_for_a_while_holds_nobody_back() {
 
 #[test]
 fn a_lead_of_one_chunk_is_allowed() {
-    let alignment = SplitAlignment::new(2, 5);
+    let alignment = aligned(2, 5);
     alignment.read(0, Some(0));
     alignment.read(1, Some(0));
     alignment.read(0, Some(20));
@@ -62,7 +71,7 @@ fn a_lead_of_one_chunk_is_allowed() {
 
 #[tokio::test]
 async fn a_rise_wakes_the_waiting_split() {
-    let alignment = Arc::new(SplitAlignment::new(2, 0));
+    let alignment = Arc::new(aligned(2, 0));
     alignment.read(0, Some(10));
     alignment.read(1, Some(5));
     let advanced = alignment.advanced();
@@ -71,4 +80,25 @@ async fn a_rise_wakes_the_waiting_split() {
     tokio::spawn(async move { other.read(1, Some(10)) });
     advanced.await;
     assert!(!alignment.is_ahead(0));
+}
+
+#[test]
+fn each_split_leads_by_its_own_drift() {
+    // Two sources in one group: one allows a lead of 10, one of none.
+    let alignment = SplitAlignment::default();
+    let (lenient, strict) = (alignment.add_split(10), alignment.add_split(0));
+    alignment.read(lenient, Some(0));
+    alignment.read(strict, Some(0));
+    alignment.read(lenient, Some(1));
+    alignment.read(strict, Some(1));
+    alignment.read(lenient, Some(6));
+    assert!(!alignment.is_ahead(lenient), "5 ahead, within its 10");
+    for w in 2..=13 {
+        alignment.read(strict, Some(w));
+    }
+    assert!(
+        alignment.is_ahead(strict),
+        "7 ahead: more than its 0 and the largest rise (5)"
+    );
+    assert!(!alignment.is_ahead(lenient));
 }

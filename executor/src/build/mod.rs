@@ -38,7 +38,7 @@ use crate::message::{Message, StreamChunk};
 use crate::operator::{Filter, Operator};
 use crate::progress::Progress;
 use crate::runtime::PipelineOptions;
-use crate::source::{Reader, SourceSpec, SplitClocks};
+use crate::source::{Reader, SourceSpec, SplitAlignment, SplitClocks};
 use crate::temporal_filter::TemporalFilter;
 
 mod aggregate;
@@ -160,6 +160,8 @@ pub(crate) struct PipelineBuilder<'a> {
     pub subscriptions: Vec<(Arc<Subscribers>, mpsc::Sender<Message>)>,
     /// Outputs of this pipeline's readers, per source id.
     pub reader_outputs: HashMap<u32, Vec<Arc<Subscribers>>>,
+    /// Its readers' watermark alignment, per alignment group.
+    pub alignment_groups: HashMap<String, Arc<SplitAlignment>>,
     pub readers: Vec<Reader>,
     pub windowed_aggregates: usize,
     /// Repeated subplans, run once (see [`shared`]).

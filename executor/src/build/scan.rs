@@ -103,7 +103,14 @@ impl PipelineBuilder<'_> {
         // A reader's scope names its source (by order of first scan) and
         // split, so a source gaining splits moves no other reader's state.
         let mut outputs = Vec::with_capacity(splits);
-        let alignment = Arc::new(SplitAlignment::new(splits, spec.max_drift));
+        let alignment = match &spec.alignment.group {
+            Some(group) => self
+                .alignment_groups
+                .entry(group.clone())
+                .or_default()
+                .clone(),
+            None => Arc::new(SplitAlignment::default()),
+        };
         for index in 0..splits {
             let output = Arc::new(Subscribers::default());
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -117,6 +124,7 @@ impl PipelineBuilder<'_> {
                 splits,
                 clock: self.clocks.get(spec.id, index, splits),
                 alignment: alignment.clone(),
+                alignment_slot: alignment.add_split(spec.alignment.max_drift),
                 position: 0,
                 watermark: None,
                 proctime: eddy_planner::system_time_nanos(std::time::SystemTime::now()),

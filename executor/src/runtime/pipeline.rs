@@ -209,6 +209,7 @@ impl Runtime {
             fragments: Vec::new(),
             subscriptions: Vec::new(),
             reader_outputs: HashMap::new(),
+            alignment_groups: HashMap::new(),
             readers: Vec::new(),
             windowed_aggregates: 0,
             shared: SharedPlans::default(),

@@ -44,7 +44,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 
-pub use alignment::{IDLE_AFTER, SplitAlignment};
+pub use alignment::{AlignmentSpec, IDLE_AFTER, SplitAlignment};
 pub use clock::{SplitClock, SplitClocks};
 pub use datagen::DatagenSource;
 use datagen::pin_defaults as pin_datagen_defaults;
@@ -225,17 +225,9 @@ pub struct SourceSpec {
     pub rows_per_second: Option<f64>,
     /// Generators' splits; `None` = the runtime's parallelism.
     pub splits: Option<usize>,
-    /// How far one split's watermark may run ahead of the slowest
-    /// split's, in the watermark's units (see [`SplitAlignment`]).
-    pub max_drift: i64,
+    /// How its splits keep their watermarks together (see [`SplitAlignment`]).
+    pub alignment: AlignmentSpec,
 }
-
-/// The option bounding how far a split's watermark runs ahead of the others'.
-const MAX_DRIFT: &str = "watermark.max.drift";
-
-/// [`MAX_DRIFT`] unless set: about a dozen generated chunks of Nexmark's
-/// event time, so splits rarely wait, while a lead adds little state.
-const DEFAULT_MAX_DRIFT_NANOS: i64 = 5_000_000_000;
 
 impl SourceSpec {
     /// A source of `schema` reading `connector` = `name` with `options`
@@ -316,7 +308,7 @@ impl SourceSpec {
                 (rows_per_second.map(|r| r * share), splits)
             }
         };
-        let max_drift = Self::max_drift(&schema, watermark.as_ref(), &mut options)?;
+        let alignment = AlignmentSpec::new(&schema, watermark.as_ref(), &mut options)?;
         options.reject_unknown()?;
         Ok(Self {
             id,
@@ -326,48 +318,8 @@ impl SourceSpec {
             proctime,
             rows_per_second,
             splits,
-            max_drift,
+            alignment,
         })
-    }
-
-    /// The `watermark.max.drift` option (an interval), in the units of
-    /// the watermark's column.
-    fn max_drift(
-        schema: &SchemaRef,
-        watermark: Option<&WatermarkSpec>,
-        options: &mut Options,
-    ) -> Result<i64> {
-        let text = options.take(MAX_DRIFT);
-        let Some(watermark) = watermark else {
-            return match text {
-                Some(_) => Err(ExecutorError::InvalidOption(format!(
-                    "{MAX_DRIFT} needs a WATERMARK FOR the source's event time"
-                ))),
-                None => Ok(i64::MAX),
-            };
-        };
-        let nanos = match text {
-            Some(text) => {
-                let nanos = eddy_planner::interval_text_nanos(&text)
-                    .map_err(|e| ExecutorError::InvalidOption(format!("{MAX_DRIFT}: {e}")))?;
-                if nanos <= 0 {
-                    return Err(ExecutorError::InvalidOption(format!(
-                        "{MAX_DRIFT} must be positive, got '{text}'"
-                    )));
-                }
-                nanos
-            }
-            None => DEFAULT_MAX_DRIFT_NANOS,
-        };
-        let unit_nanos: i64 = match schema.field(watermark.column).data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
-            DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Date64 => 1_000_000,
-            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
-            DataType::Date32 => 86_400_000_000_000,
-            _ => 1,
-        };
-        // A part of a unit is a whole one: a drift never rounds to none.
-        Ok((nanos as u64).div_ceil(unit_nanos as u64) as i64)
     }
 
     /// The columns of `schema` the connector produces: all but the

@@ -40,8 +40,11 @@ pub(crate) struct Reader {
     pub split: Box<dyn SplitReader>,
     pub splits: usize,
     pub clock: Arc<SplitClock>,
-    /// Keeps the watermarks of the view's readers of the source together.
+    /// Keeps the watermarks of the view's readers of the source (or of
+    /// its alignment group) together.
     pub alignment: Arc<SplitAlignment>,
+    /// This split's number in `alignment`.
+    pub alignment_slot: usize,
     /// Rows of the split read so far (from a checkpoint, on recovery).
     pub position: u64,
     /// The last watermark sent (from a checkpoint, on recovery).
@@ -139,7 +142,7 @@ impl Reader {
             Ok(Some(end)) => Some(end),
             Ok(None) => {
                 self.progress.reader_finished(self.relation, self.spec.id);
-                self.alignment.finished(self.index);
+                self.alignment.finished(self.alignment_slot);
                 if let Some(end) = self
                     .spec
                     .watermark
@@ -156,7 +159,7 @@ impl Reader {
             }
             Err(e) => {
                 self.fail(e);
-                self.alignment.finished(self.index);
+                self.alignment.finished(self.alignment_slot);
                 None
             }
         }
@@ -214,7 +217,8 @@ impl Reader {
         if let Some(candidate) = candidate {
             self.emit_watermark(candidate, false).await;
         }
-        self.alignment.read(self.index, self.raw_watermark());
+        let watermark = self.raw_watermark().map(|w| self.spec.alignment.nanos(w));
+        self.alignment.read(self.alignment_slot, watermark);
         true
     }
 
@@ -310,7 +314,7 @@ impl Reader {
             // Taken before asking, so a rise meanwhile is not missed.
             let alignment = self.alignment.clone();
             let advanced = alignment.advanced();
-            let held = !blocked && pacing.is_none() && alignment.is_ahead(self.index);
+            let held = !blocked && pacing.is_none() && alignment.is_ahead(self.alignment_slot);
             let mut end = None;
             if !blocked && pacing.is_none() && !held {
                 let max = match pace {

@@ -179,32 +179,29 @@ const KINDS: [(&str, &str); 3] = [
 ];
 
 /// `person`, `auction` and `bid` as sources named `{prefix}{kind}`, with
-/// options `with(kind)`.
-fn sources(prefix: &str, watermark: bool, with: impl Fn(&str) -> String) -> String {
+/// a watermark 4 s behind their event time and options `with(kind)`.
+fn sources(prefix: &str, with: impl Fn(&str) -> String) -> String {
     KINDS
         .iter()
         .map(|(kind, columns)| {
-            let watermark = if watermark {
-                ", WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND"
-            } else {
-                ""
-            };
             format!(
-                "CREATE SOURCE {prefix}{kind} ({columns}{watermark}) {};",
+                "CREATE SOURCE {prefix}{kind} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};",
                 with(kind)
             )
         })
         .collect()
 }
 
-/// Nexmark sources of `events` events, or unbounded.
+/// Nexmark sources of `events` events, or unbounded, one alignment
+/// group: read as fast as they go, the three streams keep together in
+/// event time, as the one stream of events they come from.
 fn nexmark_options(events: Option<u64>) -> impl Fn(&str) -> String {
     move |kind| {
         let events = events
             .map(|n| format!("nexmark.event.num = '{n}', "))
             .unwrap_or_default();
         format!(
-            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', {events}nexmark.base.time = '1767225600000')"
+            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', {events}nexmark.base.time = '1767225600000', watermark.alignment.group = 'nexmark')"
         )
     }
 }
@@ -221,11 +218,7 @@ async fn fill_topics(
     Vec<(String, u64)>,
 ) {
     let broker = MockCluster::new(1).unwrap_or_else(|e| fail(e));
-    sql(
-        engine,
-        &sources("gen_", false, nexmark_options(Some(events))),
-    )
-    .await;
+    sql(engine, &sources("gen_", nexmark_options(Some(events)))).await;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .set("linger.ms", "20")
@@ -342,7 +335,7 @@ fn rows_read_by(name: &str) -> String {
 async fn run_timeline(name: &str, config: &RunConfig, seconds: u64) {
     let query = query_named(name);
     let (engine, dir) = open_engine(config).await;
-    sql(&engine, &sources("", true, nexmark_options(None))).await;
+    sql(&engine, &sources("", nexmark_options(None))).await;
     sql(&engine, SIDE_INPUT).await;
     let t0 = Instant::now();
     sql(
@@ -386,7 +379,7 @@ async fn run_one(name: &str, config: &RunConfig) {
         let bootstrap = broker.bootstrap_servers();
         sql(
             &engine,
-            &sources("", true, |kind| {
+            &sources("", |kind| {
                 format!(
                     "WITH (connector = 'kafka', topic = '{kind}', properties.bootstrap.server = '{bootstrap}') FORMAT PLAIN ENCODE JSON"
                 )
@@ -395,7 +388,7 @@ async fn run_one(name: &str, config: &RunConfig) {
         .await;
         (Some(broker), counts)
     } else {
-        sql(&engine, &sources("", true, nexmark_options(Some(events)))).await;
+        sql(&engine, &sources("", nexmark_options(Some(events)))).await;
         (None, vec![])
     };
     let pending_readers = if kafka {

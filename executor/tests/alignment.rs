@@ -56,6 +56,10 @@ fn a_split_idle_for_a_while_holds_nobody_back() {
     assert!(!alignment.is_ahead(0), "split 1 read nothing lately");
     alignment.read(1, Some(1));
     assert!(alignment.is_ahead(0), "split 1 reads again");
+    // Busy reading (its rows wait to go out), it is slow, not idle.
+    alignment.reading(1);
+    std::thread::sleep(IDLE_AFTER + std::time::Duration::from_millis(100));
+    assert!(alignment.is_ahead(0), "split 1 is still reading");
 }
 
 #[test]

@@ -18,9 +18,11 @@
 //! rows just the same); other sources align only their own splits.
 //! Watermarks are compared in nanoseconds, whatever their column's unit.
 //!
-//! A split that read nothing for [`IDLE_AFTER`] (a quiet Kafka partition, a
-//! finished split), or has no watermark yet, does not hold the others back:
-//! waiting for it could wait forever.
+//! A split that read nothing for [`IDLE_AFTER`] while not busy reading (a
+//! quiet Kafka partition waiting for messages), a finished split, or one
+//! with no watermark yet does not hold the others back: waiting for it
+//! could wait forever. A split busy reading, however long its rows take to
+//! go out (backpressure), is slow, not idle.
 //!
 //! Alignment only paces reading: each split's rows and watermarks are what
 //! they would be without it.
@@ -138,6 +140,8 @@ struct SplitMark {
     /// How far its last read raised its watermark.
     stride: i64,
     last_read: Instant,
+    /// Between [`SplitAlignment::reading`] and [`SplitAlignment::read`].
+    busy: bool,
     finished: bool,
 }
 
@@ -151,6 +155,7 @@ impl SplitAlignment {
             watermark: None,
             stride: 0,
             last_read: Instant::now(),
+            busy: false,
             finished: false,
         });
         splits.len() - 1
@@ -158,6 +163,13 @@ impl SplitAlignment {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SplitMark>> {
         crate::sync::lock(&self.splits)
+    }
+
+    /// Split `index` starts reading rows (and sending them on).
+    pub fn reading(&self, index: usize) {
+        if let Some(mark) = self.lock().get_mut(index) {
+            mark.busy = true;
+        }
     }
 
     /// Split `index` read rows; its watermark is now `watermark` (ns).
@@ -168,6 +180,7 @@ impl SplitAlignment {
                 return;
             };
             mark.last_read = Instant::now();
+            mark.busy = false;
             let rose = watermark > mark.watermark;
             if let (Some(new), Some(old)) = (watermark, mark.watermark)
                 && rose
@@ -214,7 +227,9 @@ impl SplitAlignment {
             .iter()
             .enumerate()
             .filter(|(i, m)| {
-                *i != index && !m.finished && now.duration_since(m.last_read) < IDLE_AFTER
+                *i != index
+                    && !m.finished
+                    && (m.busy || now.duration_since(m.last_read) < IDLE_AFTER)
             })
             .filter_map(|(_, m)| m.watermark)
             .min()

@@ -186,6 +186,7 @@ impl Reader {
 
     /// Reads and sends the rows up to position `end`; false if the split failed.
     async fn read_to(&mut self, end: u64) -> bool {
+        self.alignment.reading(self.alignment_slot);
         let read = self.split.read(self.position, end).and_then(|mut chunk| {
             chunk.batch = self.spec.with_processing_time(chunk.batch, self.proctime)?;
             Ok(chunk)

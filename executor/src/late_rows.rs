@@ -39,15 +39,18 @@ use crate::message::Op;
 use crate::progress::Progress;
 use crate::relation_rows::{Delta, add_change};
 
-/// The late-rows relation of view `view` has this id: views' ids are small,
-/// so the top bit is free, and the id needs no catalog entry of its own.
+/// Set in a late-rows relation's id: views' ids are small, so the top bit
+/// is free, and the id needs no catalog entry of its own.
+const LATE_ROWS_BIT: u32 = 0x8000_0000;
+
+/// The late-rows relation of view `view` has this id.
 pub fn late_rows_id(view: u32) -> u32 {
-    view | 0x8000_0000
+    view | LATE_ROWS_BIT
 }
 
 /// The view whose late rows relation `id` keeps, if it is a late-rows relation.
 pub fn late_rows_view(id: u32) -> Option<u32> {
-    (id & 0x8000_0000 != 0).then_some(id & !0x8000_0000)
+    (id & LATE_ROWS_BIT != 0).then_some(id & !LATE_ROWS_BIT)
 }
 
 /// The columns of a late-rows relation.

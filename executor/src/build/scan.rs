@@ -9,7 +9,6 @@ use crate::checkpoint::READER_SCOPE;
 use crate::dispatch::{CHANNEL_CAPACITY, Subscribers};
 use crate::error::{ExecutorError, Result};
 use crate::input::InputChannel;
-use crate::late_rows::late_rows_view;
 use crate::message::{Message, StreamChunk};
 use crate::source::{Reader, SourceSpec, SplitAlignment};
 
@@ -25,22 +24,10 @@ impl PipelineBuilder<'_> {
                 traits,
             } => {
                 let prefix = if self.backfill {
-                    // Its view's failed pipeline ends no more epochs there.
-                    let feeder = late_rows_view(id).and_then(|v| self.coordinator.failure(v));
-                    if let Some(reason) = feeder {
-                        return Err(ExecutorError::Unsupported(format!(
-                            "the view keeping these late rows failed and is no longer maintained: {reason}"
-                        )));
-                    }
-                    let rows = self.coordinator.read(&[id])?;
-                    rows.get(&id)
-                        .map(|batches| {
-                            batches
-                                .iter()
-                                .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    let rows = self.coordinator.backfill(id)?;
+                    rows.iter()
+                        .map(|b| Message::Chunk(StreamChunk::inserts(b.clone())))
+                        .collect()
                 } else {
                     let mut replay = self.replay.get(&id).cloned().unwrap_or_default();
                     let changes = self.coordinator.view_changes_since(id, self.relation)?;

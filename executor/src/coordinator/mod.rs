@@ -503,9 +503,25 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// The committed rows relation `id` holds, for a new pipeline to start
+    /// from before it reads the changes that follow; an error if nothing
+    /// will follow: the relation failed, or it is the late-rows relation of
+    /// a view that failed (whose pipeline ends its epochs). Call quiesced.
+    pub fn backfill(&self, id: u32) -> Result<Arc<Vec<RecordBatch>>> {
+        if let Some(reason) =
+            crate::late_rows::late_rows_view(id).and_then(|view| self.failure(view))
+        {
+            return Err(ExecutorError::Unsupported(format!(
+                "the view keeping these late rows failed and is no longer maintained: {reason}"
+            )));
+        }
+        let mut rows = self.read(&[id])?;
+        Ok(rows.remove(&id).unwrap_or_default())
+    }
+
     /// Removes `rows` (one copy each) from relation `id`, a late-rows
     /// relation, with the next epoch that commits. Call quiesced, with
-    /// rows read from its committed ones.
+    /// rows read from its committed ones, of its columns.
     pub fn retract(&self, id: u32, rows: &[RecordBatch]) -> Result<()> {
         let mut state = self.lock();
         let relation = state
@@ -515,11 +531,7 @@ impl Coordinator {
         let codec = crate::codec::RowCodec::for_schema(relation.rows.schema())?;
         let mut delta = crate::relation_rows::Delta::default();
         for batch in rows {
-            let columns = batch
-                .columns()
-                .get(..codec.types().len())
-                .ok_or_else(|| ExecutorError::Internal("rows to remove lack columns".into()))?;
-            for row in codec.encode(columns)?.iter() {
+            for row in codec.encode(batch.columns())?.iter() {
                 crate::relation_rows::add_change(&mut delta, row.data(), -1);
             }
         }

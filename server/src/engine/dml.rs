@@ -173,20 +173,25 @@ impl Engine {
             let guard = self.runtime.write_lock().await;
             let quiesced = self.runtime.quiesce(&guard).await;
             let (_, batches) = self.run_query(dml.input.as_ref().clone()).await?;
-            self.runtime.coordinator().retract(info.id, &batches)?;
-            // Its readers take the removal in with the same epoch.
             let width = info.schema.fields().len();
-            for batch in &batches {
-                let columns = batch.columns().get(..width).ok_or(EddyError::Coded {
-                    code: "XX000",
-                    message: "the rows to delete lack columns".into(),
-                })?;
-                let rows = RecordBatch::try_new(info.schema.clone(), columns.to_vec())?;
-                let chunk = StreamChunk::deletes(rows);
+            let removed = batches
+                .iter()
+                .map(|batch| {
+                    let columns = batch.columns().get(..width).ok_or(EddyError::Coded {
+                        code: "XX000",
+                        message: "the rows to delete lack columns".into(),
+                    })?;
+                    Ok(RecordBatch::try_new(info.schema.clone(), columns.to_vec())?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.runtime.coordinator().retract(info.id, &removed)?;
+            // Its readers take the removal in with the same epoch.
+            for rows in &removed {
+                let chunk = StreamChunk::deletes(rows.clone());
                 self.runtime.publish(&guard, info.id, chunk, 0).await;
             }
             drop(quiesced);
-            let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            let rows = removed.iter().map(RecordBatch::num_rows).sum::<usize>();
             (self.runtime.inject_barrier(&guard).await, rows)
         };
         self.runtime.coordinator().wait_committed(epoch).await;

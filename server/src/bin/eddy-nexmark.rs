@@ -350,7 +350,7 @@ async fn run_timeline(name: &str, config: &RunConfig, seconds: u64) {
         let rows = scalar(&engine, &rows_read_by(name)).await;
         let state = scalar(&engine, &state_rows_of(name)).await;
         let view_rows = scalar(&engine, &format!("SELECT count(*) FROM {name}")).await;
-        let rate = (rows - last_rows.min(rows)) as f64 / last_at.elapsed().as_secs_f64();
+        let rate = rows.saturating_sub(last_rows) as f64 / last_at.elapsed().as_secs_f64();
         (last_rows, last_at) = (rows, Instant::now());
         println!(
             "{name:<9} {:>9.0} {rows:>13} {rate:>13.0} {:>10.0} {state:>11} {view_rows:>11}",
